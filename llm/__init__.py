@@ -1,0 +1,3 @@
+"""The in-house language-model stack: tokenizers, data, model, LoRA, trainer, evaluation, generation."""
+
+__version__ = "0.1.0"

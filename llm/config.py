@@ -1,0 +1,304 @@
+"""Configs: one dataclass each for the model, the data and the training run.
+
+A config is the single source of truth for what it describes: the model config is
+saved beside every checkpoint, and named presets live as YAML files in `configs/`.
+Types are checked by pydantic when a config is read from a dict; constraints that
+span several fields are checked by `problems()`, which lists every violation at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from llm.errors import ConfigError
+
+PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+Norm = Literal["rmsnorm", "layernorm"]
+Mlp = Literal["swiglu", "gelu"]
+TokenizerKind = Literal["bpe", "unigram", "char", "byte"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ParamCount(NamedTuple):
+    total: int
+    non_embedding: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and variant choices of a decoder-only transformer."""
+
+    __pydantic_config__ = _STRICT
+
+    vocab_size: int | None = None  # set from the tokenizer when left out
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: as many as n_heads (plain multi-head attention)
+    d_ff: int = 512
+    pos_encoding: PosEncoding = "rope"
+    norm: Norm = "rmsnorm"
+    mlp: Mlp = "swiglu"
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    bias: bool = False
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    gradient_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    def problems(self) -> list[str]:
+        """Every violated constraint, as readable sentences (empty when valid)."""
+        out = []
+        if self.vocab_size is None or self.vocab_size < 2:
+            out.append(f"vocab_size must be at least 2 (got {self.vocab_size})")
+        for name in ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            out.append(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.kv_heads < 1:
+            out.append(f"n_kv_heads must be at least 1 (got {self.kv_heads})")
+        elif self.n_heads % self.kv_heads:
+            out.append(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.pos_encoding == "rope" and self.n_heads >= 1 and self.head_dim % 2:
+            out.append(f"rope needs an even head size (d_model/n_heads = {self.head_dim})")
+        if self.pos_encoding == "sinusoidal" and self.d_model % 2:
+            out.append(f"sinusoidal positions need an even d_model (got {self.d_model})")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.rope_theta <= 0:
+            out.append(f"rope_theta must be positive (got {self.rope_theta})")
+        if self.init_std <= 0:
+            out.append(f"init_std must be positive (got {self.init_std})")
+        return out
+
+    def validate(self) -> ModelConfig:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(problems))
+        return self
+
+    def param_count(self) -> ParamCount:
+        """Analytic parameter count; equals the built model's (a test checks it)."""
+        d, f, hd = self.d_model, self.d_ff, self.head_dim
+        vocab = self.vocab_size or 0
+        bias = int(self.bias)
+        norm = d * (2 if self.norm == "layernorm" else 1)
+        attn = d * (d + 2 * self.kv_heads * hd) + bias * (d + 2 * self.kv_heads * hd)
+        attn += d * d + bias * d
+        if self.mlp == "swiglu":
+            mlp = 3 * d * f + bias * (2 * f + d)
+        else:
+            mlp = 2 * d * f + bias * (f + d)
+        per_layer = attn + mlp + 2 * norm
+        non_embedding = self.n_layers * per_layer + norm  # blocks + final norm
+        embedding = vocab * d
+        if self.pos_encoding == "learned":
+            embedding += self.max_seq_len * d
+        head = 0 if self.tie_embeddings else vocab * d
+        return ParamCount(non_embedding + embedding + head, non_embedding)
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6 per weight in a matrix multiply (forward and
+        backward, the output head included) plus 6·n_layers·seq_len·d_model for the
+        attention scores and weighted values."""
+        seq_len = seq_len or self.max_seq_len
+        d, f, hd = self.d_model, self.d_ff, self.head_dim
+        attn_weights = d * (d + 2 * self.kv_heads * hd) + d * d
+        mlp_weights = (3 if self.mlp == "swiglu" else 2) * d * f
+        matmul_weights = self.n_layers * (attn_weights + mlp_weights) + (self.vocab_size or 0) * d
+        return 6 * matmul_weights + 6 * self.n_layers * seq_len * d
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it becomes tokens."""
+
+    __pydantic_config__ = _STRICT
+
+    corpus: str = "builtin:python-docs"
+    tokenizer: TokenizerKind = "bpe"
+    vocab_size: int = 2048
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    cache_dir: str = "results/cache"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget, evaluation, checkpointing and hardware settings."""
+
+    __pydantic_config__ = _STRICT
+
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accum: int = 1
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    # Budget: training stops at whichever is reached first; at least one must be set.
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_seconds: float | None = None
+    eval_interval: int = 100  # steps; 0 evaluates only at the end
+    eval_max_batches: int | None = None  # None: the whole validation split
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # steps; 0 checkpoints only at the end
+    keep_checkpoints: int = 2
+    precision: Precision = "auto"
+    compile: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("batch_size", "seq_len", "grad_accum", "log_interval", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must not be negative (got {getattr(self, name)})")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            out.append(f"learning_rate must be a positive number (got {self.learning_rate})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            out.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
+            out.append("set a budget: max_steps, max_tokens or max_seconds")
+        for name in ("max_steps", "max_tokens", "max_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                out.append(f"{name} must be positive (got {value})")
+        return out
+
+    def validate(self) -> TrainConfig:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid train config: " + "; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `llm train` needs: the sections `data`, `model` and `train` of a YAML file."""
+
+    __pydantic_config__ = _STRICT
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def problems(self) -> list[str]:
+        out = [f"model: {p}" for p in self.model.problems() if not p.startswith("vocab_size")]
+        out += [f"train: {p}" for p in self.train.problems()]
+        if self.train.seq_len > self.model.max_seq_len:
+            out.append(
+                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len "
+                f"({self.model.max_seq_len})"
+            )
+        return out
+
+
+C = TypeVar("C")
+
+
+def from_dict(cls: type[C], data: Any, where: str) -> C:
+    """Build a config dataclass from plain data, with every type error named by its key path."""
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {format_validation_error(err)}") from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        message = "unknown key" if e["type"] == "unexpected_keyword_argument" else e["msg"]
+        parts.append(f"{path}: {message}")
+    return "; ".join(parts)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    config = from_dict(RunConfig, data, str(path))
+    problems = config.problems()
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+

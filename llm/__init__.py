@@ -1,3 +1,3 @@
-"""The in-house language-model stack: tokenizers, data, model, LoRA, trainer, evaluation, generation."""
+"""The in-house LM stack: tokenizers, data, model, LoRA, trainer, evaluation, generation."""
 
 __version__ = "0.1.0"

@@ -78,7 +78,9 @@ class ModelConfig:
         if self.kv_heads < 1:
             out.append(f"n_kv_heads must be at least 1 (got {self.kv_heads})")
         elif self.n_heads % self.kv_heads:
-            out.append(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+            out.append(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})"
+            )
         if self.pos_encoding == "rope" and self.n_heads >= 1 and self.head_dim % 2:
             out.append(f"rope needs an even head size (d_model/n_heads = {self.head_dim})")
         if self.pos_encoding == "sinusoidal" and self.d_model % 2:
@@ -102,13 +104,11 @@ class ModelConfig:
         d, f, hd = self.d_model, self.d_ff, self.head_dim
         vocab = self.vocab_size or 0
         bias = int(self.bias)
-        norm = d * (2 if self.norm == "layernorm" else 1)
+        norm = d * (2 if self.norm == "layernorm" and self.bias else 1)
         attn = d * (d + 2 * self.kv_heads * hd) + bias * (d + 2 * self.kv_heads * hd)
         attn += d * d + bias * d
-        if self.mlp == "swiglu":
-            mlp = 3 * d * f + bias * (2 * f + d)
-        else:
-            mlp = 2 * d * f + bias * (f + d)
+        mlp_matrices = 3 if self.mlp == "swiglu" else 2
+        mlp = mlp_matrices * d * f + bias * ((mlp_matrices - 1) * f + d)
         per_layer = attn + mlp + 2 * norm
         non_embedding = self.n_layers * per_layer + norm  # blocks + final norm
         embedding = vocab * d
@@ -301,4 +301,3 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return config
-

@@ -1,0 +1,215 @@
+"""A decoder-only transformer, built from one `ModelConfig`.
+
+Pre-norm residual blocks: x + attention(norm(x)), then x + mlp(norm(x)). Variants are
+small classes picked from the config by name: norms and MLPs here, position encodings
+in `llm/positions.py`. The model knows nothing of mixed precision, compilation, LoRA or
+distribution; the trainer applies those from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from llm.config import ModelConfig
+from llm.positions import AttentionPositions, build_position_encoding, causal_mask
+
+
+def layer_norm(config: ModelConfig) -> nn.Module:
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def rms_norm(config: ModelConfig) -> nn.Module:
+    return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+
+
+NORMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "layernorm": layer_norm,
+    "rmsnorm": rms_norm,
+}
+
+
+class SwiGLU(nn.Module):
+    """silu(x·W_gate) ⊙ (x·W_up), then W_down. Gate and up share one matrix multiply."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(config.d_model, 2 * config.d_ff, bias=config.bias)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+
+
+class KVCache:
+    """Keys and values of every layer, pre-allocated for `max_len` positions, so decoding
+    writes one slot per step instead of concatenating tensors."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = max_len or config.max_seq_len
+        shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys/values at the current length; return all of them so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions, capacity {self.max_len}")
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with grouped key/value heads (GQA; MQA when n_kv_heads = 1)."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.kv_heads = config.n_heads, config.kv_heads
+        self.head_dim = config.head_dim
+        qkv_out = (self.n_heads + 2 * self.kv_heads) * self.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        hd = self.head_dim
+        q, k, v = self.qkv(x).split([self.n_heads * hd, self.kv_heads * hd, self.kv_heads * hd], -1)
+        q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, hd).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, hd).transpose(1, 2)
+        q, k = positions.rotate(q, k)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=positions.mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=positions.is_causal,
+            enable_gqa=self.kv_heads != self.n_heads,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = NORMS[config.norm](config)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = NORMS[config.norm](config)
+        self.mlp = MLPS[config.mlp](config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), positions, cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        assert config.vocab_size is not None  # validate() guarantees it
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = build_position_encoding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.final_norm = NORMS[config.norm](config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; the projections that write into the residual stream
+        are scaled by 1/sqrt(2·n_layers) so the stream's variance does not grow with depth."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                residual = name.endswith(("attn.proj", "mlp.down"))
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if residual else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(
+        self, tokens: Tensor, cache: KVCache | None = None, *, last_only: bool = False
+    ) -> Tensor:
+        """Logits for every position of `tokens` (B, T), or only the last with `last_only`.
+
+        With a cache, `tokens` continue the sequence the cache holds: their positions start
+        at `cache.length`, and the cache is advanced past them.
+        """
+        start = cache.length if cache is not None else 0
+        T = tokens.shape[1]
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}"
+            )
+        q_pos = torch.arange(start, start + T, device=tokens.device)
+        positions = self.attention_positions(q_pos, torch.arange(start + T, device=tokens.device))
+        x = self.dropout(self.positions.embed(self.embed(tokens), q_pos))
+        for block in self.blocks:
+            if self.config.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, positions, cache, use_reentrant=False)
+            else:
+                x = block(x, positions, cache)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.final_norm(x))
+
+    def attention_positions(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
+        positions = self.positions.attention_inputs(q_pos, k_pos)
+        square = len(q_pos) == len(k_pos)
+        if positions.mask is None and len(q_pos) > 1:
+            # Plain causal attention lets SDPA use its fused kernels; a query block that
+            # starts part-way through a cache needs the mask spelled out.
+            if square:
+                positions.is_causal = True
+            else:
+                positions.mask = causal_mask(q_pos, k_pos)
+        return positions
+
+    def param_count(self) -> tuple[int, int]:
+        """(total, non-embedding) parameters, tied weights counted once."""
+        total = sum(p.numel() for p in self.parameters())
+        embedding = self.embed.weight.numel()
+        embedding += sum(p.numel() for p in self.positions.parameters())
+        if not self.config.tie_embeddings:
+            embedding += self.lm_head.weight.numel()
+        return total, total - embedding

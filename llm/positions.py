@@ -1,0 +1,140 @@
+"""Position encodings: how a transformer learns where each token stands.
+
+Every encoding answers two questions, and most answer only one of them:
+- `embed`: what to add to the token embeddings (learned, sinusoidal);
+- `attention_inputs`: what attention needs per forward pass — rotation tables for the
+  queries and keys (RoPE) or an additive bias on the scores (ALiBi).
+The defaults answer "nothing", which is the `none` encoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from llm.config import ModelConfig
+
+
+@dataclass
+class AttentionPositions:
+    """What every attention layer of one forward pass needs to know about positions."""
+
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin at the query positions: (T, head_dim)
+    mask: Tensor | None = None  # bool (True = may attend) or float bias, (heads|1, T, S)
+    is_causal: bool = False  # plain causal attention over T == S: lets SDPA pick its fast kernels
+
+    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rope is None:
+            return q, k
+        cos, sin = self.rope
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension (the Llama layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def causal_mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    return k_pos[None, :] <= q_pos[:, None]
+
+
+class PositionEncoding(nn.Module):
+    """No positional signal at all: attention's causal mask is the only order the model sees."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        return x
+
+    def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
+        return AttentionPositions()
+
+
+class LearnedPositions(PositionEncoding):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.table = nn.Embedding(config.max_seq_len, config.d_model)
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        return x + self.table(pos)
+
+
+class SinusoidalPositions(PositionEncoding):
+    """The fixed encoding of "Attention Is All You Need": sines and cosines of geometric
+    frequencies."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        d = config.d_model
+        pos = torch.arange(config.max_seq_len, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+        table = torch.zeros(config.max_seq_len, d)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq)
+        self.register_buffer("table", table, persistent=False)
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        return x + self.table[pos].to(x.dtype)
+
+
+class RotaryPositions(PositionEncoding):
+    """RoPE: rotate each pair of query/key channels by an angle proportional to the position,
+    so that their dot product depends only on the distance between the two tokens."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        hd = config.head_dim
+        inv_freq = config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # both halves rotate by the same angle
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
+        return AttentionPositions(rope=(self.cos[q_pos], self.sin[q_pos]))
+
+
+class AlibiPositions(PositionEncoding):
+    """ALiBi: no embedding; each head penalises attention scores linearly in the distance,
+    with a head-specific slope, which lets models run on sequences longer than trained on."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("slopes", alibi_slopes(config.n_heads), persistent=False)
+
+    def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
+        distance = (q_pos[:, None] - k_pos[None, :]).to(self.slopes.dtype)
+        bias = -self.slopes[:, None, None] * distance
+        bias = bias.masked_fill(~causal_mask(q_pos, k_pos), float("-inf"))
+        return AttentionPositions(mask=bias)
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """Geometric slopes 2^(-8i/n); for a head count that is not a power of two, the slopes of
+    the nearest lower power of two plus every other slope of the next one up."""
+
+    def powers(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    lower = 2 ** math.floor(math.log2(n_heads))
+    slopes = powers(lower) + powers(2 * lower)[0::2][: n_heads - lower]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
+    "none": PositionEncoding,
+    "learned": LearnedPositions,
+    "sinusoidal": SinusoidalPositions,
+    "rope": RotaryPositions,
+    "alibi": AlibiPositions,
+}
+
+
+def build_position_encoding(config: ModelConfig) -> PositionEncoding:
+    return POSITION_ENCODINGS[config.pos_encoding](config)

@@ -1,0 +1,190 @@
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm.config import ModelConfig
+from llm.errors import ConfigError
+from llm.model import KVCache, Transformer
+from llm.positions import alibi_slopes
+
+POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = dict(vocab_size=64, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=32)
+    return ModelConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_changing_a_future_token_never_changes_an_earlier_logit(pos):
+    torch.manual_seed(0)
+    model = Transformer(tiny(pos_encoding=pos)).eval()
+    tokens = torch.randint(0, 64, (2, 16))
+    changed = tokens.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 64
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize(
+    "pos,norm,mlp", list(itertools.product(POSITIONS, ["rmsnorm", "layernorm"], ["swiglu", "gelu"]))
+)
+def test_every_variant_trains_with_falling_loss(pos, norm, mlp):
+    torch.manual_seed(0)
+    model = Transformer(tiny(pos_encoding=pos, norm=norm, mlp=mlp))
+    pattern = torch.arange(24) % 7 + 3  # a periodic sequence any variant can learn
+    tokens = pattern.repeat(4, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 64), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def naive_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (B, H, T, d) by pos · theta^(-2i/d), one by one."""
+    out = x.clone()
+    d = x.shape[-1]
+    for pos in range(x.shape[2]):
+        for i in range(d // 2):
+            angle = pos * theta ** (-2 * i / d)
+            a, b = x[:, :, pos, i], x[:, :, pos, i + d // 2]
+            out[:, :, pos, i] = a * math.cos(angle) - b * math.sin(angle)
+            out[:, :, pos, i + d // 2] = b * math.cos(angle) + a * math.sin(angle)
+    return out
+
+
+def naive_attention(attn, x, rope_theta=None, slopes=None):
+    """Attention written out: projections, optional RoPE, scores + ALiBi, causal softmax."""
+    B, T, _ = x.shape
+    H, hd = attn.n_heads, attn.head_dim
+    q, k, v = (x @ attn.qkv.weight.T).split(H * hd, dim=-1)
+    q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q, k, v))
+    if rope_theta is not None:
+        q, k = naive_rope(q, rope_theta), naive_rope(k, rope_theta)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    if slopes is not None:
+        scores = scores - slopes[:, None, None] * (i - j)
+    scores = scores.masked_fill(j > i, float("-inf"))
+    y = scores.softmax(-1) @ v
+    return y.transpose(1, 2).reshape(B, T, H * hd) @ attn.proj.weight.T
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_attention_matches_a_naive_reference(pos):
+    torch.manual_seed(0)
+    config = tiny(pos_encoding=pos, n_heads=4, d_model=32, rope_theta=500.0)
+    model = Transformer(config).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 12, 32)
+    positions = model.attention_positions(torch.arange(12), torch.arange(12))
+    with torch.no_grad():
+        ours = attn(x, positions, None)
+        theirs = naive_attention(
+            attn,
+            x,
+            rope_theta=500.0 if pos == "rope" else None,
+            slopes=alibi_slopes(4) if pos == "alibi" else None,
+        )
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_alibi_slopes_follow_the_geometric_sequence():
+    assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]
+    # 6 heads: the 4-head slopes, then the odd-indexed slopes of the 8-head sequence.
+    assert alibi_slopes(6).tolist() == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_cached_forward_equals_full_forward(pos, kv_heads):
+    torch.manual_seed(0)
+    config = tiny(pos_encoding=pos, n_kv_heads=kv_heads)
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 64, (2, 14))
+    cache = KVCache(config, batch_size=2)
+    with torch.no_grad():
+        full = model(tokens)
+        pieces = [model(tokens[:, :6], cache), model(tokens[:, 6:10], cache)]
+        pieces += [model(tokens[:, t : t + 1], cache) for t in range(10, 14)]
+    assert cache.length == 14
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_multi_query_attention_has_one_key_value_head():
+    config = tiny(n_kv_heads=1)
+    model = Transformer(config)
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.out_features == (4 + 2) * config.head_dim
+    loss = model(torch.randint(0, 64, (1, 8))).sum()
+    loss.backward()
+    assert qkv.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"bias": True, "norm": "layernorm"},
+        {"tie_embeddings": False, "pos_encoding": "learned"},
+        {"mlp": "gelu", "n_kv_heads": 2, "bias": True},
+    ],
+)
+def test_param_count_matches_the_built_model(overrides):
+    config = tiny(**overrides)
+    model = Transformer(config)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert config.param_count().total == sum(unique.values())
+    assert tuple(config.param_count()) == model.param_count()
+
+
+def test_flops_per_token_counts_every_matrix_multiply_and_attention():
+    config = tiny(tie_embeddings=True, n_kv_heads=2)
+    model = Transformer(config)
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    attention = 6 * config.n_layers * 16 * config.d_model
+    assert config.flops_per_token(seq_len=16) == 6 * matmul_weights + attention
+
+
+def test_config_validation_lists_every_problem_at_once():
+    config = ModelConfig(vocab_size=1, d_model=30, n_heads=4, n_kv_heads=3, dropout=1.5)
+    with pytest.raises(ConfigError) as err:
+        config.validate()
+    message = str(err.value)
+    for fragment in ("vocab_size", "divisible by n_heads", "divisible by n_kv_heads", "dropout"):
+        assert fragment in message
+
+
+def test_rope_requires_an_even_head_size():
+    problems = tiny(d_model=12, n_heads=4, pos_encoding="rope").problems()
+    assert any("even head size" in p for p in problems)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = Transformer(tiny())
+    ckpt = Transformer(tiny(gradient_checkpointing=True))
+    ckpt.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 64, (2, 10))
+    for model in (plain, ckpt):
+        model(tokens).square().mean().backward()
+    for a, b in zip(plain.parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_sequence_longer_than_the_context_is_refused():
+    model = Transformer(tiny(max_seq_len=8))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 9, dtype=torch.long))

@@ -1,0 +1,1 @@
+"""Evolutionary search over transformer architectures and hyperparameters, on the llm stack."""

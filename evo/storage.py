@@ -1,0 +1,737 @@
+"""The results database of a search: runs, genomes, trials, curves, generations, promotions.
+
+The driver is the only writer; `evo status` and `evo report` read it from other
+processes while a search runs. Every public method is one short transaction, so a
+crash at any moment leaves a consistent database, and every method returns plain
+dataclasses and dicts, never ORM objects tied to a session.
+
+SQLite (the default) runs in WAL mode so that readers and the writer never lock each
+other out. Any other SQLAlchemy URL (PostgreSQL for a shared cluster) gets the same
+schema: it uses only portable column types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    Select,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from llm.errors import UserError
+
+DEFAULT_URL = "sqlite:///results/evo.db"
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("running", "interrupted", "finished", "failed")
+TRIAL_STATUSES = ("queued", "running", "done", "failed", "timeout", "invalid", "diverged")
+TERMINAL_STATUSES = ("done", "failed", "timeout", "invalid", "diverged")
+# The measurements of llm.trial.TrialResult, one nullable column each.
+METRICS = (
+    "val_loss",
+    "perplexity",
+    "bits_per_byte",
+    "accuracy",
+    "train_tokens_per_s",
+    "decode_tokens_per_s",
+    "params",
+    "params_non_embedding",
+    "flops_per_token",
+    "peak_memory_bytes",
+    "wall_seconds",
+    "steps",
+    "tokens",
+)
+_RESULT_KEYS = frozenset({*METRICS, "status", "device", "error", "curve", "pretrain"})
+# Columns of trials_frame around the genes and metrics.
+_FRAME_HEAD = ("trial_id", "generation", "attempt", "status", "genome_id")
+_FRAME_TAIL = ("error", "host", "device", "worker", "started_at", "finished_at")
+
+
+class _UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=timezone.utc)
+
+
+def _one_of(table: str, values: tuple[str, ...]) -> CheckConstraint:
+    allowed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"status IN ({allowed})", name=f"{table}_status")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaRow(Base):
+    __tablename__ = "evo_schema"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class RunRow(Base):
+    __tablename__ = "evo_runs"
+    __table_args__ = (_one_of(__tablename__, RUN_STATUSES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    space_yaml: Mapped[str] = mapped_column(Text)
+    space_sha256: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64))
+    generation: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+
+
+class GenomeRow(Base):
+    __tablename__ = "evo_genomes"
+    __table_args__ = (UniqueConstraint("run_id", "hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
+    hash: Mapped[str] = mapped_column(String(64))
+    genes: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TrialRow(Base):
+    __tablename__ = "evo_trials"
+    __table_args__ = (_one_of(__tablename__, TRIAL_STATUSES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    genome_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_genomes.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(_UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(_UTCDateTime)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    perplexity: Mapped[float | None] = mapped_column(Float)
+    bits_per_byte: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    train_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    decode_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    params_non_embedding: Mapped[int | None] = mapped_column(BigInteger)
+    flops_per_token: Mapped[int | None] = mapped_column(BigInteger)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None] = mapped_column(BigInteger)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    pretrain: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CurvePointRow(Base):
+    __tablename__ = "evo_curve_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_trials.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)  # NaN reads back as None
+    val_loss: Mapped[float | None] = mapped_column(Float)
+
+
+class MemberRow(Base):
+    """One slot of a generation's population; a genome may fill several slots."""
+
+    __tablename__ = "evo_population"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
+
+
+class GenerationRow(Base):
+    __tablename__ = "evo_generations"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rng_state: Mapped[Any] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+
+
+class PromotionRow(Base):
+    __tablename__ = "evo_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
+    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
+    out_dir: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    space_yaml: str
+    space_sha256: str
+    seed: int
+    status: str
+    version: str  # of the evo-llm package that created the run
+    generation: int | None  # the last generation saved; None before the first
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    id: int
+    genome_id: int
+    generation: int
+    attempt: int
+    status: str
+    host: str | None
+    device: str | None
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    val_loss: float | None
+    perplexity: float | None
+    bits_per_byte: float | None
+    accuracy: float | None
+    train_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    params: int | None
+    params_non_embedding: int | None
+    flops_per_token: int | None
+    peak_memory_bytes: int | None
+    wall_seconds: float | None
+    steps: int | None
+    tokens: int | None
+    pretrain: dict[str, Any] | None
+    error: str | None
+
+    def metric(self, name: str) -> float | None:
+        value = getattr(self, name)
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    generation: int
+    genome_ids: list[int]  # the population, in order
+    rng_state: Any  # as saved, with JSON lists turned back into tuples
+    stats: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    id: int
+    genome_id: int
+    out_dir: str
+    status: str
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_Record = TypeVar("_Record")
+
+
+def _record(cls: type[_Record], row: Base) -> _Record:
+    """The dataclass `cls` filled from the same-named attributes of an ORM row."""
+    return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as strict JSON data, which every database accepts.
+
+    Tuples become lists, numpy scalars and arrays Python numbers and lists, and
+    non-finite floats None (JSON has no NaN; PostgreSQL rejects it).
+    """
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    """Undo JSON's tuple-to-list conversion, so `random.setstate` accepts the state."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy or torch scalar as the Python number a database driver can bind."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def genome_hash(genes: dict[str, Any]) -> str:
+    """The sha256 of canonical JSON: sorted keys, floats written by repr (shortest exact)."""
+    text = json.dumps(_jsonable(genes), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("evo-llm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching a fresh file to WAL may have to wait for a lock.
+    for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    engine = create_engine(parsed)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _prepare_schema(engine: Engine, shown_url: str) -> None:
+    """Create missing tables, after refusing a database written by a newer evo."""
+    with engine.begin() as connection:
+        found = None
+        if inspect(connection).has_table(SchemaRow.__tablename__):
+            found = connection.scalar(select(SchemaRow.version))
+        if found is not None and found > SCHEMA_VERSION:
+            raise UserError(
+                f"{shown_url} has schema version {found}, newer than this evo understands "
+                f"({SCHEMA_VERSION}); upgrade evo-llm to read it"
+            )
+        Base.metadata.create_all(connection)
+        if found is None:
+            connection.execute(insert(SchemaRow).values(id=1, version=SCHEMA_VERSION))
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the underlying driver's message, without SQLAlchemy's footer."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig
+    return str(exc).partition("\n")[0] or type(exc).__name__
+
+
+def _shown(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+class Storage:
+    """All reads and writes of the search's results, one short transaction per call."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = _shown(url)
+        try:
+            self._engine = _make_engine(url)
+            _prepare_schema(self._engine, self.url)
+        except (SQLAlchemyError, ImportError, OSError) as exc:
+            raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # Runs
+
+    def create_run(self, name: str, space_yaml: str, seed: int) -> RunInfo:
+        if not name.strip():
+            raise UserError("a run needs a non-empty name")
+        now = _now()
+        with self._sessions.begin() as session:
+            if session.scalar(select(RunRow.id).where(RunRow.name == name)) is not None:
+                raise UserError(
+                    f"a run named {name!r} already exists in {self.url}; "
+                    "choose another name or resume that run"
+                )
+            row = RunRow(
+                name=name,
+                space_yaml=space_yaml,
+                space_sha256=hashlib.sha256(space_yaml.encode()).hexdigest(),
+                seed=seed,
+                status="running",
+                version=_package_version(),
+                generation=None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            return _record(RunInfo, row)
+
+    def get_run(self, name: str) -> RunInfo | None:
+        with self._sessions.begin() as session:
+            row = session.scalar(select(RunRow).where(RunRow.name == name))
+            return None if row is None else _record(RunInfo, row)
+
+    def list_runs(self) -> list[RunInfo]:
+        with self._sessions.begin() as session:
+            rows = session.scalars(select(RunRow).order_by(RunRow.created_at, RunRow.id))
+            return [_record(RunInfo, row) for row in rows]
+
+    def set_run_status(self, name: str, status: str) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
+        with self._sessions.begin() as session:
+            row = self._run(session, name)
+            row.status = status
+            row.updated_at = _now()
+
+    # Genomes and trials
+
+    def genome_id(self, run: str, genes: dict[str, Any]) -> int:
+        """The id of these genes in `run`, adding them the first time they are seen."""
+        genes = _jsonable(genes)
+        digest = genome_hash(genes)
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            found = session.scalar(
+                select(GenomeRow.id).where(GenomeRow.run_id == run_id, GenomeRow.hash == digest)
+            )
+            if found is not None:
+                return found
+            row = GenomeRow(run_id=run_id, hash=digest, genes=genes)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def genomes(self, run: str) -> dict[int, dict[str, Any]]:
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            rows = session.execute(
+                select(GenomeRow.id, GenomeRow.genes)
+                .where(GenomeRow.run_id == run_id)
+                .order_by(GenomeRow.id)
+            )
+            return {genome_id: genes for genome_id, genes in rows}
+
+    def finished_result(self, run: str, genome_id: int) -> TrialRecord | None:
+        """The latest terminal trial of the genome, whose result can stand in for a new one."""
+        with self._sessions.begin() as session:
+            row = session.scalar(
+                self._trials_query(session, run)
+                .where(TrialRow.genome_id == genome_id, TrialRow.status.in_(TERMINAL_STATUSES))
+                .order_by(TrialRow.id.desc())
+                .limit(1)
+            )
+            return None if row is None else _record(TrialRecord, row)
+
+    def add_trial(self, run: str, genome_id: int, generation: int, attempt: int = 0) -> int:
+        with self._sessions.begin() as session:
+            genome = session.get(GenomeRow, genome_id)
+            if genome is None or genome.run_id != self._run(session, run).id:
+                raise ValueError(f"genome {genome_id} is not part of run {run!r}")
+            row = TrialRow(
+                genome_id=genome_id, generation=generation, attempt=attempt, status="queued"
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def mark_running(
+        self, trial_id: int, host: str, device: str, worker: str | None = None
+    ) -> None:
+        with self._sessions.begin() as session:
+            row = self._trial(session, trial_id)
+            row.status = "running"
+            row.host, row.device, row.worker = host, device, worker
+            row.started_at = _now()
+
+    def finish_trial(self, trial_id: int, status: str, result: dict[str, Any]) -> None:
+        """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve.
+
+        A result may be partial (a timeout knows only its error); missing fields are stored
+        as NULL. A curve stored earlier for the trial is replaced.
+        """
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"a finished trial's status must be one of {TERMINAL_STATUSES}")
+        unknown = set(result) - _RESULT_KEYS
+        if unknown:
+            raise ValueError(f"trial result has fields the database lacks: {sorted(unknown)}")
+        with self._sessions.begin() as session:
+            row = self._trial(session, trial_id)
+            row.status = status
+            row.finished_at = _now()
+            for name in METRICS:
+                setattr(row, name, _scalar(result.get(name)))
+            row.error = result.get("error")
+            row.pretrain = _jsonable(result.get("pretrain"))
+            row.device = result.get("device") or row.device
+            session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id == trial_id))
+            session.add_all(
+                CurvePointRow(trial_id=trial_id, **{key: _scalar(v) for key, v in point.items()})
+                for point in result.get("curve") or []
+            )
+
+    def requeue_interrupted(self, run: str) -> int:
+        """Delete the trials a dead driver left queued or running, with their curves.
+
+        A resumed driver replays the unfinished generation from its saved RNG state, so
+        it adds these trials again; deleting them keeps one trial per evaluation.
+        Returns how many were deleted.
+        """
+        with self._sessions.begin() as session:
+            stale = session.scalars(
+                self._trials_query(session, run)
+                .with_only_columns(TrialRow.id)
+                .where(TrialRow.status.in_(("queued", "running")))
+            ).all()
+            session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id.in_(stale)))
+            session.execute(delete(TrialRow).where(TrialRow.id.in_(stale)))
+            return len(stale)
+
+    def trials(self, run: str) -> list[TrialRecord]:
+        with self._sessions.begin() as session:
+            rows = session.scalars(self._trials_query(session, run).order_by(TrialRow.id))
+            return [_record(TrialRecord, row) for row in rows]
+
+    def curve(self, trial_id: int) -> list[dict[str, Any]]:
+        """The trial's learning curve, as dicts that `llm.trial.CurvePoint(**point)` accepts."""
+        keys = ("step", "tokens", "seconds", "train_loss", "val_loss", "stage")
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(CurvePointRow)
+                .where(CurvePointRow.trial_id == trial_id)
+                .order_by(CurvePointRow.id)
+            )
+            return [{key: getattr(row, key) for key in keys} for row in rows]
+
+    def trials_frame(self, run: str) -> pd.DataFrame:
+        """One row per trial, in trial order.
+
+        Columns: trial_id, generation, attempt, status, genome_id, then `gene.<name>` for
+        every gene (NaN where a genome lacks it), every metric of METRICS (numeric), then
+        `pretrain.<name>` for every pretraining metric, error, host, device, worker,
+        started_at and finished_at.
+        """
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                self._trials_query(session, run).add_columns(GenomeRow.genes).order_by(TrialRow.id)
+            ).all()
+            records = []
+            for trial, genes in rows:
+                record = {key: getattr(trial, key) for key in _FRAME_HEAD[1:]}
+                record["trial_id"] = trial.id
+                record.update((f"gene.{name}", value) for name, value in genes.items())
+                record.update((key, getattr(trial, key)) for key in METRICS)
+                pretrain = trial.pretrain or {}
+                record.update((f"pretrain.{name}", value) for name, value in pretrain.items())
+                record.update((key, getattr(trial, key)) for key in _FRAME_TAIL)
+                records.append(record)
+        genes = sorted({key for record in records for key in record if key.startswith("gene.")})
+        pretrain = sorted({key for r in records for key in r if key.startswith("pretrain.")})
+        columns = [*_FRAME_HEAD, *genes, *METRICS, *pretrain, *_FRAME_TAIL]
+        frame = pd.DataFrame(records, columns=columns)
+        frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric)
+        return frame
+
+    # Generations
+
+    def save_generation(
+        self,
+        run: str,
+        generation: int,
+        genome_ids: list[int],
+        rng_state: object,
+        stats: dict[str, Any],
+    ) -> None:
+        """Record a generation's population, RNG state and statistics all at once.
+
+        A record of the same generation (from a run that was interrupted and resumed) is
+        replaced. The run's current generation becomes `generation`.
+        """
+        now = _now()
+        with self._sessions.begin() as session:
+            run_row = self._run(session, run)
+            same = (MemberRow.run_id == run_row.id, MemberRow.generation == generation)
+            session.execute(delete(MemberRow).where(*same))
+            session.execute(
+                delete(GenerationRow).where(
+                    GenerationRow.run_id == run_row.id, GenerationRow.generation == generation
+                )
+            )
+            session.add_all(
+                MemberRow(
+                    run_id=run_row.id, generation=generation, position=i, genome_id=int(genome)
+                )
+                for i, genome in enumerate(genome_ids)
+            )
+            session.add(
+                GenerationRow(
+                    run_id=run_row.id,
+                    generation=generation,
+                    rng_state=_jsonable(rng_state),
+                    stats=_jsonable(stats),
+                    created_at=now,
+                )
+            )
+            run_row.generation = generation
+            run_row.updated_at = now
+
+    def last_generation(self, run: str) -> GenerationRecord | None:
+        """The highest generation saved; its `rng_state` is ready for `random.setstate`."""
+        records = self._generations(run, latest_only=True)
+        return records[0] if records else None
+
+    def generations(self, run: str) -> list[GenerationRecord]:
+        return self._generations(run, latest_only=False)
+
+    # Promotions
+
+    def record_promotion(
+        self, run: str, genome_id: int, out_dir: str, status: str, metrics: dict[str, Any] | None
+    ) -> int:
+        now = _now()
+        with self._sessions.begin() as session:
+            row = PromotionRow(
+                run_id=self._run(session, run).id,
+                genome_id=genome_id,
+                out_dir=out_dir,
+                status=status,
+                metrics=_jsonable(metrics),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def update_promotion(
+        self, promotion_id: int, status: str, metrics: dict[str, Any] | None
+    ) -> None:
+        """Set the promotion's status, and its metrics unless `metrics` is None."""
+        with self._sessions.begin() as session:
+            row = session.get(PromotionRow, promotion_id)
+            if row is None:
+                raise ValueError(f"no promotion with id {promotion_id} in {self.url}")
+            row.status = status
+            if metrics is not None:
+                row.metrics = _jsonable(metrics)
+            row.updated_at = _now()
+
+    def promotions(self, run: str) -> list[PromotionRecord]:
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(PromotionRow)
+                .where(PromotionRow.run_id == self._run(session, run).id)
+                .order_by(PromotionRow.id)
+            )
+            return [_record(PromotionRecord, row) for row in rows]
+
+    # Helpers, each used inside a caller's transaction
+
+    def _run(self, session: Session, name: str) -> RunRow:
+        row = session.scalar(select(RunRow).where(RunRow.name == name))
+        if row is None:
+            raise UserError(f"no run named {name!r} in {self.url}")
+        return row
+
+    def _trial(self, session: Session, trial_id: int) -> TrialRow:
+        row = session.get(TrialRow, trial_id)
+        if row is None:
+            raise ValueError(f"no trial with id {trial_id} in {self.url}")
+        return row
+
+    def _trials_query(self, session: Session, run: str) -> Select[Any]:
+        run_id = self._run(session, run).id
+        return select(TrialRow).join(GenomeRow).where(GenomeRow.run_id == run_id)
+
+    def _generations(self, run: str, latest_only: bool) -> list[GenerationRecord]:
+        with self._sessions.begin() as session:
+            run_row = self._run(session, run)
+            query = select(GenerationRow).where(GenerationRow.run_id == run_row.id)
+            if latest_only:
+                query = query.order_by(GenerationRow.generation.desc()).limit(1)
+            rows = session.scalars(query.order_by(GenerationRow.generation)).all()
+            members: dict[int, list[int]] = {row.generation: [] for row in rows}
+            for generation, genome_id in session.execute(
+                select(MemberRow.generation, MemberRow.genome_id)
+                .where(MemberRow.run_id == run_row.id, MemberRow.generation.in_(members))
+                .order_by(MemberRow.generation, MemberRow.position)
+            ):
+                members[generation].append(genome_id)
+            return [
+                GenerationRecord(
+                    generation=row.generation,
+                    genome_ids=members[row.generation],
+                    rng_state=_tuples(row.rng_state),
+                    stats=row.stats,
+                    created_at=row.created_at,
+                )
+                for row in rows
+            ]

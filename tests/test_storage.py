@@ -1,0 +1,338 @@
+"""The results database: round trips, resumption support, and concurrent readers."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evo.storage import METRICS, SCHEMA_VERSION, Storage, TrialRecord, genome_hash
+from llm.errors import UserError
+from llm.trial import CurvePoint, TrialResult
+
+SPACE = "model:\n  n_layers: {choice: [2, 4]}\n"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "evo.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Storage]:
+    with Storage(f"sqlite:///{db_path}") as storage:
+        yield storage
+
+
+def full_result() -> TrialResult:
+    """A result with every field set, including a two-stage curve and pretrain metrics."""
+    return TrialResult(
+        status="ok",
+        val_loss=2.5,
+        perplexity=12.18,
+        bits_per_byte=1.25,
+        accuracy=0.41,
+        train_tokens_per_s=1234.5,
+        decode_tokens_per_s=88.0,
+        params=3_000_000_000,  # beyond 32 bits
+        params_non_embedding=2_500_000,
+        flops_per_token=18_000_000_000,
+        peak_memory_bytes=7_000_000_000,
+        wall_seconds=61.5,
+        steps=200,
+        tokens=409_600,
+        device="cuda:0",
+        error=None,
+        curve=[
+            CurvePoint(step=100, tokens=204_800, seconds=30.0, train_loss=3.1, val_loss=3.0),
+            CurvePoint(step=200, tokens=409_600, seconds=60.0, train_loss=2.6),
+            CurvePoint(step=50, tokens=1024, seconds=5.0, train_loss=2.4, stage="adapt"),
+        ],
+        pretrain={"val_loss": 2.9, "bits_per_byte": 1.4},
+    )
+
+
+def test_runs_are_created_listed_and_updated(store: Storage) -> None:
+    run = store.create_run("alpha", SPACE, seed=7)
+    assert run.status == "running"
+    assert run.seed == 7 and run.space_yaml == SPACE
+    assert run.space_sha256 != store.create_run("beta", SPACE + "#\n", seed=7).space_sha256
+    assert run.version == importlib.metadata.version("evo-llm")
+    assert run.generation is None
+    assert run.created_at.tzinfo is not None
+
+    with pytest.raises(UserError, match="'alpha' already exists"):
+        store.create_run("alpha", SPACE, seed=1)
+    assert [r.name for r in store.list_runs()] == ["alpha", "beta"]
+
+    store.set_run_status("alpha", "interrupted")
+    stored = store.get_run("alpha")
+    assert stored is not None and stored.status == "interrupted"
+    assert stored.updated_at > stored.created_at
+    assert stored.updated_at.tzinfo == timezone.utc
+    assert store.get_run("missing") is None
+    with pytest.raises(ValueError, match="run status"):
+        store.set_run_status("alpha", "paused")
+    with pytest.raises(UserError, match="no run named 'missing'"):
+        store.set_run_status("missing", "failed")
+
+
+def test_sqlite_parent_folder_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "evo.db"
+    with Storage(f"sqlite:///{path}") as storage:
+        storage.create_run("r", SPACE, seed=0)
+    assert path.is_file()
+
+
+def test_genome_ids_are_idempotent_and_canonical(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    store.create_run("other", SPACE, seed=0)
+    first = store.genome_id("r", {"n_layers": 4, "lr": 0.1, "norm": "rmsnorm"})
+    assert store.genome_id("r", {"norm": "rmsnorm", "lr": 1e-1, "n_layers": 4}) == first
+    assert (
+        store.genome_id("r", {"lr": np.float64(0.1), "n_layers": np.int64(4), "norm": "rmsnorm"})
+        == first
+    )
+    # 0.1 + 0.2 is not 0.3 as a float; the repr keeps them apart.
+    assert store.genome_id("r", {"n_layers": 4, "lr": 0.1 + 0.2, "norm": "rmsnorm"}) != (
+        store.genome_id("r", {"n_layers": 4, "lr": 0.3, "norm": "rmsnorm"})
+    )
+    assert store.genome_id("other", {"n_layers": 4, "lr": 0.1, "norm": "rmsnorm"}) != first
+    assert genome_hash({"a": 1, "b": 2.5}) == genome_hash({"b": 2.5, "a": 1})
+    assert genome_hash({"a": 1}) != genome_hash({"a": 2})
+
+    genomes = store.genomes("r")
+    assert len(genomes) == 3
+    assert genomes[first] == {"n_layers": 4, "lr": 0.1, "norm": "rmsnorm"}
+
+
+def test_metric_columns_match_trial_result() -> None:
+    not_metrics = {"status", "device", "error", "curve", "pretrain"}
+    fields = {f.name for f in dataclasses.fields(TrialResult)} - not_metrics
+    assert set(METRICS) == fields
+    assert fields <= {f.name for f in dataclasses.fields(TrialRecord)}
+
+
+def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    genome = store.genome_id("r", {"n_layers": 2})
+    trial_id = store.add_trial("r", genome, generation=3, attempt=1)
+    (queued,) = store.trials("r")
+    assert (queued.id, queued.status, queued.generation, queued.attempt) == (
+        trial_id,
+        "queued",
+        3,
+        1,
+    )
+    assert queued.started_at is None and queued.val_loss is None
+
+    store.mark_running(trial_id, host="node1", device="cuda:1", worker="w-3")
+    (running,) = store.trials("r")
+    assert (running.status, running.host, running.device, running.worker) == (
+        "running",
+        "node1",
+        "cuda:1",
+        "w-3",
+    )
+    assert running.started_at is not None and running.finished_at is None
+
+    result = full_result()
+    store.finish_trial(trial_id, "done", result.to_dict())
+    (done,) = store.trials("r")
+    assert done.status == "done"
+    for name in METRICS:
+        assert getattr(done, name) == pytest.approx(getattr(result, name)), name
+    assert done.params == 3_000_000_000 and isinstance(done.params, int)
+    assert done.metric("val_loss") == 2.5
+    assert done.device == "cuda:0"  # the device the trial reports having used
+    assert done.pretrain == {"val_loss": 2.9, "bits_per_byte": 1.4}
+    assert done.error is None
+    assert done.finished_at is not None and done.finished_at >= done.started_at
+    assert [CurvePoint(**point) for point in store.curve(trial_id)] == result.curve
+
+    # Finishing again (a retried write) replaces the curve rather than duplicating it.
+    failed = TrialResult(status="failed", error="CUDA out of memory", curve=result.curve[:1])
+    store.finish_trial(trial_id, "failed", failed.to_dict())
+    (again,) = store.trials("r")
+    assert (again.status, again.error, again.val_loss) == ("failed", "CUDA out of memory", None)
+    assert len(store.curve(trial_id)) == 1
+
+
+def test_bad_trial_writes_are_refused(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    store.create_run("other", SPACE, seed=0)
+    trial_id = store.add_trial("r", store.genome_id("r", {"x": 1}), generation=0)
+    with pytest.raises(ValueError, match="must be one of"):
+        store.finish_trial(trial_id, "running", {})
+    with pytest.raises(ValueError, match="'surprise'"):
+        store.finish_trial(trial_id, "done", {"surprise": 1.0})
+    with pytest.raises(ValueError, match="not part of run"):
+        store.add_trial("other", store.genome_id("r", {"x": 1}), generation=0)
+    with pytest.raises(ValueError, match="no trial with id 999"):
+        store.mark_running(999, host="h", device="cpu")
+    assert store.trials("r")[0].status == "queued"
+
+
+def test_finished_result_is_the_latest_terminal_trial(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    genome = store.genome_id("r", {"n_layers": 2})
+    other = store.genome_id("r", {"n_layers": 4})
+    first = store.add_trial("r", genome, generation=0)
+    assert store.finished_result("r", genome) is None
+    store.mark_running(first, host="h", device="cpu")
+    assert store.finished_result("r", genome) is None
+
+    store.finish_trial(first, "timeout", {"error": "timed out after 60 s"})
+    reused = store.finished_result("r", genome)
+    assert reused is not None and (reused.id, reused.status) == (first, "timeout")
+
+    second = store.add_trial("r", genome, generation=1, attempt=1)
+    store.finish_trial(second, "done", full_result().to_dict())
+    reused = store.finished_result("r", genome)
+    assert reused is not None and (reused.id, reused.val_loss) == (second, 2.5)
+    assert store.finished_result("r", other) is None
+
+
+def test_requeue_interrupted_removes_unfinished_trials(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    store.create_run("other", SPACE, seed=0)
+    genomes = [store.genome_id("r", {"n": n}) for n in range(3)]
+    done, running, queued = (store.add_trial("r", g, generation=0) for g in genomes)
+    store.finish_trial(done, "done", full_result().to_dict())
+    store.mark_running(running, host="h", device="cpu")
+    untouched = store.add_trial("other", store.genome_id("other", {"n": 0}), generation=0)
+
+    assert store.requeue_interrupted("r") == 2
+    assert [t.id for t in store.trials("r")] == [done]
+    assert store.finished_result("r", genomes[1]) is None  # so it is trained again
+    assert len(store.curve(done)) == 3
+    assert [t.id for t in store.trials("other")] == [untouched]
+    assert store.requeue_interrupted("r") == 0
+    assert queued not in {t.id for t in store.trials("r")}
+
+
+def test_generation_round_trip_restores_the_rng(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    ids = [store.genome_id("r", {"n": n}) for n in range(3)]
+    rng = random.Random(1234)
+    rng.random()
+    store.save_generation("r", 0, [ids[0], ids[1]], rng.getstate(), {"min": 1.0})
+    rng.random()
+    population = [ids[2], ids[0], ids[2]]  # duplicates keep their slots
+    stats = {"min": np.float64(2.5), "max": float("nan"), "counts": np.array([1, 2])}
+    store.save_generation("r", 1, population, rng.getstate(), stats)
+    expected = [rng.random() for _ in range(5)]
+
+    record = store.last_generation("r")
+    assert record is not None
+    assert (record.generation, record.genome_ids) == (1, population)
+    assert record.stats == {"min": 2.5, "max": None, "counts": [1, 2]}
+    fresh = random.Random()
+    fresh.setstate(record.rng_state)
+    assert [fresh.random() for _ in range(5)] == expected
+
+    # A resumed run saving generation 1 again replaces it in one piece.
+    store.save_generation("r", 1, [ids[1]], rng.getstate(), {"min": 3.0})
+    assert [(g.generation, g.genome_ids, g.stats) for g in store.generations("r")] == [
+        (0, [ids[0], ids[1]], {"min": 1.0}),
+        (1, [ids[1]], {"min": 3.0}),
+    ]
+    run = store.get_run("r")
+    assert run is not None and run.generation == 1
+    assert store.last_generation("r") is not None
+    store.create_run("empty", SPACE, seed=0)
+    assert store.last_generation("empty") is None and store.generations("empty") == []
+
+
+def test_promotions_round_trip(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    genome = store.genome_id("r", {"n": 1})
+    promotion = store.record_promotion("r", genome, "out/best", "running", None)
+    store.update_promotion(promotion, "done", {"val_loss": 2.0})
+    store.update_promotion(promotion, "published", None)  # None keeps the metrics
+    (record,) = store.promotions("r")
+    assert (record.id, record.genome_id, record.out_dir) == (promotion, genome, "out/best")
+    assert (record.status, record.metrics) == ("published", {"val_loss": 2.0})
+    assert record.updated_at >= record.created_at
+
+
+def test_trials_frame_has_a_column_per_gene_and_metric(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    assert list(store.trials_frame("r").columns[:5]) == [
+        "trial_id",
+        "generation",
+        "attempt",
+        "status",
+        "genome_id",
+    ]
+    small = store.genome_id("r", {"n_layers": 2, "lr": 0.01})
+    lora = store.genome_id("r", {"n_layers": 4, "lr": 0.02, "lora_rank": 8})
+    finished = store.add_trial("r", small, generation=0)
+    store.finish_trial(finished, "done", full_result().to_dict())
+    store.add_trial("r", lora, generation=1)
+
+    frame = store.trials_frame("r")
+    assert list(frame["trial_id"]) == [finished, finished + 1]
+    assert list(frame["status"]) == ["done", "queued"]
+    assert {"gene.n_layers", "gene.lr", "gene.lora_rank"} <= set(frame.columns)
+    assert {"pretrain.val_loss", "pretrain.bits_per_byte", "error", "started_at"} <= set(
+        frame.columns
+    )
+    assert set(METRICS) <= set(frame.columns)
+    assert all(pd.api.types.is_numeric_dtype(frame[name]) for name in METRICS)
+    assert frame.loc[0, "val_loss"] == 2.5 and pd.isna(frame.loc[1, "val_loss"])
+    assert pd.isna(frame.loc[0, "gene.lora_rank"]) and frame.loc[1, "gene.lora_rank"] == 8
+
+
+def test_readers_and_writer_do_not_lock_each_other(store: Storage, db_path: Path) -> None:
+    store.create_run("r", SPACE, seed=0)
+    url = f"sqlite:///{db_path}"
+
+    # Another process writing (an exclusive transaction, still open) blocks no reader.
+    writer = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE evo_runs SET status = 'failed'")
+    with Storage(url) as reader:
+        run = reader.get_run("r")
+        assert run is not None and run.status == "running"  # the last committed state
+    writer.execute("ROLLBACK")
+
+    # A reader in the middle of a transaction blocks no write.
+    reader_conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    reader_conn.execute("BEGIN")
+    assert reader_conn.execute("SELECT status FROM evo_runs").fetchone() == ("running",)
+    store.set_run_status("r", "finished")
+    assert reader_conn.execute("SELECT status FROM evo_runs").fetchone() == ("running",)
+    reader_conn.execute("COMMIT")
+    assert reader_conn.execute("SELECT status FROM evo_runs").fetchone() == ("finished",)
+    reader_conn.close()
+    writer.close()
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    Storage(f"sqlite:///{db_path}").close()
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("UPDATE evo_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    connection.close()
+    with pytest.raises(UserError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        Storage(f"sqlite:///{db_path}")
+
+
+def test_unusable_databases_are_user_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(UserError, match=r"notes\.db.*not a database"):
+        Storage(f"sqlite:///{junk}")
+    with pytest.raises(UserError, match="nonsense://somewhere"):
+        Storage("nonsense://somewhere")
+    with pytest.raises(UserError, match="not a url"):
+        Storage("not a url")

@@ -61,7 +61,6 @@ class TrialSpec:
     seed: int = 0
     adapt: AdaptSpec | None = None
     workdir: str | None = None  # the only place the trial may write; None: writes nothing
-    eos_id: int | None = None  # lets the decode benchmark stop like generation would
 
 
 @dataclass

@@ -295,6 +295,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 def _jsonable(value: Any) -> Any:
     """`value` as strict JSON data, which every database accepts.
 
@@ -512,11 +516,23 @@ class Storage:
             row.host, row.device, row.worker = host, device, worker
             row.started_at = _now()
 
-    def finish_trial(self, trial_id: int, status: str, result: dict[str, Any]) -> None:
+    def finish_trial(
+        self,
+        trial_id: int,
+        status: str,
+        result: dict[str, Any],
+        *,
+        host: str | None = None,
+        worker: str | None = None,
+        started: float | None = None,
+        finished: float | None = None,
+    ) -> None:
         """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve.
 
         A result may be partial (a timeout knows only its error); missing fields are stored
-        as NULL. A curve stored earlier for the trial is replaced.
+        as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
+        epoch times `started`/`finished`, when given, say where and when the trial really
+        ran (the worker's clock, not the driver's dispatch time).
         """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"a finished trial's status must be one of {TERMINAL_STATUSES}")
@@ -526,7 +542,11 @@ class Storage:
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
             row.status = status
-            row.finished_at = _now()
+            row.finished_at = _now() if finished is None else _from_epoch(finished)
+            if started is not None:
+                row.started_at = _from_epoch(started)
+            row.host = host or row.host
+            row.worker = worker or row.worker
             for name in METRICS:
                 setattr(row, name, _scalar(result.get(name)))
             row.error = result.get("error")

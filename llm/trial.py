@@ -8,11 +8,17 @@ written outside `spec.workdir`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from dataclasses import dataclass, field
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from llm.config import ModelConfig, TrainConfig
 
@@ -108,3 +114,146 @@ class TrialResult:
         data = dict(data)
         data["curve"] = [CurvePoint(**p) for p in data.get("curve", [])]
         return cls(**data)
+
+
+WARMUP_STEPS = 2  # optimizer steps left out of the throughput median (allocator, caches)
+
+
+def run_trial(spec: TrialSpec) -> TrialResult:
+    """Train, evaluate and time one model; never raises for a bad genome or a failed run."""
+    started = time.perf_counter()
+    problems = trial_problems(spec)
+    if problems:
+        return TrialResult(status="invalid", error="; ".join(problems))
+    try:
+        with memory_peak() as peak:
+            result = _run_stages(spec)
+        result.peak_memory_bytes = peak()
+    except torch.cuda.OutOfMemoryError as err:
+        result = TrialResult(status="failed", error=f"out of memory: {first_line(err)}")
+    except MemoryError:
+        result = TrialResult(status="failed", error="out of memory (host)")
+    except Exception as err:  # a trial must never take the search down with it
+        result = TrialResult(status="failed", error=f"{type(err).__name__}: {first_line(err)}")
+    result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+def trial_problems(spec: TrialSpec) -> list[str]:
+    problems = spec.model.problems() + spec.train.problems()
+    if spec.train.seq_len > spec.model.max_seq_len:
+        problems.append(
+            f"seq_len ({spec.train.seq_len}) exceeds max_seq_len ({spec.model.max_seq_len})"
+        )
+    if spec.adapt is not None:
+        problems += [f"adapt: {p}" for p in spec.adapt.train.problems()]
+        if spec.adapt.lora_rank < 0:
+            problems.append(f"lora_rank must not be negative (got {spec.adapt.lora_rank})")
+    return problems
+
+
+def _run_stages(spec: TrialSpec) -> TrialResult:
+    from llm.generate import decode_tokens_per_second
+    from llm.lora import LoRAConfig, apply_lora, merge_lora
+    from llm.model import Transformer
+    from llm.train import Trainer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = Transformer(spec.model)
+    params = spec.model.param_count()
+    result = TrialResult(
+        status="ok",
+        params=params.total,
+        params_non_embedding=params.non_embedding,
+        flops_per_token=spec.model.flops_per_token(spec.train.seq_len),
+    )
+    stages = [("pretrain", spec.train, spec.data)]
+    if spec.adapt is not None:
+        stages.append(("adapt", spec.adapt.train, spec.adapt.data))
+    for stage, train, data in stages:
+        if stage == "adapt" and spec.adapt is not None and spec.adapt.lora_rank > 0:
+            apply_lora(model, LoRAConfig(rank=spec.adapt.lora_rank, alpha=spec.adapt.lora_alpha))
+        out_dir = Path(spec.workdir) / stage if spec.workdir else None
+        outcome = Trainer(model, replace(train, seed=spec.seed), data, out_dir=out_dir).fit()
+        result.device = str(next(model.parameters()).device)
+        result.steps += outcome.step
+        result.tokens += outcome.tokens
+        result.curve += [CurvePoint(stage=stage, **point) for point in outcome.curve]
+        if stage == "pretrain":
+            result.train_tokens_per_s = tokens_per_second(outcome.step_times, train)
+        if outcome.status == "diverged" or outcome.final is None:
+            result.status = "diverged"
+            result.error = f"{stage}: loss became NaN or infinite at step {outcome.step}"
+            return result
+        if stage == "pretrain" and spec.adapt is not None:
+            result.pretrain = eval_metrics(outcome.final)
+        for key, value in eval_metrics(outcome.final).items():
+            setattr(result, key, value)
+    if spec.adapt is not None and spec.adapt.lora_rank > 0:
+        merge_lora(model)  # decode as deployed: adapters folded into the weights
+    with thread_count(spec.train.threads):
+        result.decode_tokens_per_s = decode_tokens_per_second(model)
+    return result
+
+
+def eval_metrics(final: Any) -> dict[str, float]:
+    return {
+        "val_loss": final.loss,
+        "perplexity": final.perplexity,
+        "bits_per_byte": final.bits_per_byte,
+        "accuracy": final.accuracy,
+    }
+
+
+def tokens_per_second(step_times: list[float], train: TrainConfig) -> float | None:
+    """Median training throughput over the timed steps after warm-up."""
+    timed = step_times[WARMUP_STEPS:] if len(step_times) > WARMUP_STEPS else step_times
+    if not timed:
+        return None
+    return train.tokens_per_step / statistics.median(timed)
+
+
+@contextlib.contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def memory_peak() -> Iterator[Any]:
+    """Yields a function that returns the peak memory used since entry, in bytes: the
+    CUDA allocator's peak on a GPU, else the growth of this process's peak resident size."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        yield torch.cuda.max_memory_allocated
+        return
+    reset_resident_peak()
+    baseline = resident_bytes("VmRSS")
+    yield lambda: max(0, resident_bytes("VmHWM") - baseline)
+
+
+def reset_resident_peak() -> None:
+    """Linux resets a process's peak resident size (VmHWM) when 5 is written here."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def resident_bytes(field_name: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().partition("\n")[0] or type(err).__name__)[:500]

@@ -1,0 +1,646 @@
+"""The search space: which settings a search may vary, and what stays fixed.
+
+A space is one YAML file with six sections: `genes` (what varies and over which
+values), `fixed` (model and training settings every trial shares), `constraints`
+(ceilings on size and cost), `data` (corpus, tokenizer, optional adapt stage), `trial`
+(the budget and resources of one trial) and `search` (population, operators and the
+objectives). A genome is a dict from gene name to value, in the space's gene order;
+`model_config` and `train_config` turn it into the configs a trial runs.
+
+Every error names the file and the key path (`genes.n_heads.choice[2]`). A space in
+which no genome is valid is refused when it is loaded, not after hours of search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import random
+import re
+import typing
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from llm.config import (
+    DataConfig,
+    ModelConfig,
+    TokenizerKind,
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+)
+from llm.errors import ConfigError
+from llm.trial import METRIC_DIRECTIONS
+
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_seconds")
+
+# Genes that are not config fields: the adapt stage's LoRA rank (0: full fine-tuning),
+# and the MLP width as a multiple of d_model, which keeps d_ff in proportion as d_model varies.
+SPECIAL_GENES: dict[str, Any] = {
+    "lora_rank": Annotated[int, Field(ge=0)],
+    "d_ff_mult": Annotated[float, Field(gt=0)],
+}
+
+# A space with at most this many combinations (floats counted at three points) is checked
+# exhaustively for a valid genome at load time; a larger one by this many random samples.
+MAX_ENUMERATED = 20_000
+FEASIBILITY_SAMPLES = 4_000
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+MODEL_TYPES = _field_types(ModelConfig)
+TRAIN_TYPES = _field_types(TrainConfig)
+# Settings a space may not vary or fix, and what to do instead.
+REFUSED_MODEL = {"vocab_size": "the vocabulary size is set by data.vocab_size"}
+REFUSED_TRAIN = dict.fromkeys(BUDGET_KEYS, "the budget is set in trial (and data.adapt)")
+GENE_TYPES: dict[str, Any] = {
+    **{k: v for k, v in MODEL_TYPES.items() if k not in REFUSED_MODEL},
+    **{k: v for k, v in TRAIN_TYPES.items() if k not in REFUSED_TRAIN},
+    **SPECIAL_GENES,
+}
+
+
+@functools.cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    return TypeAdapter({**MODEL_TYPES, **TRAIN_TYPES, **SPECIAL_GENES}[name])
+
+
+class _Problem(ValueError):
+    """A problem found by a validator, at a key path below the validator's own location."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class Rng(Protocol):
+    """What sampling needs from a random source: a `random.Random` or the `random` module."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Domain(_Section):
+    """The values of one gene: `{int: [low, high], step: 1}` (both ends included),
+    `{float: [low, high], log: false}` or `{choice: [...]}`."""
+
+    int_range: tuple[int, int] | None = Field(None, alias="int")
+    step: int | None = Field(None, ge=1)
+    float_range: tuple[float, float] | None = Field(None, alias="float")
+    log: bool | None = None
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or sum(k in data for k in ("int", "float", "choice")) != 1:
+            raise _Problem(
+                (),
+                "expected one of {int: [low, high], step: 1}, {float: [low, high], log: false}"
+                " or {choice: [...]}",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Domain:
+        if self.step is not None and self.int_range is None:
+            raise _Problem(("step",), "step applies only to int domains")
+        if self.log is not None and self.float_range is None:
+            raise _Problem(("log",), "log applies only to float domains")
+        if self.kind == "choice":
+            assert self.choice is not None
+            for i, value in enumerate(self.choice):
+                if value in self.choice[:i]:
+                    raise _Problem(("choice", i), f"{value!r} is listed twice")
+            return self
+        low, high = self.bounds
+        if low > high:
+            raise _Problem((self.kind,), f"low ({low}) is above high ({high})")
+        if self.log and low <= 0:
+            raise _Problem(("float",), f"a log domain needs low > 0 (got {low})")
+        # Explicit defaults, so that the recorded space says exactly what was searched.
+        if self.kind == "int" and self.step is None:
+            self.step = 1
+        if self.kind == "float" and self.log is None:
+            self.log = False
+        return self
+
+    @property
+    def kind(self) -> Literal["int", "float", "choice"]:
+        if self.int_range is not None:
+            return "int"
+        return "float" if self.float_range is not None else "choice"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Low and high of an int or float domain."""
+        bounds = self.int_range or self.float_range
+        assert bounds is not None, "a choice domain has no bounds"
+        return bounds
+
+    @property
+    def size(self) -> float:
+        """The number of values; infinite for a float range wider than a point."""
+        if self.choice is not None:
+            return len(self.choice)
+        low, high = self.bounds
+        if self.int_range is not None:
+            return (int(high) - int(low)) // (self.step or 1) + 1
+        return math.inf if high > low else 1
+
+    @property
+    def is_numeric_choice(self) -> bool:
+        """A choice among numbers, which has an order to step along."""
+        return self.choice is not None and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in self.choice
+        )
+
+    def values(self) -> list[Any]:
+        """Every value of an int or choice domain, in order (numeric choices sorted)."""
+        if self.choice is not None:
+            return sorted(self.choice) if self.is_numeric_choice else list(self.choice)
+        low, high = self.bounds
+        return list(range(int(low), int(high) + 1, self.step or 1))
+
+    def grid(self) -> list[Any]:
+        """A few values that stand for the domain when checking whether a space is feasible."""
+        if self.float_range is None:
+            return self.values()
+        low, high = self.float_range
+        middle = math.sqrt(low * high) if self.log else (low + high) / 2
+        return sorted({low, middle, high})
+
+    def contains(self, value: Any) -> bool:
+        if self.choice is not None:
+            return value in self.choice
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        low, high = self.bounds
+        if self.int_range is not None:
+            return (
+                isinstance(value, int) and low <= value <= high and (value - low) % self.step == 0
+            )
+        return low <= value <= high
+
+    def sample(self, rng: Rng) -> Any:
+        if self.float_range is None:
+            values = self.choice if self.choice is not None else self.values()
+            return values[rng.randrange(len(values))]
+        low, high = self.float_range
+        if not self.log:
+            return rng.uniform(low, high)
+        # exp(log(high)) can land a rounding error above high.
+        return min(max(math.exp(rng.uniform(math.log(low), math.log(high))), low), high)
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return f"choice {self.choice}"
+        low, high = self.bounds
+        if self.int_range is not None:
+            return f"int [{low}, {high}]" + (f" step {self.step}" if self.step != 1 else "")
+        return f"float [{low}, {high}]" + (" log" if self.log else "")
+
+
+def _type_error(err: ValidationError) -> str:
+    return err.errors()[0]["msg"]
+
+
+def _check_gene(name: str, domain: Domain) -> Domain:
+    """Check a domain against the type of the setting it varies; returns it with the choices
+    converted to that type (YAML reads `3e-4` as a string)."""
+    adapter = _adapter(name)
+    if domain.choice is not None:
+        converted = []
+        for i, value in enumerate(domain.choice):
+            try:
+                converted.append(adapter.validate_python(value))
+            except ValidationError as err:
+                raise _Problem(
+                    (name, "choice", i), f"{value!r} is not a valid {name}: {_type_error(err)}"
+                ) from None
+        return domain.model_copy(update={"choice": converted})
+    if domain.kind == "float":
+        try:
+            adapter.validate_python(0.5)
+        except ValidationError:
+            raise _Problem(
+                (name, "float"), f"{name} takes no fractional values; use an int or choice domain"
+            ) from None
+    for i, bound in enumerate(domain.bounds):
+        try:
+            # Strict for ints, so that an int range cannot stand for a bool or a name.
+            adapter.validate_python(bound, strict=domain.kind == "int")
+        except ValidationError as err:
+            raise _Problem(
+                (name, domain.kind, i), f"{bound!r} is not a valid {name}: {_type_error(err)}"
+            ) from None
+    return domain
+
+
+def _check_settings(
+    settings: dict[str, Any], types: dict[str, Any], refused: dict[str, str]
+) -> dict[str, Any]:
+    """Check fixed settings by name and type; returns them converted to their types."""
+    out = {}
+    for key, value in settings.items():
+        if key in refused:
+            raise _Problem((key,), f"cannot be fixed here: {refused[key]}")
+        if key not in types:
+            valid = ", ".join(k for k in types if k not in refused)
+            raise _Problem((key,), f"unknown setting; expected one of: {valid}")
+        try:
+            out[key] = _adapter(key).validate_python(value)
+        except ValidationError as err:
+            raise _Problem((key,), _type_error(err)) from None
+    return out
+
+
+class Fixed(_Section):
+    """Model and training settings shared by every trial (fields of ModelConfig, TrainConfig)."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _model_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(value, MODEL_TYPES, REFUSED_MODEL)
+
+    @field_validator("train")
+    @classmethod
+    def _train_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(value, TRAIN_TYPES, REFUSED_TRAIN)
+
+
+class Constraints(_Section):
+    """Ceilings a valid genome stays under, besides ModelConfig's own rules."""
+
+    max_params: int | None = Field(None, gt=0)
+    max_flops_per_token: int | None = Field(None, gt=0)
+
+
+class _Budget(_Section):
+    """When a training stage stops: at whichever set limit it reaches first."""
+
+    max_steps: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> _Budget:
+        if all(getattr(self, key) is None for key in BUDGET_KEYS):
+            raise _Problem((), "set a budget: max_steps, max_tokens or max_seconds")
+        return self
+
+
+class Adapt(_Budget):
+    """A second stage: fine-tune each pretrained model on another corpus."""
+
+    corpus: str
+    learning_rate: float | None = Field(None, gt=0)  # None: the pretraining learning rate
+    batch_size: int | None = Field(None, gt=0)  # None: the pretraining batch size
+
+
+class Data(_Section):
+    corpus: str = "builtin:python-docs"
+    tokenizer: TokenizerKind = "bpe"
+    vocab_size: int = Field(2048, ge=2)  # a target: a trained tokenizer may end up smaller
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    # Every trial is scored on the first max_val_tokens of each validation split (null:
+    # all of it), so evaluation stays a small, fixed share of a trial on large corpora.
+    max_val_tokens: int | None = Field(262144, gt=0)
+    adapt: Adapt | None = None
+
+
+class Resources(_Section):
+    """What one trial reserves on the Ray cluster; fractions of a GPU share it."""
+
+    cpus: float = Field(1.0, ge=0)
+    gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> Resources:
+        if self.gpus > 1 and not self.gpus.is_integer():
+            raise _Problem(("gpus",), f"more than one GPU must be a whole number (got {self.gpus})")
+        return self
+
+
+class Trial(_Budget):
+    resources: Resources = Field(default_factory=Resources)
+    timeout_s: float | None = Field(None, gt=0)  # None: from the budget (see SearchSpace)
+    retries: int = Field(2, ge=0)
+
+
+class Objective(_Section):
+    """A TrialResult metric to optimise; written `{metric: m, direction: min}` or just `m`."""
+
+    metric: str
+    direction: Literal["min", "max"] | None = None  # None: the metric's natural direction
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"metric": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> Objective:
+        if self.metric not in METRIC_DIRECTIONS:
+            valid = ", ".join(METRIC_DIRECTIONS)
+            raise _Problem(("metric",), f"unknown metric {self.metric!r}; expected one of: {valid}")
+        if self.direction is None:
+            self.direction = METRIC_DIRECTIONS[self.metric]
+        return self
+
+
+class Search(_Section):
+    population: int = Field(16, ge=2)
+    generations: int = Field(5, ge=1)
+    crossover_prob: float = Field(0.7, ge=0, le=1)
+    mutation_prob: float = Field(0.3, ge=0, le=1)  # per individual
+    mutation_gene_prob: float | None = Field(None, gt=0, le=1)  # None: 1 / number of genes
+    selection: Literal["auto", "nsga2", "tournament"] = "auto"
+    tournament_size: int = Field(3, ge=2)
+    seed: int = 0
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="bits_per_byte")], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        metrics = [o.metric for o in self.objectives]
+        for i, metric in enumerate(metrics):
+            if metric in metrics[:i]:
+                raise _Problem(("objectives", i), f"{metric} is listed twice")
+        if self.crossover_prob + self.mutation_prob > 1:
+            # Each offspring comes from crossover, mutation or plain copying (DEAP's varOr).
+            raise _Problem(
+                ("mutation_prob",),
+                f"crossover_prob + mutation_prob must be at most 1 (got "
+                f"{self.crossover_prob} + {self.mutation_prob})",
+            )
+        if self.selection == "auto":
+            self.selection = "nsga2" if len(self.objectives) > 1 else "tournament"
+        if self.selection == "tournament" and len(self.objectives) > 1:
+            raise _Problem(
+                ("selection",), "tournament selection needs a single objective; use nsga2"
+            )
+        return self
+
+
+@pydantic_dataclass(kw_only=True, config=ConfigDict(extra="forbid"))
+class SearchSpace:
+    """A validated search space. (A pydantic dataclass rather than a BaseModel, because
+    BaseModel reserves the name `model_config`, which here builds a genome's ModelConfig.)"""
+
+    genes: Annotated[dict[str, Domain], Field(min_length=1)]
+    fixed: Fixed = Field(default_factory=Fixed)
+    constraints: Constraints = Field(default_factory=Constraints)
+    data: Data = Field(default_factory=Data)
+    trial: Trial
+    search: Search = Field(default_factory=Search)
+
+    @field_validator("genes")
+    @classmethod
+    def _known_genes(cls, genes: dict[str, Domain]) -> dict[str, Domain]:
+        for name in genes:
+            if name in REFUSED_MODEL or name in REFUSED_TRAIN:
+                reason = {**REFUSED_MODEL, **REFUSED_TRAIN}[name]
+                raise _Problem((name,), f"cannot be a gene: {reason}")
+            if name not in GENE_TYPES:
+                valid = ", ".join(GENE_TYPES)
+                raise _Problem((name,), f"unknown gene; genes can be: {valid}")
+        return {name: _check_gene(name, domain) for name, domain in genes.items()}
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        for section, settings in (("model", self.fixed.model), ("train", self.fixed.train)):
+            for key in settings:
+                if key in self.genes:
+                    raise _Problem(("fixed", section, key), f"{key} is also a gene; keep one")
+        if "d_ff_mult" in self.genes and ("d_ff" in self.genes or "d_ff" in self.fixed.model):
+            raise _Problem(("genes", "d_ff_mult"), "set d_ff or d_ff_mult, not both")
+        if "lora_rank" in self.genes and self.data.adapt is None:
+            raise _Problem(
+                ("genes", "lora_rank"), "lora_rank applies to the adapt stage; set data.adapt"
+            )
+        if self.search.mutation_gene_prob is None:
+            self.search.mutation_gene_prob = 1 / len(self.genes)
+        if self.trial.timeout_s is None:
+            self.trial.timeout_s = self._default_timeout()
+        infeasible = self._infeasibility()
+        if infeasible:
+            raise _Problem(("genes",), infeasible)
+        return self
+
+    def _default_timeout(self) -> float:
+        """Three times the time budget plus a minute for start-up; 10 minutes when a stage
+        has no time budget."""
+        stages: list[_Budget] = [self.trial, *([self.data.adapt] if self.data.adapt else [])]
+        seconds = [s.max_seconds for s in stages]
+        if any(s is None for s in seconds):
+            return 600.0
+        return 3 * math.fsum(s for s in seconds if s is not None) + 60
+
+    def _infeasibility(self) -> str | None:
+        """Why no genome of this space is valid, or None when one is. Floats are checked at
+        three points: they matter to validity only through range rules like dropout < 1."""
+        grids = [domain.grid() for domain in self.genes.values()]
+        total = math.prod(len(grid) for grid in grids)
+        genomes: Iterator[dict[str, Any]]
+        if total <= MAX_ENUMERATED:
+            genomes = (
+                dict(zip(self.genes, values, strict=True)) for values in itertools.product(*grids)
+            )
+            how = f"all combinations ({total}) checked"
+        else:
+            # A fixed seed: whether a space loads must not depend on chance.
+            rng = random.Random(0)
+            genomes = (self.sample(rng) for _ in range(FEASIBILITY_SAMPLES))
+            how, total = f"{FEASIBILITY_SAMPLES} random genomes checked", FEASIBILITY_SAMPLES
+        counts: Counter[str] = Counter()
+        for genome in genomes:
+            problems = self.problems(genome, self.data.vocab_size)
+            if not problems:
+                return None
+            # Drop the numbers so that one rule counts once: "d_model must be divisible by n_heads".
+            counts.update({re.sub(r" \([^)]*\)", "", p) for p in problems})
+        common = ", ".join(f"'{kind}' (in {n} of {total})" for kind, n in counts.most_common(3))
+        return f"no valid genome ({how}); the constraints violated most often: {common}"
+
+    @property
+    def gene_names(self) -> list[str]:
+        return list(self.genes)
+
+    def sample(self, rng: Rng) -> dict[str, Any]:
+        """A random genome, uniform over each gene's domain; not necessarily valid."""
+        return {name: domain.sample(rng) for name, domain in self.genes.items()}
+
+    def problems(self, genome: dict[str, Any], vocab_size: int) -> list[str]:
+        """Every reason the genome is invalid, as sentences (empty when it is valid)."""
+        return self._assess(genome, vocab_size)[0]
+
+    def is_valid(self, genome: dict[str, Any], vocab_size: int) -> bool:
+        return not self.problems(genome, vocab_size)
+
+    def violation(self, genome: dict[str, Any], vocab_size: int) -> tuple[int, float]:
+        """How far from valid a genome is: its number of problems, then how far (relative)
+        it is over the ceilings. (0, 0.0) exactly when it is valid; repair minimises this."""
+        problems, excess = self._assess(genome, vocab_size)
+        return len(problems), excess
+
+    def _assess(self, genome: dict[str, Any], vocab_size: int) -> tuple[list[str], float]:
+        missing = [name for name in self.genes if name not in genome]
+        unknown = [name for name in genome if name not in self.genes]
+        if missing or unknown:
+            return [f"genome lacks genes {missing} or has unknown genes {unknown}"], 0.0
+        outside = [
+            f"{name} = {genome[name]!r} is outside {domain.describe()}"
+            for name, domain in self.genes.items()
+            if not domain.contains(genome[name])
+        ]
+        if outside:
+            return outside, 0.0
+        model, train = self.model_config(genome, vocab_size), self.train_config(genome)
+        problems = model.problems() + train.problems()
+        if train.seq_len > model.max_seq_len:
+            problems.append(f"seq_len ({train.seq_len}) exceeds max_seq_len ({model.max_seq_len})")
+        if problems:  # sizes of a malformed model (n_heads 0) cannot be computed
+            return problems, 0.0
+        excess = 0.0
+        for name, value, ceiling in (
+            ("params", model.param_count().total, self.constraints.max_params),
+            (
+                "flops_per_token",
+                model.flops_per_token(train.seq_len),
+                self.constraints.max_flops_per_token,
+            ),
+        ):
+            if ceiling is not None and value > ceiling:
+                problems.append(f"{name} ({value:,}) is above max_{name} ({ceiling:,})")
+                excess += value / ceiling - 1
+        return problems, excess
+
+    def model_config(self, genome: dict[str, Any], vocab_size: int) -> ModelConfig:
+        """The genome's model: fixed.model, then the model genes, with d_ff from d_ff_mult."""
+        genes = {k: v for k, v in genome.items() if k in MODEL_TYPES}
+        config = ModelConfig(**{**self.fixed.model, **genes, "vocab_size": vocab_size})
+        if "d_ff_mult" in genome:
+            d_ff = max(1, round(genome["d_ff_mult"] * config.d_model))
+            config = dataclasses.replace(config, d_ff=d_ff)
+        return config
+
+    def train_config(self, genome: dict[str, Any]) -> TrainConfig:
+        """The genome's pretraining: fixed.train, then the training genes, then the trial budget."""
+        genes = {k: v for k, v in genome.items() if k in TRAIN_TYPES}
+        budget = {key: getattr(self.trial, key) for key in BUDGET_KEYS}
+        return TrainConfig(**{**self.fixed.train, **genes, **budget})
+
+    def adapt_train_config(self, genome: dict[str, Any]) -> TrainConfig | None:
+        """The adapt stage's training: as pretraining, with its own budget and optionally its
+        own learning rate and batch size; None when the space has no adapt stage."""
+        adapt = self.data.adapt
+        if adapt is None:
+            return None
+        train = self.train_config(genome)
+        return dataclasses.replace(
+            train,
+            **{key: getattr(adapt, key) for key in BUDGET_KEYS},
+            learning_rate=adapt.learning_rate or train.learning_rate,
+            batch_size=adapt.batch_size or train.batch_size,
+        )
+
+    def data_config(self) -> DataConfig:
+        """The pretraining corpus and tokenizer as the stack's DataConfig."""
+        data = self.data
+        return DataConfig(
+            corpus=data.corpus,
+            tokenizer=data.tokenizer,
+            vocab_size=data.vocab_size,
+            val_fraction=data.val_fraction,
+        )
+
+    def lora_rank(self, genome: dict[str, Any]) -> int:
+        """The adapt stage's LoRA rank; 0 (full fine-tuning) when it is not a gene."""
+        return int(genome.get("lora_rank", 0))
+
+    def objective_weights(self) -> tuple[float, ...]:
+        """DEAP fitness weights: -1.0 to minimise an objective, +1.0 to maximise it."""
+        return tuple(-1.0 if o.direction == "min" else 1.0 for o in self.search.objectives)
+
+    def canonical_yaml(self) -> str:
+        """The validated space, defaults and overrides resolved, as YAML that loads back to it."""
+        data = _ADAPTER.dump_python(self, mode="json", by_alias=True, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+_ADAPTER = TypeAdapter(SearchSpace)
+
+# Friendlier words for pydantic's most common complaints.
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "unexpected_keyword_argument": "unknown key",
+    "missing": "required key missing",
+    "missing_keyword_only_argument": "required key missing",
+}
+
+
+def key_path(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location as a key path: ("genes", "x", "choice", 2) -> genes.x.choice[2]."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for error in err.errors():
+        loc = tuple(error["loc"])
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, _Problem):
+            loc, message = loc + problem.path, problem.message
+        else:
+            message = _MESSAGES.get(error["type"], error["msg"])
+        path = key_path(loc)
+        parts.append(f"{path}: {message}" if path else message)
+    return "; ".join(parts)
+
+
+def space_from_dict(data: dict[str, Any], where: str = "<space>") -> SearchSpace:
+    """Validate plain data as a search space; `where` names it in errors (usually the file)."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {_describe(err)}") from None
+
+
+def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
+    """Read a search space YAML, apply `key.path=value` overrides, then validate it."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    return space_from_dict(data, str(path))

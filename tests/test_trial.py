@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import torch
+
+from llm.config import ModelConfig, TrainConfig
+from llm.trial import AdaptSpec, TokenSplits, TrialSpec, run_trial
+
+VOCAB = 48
+
+
+def splits(period: int, n: int = 6000) -> TokenSplits:
+    """A learnable stream: a repeating pattern with a little noise."""
+    rng = np.random.default_rng(period)
+    stream = (np.arange(n) % period + 3).astype(np.uint16)
+    noise = rng.random(n) < 0.05
+    stream[noise] = rng.integers(0, VOCAB, noise.sum())
+    return TokenSplits(train=stream[:5000], val=stream[5000:], val_bytes=1000)
+
+
+def spec(**train_overrides) -> TrialSpec:
+    model = ModelConfig(vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=2, d_ff=64, max_seq_len=32)
+    settings = dict(
+        batch_size=8,
+        seq_len=32,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        max_steps=12,
+        eval_interval=0,
+        threads=1,
+    )
+    train = TrainConfig(**{**settings, **train_overrides})
+    return TrialSpec(model=model, train=train, data=splits(7), seed=3)
+
+
+def test_a_trial_reports_every_metric():
+    result = run_trial(spec())
+    assert result.status == "ok", result.error
+    assert result.steps == 12 and result.tokens == 12 * 8 * 32
+    assert 0 < result.bits_per_byte < 20
+    assert math.isclose(result.perplexity, math.exp(result.val_loss), rel_tol=1e-6)
+    assert result.train_tokens_per_s > 0 and result.decode_tokens_per_s > 0
+    assert result.params == spec().model.param_count().total
+    assert result.flops_per_token == spec().model.flops_per_token(32)
+    assert result.peak_memory_bytes is not None and result.wall_seconds > 0
+    assert [p.step for p in result.curve] == sorted(p.step for p in result.curve)
+    assert result.curve[-1].step == 12
+
+
+def test_a_trial_is_a_pure_function_of_its_inputs_and_seed():
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    first, second = run_trial(spec()), run_trial(spec())
+    assert first.val_loss == second.val_loss
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), rng)
+    other_seed = run_trial(TrialSpec(**{**spec().__dict__, "seed": 4}))
+    assert other_seed.val_loss != first.val_loss
+
+
+def test_an_invalid_genome_is_reported_not_raised():
+    bad = spec()
+    bad = TrialSpec(**{**bad.__dict__, "model": ModelConfig(vocab_size=VOCAB, d_model=30)})
+    result = run_trial(bad)
+    assert result.status == "invalid"
+    assert "divisible by n_heads" in result.error
+
+
+def test_divergence_is_a_status():
+    result = run_trial(spec(learning_rate=1e6, grad_clip=0.0, warmup_steps=0))
+    assert result.status == "diverged"
+    assert "NaN or infinite" in result.error
+
+
+def test_a_failure_inside_the_trial_is_reported_with_its_cause():
+    tiny_data = TokenSplits(np.zeros(10, np.uint16), np.zeros(10, np.uint16), 10)
+    short = TrialSpec(**{**spec().__dict__, "data": tiny_data})
+    result = run_trial(short)
+    assert result.status == "failed"
+    assert "context window" in result.error
+
+
+def test_the_adapt_stage_reports_its_own_validation_set():
+    for rank in (0, 4):
+        adapt = AdaptSpec(data=splits(5), train=spec().train, lora_rank=rank)
+        result = run_trial(TrialSpec(**{**spec().__dict__, "adapt": adapt}))
+        assert result.status == "ok", result.error
+        assert result.pretrain is not None
+        assert result.pretrain["bits_per_byte"] != result.bits_per_byte
+        stages = {p.stage for p in result.curve}
+        assert stages == {"pretrain", "adapt"}
+        assert result.steps == 24

@@ -128,7 +128,7 @@ def _summary(
         ("created", _when(info.created_at)),
         ("updated", _when(info.updated_at)),
         ("seed", str(info.seed)),
-        ("generations saved", "none" if info.generation is None else str(info.generation + 1)),
+        ("last generation saved", "none yet" if info.generation is None else str(info.generation)),
         (
             "trials",
             f"{int((statuses == SUCCESS).sum())} done, {int(statuses.isin(FAILURES).sum())} "
@@ -261,15 +261,17 @@ def _genes(finished: pd.DataFrame, space: SearchSpace, objectives: Sequence[Obje
 
 
 def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str, Any]:
-    """One parallel-coordinates axis: numbers as they are (log genes as log10), any other
-    gene as integer codes labelled with its values in the space's order."""
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+    """One parallel-coordinates axis. Ranges are numbers as they are (log ranges as log10);
+    choices, and genes some genomes lack, are integer codes labelled with their values in
+    the space's order."""
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    if numeric and column.notna().all() and (domain is None or domain.choice is None):
         values = column.to_numpy(dtype=float)
         if domain is not None and domain.kind == "float" and domain.log:
             return {"label": f"log10 {name}", "values": np.log10(values)}
         return {"label": name, "values": values}
-    labels = [MISSING if _missing(v) else str(v) for v in column]
-    known = [str(v) for v in domain.values()] if domain is not None and domain.choice else []
+    labels = [MISSING if _missing(v) else _fmt(v) for v in column]
+    known = [_fmt(v) for v in domain.values()] if domain is not None and domain.choice else []
     categories = known + sorted(set(labels) - set(known))
     return {
         "label": name,
@@ -299,26 +301,28 @@ def _curves(storage: Storage, finished: pd.DataFrame, objective: Objective) -> s
             part = points["stage"] == stage
             if not part.any():
                 continue
-            losses = points.loc[part, ["train_loss", "val_loss"]].astype(float)
-            common = {"x": tokens[part], "legendgroup": name}
+            train_loss = points.loc[part, "train_loss"].astype(float)
             fig.add_trace(
                 go.Scatter(
-                    y=losses["train_loss"],
+                    x=tokens[part],
+                    y=train_loss,
                     mode="lines",
                     name=f"{name}, {stage}",
+                    legendgroup=name,
                     line={"color": color, "dash": dash},
-                    **common,
                 )
             )
-            if losses["val_loss"].notna().any():
+            evaluated = part & points["val_loss"].notna()
+            if evaluated.any():
                 fig.add_trace(
                     go.Scatter(
-                        y=losses["val_loss"],
+                        x=tokens[evaluated],
+                        y=points.loc[evaluated, "val_loss"].astype(float),
                         mode="markers",
                         name=f"{name}, {stage} validation",
+                        legendgroup=name,
                         marker={"color": color, "size": 9},
                         showlegend=False,
-                        **common,
                     )
                 )
     if not fig.data:

@@ -546,7 +546,7 @@ class SearchSpace:
                 excess += value / ceiling - 1
         return problems, excess
 
-    def model_config(self, genome: dict[str, Any], vocab_size: int) -> ModelConfig:
+    def model_config(self, genome: dict[str, Any], vocab_size: int | None) -> ModelConfig:
         """The genome's model: fixed.model, then the model genes, with d_ff from d_ff_mult."""
         genes = {k: v for k, v in genome.items() if k in MODEL_TYPES}
         config = ModelConfig(**{**self.fixed.model, **genes, "vocab_size": vocab_size})

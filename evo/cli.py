@@ -1,0 +1,223 @@
+"""`evo`: run, resume, inspect, report, export and promote evolutionary searches."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evo.storage import DEFAULT_URL, Storage
+from llm.cli_support import run_command
+from llm.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: args.func(args), prog="evo", debug=args.debug)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int | None], help: str):
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        sub.add_argument("--storage", default=DEFAULT_URL, help="results database URL")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        return sub
+
+    run = command("run", cmd_run, "run (or continue) a search described by a space file")
+    run.add_argument("space", type=Path, help="search space YAML, e.g. search_spaces/tiny.yaml")
+    run.add_argument("--name", help="run name (default: the space file's stem)")
+    run.add_argument("--new", action="store_true", help="start a fresh run under a new name")
+    add_execution_options(run)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a value of the space file (repeatable); recorded with the run",
+    )
+
+    resume = command("resume", cmd_resume, "continue an interrupted run")
+    resume.add_argument("name")
+    add_execution_options(resume)
+
+    command("ls", cmd_ls, "list the runs in the database")
+
+    status = command("status", cmd_status, "progress, best values and Pareto front of a run")
+    status.add_argument("name")
+
+    report = command("report", cmd_report, "write a self-contained HTML report of a run")
+    report.add_argument("name")
+    report.add_argument("--out", type=Path, help="default: results/NAME/report.html")
+
+    export = command("export", cmd_export, "write one row per trial as CSV or Parquet")
+    export.add_argument("name")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--out", type=Path, help="default: results/NAME/trials.FORMAT")
+
+    promote = command("promote", cmd_promote, "pretrain a run's best genome in full")
+    promote.add_argument("name")
+    promote.add_argument("--genome", type=int, help="genome id (default: the best)")
+    promote.add_argument("--objective", help="rank by this objective (default: the first)")
+    budget = promote.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int)
+    budget.add_argument("--tokens", type=int)
+    budget.add_argument("--seconds", type=float)
+    promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
+    promote.add_argument("--out", type=Path, help="model directory to write")
+    promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
+    return parser
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--local", action="store_true", help="run trials in this process, no Ray")
+    parser.add_argument("--quiet", action="store_true", help="plain progress lines, no live view")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evo.space import load_space
+
+    space = load_space(args.space, args.overrides)
+    storage = Storage(args.storage)
+    name = args.name or args.space.stem
+    if args.new:
+        name = fresh_name(storage, name)
+    return search(args, storage, name, space)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from evo.driver import load_run_space
+
+    storage = Storage(args.storage)
+    return search(args, storage, args.name, load_run_space(storage, args.name))
+
+
+def search(args: argparse.Namespace, storage: Storage, name: str, space) -> int:
+    from evo.driver import Search, open_run, prepare_data
+    from evo.executor import Executor, LocalExecutor, RayExecutor
+    from evo.view import make_view
+
+    created = open_run(storage, name, space)
+    run = storage.get_run(name)
+    if run is not None and run.status == "finished" and not created:
+        print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
+        return 0
+    data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
+    executor: Executor
+    if args.local:
+        executor = LocalExecutor()
+    else:
+        resources = space.trial.resources
+        executor = RayExecutor(
+            cpus=resources.cpus,
+            gpus=resources.gpus,
+            timeout_s=space.trial.timeout_s,
+            retries=space.trial.retries,
+            address=args.address or os.environ.get("RAY_ADDRESS"),
+        )
+    try:
+        with make_view(space, name, quiet=args.quiet) as view:
+            summary = Search(space, name, storage, executor, data, vocab_size, view).run()
+    except KeyboardInterrupt:
+        storage.set_run_status(name, "interrupted")
+        print(f"evo: stopped; resume with `evo resume {name}`", file=sys.stderr)
+        return 130
+    finally:
+        executor.close()
+    best = ", ".join(f"{k} {v:.4g}" for k, v in summary.best.items())
+    print(f"run {name!r}: {summary.generations} generations, {summary.trials} trials; best {best}")
+    return 0
+
+
+def fresh_name(storage: Storage, name: str) -> str:
+    taken = {run.name for run in storage.list_runs()}
+    if name not in taken:
+        return name
+    suffix = 2
+    while f"{name}-{suffix}" in taken:
+        suffix += 1
+    return f"{name}-{suffix}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    storage = Storage(args.storage)
+    table = Table("name", "status", "generation", "trials", "created", "updated")
+    for run in storage.list_runs():
+        trials = len(storage.trials(run.name))
+        generation = "-" if run.generation is None else str(run.generation)
+        table.add_row(
+            run.name,
+            run.status,
+            generation,
+            str(trials),
+            f"{run.created_at:%Y-%m-%d %H:%M}",
+            f"{run.updated_at:%Y-%m-%d %H:%M}",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from evo.status import print_status
+
+    print_status(Storage(args.storage), args.name, Console())
+    return 0
+
+
+def require_run(storage: Storage, name: str) -> None:
+    if storage.get_run(name) is None:
+        raise UserError(f"no run named {name!r} in {storage.url} (see `evo ls`)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evo.report import write_report
+
+    storage = Storage(args.storage)
+    require_run(storage, args.name)
+    path = write_report(storage, args.name, args.out or Path("results") / args.name / "report.html")
+    print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from evo.report import export_trials
+
+    storage = Storage(args.storage)
+    require_run(storage, args.name)
+    out = args.out or Path("results") / args.name / f"trials.{args.format}"
+    print(export_trials(storage, args.name, out, args.format))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from evo.promote import Budget, promote
+
+    storage = Storage(args.storage)
+    require_run(storage, args.name)
+    out = promote(
+        storage,
+        args.name,
+        genome_id=args.genome,
+        objective=args.objective,
+        budget=Budget(args.steps, args.tokens, args.seconds),
+        corpus=args.corpus,
+        out=args.out,
+        resume=args.resume,
+    )
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""`llm`: prepare data, train, evaluate and generate with the in-house stack."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from llm.cli_support import run_command
+from llm.errors import CheckpointError, UserError
+
+RUN_FILE = "run.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: args.func(args), prog="llm", debug=args.debug)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        return sub
+
+    prepare = command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
+    prepare.add_argument("--corpus", required=True, help="builtin:python-docs, a file, a folder…")
+    prepare.add_argument("--tokenizer", choices=["bpe", "unigram", "char", "byte"], default="bpe")
+    prepare.add_argument("--vocab-size", type=int, default=2048)
+    prepare.add_argument("--val-fraction", type=float, default=0.1)
+    prepare.add_argument("--out", type=Path, required=True)
+
+    train = command("train", cmd_train, "train a model from a YAML config")
+    train.add_argument("config", type=Path, help="e.g. configs/tiny.yaml")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+    train.add_argument("--out", type=Path, help="output folder (default: results/CONFIG_STEM)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
+    evaluate.add_argument("model_dir", type=Path)
+    evaluate.add_argument("--corpus", help="evaluate on this corpus (default: the training one)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default="auto")
+
+    generate = command("generate", cmd_generate, "continue a prompt")
+    generate.add_argument("model_dir", type=Path)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.8)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--device", default="auto")
+    return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from llm.config import DataConfig
+    from llm.data import prepare
+
+    config = DataConfig(
+        corpus=args.corpus,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+    )
+    prepared = prepare(config, out=args.out, progress=sys.stderr.isatty())
+    print(json.dumps(prepared.meta, indent=2, sort_keys=True))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llm.config import load_run_config
+    from llm.train import train_run
+
+    config = load_run_config(args.config, args.overrides)
+    out = args.out or Path("results") / args.config.stem
+    outcome = train_run(config, out, resume=args.resume, progress=sys.stderr.isatty())
+    if outcome.stop_reason == "interrupted":
+        print(f"llm: interrupted at step {outcome.step}; continue with --resume", file=sys.stderr)
+        return 130
+    if outcome.status == "diverged":
+        print(
+            f"llm: training diverged at step {outcome.step} (NaN or infinite loss)", file=sys.stderr
+        )
+        return 1
+    final = outcome.final
+    summary = f"step {outcome.step}, {outcome.tokens:,} tokens, {outcome.seconds:.0f} s"
+    if final is not None:
+        summary += f"; val loss {final.loss:.4f}, bits per byte {final.bits_per_byte:.4f}"
+    print(f"{out}: {summary}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from llm.checkpoint import load_model_dir
+    from llm.evaluate import evaluate
+    from llm.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, tokenizer, config = load_model_dir(args.model_dir, device=device)
+    if tokenizer is None:
+        raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a corpus)")
+    splits = validation_data(args.model_dir, tokenizer, args.corpus)
+    seq_len = config.max_seq_len
+    result = evaluate(
+        model,
+        splits.val,
+        splits.val_bytes,
+        seq_len=seq_len,
+        batch_size=args.batch_size,
+        device=device,
+    )
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+def validation_data(model_dir: Path, tokenizer, corpus: str | None):
+    """The validation split of `corpus`, or of the corpus the model was trained on,
+    tokenized with the model's own tokenizer."""
+    from llm.config import DataConfig, RunConfig, from_dict
+    from llm.data import prepare
+
+    run_file = model_dir / RUN_FILE
+    data = DataConfig()
+    if run_file.exists():
+        data = from_dict(RunConfig, json.loads(run_file.read_text()), str(run_file)).data
+    elif corpus is None:
+        raise UserError(f"{model_dir}: no {RUN_FILE} to name its corpus; pass --corpus")
+    if corpus is not None:
+        data = dataclasses.replace(data, corpus=corpus)
+    return prepare(data, tokenizer=tokenizer, progress=sys.stderr.isatty()).splits()
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from llm.checkpoint import load_model_dir
+    from llm.generate import SamplingParams, generate
+    from llm.train import resolve_device
+
+    model, tokenizer, _ = load_model_dir(args.model_dir, device=resolve_device(args.device))
+    if tokenizer is None:
+        raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a prompt)")
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=tokenizer.eos_id,
+        seed=args.seed,
+    )
+    new_tokens = generate(model, tokenizer.encode(args.prompt), params)
+    print(args.prompt + tokenizer.decode(new_tokens))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

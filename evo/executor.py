@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -149,6 +149,7 @@ class RayExecutor(Executor):
         timeout_s: float,
         retries: int,
         address: str | None = None,
+        task: Callable[[TrialJob, TrialData], TrialOutcome] = execute_job,
     ) -> None:
         import ray
 
@@ -162,7 +163,7 @@ class RayExecutor(Executor):
             )
         self.timeout_s, self.retries, self.gpus = timeout_s, retries, gpus
         self.capacity = cluster_capacity(ray.cluster_resources(), cpus, gpus)
-        self._remote = ray.remote(execute_job).options(
+        self._remote = ray.remote(task).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False
         )
         self._threads = max(1, int(cpus))
@@ -223,7 +224,8 @@ class RayExecutor(Executor):
                 error += f" (after {flight.attempt + 1} attempts)"
                 observer.finished(flight.job, failed_outcome("failed", error, flight.dispatched))
         except rx.RayTaskError as err:  # run_trial catches its own errors; this is a bug
-            error = f"trial raised: {first_line(err)}"
+            cause = err.cause or err
+            error = f"trial raised {type(cause).__name__}: {first_line(cause)}"
             observer.finished(flight.job, failed_outcome("failed", error, flight.dispatched))
 
     def _expire(self, in_flight: dict[Any, _InFlight], observer: TrialObserver) -> None:

@@ -1,0 +1,144 @@
+"""The executors on a real local Ray instance: scheduling, retries, timeouts, capacity."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from evo.executor import (
+    LocalExecutor,
+    RayExecutor,
+    TrialData,
+    TrialJob,
+    TrialOutcome,
+    cluster_capacity,
+    execute_job,
+)
+from llm.config import ModelConfig, TrainConfig
+from llm.errors import UserError
+from llm.trial import TokenSplits
+
+VOCAB = 40
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    markers = tmp_path_factory.mktemp("markers")
+    # Workers import this module's task functions by name, so they need its folder.
+    tests_dir = str(Path(__file__).parent)
+    env = {"env_vars": {"EVO_TEST_MARKER": str(markers), "PYTHONPATH": tests_dir}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
+    yield
+    ray.shutdown()
+
+
+def data() -> TrialData:
+    stream = (np.arange(4000) % 9 + 2).astype(np.uint16)
+    return TrialData(TokenSplits(stream[:3000], stream[3000:], 1000))
+
+
+def job(genome_id: int, d_model: int = 16, n_heads: int = 2) -> TrialJob:
+    model = ModelConfig(
+        vocab_size=VOCAB, n_layers=1, d_model=d_model, n_heads=n_heads, d_ff=32, max_seq_len=16
+    )
+    train = TrainConfig(batch_size=4, seq_len=16, max_steps=4, warmup_steps=1, eval_interval=0)
+    return TrialJob(genome_id=genome_id, model=model, train=train, seed=genome_id)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.starts: list[tuple[int, int]] = []
+        self.retries: list[tuple[int, str]] = []
+        self.outcomes: dict[int, TrialOutcome] = {}
+
+    def started(self, job: TrialJob, attempt: int) -> None:
+        self.starts.append((job.genome_id, attempt))
+
+    def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
+        self.retries.append((job.genome_id, error))
+
+    def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        self.outcomes[job.genome_id] = outcome
+
+
+def test_local_executor_runs_every_job_and_classifies_outcomes():
+    executor = LocalExecutor()
+    executor.load_data(data())
+    recorder = Recorder()
+    executor.run([job(1), job(2, d_model=15, n_heads=2)], recorder)
+    assert recorder.outcomes[1].status == "done"
+    assert recorder.outcomes[2].status == "invalid"
+    assert "divisible" in recorder.outcomes[2].result.error
+
+
+def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=0)
+    assert executor.capacity == 2
+    executor.load_data(data())
+    recorder = Recorder()
+    executor.run([job(i) for i in range(4)], recorder)
+    assert {o.status for o in recorder.outcomes.values()} == {"done"}
+    assert sorted(recorder.outcomes) == [0, 1, 2, 3]
+    # The same genome and seed give the same result in a worker as in this process.
+    local = execute_job(job(0), data())
+    assert recorder.outcomes[0].result.val_loss == local.result.val_loss
+    workers = {o.worker for o in recorder.outcomes.values()}
+    assert len(workers) == 2, "both workers should have been used"
+
+
+def crash_on_first_attempt(job: TrialJob, data: TrialData) -> TrialOutcome:
+    marker = Path(os.environ["EVO_TEST_MARKER"]) / f"attempt-{job.genome_id}"
+    if not marker.exists():
+        marker.write_text("crashed once")
+        os._exit(1)  # the worker process dies, as on a lost node or a segfault
+    return execute_job(job, data)
+
+
+def test_a_dead_worker_is_retried(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1, task=crash_on_first_attempt)
+    executor.load_data(data())
+    recorder = Recorder()
+    executor.run([job(7)], recorder)
+    assert recorder.starts == [(7, 0), (7, 1)], recorder.outcomes[7].result.error
+    assert len(recorder.retries) == 1 and "worker lost" in recorder.retries[0][1]
+    assert recorder.outcomes[7].status == "done"
+
+
+def always_crash(job: TrialJob, data: TrialData) -> TrialOutcome:
+    os._exit(1)
+
+
+def test_retries_are_bounded(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1, task=always_crash)
+    executor.load_data(data())
+    recorder = Recorder()
+    executor.run([job(3)], recorder)
+    outcome = recorder.outcomes[3]
+    assert outcome.status == "failed"
+    assert "after 2 attempts" in outcome.result.error
+
+
+def hang(job: TrialJob, data: TrialData) -> TrialOutcome:
+    time.sleep(60)
+    raise AssertionError("unreachable")
+
+
+def test_a_trial_over_its_timeout_is_cancelled_and_recorded(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=2, retries=3, task=hang)
+    executor.load_data(data())
+    recorder = Recorder()
+    started = time.time()
+    executor.run([job(5)], recorder)
+    assert time.time() - started < 20
+    assert recorder.outcomes[5].status == "timeout"
+    assert recorder.retries == []  # timeouts are final, never retried
+
+
+def test_capacity_is_refused_when_no_trial_fits():
+    assert cluster_capacity({"CPU": 8.0, "GPU": 1.0}, cpus=1, gpus=0.25) == 4
+    assert cluster_capacity({"CPU": 2.0}, cpus=0.5, gpus=0) == 4
+    with pytest.raises(UserError, match="no trial fits"):
+        cluster_capacity({"CPU": 2.0}, cpus=1, gpus=1)

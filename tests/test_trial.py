@@ -19,7 +19,9 @@ def splits(period: int, n: int = 6000) -> TokenSplits:
 
 
 def spec(**train_overrides) -> TrialSpec:
-    model = ModelConfig(vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=2, d_ff=64, max_seq_len=32)
+    model = ModelConfig(
+        vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=2, d_ff=64, max_seq_len=32
+    )
     settings = dict(
         batch_size=8,
         seq_len=32,

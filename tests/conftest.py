@@ -1,0 +1,60 @@
+"""Shared fixtures: a small local corpus and a search space sized to run in seconds."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TEXT = (
+    "the model reads tokens and predicts the next one while the optimizer follows the "
+    "gradient of the loss down towards a better fit of the training text"
+)
+WORDS = TEXT.split()
+
+
+def write_corpus(folder: Path, documents: int = 24) -> Path:
+    """A folder of small text files: enough documents for a train/validation split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(documents):
+        words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(120)]
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(words) + "\n", encoding="utf-8")
+    return folder
+
+
+def space_dict(corpus: Path, **search) -> dict:
+    return {
+        "genes": {
+            "n_layers": {"int": [1, 2]},
+            "d_model": {"choice": [16, 32]},
+            "n_heads": {"choice": [1, 2]},
+            "learning_rate": {"float": [1.0e-3, 2.0e-2], "log": True},
+        },
+        "fixed": {
+            "model": {"max_seq_len": 16, "d_ff": 32},
+            "train": {"batch_size": 4, "seq_len": 16, "warmup_steps": 1, "threads": 1},
+        },
+        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
+        "trial": {"max_steps": 3, "resources": {"cpus": 1}},
+        "search": {
+            "population": 4,
+            "generations": 3,
+            "seed": 1,
+            "objectives": ["bits_per_byte"],
+            **search,
+        },
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run in a fresh folder, so results/ and its cache land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def space_file(workdir) -> Path:
+    corpus = write_corpus(workdir / "corpus")
+    path = workdir / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(corpus)), encoding="utf-8")
+    return path

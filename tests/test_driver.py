@@ -1,0 +1,162 @@
+"""The search loop: recording, reuse, failures, and exact resume after kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import yaml
+from conftest import space_dict, write_corpus
+
+from evo.cli import main as evo
+from evo.driver import Search, open_run, prepare_data
+from evo.executor import LocalExecutor, TrialOutcome, failed_outcome
+from evo.space import load_space, space_from_dict
+from evo.storage import Storage
+from llm.errors import UserError
+
+
+def storage_url(path) -> str:
+    return f"sqlite:///{path}"
+
+
+def history(storage: Storage, name: str) -> tuple[list, list]:
+    """What a run did, independent of timing: each generation's population of genes, and
+    each finished trial's genes and result."""
+    genomes = storage.genomes(name)
+    populations = [[genomes[gid] for gid in g.genome_ids] for g in storage.generations(name)]
+    trials = sorted(
+        (t.generation, sorted(genomes[t.genome_id].items()), t.status, t.bits_per_byte)
+        for t in storage.trials(name)
+    )
+    return populations, trials
+
+
+def test_a_search_records_every_generation_and_never_trains_a_genome_twice(space_file, workdir):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    open_run(storage, "s", space)
+    data, vocab = prepare_data(space)
+    summary = Search(space, "s", storage, LocalExecutor(), data, vocab).run()
+    assert summary.generations == 3
+    generations = storage.generations("s")
+    assert [g.generation for g in generations] == [0, 1, 2]
+    assert all(len(g.genome_ids) == 4 for g in generations)
+    trials = storage.trials("s")
+    assert Counter(t.genome_id for t in trials).most_common(1)[0][1] == 1
+    assert all(t.status == "done" for t in trials)
+    assert storage.get_run("s").status == "finished"
+    assert summary.best["bits_per_byte"] == min(t.bits_per_byte for t in trials)
+    assert (
+        generations[-1].stats["objectives"]["bits_per_byte"]["min"] >= summary.best["bits_per_byte"]
+    )
+
+
+class FailingEveryOther(LocalExecutor):
+    """Fails every second trial, as a crashing or timing-out worker would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def run(self, jobs, observer) -> None:
+        for job in jobs:
+            self.count += 1
+            observer.started(job, 0)
+            if self.count % 2:
+                timeout = failed_outcome("timeout", "timed out after 1 s", time.time())
+                observer.finished(job, timeout)
+            else:
+                super().run([job], _Finisher(observer))
+
+
+class _Finisher:
+    def __init__(self, observer) -> None:
+        self.observer = observer
+
+    def started(self, job, attempt: int) -> None:
+        pass
+
+    def finished(self, job, outcome: TrialOutcome) -> None:
+        self.observer.finished(job, outcome)
+
+
+def test_failures_are_recorded_with_their_cause_and_never_shrink_the_population(
+    space_file, workdir
+):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    open_run(storage, "f", space)
+    data, vocab = prepare_data(space)
+    Search(space, "f", storage, FailingEveryOther(), data, vocab).run()
+    statuses = Counter(t.status for t in storage.trials("f"))
+    assert statuses["timeout"] > 0 and statuses["done"] > 0
+    timeouts = [t for t in storage.trials("f") if t.status == "timeout"]
+    assert all(t.error == "timed out after 1 s" for t in timeouts)
+    assert all(len(g.genome_ids) == 4 for g in storage.generations("f"))
+
+
+def test_an_existing_run_with_another_space_is_refused(space_file, workdir):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    open_run(storage, "r", space)
+    other = load_space(space_file, ["search.seed=2"])
+    with pytest.raises(UserError, match="different search space"):
+        open_run(storage, "r", other)
+
+
+def test_resume_after_kill_9_gives_the_same_run_as_no_interruption(workdir):
+    corpus = write_corpus(workdir / "corpus")
+    space = space_dict(corpus, generations=4)
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space), encoding="utf-8")
+    straight = storage_url(workdir / "straight.db")
+    killed = storage_url(workdir / "killed.db")
+    assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", straight]) == 0
+
+    command = [sys.executable, "-m", "evo.cli", "run", "space.yaml", "--local", "--quiet"]
+    driver = subprocess.Popen(
+        [*command, "--storage", killed], stderr=subprocess.DEVNULL, cwd=workdir
+    )
+    storage = Storage(killed)
+    deadline = time.time() + 120
+    # Kill mid-generation: after generation 1 is saved and a trial of generation 2 is done.
+    while time.time() < deadline and driver.poll() is None:
+        trials = storage.trials("space") if storage.get_run("space") else []
+        if any(t.generation == 2 and t.status == "done" for t in trials):
+            break
+        time.sleep(0.02)
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert storage.get_run("space").status == "running"  # as a dead driver leaves it
+    assert len(storage.generations("space")) < 4
+
+    assert evo(["resume", "space", "--local", "--quiet", "--storage", killed]) == 0
+    assert history(storage, "space") == history(Storage(straight), "space")
+    assert storage.get_run("space").status == "finished"
+
+
+def test_a_finished_run_is_not_rerun_and_new_starts_a_fresh_one(space_file, workdir, capsys):
+    url = storage_url(workdir / "evo.db")
+    args = ["run", str(space_file), "--local", "--quiet", "--storage", url]
+    args += ["--set", "search.generations=1"]
+    assert evo(args) == 0
+    trials = len(Storage(url).trials("space"))
+    assert evo(args) == 0
+    assert "is finished" in capsys.readouterr().err
+    assert len(Storage(url).trials("space")) == trials
+    assert evo([*args, "--new"]) == 0
+    assert {run.name for run in Storage(url).list_runs()} == {"space", "space-2"}
+
+
+def test_space_overrides_are_part_of_the_recorded_space(space_file, workdir):
+    url = storage_url(workdir / "evo.db")
+    args = ["run", str(space_file), "--local", "--quiet", "--storage", url]
+    assert evo([*args, "--set", "search.generations=1", "--set", "search.population=2"]) == 0
+    recorded = space_from_dict(yaml.safe_load(Storage(url).get_run("space").space_yaml))
+    assert recorded.search.population == 2 and recorded.search.generations == 1
+    # The same file without the overrides is another space: refused, not silently mixed.
+    assert evo(args) == 2

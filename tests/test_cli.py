@@ -1,0 +1,117 @@
+"""Both command-line tools end to end, as a user drives them, and their error exits."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import write_corpus
+
+from evo.cli import main as evo
+from evo.storage import Storage
+from llm.cli import main as llm
+
+
+def tiny_config(corpus, **train) -> dict:
+    return {
+        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
+        "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
+        "train": {"batch_size": 4, "seq_len": 32, "max_steps": 6, "eval_interval": 3, **train},
+    }
+
+
+def test_llm_prepare_train_eval_generate(workdir, capsys):
+    corpus = write_corpus(workdir / "corpus")
+    assert llm(["prepare", "--corpus", str(corpus), "--tokenizer", "byte", "--out", "prep"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["splits"]["val"]["bytes"] > 0 and (workdir / "prep" / "train.npy").exists()
+
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(corpus)))
+    assert llm(["train", "tiny.yaml", "--out", "model"]) == 0
+    assert "bits per byte" in capsys.readouterr().out
+    assert llm(["eval", "model"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["bits_per_byte"] > 0 and metrics["tokens"] > 0
+    args = ["generate", "model", "--prompt", "the model", "--max-new-tokens", "8", "--seed", "1"]
+    assert llm(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("the model") and len(first) > len("the model")
+    assert llm(args) == 0
+    assert capsys.readouterr().out == first  # the same seed samples the same text
+
+
+def test_llm_train_resume_continues_from_the_checkpoint(workdir, capsys):
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(corpus, checkpoint_interval=3)))
+    assert llm(["train", "tiny.yaml", "--out", "m", "--set", "train.max_steps=3"]) == 0
+    assert llm(["train", "tiny.yaml", "--out", "m", "--set", "train.max_steps=3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("model: {n_layers: [1, 2}\n", "malformed YAML at line 1"),
+        ("model: {n_layerz: 2}\ntrain: {max_steps: 1}\n", "model.n_layerz: unknown key"),
+        ("model: {d_model: 30}\ntrain: {max_steps: 1}\n", "divisible by n_heads"),
+        ("train: {max_steps: 1}\ndata: {corpus: /no/such/corpus}\n", "/no/such/corpus"),
+    ],
+)
+def test_llm_user_errors_are_one_line_and_exit_2(workdir, capsys, text, message):
+    (workdir / "bad.yaml").write_text(text)
+    assert llm(["train", "bad.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_llm_refuses_a_corrupt_model_directory(workdir, capsys):
+    (workdir / "model").mkdir()
+    (workdir / "model" / "model.json").write_text("{not json")
+    assert llm(["generate", "model", "--prompt", "x"]) == 2
+    assert "malformed JSON" in capsys.readouterr().err
+
+
+def test_evo_run_status_report_export_promote_then_generate(space_file, workdir, capsys):
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    run = ["run", str(space_file), "--local", "--quiet", "--storage", url]
+    assert evo([*run, "--set", "search.generations=2"]) == 0
+    assert evo(["ls", "--storage", url]) == 0
+    assert "space" in capsys.readouterr().out
+    assert evo(["status", "space", "--storage", url]) == 0
+    status = capsys.readouterr().out
+    trials = len(Storage(url).trials("space"))  # repeated genomes reuse a result
+    assert "best bits_per_byte" in status and f"{trials} done" in status
+
+    assert evo(["report", "space", "--storage", url]) == 0
+    report = workdir / "results" / "space" / "report.html"
+    assert report.exists() and "Pareto" in report.read_text()
+    assert evo(["export", "space", "--format", "csv", "--storage", url]) == 0
+    frame = pd.read_csv(workdir / "results" / "space" / "trials.csv")
+    assert len(frame) == trials and "gene.d_model" in frame.columns
+
+    capsys.readouterr()
+    assert evo(["promote", "space", "--steps", "5", "--out", "best", "--storage", url]) == 0
+    assert evo(["status", "space", "--storage", url]) == 0
+    assert "promoted genome" in capsys.readouterr().out
+    assert llm(["generate", "best", "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+
+
+def test_evo_errors_name_the_key_path_and_exit_2(workdir, space_file, capsys):
+    space = yaml.safe_load(space_file.read_text())
+    space["genes"]["n_heads"] = {"choice": [1, "two"]}
+    space_file.write_text(yaml.safe_dump(space))
+    assert evo(["run", str(space_file), "--local"]) == 2
+    assert "genes.n_heads.choice[1]" in capsys.readouterr().err
+    assert evo(["status", "nope", "--storage", f"sqlite:///{workdir / 'e.db'}"]) == 2
+    assert "no run named 'nope'" in capsys.readouterr().err
+
+
+def test_the_console_scripts_are_installed():
+    for tool in ("llm", "evo"):
+        out = subprocess.run([tool, "--help"], capture_output=True, text=True, check=True).stdout
+        assert "usage" in out
+    bad = subprocess.run([sys.executable, "-m", "evo.cli", "frobnicate"], capture_output=True)
+    assert bad.returncode == 2

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from evo.storage import DEFAULT_URL, Storage
 from llm.cli_support import run_command
-from llm.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,16 +174,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def require_run(storage: Storage, name: str) -> None:
-    if storage.get_run(name) is None:
-        raise UserError(f"no run named {name!r} in {storage.url} (see `evo ls`)")
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from evo.report import write_report
 
     storage = Storage(args.storage)
-    require_run(storage, args.name)
+    storage.require_run(args.name)
     path = write_report(storage, args.name, args.out or Path("results") / args.name / "report.html")
     print(path)
     return 0
@@ -194,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from evo.report import export_trials
 
     storage = Storage(args.storage)
-    require_run(storage, args.name)
+    storage.require_run(args.name)
     out = args.out or Path("results") / args.name / f"trials.{args.format}"
     print(export_trials(storage, args.name, out, args.format))
     return 0
@@ -204,7 +198,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from evo.promote import Budget, promote
 
     storage = Storage(args.storage)
-    require_run(storage, args.name)
+    storage.require_run(args.name)
     out = promote(
         storage,
         args.name,

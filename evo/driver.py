@@ -92,9 +92,7 @@ def open_run(storage: Storage, name: str, space: SearchSpace) -> bool:
 
 
 def load_run_space(storage: Storage, name: str) -> SearchSpace:
-    run = storage.get_run(name)
-    if run is None:
-        raise UserError(f"no run named {name!r} in {storage.url} (see `evo ls`)")
+    run = storage.require_run(name)
     return space_from_dict(yaml.safe_load(run.space_yaml), where=f"run {name!r}")
 
 

@@ -94,9 +94,7 @@ def export_trials(
 
 def write_report(storage: Storage, run: str, out_path: str | Path) -> Path:
     """Write the run's report as one HTML page that needs no network to open."""
-    info = storage.get_run(run)
-    if info is None:
-        raise UserError(f"no run named {run!r} in {storage.url}")
+    info = storage.require_run(run)
     space = run_space(info)
     objectives = space.search.objectives
     frame = storage.trials_frame(run)

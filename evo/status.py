@@ -10,15 +10,12 @@ from rich.table import Table
 from evo.report import pareto_front, run_space
 from evo.storage import Storage
 from evo.view import genes_text
-from llm.errors import UserError
 
 FRONT_ROWS = 10
 
 
 def print_status(storage: Storage, name: str, console: Console) -> None:
-    run = storage.get_run(name)
-    if run is None:
-        raise UserError(f"no run named {name!r} in {storage.url} (see `evo ls`)")
+    run = storage.require_run(name)
     space = run_space(run)
     objectives = space.search.objectives
     trials = storage.trials(name)

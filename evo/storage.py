@@ -295,6 +295,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _no_run(name: str, url: str) -> str:
+    return f"no run named {name!r} in {url} (see `evo ls`)"
+
+
 def _from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -442,6 +446,13 @@ class Storage:
         with self._sessions.begin() as session:
             row = session.scalar(select(RunRow).where(RunRow.name == name))
             return None if row is None else _record(RunInfo, row)
+
+    def require_run(self, name: str) -> RunInfo:
+        """The run named `name`; a UserError pointing at `evo ls` when there is none."""
+        run = self.get_run(name)
+        if run is None:
+            raise UserError(_no_run(name, self.url))
+        return run
 
     def list_runs(self) -> list[RunInfo]:
         with self._sessions.begin() as session:
@@ -718,7 +729,7 @@ class Storage:
     def _run(self, session: Session, name: str) -> RunRow:
         row = session.scalar(select(RunRow).where(RunRow.name == name))
         if row is None:
-            raise UserError(f"no run named {name!r} in {self.url}")
+            raise UserError(_no_run(name, self.url))
         return row
 
     def _trial(self, session: Session, trial_id: int) -> TrialRow:

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from evo.space import SearchSpace
 from evo.storage import DEFAULT_URL, Storage
 from llm.cli_support import run_command
 
@@ -25,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int | None], help: str):
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int | None], help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
         sub.add_argument("--storage", default=DEFAULT_URL, help="results database URL")
@@ -102,7 +105,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return search(args, storage, args.name, load_run_space(storage, args.name))
 
 
-def search(args: argparse.Namespace, storage: Storage, name: str, space) -> int:
+def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchSpace) -> int:
     from evo.driver import Search, open_run, prepare_data
     from evo.executor import Executor, LocalExecutor, RayExecutor
     from evo.view import make_view

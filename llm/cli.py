@@ -6,10 +6,13 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from llm.cli_support import run_command
 from llm.errors import CheckpointError, UserError
+from llm.tokenizer import Tokenizer
+from llm.trial import TokenSplits
 
 RUN_FILE = "run.json"
 
@@ -24,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int | None], help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -127,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(dataclasses.asdict(result), indent=2))
 
 
-def validation_data(model_dir: Path, tokenizer, corpus: str | None):
+def validation_data(model_dir: Path, tokenizer: Tokenizer, corpus: str | None) -> TokenSplits:
     """The validation split of `corpus`, or of the corpus the model was trained on,
     tokenized with the model's own tokenizer."""
     from llm.config import DataConfig, RunConfig, from_dict

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -13,26 +12,19 @@ from rich.table import Table
 
 from evo.space import SearchSpace
 from evo.storage import DEFAULT_URL, Storage
-from llm.cli_support import run_command
+from llm.cli_support import CommandLine, Handler
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args), prog="evo", debug=args.debug)
+    return build_command_line().main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evo", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+def build_command_line() -> CommandLine:
+    cli = CommandLine("evo", __doc__)
 
-    def command(
-        name: str, func: Callable[[argparse.Namespace], int | None], help: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(func=func)
+    def command(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
+        sub = cli.command(name, func, help)
         sub.add_argument("--storage", default=DEFAULT_URL, help="results database URL")
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
         return sub
 
     run = command("run", cmd_run, "run (or continue) a search described by a space file")
@@ -78,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
     promote.add_argument("--out", type=Path, help="model directory to write")
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
-    return parser
+    return cli
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:

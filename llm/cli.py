@@ -6,10 +6,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from llm.cli_support import run_command
+from llm.cli_support import CommandLine
 from llm.errors import CheckpointError, UserError
 from llm.tokenizer import Tokenizer
 from llm.trial import TokenSplits
@@ -18,22 +17,12 @@ RUN_FILE = "run.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args), prog="llm", debug=args.debug)
+    return build_command_line().main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    def command(
-        name: str, func: Callable[[argparse.Namespace], int | None], help: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(func=func)
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-        return sub
+def build_command_line() -> CommandLine:
+    cli = CommandLine("llm", __doc__)
+    command = cli.command
 
     prepare = command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
     prepare.add_argument("--corpus", required=True, help="builtin:python-docs, a file, a folder…")
@@ -70,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int)
     generate.add_argument("--device", default="auto")
-    return parser
+    return cli
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

@@ -17,17 +17,20 @@ from torch import Tensor
 
 from llm.errors import ConfigError, UserError
 from llm.model import KVCache, Transformer
+from llm.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token. Temperature 0 is greedy decoding."""
+    """How to pick each next token and when to stop. Temperature 0 is greedy decoding."""
 
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_k: int | None = None  # keep only the k most likely tokens
     top_p: float = 1.0  # nucleus: keep the fewest tokens whose probability sums to >= top_p
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output
     eos_id: int | None = None  # stop after this token (it is returned)
+    stop: tuple[str, ...] = ()  # stop before any of these strings (text generation only)
     seed: int | None = None  # None: a fresh random seed for every call
 
     def __post_init__(self) -> None:
@@ -40,6 +43,10 @@ class SamplingParams:
             problems.append(f"top_k must be at least 1 (got {self.top_k})")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not self.repetition_penalty > 0:
+            problems.append(f"repetition_penalty must be positive (got {self.repetition_penalty})")
+        if any(not stop for stop in self.stop):
+            problems.append("stop strings must not be empty")
         if problems:
             raise ConfigError("invalid sampling params: " + "; ".join(problems))
 
@@ -80,59 +87,148 @@ def generation_mode(model: Transformer) -> Iterator[None]:
         model.train(was_training)
 
 
-def prompt_tensor(model: Transformer, prompt_ids: Sequence[int]) -> Tensor:
-    """The prompt as a tensor on the model's device, after checking it can be continued."""
+def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Make the tokens marked in `seen` (batch, vocab) less likely: positive logits are
+    divided by `penalty`, negative ones multiplied, so a penalty above 1 always lowers them."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def check_prompt(model: Transformer, prompt_ids: Sequence[int], name: str = "the prompt") -> None:
+    """Refuse a prompt that cannot be continued: empty, over the context, or off-vocabulary."""
     config = model.config
     if len(prompt_ids) == 0:
-        raise UserError("the prompt is empty: generation needs at least one token")
+        raise UserError(f"{name} is empty: generation needs at least one token")
     if len(prompt_ids) > config.max_seq_len:
         raise UserError(
-            f"the prompt has {len(prompt_ids)} tokens, more than the model's context "
-            f"of {config.max_seq_len}"
+            f"{name} has {len(prompt_ids)} tokens, more than the model's context of "
+            f"{config.max_seq_len} (left-truncation would keep the last ones)"
         )
     vocab = config.vocab_size or 0
     for i, token in enumerate(prompt_ids):
         if not 0 <= token < vocab:
-            raise UserError(f"prompt token {i} is {token}, outside the vocabulary of {vocab}")
-    device = next(model.parameters()).device
-    return torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
+            raise UserError(f"{name}: token {i} is {token}, outside the vocabulary of {vocab}")
 
 
-def token_stream(
-    model: Transformer, prompt: Tensor, params: SamplingParams, *, use_cache: bool = True
-) -> Iterator[int]:
-    """Yield new token ids until eos, `max_new_tokens` or a full context. Run it inside
-    `generation_mode`; the first token comes from the prefill, each later one from a
-    single decode step."""
-    n_new = min(params.max_new_tokens, model.config.max_seq_len - len(prompt))
-    if n_new <= 0:
-        return
-    generator = torch.Generator(device=prompt.device)
-    if params.seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(params.seed)
-    cache = None
-    if use_cache:
-        weight = next(model.parameters())
-        cache = KVCache(
-            model.config, 1, len(prompt) + n_new, device=prompt.device, dtype=weight.dtype
-        )
-    sequence = prompt[None]
-    step_input = sequence
-    for _ in range(n_new):
-        logits = model(step_input, cache, last_only=True)[:, -1]
-        token = sample_next_token(logits, params, generator)
-        token_id = int(token.item())
-        yield token_id
-        if token_id == params.eos_id:
-            return
-        if use_cache:
-            step_input = token[None]
+def truncate_prompt(prompt_ids: Sequence[int], context: int, max_new_tokens: int) -> list[int]:
+    """The last tokens of a prompt: as many as leave room for `max_new_tokens` in the
+    context (but at least one)."""
+    keep = max(1, context - max_new_tokens)
+    return list(prompt_ids[-keep:])
+
+
+class BatchDecoder:
+    """Generates from a batch of prompts of different lengths at once.
+
+    The prompts are padded on the left, so that every row's next token sits in the same
+    column; each row counts its positions from its own first real token and never attends
+    to padding, so a row decodes exactly as it would alone. One prefill fills the
+    pre-allocated KV cache, then each step feeds one token per row. Iterating yields, per
+    step, each row's new token, or None for a row that has finished (eos, `finish`).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        use_cache: bool = True,
+    ) -> None:
+        if not prompts:
+            raise UserError("no prompts to generate from")
+        for i, prompt in enumerate(prompts):
+            check_prompt(model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
+        self.model, self.params, self.use_cache = model, params, use_cache
+        device = next(model.parameters()).device
+        width = max(len(prompt) for prompt in prompts)
+        pad = [width - len(prompt) for prompt in prompts]
+        # Without padding the model may use plain causal attention, its fastest path.
+        self.pad = torch.tensor(pad, device=device) if any(pad) else None
+        # Padding holds token 0: it is masked out, so any valid id would do.
+        rows = [[0] * (width - len(prompt)) + list(prompt) for prompt in prompts]
+        self.tokens = torch.tensor(rows, dtype=torch.long, device=device)
+        self.max_new_tokens = min(params.max_new_tokens, model.config.max_seq_len - width)
+        self.done = [False] * len(prompts)
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
         else:
-            # The reference path: recompute the whole sequence every step.
-            sequence = torch.cat((sequence, token[None]), dim=1)
-            step_input = sequence
+            self.generator.manual_seed(params.seed)
+        self.seen = self.seen_tokens(prompts) if params.repetition_penalty != 1.0 else None
+
+    def seen_tokens(self, prompts: Sequence[Sequence[int]]) -> Tensor:
+        vocab = self.model.config.vocab_size or 0
+        seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=self.tokens.device)
+        for row, prompt in enumerate(prompts):
+            seen[row, list(prompt)] = True
+        return seen
+
+    def finish(self, row: int) -> None:
+        """Stop generating for `row` (e.g. its text reached a stop string)."""
+        self.done[row] = True
+
+    def __iter__(self) -> Iterator[list[int | None]]:
+        if self.max_new_tokens <= 0:
+            return
+        cache = None
+        if self.use_cache:
+            weight = next(self.model.parameters())
+            length = self.tokens.shape[1] + self.max_new_tokens
+            cache = KVCache(
+                self.model.config, len(self.done), length, device=weight.device, dtype=weight.dtype
+            )
+        step_input = self.tokens
+        for _ in range(self.max_new_tokens):
+            logits = self.model(step_input, cache, last_only=True, pad=self.pad)[:, -1]
+            token = self.next_token(logits)
+            yield self.record(token.tolist())
+            if all(self.done):
+                return
+            self.tokens = torch.cat((self.tokens, token[:, None]), dim=1)
+            # Without a cache (the reference path) the whole sequence is recomputed.
+            step_input = token[:, None] if self.use_cache else self.tokens
+
+    def next_token(self, logits: Tensor) -> Tensor:
+        if self.seen is not None:
+            logits = penalize_repetition(logits, self.seen, self.params.repetition_penalty)
+        token = sample_next_token(logits, self.params, self.generator)
+        if self.seen is not None:
+            self.seen[torch.arange(len(token)), token] = True
+        return token
+
+    def record(self, tokens: list[int]) -> list[int | None]:
+        """The step's tokens as seen by the caller; eos finishes its row after it."""
+        step: list[int | None] = []
+        for row, token in enumerate(tokens):
+            if self.done[row]:
+                step.append(None)
+                continue
+            step.append(token)
+            if token == self.params.eos_id:
+                self.done[row] = True
+        return step
+
+
+def generate_batch(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """The new tokens that continue each prompt (the eos token included when reached).
+
+    Prompt and new tokens together fit in the model's context: generation stops early when
+    the longest prompt's row is full, and a prompt longer than the context is an error.
+    """
+    new: list[list[int]] = [[] for _ in prompts]
+    with generation_mode(model):
+        for step in BatchDecoder(model, prompts, params, use_cache=use_cache):
+            for row, token in enumerate(step):
+                if token is not None:
+                    new[row].append(token)
+    return new
 
 
 def generate(
@@ -142,14 +238,117 @@ def generate(
     *,
     use_cache: bool = True,
 ) -> list[int]:
-    """The new tokens that continue `prompt_ids` (the eos token included when reached).
+    """The new tokens that continue one prompt; see `generate_batch`."""
+    return generate_batch(model, [prompt_ids], params, use_cache=use_cache)[0]
 
-    Prompt and new tokens together fit in the model's context: generation stops early
-    when it is full, and a prompt longer than the context is an error.
-    """
-    prompt = prompt_tensor(model, prompt_ids)
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of one row's new text. The row's last delta carries why it finished
+    ("stop": eos or a stop string; "length": the token budget or the context) and how many
+    tokens it generated."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+class RowText:
+    """The text of one row's new tokens, released piece by piece: a piece never ends inside
+    a UTF-8 character (byte-fallback tokens decode to U+FFFD until the character is whole)
+    nor inside what may turn out to be a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.text = ""
+        self.released = 0  # characters of `text` handed out so far
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """The newly safe text after `token`, and whether a stop string was reached (the
+        text then ends before it)."""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        hits = [at for at in (self.text.find(stop) for stop in self.stop) if at >= 0]
+        if hits:
+            return self.release(min(hits)), True
+        safe = len(self.text.rstrip("\ufffd"))
+        safe -= self.stop_prefix_length(self.text[:safe])
+        return self.release(safe), False
+
+    def stop_prefix_length(self, text: str) -> int:
+        """The length of the longest end of `text` that begins some stop string."""
+        longest = 0
+        for stop in self.stop:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def release(self, end: int) -> str:
+        piece = self.text[self.released : max(end, self.released)]
+        self.released = max(end, self.released)
+        return piece
+
+    def flush(self) -> str:
+        return self.release(len(self.text))
+
+
+def stream_completions(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+) -> Iterator[TextDelta]:
+    """Text pieces continuing each prompt (token ids), as they are generated; the pieces of
+    row i joined are its completion. Each row's last delta has its `finish_reason`."""
+    decoder = BatchDecoder(model, prompts, params)
+    rows = [RowText(tokenizer, params.stop) for _ in prompts]
     with generation_mode(model):
-        return list(token_stream(model, prompt, params, use_cache=use_cache))
+        for step in decoder:
+            for i, token in enumerate(step):
+                if token is None:
+                    continue
+                if token == params.eos_id:
+                    yield TextDelta(i, rows[i].flush(), "stop", len(rows[i].ids) + 1)
+                    continue
+                piece, stopped = rows[i].add(token)
+                if stopped:
+                    decoder.finish(i)
+                    yield TextDelta(i, piece, "stop", len(rows[i].ids))
+                elif piece:
+                    yield TextDelta(i, piece)
+    for i, row in enumerate(rows):
+        if not decoder.done[i]:
+            yield TextDelta(i, row.flush(), "length", len(row.ids))
+
+
+def complete(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+) -> list[Completion]:
+    """The whole completion of each prompt; see `stream_completions`."""
+    pieces: list[list[str]] = [[] for _ in prompts]
+    completions: dict[int, Completion] = {}
+    for delta in stream_completions(model, tokenizer, prompts, params):
+        pieces[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            text = "".join(pieces[delta.index])
+            completions[delta.index] = Completion(
+                text, delta.finish_reason, delta.completion_tokens
+            )
+    return [completions[i] for i in range(len(prompts))]
 
 
 def decode_tokens_per_second(
@@ -176,12 +375,12 @@ def decode_tokens_per_second(
         )
     rng = torch.Generator().manual_seed(0)
     prompt_ids = torch.randint(model.config.vocab_size or 1, (prompt_len,), generator=rng)
-    prompt = prompt_tensor(model, prompt_ids.tolist())
+    prompt = [prompt_ids.tolist()]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     with generation_mode(model):
         # An untimed warm-up, so one-off kernel selection and allocations are not counted.
-        list(token_stream(model, prompt, SamplingParams(max_new_tokens=2, temperature=0.0)))
-        stream = token_stream(model, prompt, params)
+        list(BatchDecoder(model, prompt, SamplingParams(max_new_tokens=2, temperature=0.0)))
+        stream = iter(BatchDecoder(model, prompt, params))
         next(stream)  # the prefill and the token it predicts
         # Every step reads its token back to the host, so the clock sees finished work.
         start = time.perf_counter()

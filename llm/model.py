@@ -166,12 +166,19 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(
-        self, tokens: Tensor, cache: KVCache | None = None, *, last_only: bool = False
+        self,
+        tokens: Tensor,
+        cache: KVCache | None = None,
+        *,
+        last_only: bool = False,
+        pad: Tensor | None = None,
     ) -> Tensor:
         """Logits for every position of `tokens` (B, T), or only the last with `last_only`.
 
         With a cache, `tokens` continue the sequence the cache holds: their positions start
-        at `cache.length`, and the cache is advanced past them.
+        at `cache.length`, and the cache is advanced past them. `pad` (B,) counts the padding
+        tokens on the left of each row (of the whole sequence, cached part included); those
+        are never attended to, and each row's real tokens count their positions from 0.
         """
         start = cache.length if cache is not None else 0
         T = tokens.shape[1]
@@ -179,8 +186,11 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}"
             )
-        q_pos = torch.arange(start, start + T, device=tokens.device)
-        positions = self.attention_positions(q_pos, torch.arange(start + T, device=tokens.device))
+        k_pos = torch.arange(start + T, device=tokens.device)[None]
+        if pad is not None:
+            k_pos = k_pos - pad[:, None]
+        q_pos = k_pos[:, start:]
+        positions = self.attention_positions(q_pos, k_pos, padded=pad is not None)
         x = self.dropout(self.positions.embed(self.embed(tokens), q_pos))
         for block in self.blocks:
             if self.config.gradient_checkpointing and self.training:
@@ -193,13 +203,15 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return self.lm_head(self.final_norm(x))
 
-    def attention_positions(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
+    def attention_positions(
+        self, q_pos: Tensor, k_pos: Tensor, *, padded: bool = False
+    ) -> AttentionPositions:
+        """What attention needs for queries at `q_pos` over keys at `k_pos`, both (B|1, ·)."""
         positions = self.positions.attention_inputs(q_pos, k_pos)
-        square = len(q_pos) == len(k_pos)
-        if positions.mask is None and len(q_pos) > 1:
-            # Plain causal attention lets SDPA use its fused kernels; a query block that
-            # starts part-way through a cache needs the mask spelled out.
-            if square:
+        if positions.mask is None and (padded or q_pos.shape[1] > 1):
+            # Plain causal attention lets SDPA use its fused kernels; padding, or a query
+            # block that starts part-way through a cache, needs the mask spelled out.
+            if q_pos.shape[1] == k_pos.shape[1] and not padded:
                 positions.is_causal = True
             else:
                 positions.mask = causal_mask(q_pos, k_pos)

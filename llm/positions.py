@@ -5,6 +5,10 @@ Every encoding answers two questions, and most answer only one of them:
 - `attention_inputs`: what attention needs per forward pass — rotation tables for the
   queries and keys (RoPE) or an additive bias on the scores (ALiBi).
 The defaults answer "nothing", which is the `none` encoding.
+
+Positions come as (batch or 1, length) tensors so that every row of a batch may start at
+its own place: a left-padded prompt's real tokens count from 0, and its padding gets
+negative positions, which attention masks out as keys.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from llm.config import ModelConfig
 class AttentionPositions:
     """What every attention layer of one forward pass needs to know about positions."""
 
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin at the query positions: (T, head_dim)
-    mask: Tensor | None = None  # bool (True = may attend) or float bias, (heads|1, T, S)
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin at the query positions: (B|1, 1, T, hd)
+    mask: Tensor | None = None  # bool (True = may attend) or float bias: (B|1, heads|1, T, S)
     is_causal: bool = False  # plain causal attention over T == S: lets SDPA pick its fast kernels
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,7 +44,16 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def causal_mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    return k_pos[None, :] <= q_pos[:, None]
+    """(B|1, 1, T, S): a query sees the keys at or before it, padding (a negative position)
+    excepted. Padding queries see the padding before them instead: their outputs are never
+    used, but a row with nothing to attend to would fill the whole batch with NaNs."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    return ((k <= q) & ((k >= 0) | (q < 0)))[:, None]
+
+
+def table_index(pos: Tensor) -> Tensor:
+    """Padding reads row 0 of a position table; its output is masked out anyway."""
+    return pos.clamp(min=0)
 
 
 class PositionEncoding(nn.Module):
@@ -62,7 +75,7 @@ class LearnedPositions(PositionEncoding):
         self.table = nn.Embedding(config.max_seq_len, config.d_model)
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
-        return x + self.table(pos)
+        return x + self.table(table_index(pos))
 
 
 class SinusoidalPositions(PositionEncoding):
@@ -80,7 +93,7 @@ class SinusoidalPositions(PositionEncoding):
         self.register_buffer("table", table, persistent=False)
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
-        return x + self.table[pos].to(x.dtype)
+        return x + self.table[table_index(pos)].to(x.dtype)
 
 
 class RotaryPositions(PositionEncoding):
@@ -97,7 +110,8 @@ class RotaryPositions(PositionEncoding):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
-        return AttentionPositions(rope=(self.cos[q_pos], self.sin[q_pos]))
+        index = table_index(q_pos)
+        return AttentionPositions(rope=(self.cos[index][:, None], self.sin[index][:, None]))
 
 
 class AlibiPositions(PositionEncoding):
@@ -109,7 +123,7 @@ class AlibiPositions(PositionEncoding):
         self.register_buffer("slopes", alibi_slopes(config.n_heads), persistent=False)
 
     def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
-        distance = (q_pos[:, None] - k_pos[None, :]).to(self.slopes.dtype)
+        distance = (q_pos[:, None, :, None] - k_pos[:, None, None, :]).to(self.slopes.dtype)
         bias = -self.slopes[:, None, None] * distance
         bias = bias.masked_fill(~causal_mask(q_pos, k_pos), float("-inf"))
         return AttentionPositions(mask=bias)

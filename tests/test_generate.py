@@ -8,13 +8,20 @@ import torch
 from llm.config import ModelConfig
 from llm.errors import ConfigError, UserError
 from llm.generate import (
+    RowText,
     SamplingParams,
+    complete,
     decode_tokens_per_second,
     filter_logits,
     generate,
+    generate_batch,
+    penalize_repetition,
     sample_next_token,
+    stream_completions,
+    truncate_prompt,
 )
 from llm.model import Transformer
+from llm.tokenizer import ByteTokenizer
 
 PROMPT = [5, 17, 3, 42, 8, 8, 1]
 GREEDY = SamplingParams(max_new_tokens=20, temperature=0.0)
@@ -163,6 +170,8 @@ def test_temperature_zero_is_argmax_and_ignores_the_generator() -> None:
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"stop": ("",)}, "stop strings"),
     ],
 )
 def test_invalid_sampling_params(kwargs: dict[str, float], message: str) -> None:
@@ -182,3 +191,125 @@ def test_decode_throughput_fits_a_short_context() -> None:
     assert decode_tokens_per_second(model) > 0
     with pytest.raises(ValueError, match="context of 2"):
         decode_tokens_per_second(tiny_model(max_seq_len=2))
+
+
+PROMPTS = [PROMPT, [9, 2], list(range(20, 33)), [7]]
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope", "alibi", "none"])
+def test_batched_greedy_equals_each_prompt_alone(pos_encoding: str, n_kv_heads: int | None) -> None:
+    model = tiny_model(pos_encoding=pos_encoding, n_kv_heads=n_kv_heads)
+    batched = generate_batch(model, PROMPTS, GREEDY)
+    assert batched == [generate(model, prompt, GREEDY) for prompt in PROMPTS]
+    assert batched == generate_batch(model, PROMPTS, GREEDY, use_cache=False)
+
+
+def test_a_row_that_reaches_eos_stops_while_the_others_go_on() -> None:
+    model = tiny_model()
+    alone = [generate(model, prompt, GREEDY) for prompt in PROMPTS]
+    eos = alone[1][3]
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, eos_id=eos)
+    batched = generate_batch(model, PROMPTS, params)
+    for row, tokens in zip(alone, batched, strict=True):
+        expected = row[: row.index(eos) + 1] if eos in row else row
+        assert tokens == expected
+    assert batched[1][-1] == eos and len(batched[1]) <= 4
+
+
+def test_the_same_seed_reproduces_a_batch_of_samples() -> None:
+    model = tiny_model()
+    params = SamplingParams(max_new_tokens=15, temperature=1.5, seed=3)
+    first = generate_batch(model, PROMPTS, params)
+    assert first == generate_batch(model, PROMPTS, params)
+    assert first != generate_batch(model, PROMPTS, SamplingParams(max_new_tokens=15, seed=4))
+
+
+def test_a_bad_prompt_in_a_batch_is_named_by_its_index() -> None:
+    with pytest.raises(UserError, match="prompt 1: token 0 is 99"):
+        generate_batch(tiny_model(), [PROMPT, [99]], GREEDY)
+
+
+def test_repetition_penalty_lowers_only_seen_tokens() -> None:
+    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert penalize_repetition(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
+
+
+def test_a_strong_repetition_penalty_stops_greedy_loops() -> None:
+    model = tiny_model()
+    loose = generate(model, PROMPT, GREEDY)
+    assert len(set(loose)) < len(loose)  # this model repeats itself when left alone
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, repetition_penalty=1e6)
+    strict = generate(model, PROMPT, params)
+    assert len(set(strict)) == len(strict) and not set(strict) & set(PROMPT)
+
+
+def test_truncation_keeps_the_end_of_the_prompt_and_room_to_generate() -> None:
+    assert truncate_prompt(list(range(100)), context=48, max_new_tokens=8) == list(range(60, 100))
+    assert truncate_prompt(list(range(100)), context=48, max_new_tokens=80) == [99]
+    assert truncate_prompt([1, 2], context=48, max_new_tokens=8) == [1, 2]
+
+
+def feed(row: RowText, text: str) -> tuple[list[str], bool]:
+    pieces = []
+    for token in ByteTokenizer().encode(text):
+        piece, stopped = row.add(token)
+        pieces.append(piece)
+        if stopped:
+            return pieces, True
+    return pieces + [row.flush()], False
+
+
+def test_streamed_text_never_splits_a_character() -> None:
+    text = "héllo ✓ 日本語 🙂!"
+    pieces, stopped = feed(RowText(ByteTokenizer(), ()), text)
+    assert "".join(pieces) == text and not stopped
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert len([piece for piece in pieces if piece]) == len(text)
+
+
+def test_stop_strings_end_the_text_before_them_and_hold_back_lookalikes() -> None:
+    row = RowText(ByteTokenizer(), ("STOP", "\n\n"))
+    pieces, stopped = feed(row, "a STORY, a STOP sign")
+    assert stopped and "".join(pieces) == "a STORY, a "
+    assert "ST" not in pieces  # held back until "STOR" proved it was no stop string
+    pieces, stopped = feed(RowText(ByteTokenizer(), ("STOP",)), "no stop here ST")
+    assert not stopped and "".join(pieces) == "no stop here ST"
+
+
+def byte_model() -> Transformer:
+    return tiny_model(vocab_size=ByteTokenizer().vocab_size)
+
+
+def test_streamed_pieces_join_to_the_completion() -> None:
+    model, tokenizer = byte_model(), ByteTokenizer()
+    prompts = [tokenizer.encode("def f(x):"), tokenizer.encode("héllo")]
+    params = SamplingParams(max_new_tokens=25, temperature=1.0, seed=1)
+    joined = ["", ""]
+    finished: dict[int, str | None] = {}
+    for delta in stream_completions(model, tokenizer, prompts, params):
+        assert delta.index not in finished  # nothing comes after a row's last delta
+        joined[delta.index] += delta.text
+        if delta.finish_reason is not None:
+            finished[delta.index] = delta.finish_reason
+    completions = complete(model, tokenizer, prompts, params)
+    assert [c.text for c in completions] == joined
+    assert finished == {0: "length", 1: "length"}
+    assert [c.completion_tokens for c in completions] == [25, 25]
+    new = generate_batch(model, prompts, params)
+    assert joined == [tokenizer.decode(tokens) for tokens in new]
+
+
+def test_a_stop_string_finishes_its_row_only() -> None:
+    model, tokenizer = byte_model(), ByteTokenizer()
+    prompts = [tokenizer.encode("abc"), tokenizer.encode("xyz")]
+    free = complete(model, tokenizer, prompts, GREEDY)
+    stop = free[0].text[5:7]
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, stop=(stop,))
+    stopped = complete(model, tokenizer, prompts, params)
+    assert stopped[0].text == free[0].text[: free[0].text.index(stop)]
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].completion_tokens < 20
+    if stop not in free[1].text:
+        assert stopped[1] == free[1]

@@ -89,7 +89,7 @@ def test_attention_matches_a_naive_reference(pos):
     model = Transformer(config).eval()
     attn = model.blocks[0].attn
     x = torch.randn(2, 12, 32)
-    positions = model.attention_positions(torch.arange(12), torch.arange(12))
+    positions = model.attention_positions(torch.arange(12)[None], torch.arange(12)[None])
     with torch.no_grad():
         ours = attn(x, positions, None)
         theirs = naive_attention(
@@ -188,3 +188,24 @@ def test_sequence_longer_than_the_context_is_refused():
     model = Transformer(tiny(max_seq_len=8))
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_left_padding_changes_no_real_tokens_logits(pos):
+    torch.manual_seed(0)
+    config = tiny(pos_encoding=pos, n_kv_heads=2)
+    model = Transformer(config).eval()
+    long, short = torch.randint(0, 64, (10,)), torch.randint(0, 64, (6,))
+    garbage = torch.randint(0, 64, (4,))  # padding may hold any token: it must not matter
+    batch = torch.stack([long, torch.cat([garbage, short])])
+    pad = torch.tensor([0, 4])
+    with torch.no_grad():
+        padded = model(batch, pad=pad)
+        cache = KVCache(config, batch_size=2)
+        stepped = [model(batch[:, :7], cache, pad=pad)]
+        stepped += [model(batch[:, t : t + 1], cache, pad=pad) for t in range(7, 10)]
+        alone = model(short[None])
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded[1, 4:], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded[0], model(long[None])[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(stepped, 1)[1, 4:], alone[0], rtol=1e-5, atol=1e-5)

@@ -7,11 +7,16 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm.cli_support import CommandLine
 from llm.errors import CheckpointError, UserError
 from llm.tokenizer import Tokenizer
 from llm.trial import TokenSplits
+
+if TYPE_CHECKING:
+    from llm.generate import SamplingParams
+    from llm.model import Transformer
 
 RUN_FILE = "run.json"
 
@@ -50,16 +55,65 @@ def build_command_line() -> CommandLine:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--device", default="auto")
 
-    generate = command("generate", cmd_generate, "continue a prompt")
+    generate = command("generate", cmd_generate, "continue prompts, streaming the text")
     generate.add_argument("model_dir", type=Path)
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--temperature", type=float, default=0.8)
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--device", default="auto")
+    generate.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        required=True,
+        help="repeatable: several prompts are generated as one batch, printed as JSON lines",
+    )
+    add_sampling_arguments(generate, temperature=0.8)
+    generate.add_argument(
+        "--truncate",
+        action="store_true",
+        help="keep the end of a prompt longer than the context instead of refusing it",
+    )
+
+    chat = command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
+    chat.add_argument("model_dir", type=Path)
+    add_sampling_arguments(chat, temperature=0.7)
+    chat.add_argument("--system", default="", help="text placed before the conversation")
     return cli
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: float) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument(
+        "--stop", action="append", default=[], help="stop before this text (repeatable)"
+    )
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", default="auto")
+
+
+def sampling_params(args: argparse.Namespace, eos_id: int) -> SamplingParams:
+    from llm.generate import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        eos_id=eos_id,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
+
+
+def load_for_generation(args: argparse.Namespace) -> tuple[Transformer, Tokenizer]:
+    from llm.checkpoint import load_model_dir
+    from llm.train import resolve_device
+
+    model, tokenizer, _ = load_model_dir(args.model_dir, device=resolve_device(args.device))
+    if tokenizer is None:
+        raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a prompt)")
+    return model, tokenizer
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -139,23 +193,38 @@ def validation_data(model_dir: Path, tokenizer: Tokenizer, corpus: str | None) -
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from llm.checkpoint import load_model_dir
-    from llm.generate import SamplingParams, generate
-    from llm.train import resolve_device
+    from llm.generate import complete, stream_completions, truncate_prompt
 
-    model, tokenizer, _ = load_model_dir(args.model_dir, device=resolve_device(args.device))
-    if tokenizer is None:
-        raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a prompt)")
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_id=tokenizer.eos_id,
-        seed=args.seed,
+    model, tokenizer = load_for_generation(args)
+    params = sampling_params(args, tokenizer.eos_id)
+    prompts = [tokenizer.encode(prompt) for prompt in args.prompts]
+    if args.truncate:
+        context = model.config.max_seq_len
+        prompts = [truncate_prompt(ids, context, params.max_new_tokens) for ids in prompts]
+    if len(prompts) > 1:
+        for prompt, completion in zip(
+            args.prompts, complete(model, tokenizer, prompts, params), strict=True
+        ):
+            print(json.dumps({"prompt": prompt, **dataclasses.asdict(completion)}))
+        return
+    sys.stdout.write(tokenizer.decode(prompts[0]))
+    for delta in stream_completions(model, tokenizer, prompts, params):
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from llm.chat import ChatSession, ChatTemplate, run_chat
+
+    model, tokenizer = load_for_generation(args)
+    session = ChatSession(
+        model, tokenizer, sampling_params(args, tokenizer.eos_id), ChatTemplate(args.system)
     )
-    new_tokens = generate(model, tokenizer.encode(args.prompt), params)
-    print(args.prompt + tokenizer.decode(new_tokens))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+    run_chat(session, sys.stdin, sys.stdout, interactive=interactive)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""A conversation with a model in a terminal or through a pipe.
+
+Our models are plain language models, not instruction-tuned ones, so a conversation is a
+transcript the model continues: each turn is written as `User: …` / `Assistant: …`, and
+the reply ends where the model starts to write the next user line. The transcript keeps
+as many of the latest turns as fit in the context window beside the reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from llm.generate import SamplingParams, stream_completions
+from llm.model import Transformer
+from llm.tokenizer import Tokenizer
+
+HELP = "commands: /reset forgets the conversation, /exit (or end of input) leaves, /help"
+
+
+@dataclass(frozen=True)
+class Turn:
+    user: str
+    assistant: str
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How turns are written into the transcript the model continues."""
+
+    system: str = ""  # text placed before every transcript, e.g. a description of the bot
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+
+    def render(self, history: list[Turn], message: str) -> str:
+        """The transcript up to the start of the reply to `message`."""
+        turns = [self.turn(t.user, t.assistant) + "\n" for t in history]
+        return self.system + "".join(turns) + self.turn(message, "")
+
+    def turn(self, user: str, assistant: str) -> str:
+        return f"{self.user_prefix}{user}\n{self.assistant_prefix}{assistant}"
+
+    def stop(self) -> tuple[str, ...]:
+        return (f"\n{self.user_prefix.rstrip()}",)
+
+
+class ChatSession:
+    """The conversation so far and how to extend it."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        params: SamplingParams,
+        template: ChatTemplate | None = None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.template = template or ChatTemplate()
+        stop = tuple(dict.fromkeys(params.stop + self.template.stop()))
+        self.params = dataclasses.replace(params, stop=stop, eos_id=tokenizer.eos_id)
+        self.history: list[Turn] = []
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def prompt_ids(self, message: str) -> list[int]:
+        """The transcript for `message`: the oldest turns are dropped until it leaves room
+        for a whole reply; a single message too long even alone keeps only its end."""
+        room = max(1, self.model.config.max_seq_len - self.params.max_new_tokens)
+        history = list(self.history)
+        ids = self.tokenizer.encode(self.template.render(history, message))
+        while len(ids) > room and history:
+            history.pop(0)
+            ids = self.tokenizer.encode(self.template.render(history, message))
+        return ids[-room:]
+
+    def reply(self, message: str) -> Iterator[str]:
+        """The reply's text in pieces as they are generated; the turn is remembered once the
+        reply is complete."""
+        params = self.params
+        if params.seed is not None:
+            # A fixed seed should give a reproducible conversation, not the same draw each turn.
+            params = dataclasses.replace(params, seed=params.seed + len(self.history))
+        pieces = []
+        for delta in stream_completions(
+            self.model, self.tokenizer, [self.prompt_ids(message)], params
+        ):
+            pieces.append(delta.text)
+            yield delta.text
+        self.history.append(Turn(message, "".join(pieces).strip()))
+
+
+def run_chat(session: ChatSession, source: TextIO, sink: TextIO, *, interactive: bool) -> None:
+    """Read messages line by line from `source` and write each reply to `sink` on its own
+    line, until /exit or the end of input. On a terminal, a prompt and help are shown."""
+    if interactive:
+        sink.write(f"{HELP}\n")
+    while True:
+        if interactive:
+            sink.write("> ")
+            sink.flush()
+        line = source.readline()
+        message = line.strip()
+        if not line or message == "/exit":
+            return
+        if message.startswith("/"):
+            sink.write(f"{run_command(session, message)}\n")
+        elif message:
+            for piece in session.reply(message):
+                sink.write(piece)
+                sink.flush()
+            sink.write("\n")
+        sink.flush()
+
+
+def run_command(session: ChatSession, command: str) -> str:
+    if command == "/reset":
+        session.reset()
+        return "(conversation reset)"
+    if command == "/help":
+        return HELP
+    return f"unknown command {command}; {HELP}"

@@ -1,0 +1,127 @@
+"""`llm chat` and `llm generate` as users drive them, on a small untrained byte-level model."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm.chat import ChatSession, ChatTemplate, run_chat
+from llm.checkpoint import save_model_dir
+from llm.cli import main as llm
+from llm.config import ModelConfig
+from llm.generate import SamplingParams, complete
+from llm.model import Transformer
+from llm.tokenizer import ByteTokenizer
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0, stop=("\n",))
+
+
+def byte_model(max_seq_len: int = 96) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=ByteTokenizer().vocab_size,
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_ff=64,
+        max_seq_len=max_seq_len,
+        init_std=0.3,
+    )
+    return Transformer(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("chat") / "model"
+    save_model_dir(directory, byte_model(), ByteTokenizer())
+    return directory
+
+
+def test_a_reply_continues_the_transcript_and_is_remembered():
+    model, tokenizer = byte_model(), ByteTokenizer()
+    session = ChatSession(model, tokenizer, GREEDY)
+    reply = "".join(session.reply("hello"))
+    transcript = tokenizer.encode("User: hello\nAssistant: ")
+    expected = complete(model, tokenizer, [transcript], session.params)[0].text
+    assert reply == expected
+    assert session.history[0].user == "hello" and session.history[0].assistant == reply.strip()
+    assert tokenizer.decode(session.prompt_ids("again")).startswith("User: hello\nAssistant: ")
+    session.reset()
+    assert tokenizer.decode(session.prompt_ids("again")) == "User: again\nAssistant: "
+
+
+def test_the_oldest_turns_are_dropped_to_fit_the_context():
+    session = ChatSession(byte_model(max_seq_len=96), ByteTokenizer(), GREEDY)
+    for message in ("first message", "second message", "third message", "fourth message"):
+        "".join(session.reply(message))
+    ids = session.prompt_ids("last")
+    text = ByteTokenizer().decode(ids)
+    assert len(ids) <= 96 - GREEDY.max_new_tokens
+    assert text.startswith("User: ") and text.endswith("User: last\nAssistant: ")
+    assert "first message" not in text and "fourth message" in text
+
+
+def test_a_message_longer_than_the_context_keeps_its_end():
+    session = ChatSession(byte_model(max_seq_len=96), ByteTokenizer(), GREEDY)
+    ids = session.prompt_ids("x" * 500 + " the end")
+    assert len(ids) == 96 - GREEDY.max_new_tokens
+    assert ByteTokenizer().decode(ids).endswith(" the end\nAssistant: ")
+
+
+def test_a_reply_stops_where_the_next_user_turn_would_begin():
+    session = ChatSession(byte_model(), ByteTokenizer(), SamplingParams(max_new_tokens=4))
+    assert "\nUser:" in session.params.stop
+    assert session.params.eos_id == ByteTokenizer().eos_id
+
+
+def test_commands_and_replies_through_a_stream():
+    session = ChatSession(byte_model(), ByteTokenizer(), GREEDY)
+    source = io.StringIO("hi\n/help\n\n/frob\n/reset\nhi\n/exit\nnever read\n")
+    sink = io.StringIO()
+    run_chat(session, source, sink, interactive=False)
+    lines = sink.getvalue().split("\n")
+    assert lines[1].startswith("commands:") and lines[2].startswith("unknown command /frob")
+    assert lines[3] == "(conversation reset)"
+    assert lines[0] == lines[4]  # after /reset the same greedy reply comes again
+    assert lines[5:] == [""] and len(session.history) == 1
+
+
+def test_llm_chat_through_a_pipe(model_dir):
+    args = ["llm", "chat", str(model_dir), "--temperature", "0", "--max-new-tokens", "10"]
+    result = subprocess.run(
+        [*args, "--stop", "\n"],
+        input="hello there\n/reset\nhello there\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    first, reset, second, end = result.stdout.split("\n")
+    assert reset == "(conversation reset)" and first == second and end == ""
+    assert ">" not in result.stdout.split("\n")[0][:2]  # no terminal prompt on a pipe
+
+
+def test_llm_generate_streams_one_prompt_and_batches_several(model_dir, capsys):
+    common = ["--temperature", "0", "--max-new-tokens", "6", "--stop", "\n"]
+    assert llm(["generate", str(model_dir), "--prompt", "abc", *common]) == 0
+    single = capsys.readouterr().out
+    assert single.startswith("abc")
+    assert llm(["generate", str(model_dir), "--prompt", "abc", "--prompt", "xy", *common]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["prompt"] for row in rows] == ["abc", "xy"]
+    assert "abc" + rows[0]["text"] + "\n" == single
+    assert all(row["finish_reason"] in ("stop", "length") for row in rows)
+
+
+def test_llm_generate_refuses_or_truncates_a_prompt_over_the_context(model_dir, capsys):
+    long = "y" * 200
+    assert llm(["generate", str(model_dir), "--prompt", long, "--max-new-tokens", "4"]) == 2
+    assert "context of 96" in capsys.readouterr().err
+    args = ["generate", str(model_dir), "--prompt", long, "--max-new-tokens", "4", "--truncate"]
+    assert llm(args) == 0
+    assert capsys.readouterr().out.startswith("y" * 92)

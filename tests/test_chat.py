@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.chat import ChatSession, ChatTemplate, run_chat
+from llm.chat import ChatSession, run_chat
 from llm.checkpoint import save_model_dir
 from llm.cli import main as llm
 from llm.config import ModelConfig

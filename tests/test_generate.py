@@ -258,7 +258,7 @@ def feed(row: RowText, text: str) -> tuple[list[str], bool]:
         pieces.append(piece)
         if stopped:
             return pieces, True
-    return pieces + [row.flush()], False
+    return [*pieces, row.flush()], False
 
 
 def test_streamed_text_never_splits_a_character() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,49 @@ def layer_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
-def rms_norm(config: ModelConfig) -> nn.Module:
-    return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · weight: LayerNorm without centring or bias."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.eps = config.norm_eps
+        self.weight = nn.Parameter(torch.ones(config.d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with its gradient written out. Autograd's version of the formula keeps every
+    intermediate (square, mean, rsqrt, two products) and walks back through each; here the
+    forward saves only x and the per-row scale, and the backward is four passes:
+
+        x̂ = x·r,  ∂w = Σ g·x̂,  ∂x = r·(g·w − x̂·mean(g·w·x̂)).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        # Half-precision inputs are summed in float32, so long rows do not lose the sum.
+        accumulate = torch.promote_types(x.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=accumulate)
+        scale = norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_().to(x.dtype)
+        ctx.save_for_backward(x, weight, scale)
+        return (x * scale).mul_(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x, weight, scale = ctx.saved_tensors
+        x_hat = x * scale
+        grad_weight = (grad * x_hat).flatten(0, -2).sum(0)
+        grad_x_hat = grad * weight
+        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)
+        grad_x = grad_x_hat.addcmul_(x_hat, dot, value=-1).mul_(scale)
+        return grad_x, grad_weight, None
 
 
 NORMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "layernorm": layer_norm,
-    "rmsnorm": rms_norm,
+    "rmsnorm": RMSNorm,
 }
 
 
@@ -104,12 +141,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
-        hd = self.head_dim
-        q, k, v = self.qkv(x).split([self.n_heads * hd, self.kv_heads * hd, self.kv_heads * hd], -1)
-        q = q.view(B, T, self.n_heads, hd).transpose(1, 2)
-        k = k.view(B, T, self.kv_heads, hd).transpose(1, 2)
-        v = v.view(B, T, self.kv_heads, hd).transpose(1, 2)
-        q, k = positions.rotate(q, k)
+        H, KV = self.n_heads, self.kv_heads
+        qkv = self.qkv(x).view(B, T, H + 2 * KV, self.head_dim)
+        # Queries and keys are rotated together: one pass over both instead of two.
+        qk = positions.rotate(qkv[:, :, : H + KV])
+        q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
+        v = qkv[:, :, H + KV :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -121,7 +158,7 @@ class Attention(nn.Module):
             is_causal=positions.is_causal,
             enable_gqa=self.kv_heads != self.n_heads,
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))
+        return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
 class Block(nn.Module):

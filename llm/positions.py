@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,21 +27,48 @@ from llm.config import ModelConfig
 class AttentionPositions:
     """What every attention layer of one forward pass needs to know about positions."""
 
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin at the query positions: (B|1, 1, T, hd)
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin at the query positions: (B|1, T, 1, hd/2)
     mask: Tensor | None = None  # bool (True = may attend) or float bias: (B|1, heads|1, T, S)
     is_causal: bool = False  # plain causal attention over T == S: lets SDPA pick its fast kernels
 
-    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def rotate(self, heads: Tensor) -> Tensor:
+        """Queries and keys (B, T, heads, head_dim) rotated to their positions."""
         if self.rope is None:
-            return q, k
-        cos, sin = self.rope
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            return heads
+        cos, sin = (table.to(heads.dtype) for table in self.rope)
+        return Rotate.apply(heads, cos, sin)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension (the Llama layout)."""
+class Rotate(torch.autograd.Function):
+    """RoPE in the Llama layout: channel i and channel i + head_dim/2 form a pair, rotated
+    by the angle of its frequency at the token's position:
+
+        out1 = x1·cos − x2·sin,   out2 = x2·cos + x1·sin.
+
+    Written out as a function with its own backward (the rotation by the opposite angle),
+    because autograd's version of `x·cos + rotate_half(x)·sin` spends most of its time
+    on the temporaries of the negation and concatenation, in both directions."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return rotate_pairs(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return rotate_pairs(grad, cos, -sin), None, None
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1)
+    out1.addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=out2)
+    out2.addcmul_(x1, sin)
+    return out
 
 
 def causal_mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
@@ -105,13 +133,12 @@ class RotaryPositions(PositionEncoding):
         hd = config.head_dim
         inv_freq = config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
         angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
-        angles = torch.cat((angles, angles), dim=-1)  # both halves rotate by the same angle
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def attention_inputs(self, q_pos: Tensor, k_pos: Tensor) -> AttentionPositions:
         index = table_index(q_pos)
-        return AttentionPositions(rope=(self.cos[index][:, None], self.sin[index][:, None]))
+        return AttentionPositions(rope=(self.cos[index][:, :, None], self.sin[index][:, :, None]))
 
 
 class AlibiPositions(PositionEncoding):

@@ -8,8 +8,8 @@ from torch import nn
 
 from llm.config import ModelConfig
 from llm.errors import ConfigError
-from llm.model import KVCache, Transformer
-from llm.positions import alibi_slopes
+from llm.model import KVCache, RMSNorm, RMSNormFunction, Transformer
+from llm.positions import Rotate, alibi_slopes
 
 POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
 
@@ -209,3 +209,23 @@ def test_left_padding_changes_no_real_tokens_logits(pos):
     torch.testing.assert_close(padded[1, 4:], alone[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded[0], model(long[None])[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat(stepped, 1)[1, 4:], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rope_backward_matches_finite_differences():
+    x = torch.randn(2, 3, 4, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.rand(1, 3, 1, 4, dtype=torch.float64) * 6
+    assert torch.autograd.gradcheck(Rotate.apply, (x, angles.cos(), angles.sin()))
+
+
+def test_rmsnorm_matches_torch_and_its_backward_matches_finite_differences():
+    torch.manual_seed(0)
+    config = tiny(norm="rmsnorm", d_model=16, norm_eps=0.1)
+    ours = RMSNorm(config)
+    ours.weight.data.normal_()
+    reference = torch.nn.RMSNorm(16, eps=0.1)
+    reference.weight.data.copy_(ours.weight.data)
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(ours(x), reference(x))
+    x64 = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(RMSNormFunction.apply, (x64, weight, 0.1))

@@ -75,6 +75,22 @@ def build_command_line() -> CommandLine:
     chat.add_argument("model_dir", type=Path)
     add_sampling_arguments(chat, temperature=0.7)
     chat.add_argument("--system", default="", help="text placed before the conversation")
+
+    serve = command("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
+    serve.add_argument("model_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", help="require `Authorization: Bearer KEY` (default: $LLM_API_KEY, if set)"
+    )
+    serve.add_argument("--device", default="auto")
+    serve.add_argument(
+        "--max-tokens-limit", type=int, default=512, help="the most tokens one request may ask"
+    )
+    serve.add_argument(
+        "--queue-size", type=int, default=16, help="requests that may wait; more get 503"
+    )
+    serve.add_argument("--model-name", help="the model's id in the API (default: folder name)")
     return cli
 
 
@@ -110,7 +126,8 @@ def load_for_generation(args: argparse.Namespace) -> tuple[Transformer, Tokenize
     from llm.checkpoint import load_model_dir
     from llm.train import resolve_device
 
-    model, tokenizer, _ = load_model_dir(args.model_dir, device=resolve_device(args.device))
+    device = resolve_device(args.device, "--device")
+    model, tokenizer, _ = load_model_dir(args.model_dir, device=device)
     if tokenizer is None:
         raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a prompt)")
     return model, tokenizer
@@ -158,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from llm.evaluate import evaluate
     from llm.train import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, tokenizer, config = load_model_dir(args.model_dir, device=device)
     if tokenizer is None:
         raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a corpus)")
@@ -212,6 +229,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(delta.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from llm.serve import serve
+
+    serve(
+        args.model_dir,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        device=args.device,
+        max_tokens_limit=args.max_tokens_limit,
+        queue_size=args.queue_size,
+        model_name=args.model_name,
+    )
 
 
 def cmd_chat(args: argparse.Namespace) -> None:

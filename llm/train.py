@@ -72,8 +72,9 @@ class TrainOutcome:
 # ------------------------------------------------------------------ device and precision
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then the CPU; any other name must be available."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; any other name must be available.
+    Errors name `setting`, where the user wrote the device."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -83,14 +84,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}") from None
+        raise ConfigError(f"{setting}: unknown device {name!r}") from None
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
     }
     if not available.get(device.type, False):
-        raise ConfigError(f"train.device: {name!r} is not available on this machine")
+        raise ConfigError(f"{setting}: {name!r} is not available on this machine")
     return device
 
 

@@ -1,4 +1,5 @@
-"""`llm chat` and `llm generate` as users drive them, on a small untrained byte-level model."""
+"""`llm chat`, `llm generate` and `llm serve` as users drive them, on a small untrained
+byte-level model."""
 
 from __future__ import annotations
 
@@ -125,3 +126,11 @@ def test_llm_generate_refuses_or_truncates_a_prompt_over_the_context(model_dir, 
     args = ["generate", str(model_dir), "--prompt", long, "--max-new-tokens", "4", "--truncate"]
     assert llm(args) == 0
     assert capsys.readouterr().out.startswith("y" * 92)
+
+
+def test_llm_serve_refuses_a_missing_model_or_device_in_one_line(workdir, model_dir, capsys):
+    assert llm(["serve", "nowhere"]) == 2
+    assert "nowhere: no such model directory" in capsys.readouterr().err
+    assert llm(["serve", str(model_dir), "--device", "tpu9"]) == 2
+    err = capsys.readouterr().err
+    assert "--device: unknown device 'tpu9'" in err and err.count("\n") == 1

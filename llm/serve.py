@@ -1,0 +1,672 @@
+"""An OpenAI-compatible HTTP server for one model: `POST /v1/completions`, `GET /v1/models`
+(and `/v1/models/{id}`) and `GET /health`.
+
+One worker thread runs the model, one request at a time in arrival order: generation on a
+shared model is not safe to run concurrently, and on a CPU parallel requests would only
+fight over the cores. The prompts of one request (a list) are generated together as one
+batch. Requests wait in a bounded queue; when it is full the server answers 503 at once.
+The worker hands each text piece to the event loop as it is made, so a streamed response
+never blocks the loop; a client that disconnects has its generation stopped within a step
+or so, and a request it left waiting is skipped.
+
+`/v1/completions` takes OpenAI's fields `model` (optional; must name the served model),
+`prompt` (a string, a list of strings, a list of token ids or a list of such lists),
+`max_tokens` (default 16; null means the server's ceiling), `temperature`, `top_p`,
+`stop` (up to 4 strings), `seed`, `stream` and `stream_options.include_usage`, plus the
+extensions `top_k`, `repetition_penalty` and `truncate` (left-truncate a prompt that leaves
+too little room for `max_tokens`, instead of refusing one over the context). Generation
+also stops where the context is full (finish_reason "length"). The options this server
+does not implement (`n`, `best_of`, `echo`, `logprobs`, `frequency_penalty`,
+`presence_penalty`, `logit_bias`, `suffix`) are accepted only at the value that changes
+nothing, so that clients which always send them work; any other value is a 400. `user` is
+accepted and ignored. Any other field is a 400 naming it, so that a misspelt option is
+never silently dropped. Values must have their JSON type (no "0.5" for 0.5).
+
+Every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`:
+400 for a malformed or invalid request, 401 for a missing or wrong API key (when the server
+has one; `/health` stays open so that probes need no key), 404 for an unknown route or
+model, 405 for a wrong method, 503 when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import uvicorn
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from llm.checkpoint import load_model_dir
+from llm.errors import CheckpointError, ConfigError, UserError
+from llm.generate import (
+    SamplingParams,
+    TextDelta,
+    check_prompt,
+    stream_completions,
+    truncate_prompt,
+)
+from llm.model import Transformer
+from llm.tokenizer import Tokenizer
+from llm.train import resolve_device
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "LLM_API_KEY"
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+DEFAULT_MAX_TOKENS_LIMIT = 512
+DEFAULT_QUEUE_SIZE = 16
+DEFAULT_MAX_PROMPTS = 16  # one request's prompts form one batch: this bounds its memory
+MAX_STOP_STRINGS = 4
+MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
+# How long open connections may finish after Ctrl-C before their requests are cancelled.
+SHUTDOWN_GRACE_S = 5
+
+# OpenAI options this server does not implement, and the values at which they change nothing.
+NEUTRAL_VALUES: dict[str, tuple[object, ...]] = {
+    "n": (1,),
+    "best_of": (None, 1),
+    "echo": (False,),
+    "logprobs": (None,),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+}
+# Fields whose type is a union: pydantic reports one error per alternative, so say it once.
+EXPECTED_TYPES = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": f"a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings",
+}
+
+
+class APIError(Exception):
+    """A request the server answers with an OpenAI-style error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        return {"error": error}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """The body of `POST /v1/completions`; see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    model: str | None = None
+    prompt: Prompt
+    max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    stop: NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=MAX_STOP_STRINGS)] | None = (
+        None
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    truncate: bool = False
+    n: int = 1
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
+    user: str | None = None
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    try:
+        request = CompletionRequest.model_validate_json(body)
+    except ValidationError as err:
+        raise invalid_request(err) from None
+    for name, neutral in NEUTRAL_VALUES.items():
+        value = getattr(request, name)
+        if value not in neutral:
+            raise APIError(
+                400,
+                f"{name}={value!r} is not supported by this server",
+                param=name,
+                code="unsupported_parameter",
+            )
+    if request.stream_options is not None and not request.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", param="stream")
+    return request
+
+
+def invalid_request(err: ValidationError) -> APIError:
+    """The first problem pydantic found, as one readable message."""
+    problem = err.errors()[0]
+    loc = problem["loc"]
+    if problem["type"] == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON: {problem['ctx']['error']}")
+    if not loc:
+        return APIError(400, "the request body must be a JSON object")
+    name = str(loc[0])
+    if problem["type"] == "extra_forbidden":
+        message = f"unknown field {name!r}"
+    elif name in EXPECTED_TYPES and problem["type"] != "missing":
+        message = f"{name} must be {EXPECTED_TYPES[name]}"
+    else:
+        message = f"{'.'.join(map(str, loc))}: {problem['msg']}"
+    return APIError(400, message, param=name)
+
+
+# What the worker hands the event loop: a piece of text, an error, or None when it is done.
+JobEvent = TextDelta | APIError | None
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's generation, passed from the event loop to the worker thread."""
+
+    prompts: list[list[int]]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    watcher: asyncio.Task[None] | None = None
+
+    def emit(self, event: JobEvent) -> None:
+        """Hand `event` to the event loop (called on the worker thread)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody waits for this job any more
+            self.cancelled.set()
+
+    async def deltas(self) -> AsyncIterator[TextDelta]:
+        """The text pieces as they come; leaving early cancels the generation."""
+        try:
+            while (event := await self.events.get()) is not None:
+                if isinstance(event, APIError):
+                    raise event
+                yield event
+        finally:
+            self.cancel()
+
+    def cancel_on_disconnect(self, request: Request) -> None:
+        # A task of its own, so that it also covers a streamed response that never starts.
+        self.watcher = asyncio.create_task(self.watch(request))
+
+    async def watch(self, request: Request) -> None:
+        # The body is read already, so the next message is the disconnect (uvicorn also
+        # sends one once the response is complete, which ends this task).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+class GenerationWorker:
+    """Runs jobs one at a time, in arrival order, on a thread of its own. `queue_size`
+    jobs may wait while one runs; `start` and `stop` follow the app's lifespan."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, queue_size: int) -> None:
+        self.model, self.tokenizer, self.queue_size = model, tokenizer, queue_size
+        self.jobs: queue.Queue[Job | None] = queue.Queue(queue_size)
+        self.lock = threading.Lock()  # a submit never races a stop
+        self.thread: threading.Thread | None = None
+        self.current: Job | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.serve_jobs, name="llm-generation", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            thread, self.thread = self.thread, None
+            if thread is None:
+                return
+            abandoned = []
+            while not self.jobs.empty():
+                abandoned.append(self.jobs.get_nowait())
+            self.jobs.put_nowait(None)  # there is room: the queue was just emptied
+        for job in abandoned:
+            if job is not None:
+                job.emit(APIError(503, "the server is shutting down", code="shutting_down"))
+        running = self.current
+        if running is not None:
+            running.cancelled.set()
+        thread.join()
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            if self.thread is None:
+                raise APIError(503, "the server is not running", code="not_running")
+            try:
+                self.jobs.put_nowait(job)
+            except queue.Full:
+                raise APIError(
+                    503,
+                    f"the server is busy ({self.queue_size} requests are waiting); retry later",
+                    code="queue_full",
+                    headers={"Retry-After": "1"},
+                ) from None
+
+    def waiting(self) -> int:
+        return self.jobs.qsize()
+
+    def serve_jobs(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if job.cancelled.is_set():
+                continue
+            self.current = job
+            self.run(job)
+            self.current = None
+
+    def run(self, job: Job) -> None:
+        try:
+            with closing(self.deltas(job)) as deltas:
+                for delta in deltas:
+                    job.emit(delta)
+                    if job.cancelled.is_set():
+                        break
+        except Exception as err:
+            log.exception("generation failed")
+            job.emit(APIError(500, f"generation failed: {err}", code="generation_failed"))
+        else:
+            job.emit(None)
+
+    def deltas(self, job: Job) -> Generator[TextDelta, None, None]:
+        """A generator, so that closing it early also closes `stream_completions`, which
+        puts the model back in its previous mode."""
+        yield from stream_completions(self.model, self.tokenizer, job.prompts, job.params)
+
+
+def sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What every response to one completion request shares."""
+
+    job: Job
+    head: dict[str, Any]  # id, object, created, model
+    prompt_tokens: int
+
+    async def body(self) -> dict[str, Any]:
+        n = len(self.job.prompts)
+        texts: list[list[str]] = [[] for _ in range(n)]
+        finish_reasons: list[str | None] = [None] * n
+        completion_tokens = 0
+        async for delta in self.job.deltas():
+            texts[delta.index].append(delta.text)
+            finish_reasons[delta.index] = delta.finish_reason
+            completion_tokens += delta.completion_tokens  # nonzero only on a row's last delta
+        choices = [choice(i, "".join(texts[i]), finish_reasons[i]) for i in range(n)]
+        return {
+            **self.head,
+            "choices": choices,
+            "usage": usage(self.prompt_tokens, completion_tokens),
+        }
+
+    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per text piece, then `[DONE]`."""
+        # With include_usage, OpenAI sends usage null on every chunk, then a last one with it.
+        no_usage = {"usage": None} if include_usage else {}
+        completion_tokens = 0
+        try:
+            async for delta in self.job.deltas():
+                completion_tokens += delta.completion_tokens
+                piece = choice(delta.index, delta.text, delta.finish_reason)
+                yield sse({**self.head, "choices": [piece], **no_usage})
+        except APIError as err:  # the status line is sent already: report it in the stream
+            yield sse(err.body())
+            return
+        if include_usage:
+            yield sse(
+                {**self.head, "choices": [], "usage": usage(self.prompt_tokens, completion_tokens)}
+            )
+        yield "data: [DONE]\n\n"
+
+
+class CompletionServer:
+    """The endpoints, and what they share: the model, its limits and the worker."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        *,
+        model_name: str,
+        max_tokens_limit: int,
+        max_prompts: int,
+        worker: GenerationWorker,
+    ) -> None:
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.max_tokens_limit, self.max_prompts, self.worker = max_tokens_limit, max_prompts, worker
+        self.created = int(time.time())
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "waiting": self.worker.waiting()}
+
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model_card()]}
+
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        self.check_model(model_id)
+        return self.model_card()
+
+    def model_card(self) -> dict[str, Any]:
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "evo",
+        }
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(
+                404,
+                f"model {name!r} is not served here (this server serves {self.model_name!r})",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def create_completion(self, request: Request) -> Response:
+        body = parse_completion_request(await request.body())
+        self.check_model(body.model)
+        params = self.sampling_params(body)
+        prompts = self.prompt_ids(body, params.max_new_tokens)
+        job = Job(prompts, params, asyncio.get_running_loop())
+        self.worker.submit(job)
+        job.cancel_on_disconnect(request)
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+        }
+        reply = Reply(job, head, sum(len(prompt) for prompt in prompts))
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(
+                reply.events(include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        return JSONResponse(await reply.body())
+
+    def sampling_params(self, body: CompletionRequest) -> SamplingParams:
+        max_tokens = self.max_tokens_limit if body.max_tokens is None else body.max_tokens
+        if max_tokens > self.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens}, over this server's limit of {self.max_tokens_limit}",
+                param="max_tokens",
+            )
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            repetition_penalty=body.repetition_penalty,
+            eos_id=self.tokenizer.eos_id,
+            stop=body.stop_strings(),
+            seed=body.seed,
+        )
+
+    def prompt_ids(self, body: CompletionRequest, max_new_tokens: int) -> list[list[int]]:
+        """The request's prompts as token ids, truncated if asked, each checked."""
+        prompts = self.encode(body.prompt)
+        if len(prompts) > self.max_prompts:
+            raise APIError(
+                400,
+                f"{len(prompts)} prompts in one request; this server takes at most "
+                f"{self.max_prompts}",
+                param="prompt",
+            )
+        context = self.model.config.max_seq_len
+        if body.truncate:
+            prompts = [truncate_prompt(prompt, context, max_new_tokens) for prompt in prompts]
+        for i, prompt in enumerate(prompts):
+            try:
+                check_prompt(
+                    self.model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}"
+                )
+            except UserError as err:
+                if len(prompt) <= context:
+                    raise APIError(400, str(err), param="prompt") from None
+                raise APIError(
+                    400,
+                    f'{err}; send "truncate": true to have it cut',
+                    param="prompt",
+                    code="context_length_exceeded",
+                ) from None
+        return prompts
+
+    def encode(self, prompt: Prompt) -> list[list[int]]:
+        """One list of token ids per prompt."""
+        if isinstance(prompt, str):
+            return [self.tokenizer.encode(prompt)]
+        if not prompt:
+            raise APIError(400, "prompt is an empty list", param="prompt")
+        if isinstance(prompt[0], int):
+            return [cast(list[int], prompt)]
+        items = cast(list[str] | list[list[int]], prompt)
+        return [self.tokenizer.encode(item) if isinstance(item, str) else item for item in items]
+
+
+def bearer_auth(api_key: str) -> Callable[[str | None], None]:
+    """A dependency refusing requests without `Authorization: Bearer <api_key>`."""
+    expected = api_key.encode("utf-8")
+
+    def require_api_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        # Starlette decodes headers as latin-1: that gives back the bytes the client sent.
+        given = token.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            raise APIError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_api_key
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_request: Request, err: Exception) -> Response:
+        assert isinstance(err, APIError)
+        return err.response()
+
+    async def user_error(_request: Request, err: Exception) -> Response:
+        return APIError(400, str(err)).response()
+
+    async def http_error(request: Request, err: Exception) -> Response:
+        assert isinstance(err, HTTPException)
+        message = f"{err.detail}: {request.method} {request.url.path}"
+        return APIError(err.status_code, message, headers=err.headers).response()
+
+    async def internal_error(_request: Request, _err: Exception) -> Response:
+        return APIError(500, "internal server error").response()
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(UserError, user_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def build_app(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+) -> FastAPI:
+    """The server's app. Its worker thread runs while the app's lifespan does (uvicorn, or
+    a `TestClient` used as a context manager)."""
+    problems = [
+        f"{name} must be at least 1 (got {value})"
+        for name, value in [
+            ("max_tokens_limit", max_tokens_limit),
+            ("queue_size", queue_size),
+            ("max_prompts", max_prompts),
+        ]
+        if value < 1
+    ]
+    if api_key == "":
+        problems.append("the API key must not be empty")
+    if problems:
+        raise ConfigError("serve: " + "; ".join(problems))
+    worker = GenerationWorker(model, tokenizer, queue_size)
+    server = CompletionServer(
+        model,
+        tokenizer,
+        model_name=model_name,
+        max_tokens_limit=max_tokens_limit,
+        max_prompts=max_prompts,
+        worker=worker,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title=f"llm serve: {model_name}", lifespan=lifespan)
+    install_error_handlers(app)
+    auth = [Depends(bearer_auth(api_key))] if api_key else []
+    app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/v1/models", server.list_models, methods=["GET"], dependencies=auth)
+    app.add_api_route("/v1/models/{model_id}", server.get_model, methods=["GET"], dependencies=auth)
+    app.add_api_route(
+        "/v1/completions", server.create_completion, methods=["POST"], dependencies=auth
+    )
+    return app
+
+
+def serve(
+    model_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    device: str = "auto",
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    model_name: str | None = None,
+) -> None:
+    """Serve the model in `model_dir` until interrupted. Without `api_key`, the value of
+    the environment variable LLM_API_KEY (when set and not empty) is the key; the model is
+    named after its folder unless `model_name` says otherwise."""
+    api_key = resolve_api_key(api_key)
+    if api_key is None and not is_loopback(host):
+        log.warning("serving on %s without an API key: anyone who can reach it may use it", host)
+    # Bound before the model loads, so that a busy port fails at once.
+    with listening_socket(host, port) as sock:
+        model, tokenizer, _ = load_model_dir(model_dir, device=resolve_device(device, "--device"))
+        if tokenizer is None:
+            raise CheckpointError(f"{model_dir}: no tokenizer/ (needed to read prompts)")
+        app = build_app(
+            model,
+            tokenizer,
+            model_name=model_name or Path(model_dir).resolve().name,
+            api_key=api_key,
+            max_tokens_limit=max_tokens_limit,
+            queue_size=queue_size,
+        )
+        config = uvicorn.Config(
+            app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key given, else the one in the environment; None (no key) when both are empty."""
+    return api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here rather than by uvicorn, so that a busy port is one clear error (uvicorn
+    would log it and exit with status 1)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err}") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -185,9 +185,11 @@ class BatchDecoder:
             yield self.record(token.tolist())
             if all(self.done):
                 return
-            self.tokens = torch.cat((self.tokens, token[:, None]), dim=1)
-            # Without a cache (the reference path) the whole sequence is recomputed.
-            step_input = token[:, None] if self.use_cache else self.tokens
+            if self.use_cache:
+                step_input = token[:, None]
+            else:  # the reference path: recompute the whole sequence every step
+                self.tokens = torch.cat((self.tokens, token[:, None]), dim=1)
+                step_input = self.tokens
 
     def next_token(self, logits: Tensor) -> Tensor:
         if self.seen is not None:

@@ -76,6 +76,13 @@ def build_command_line() -> CommandLine:
     add_sampling_arguments(chat, temperature=0.7)
     chat.add_argument("--system", default="", help="text placed before the conversation")
 
+    export = command("export", cmd_export, "write a model in another library's format")
+    export.add_argument("model_dir", type=Path)
+    export.add_argument(
+        "--format", choices=["hf"], required=True, help="hf: transformers' LlamaForCausalLM"
+    )
+    export.add_argument("--out", type=Path, required=True)
+
     serve = command("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("model_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1")
@@ -229,6 +236,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(delta.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from llm.export import export_hf
+
+    print(export_hf(args.model_dir, args.out))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

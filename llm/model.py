@@ -34,7 +34,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(config.d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        return RMSNormFunction.apply(x, self.weight, self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return RMSNormFunction.apply(x, self.weight, self.eps)
+        # Without a backward to save work for, the one-call functional form is cheapest.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -97,6 +100,11 @@ class GeluMLP(nn.Module):
 MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
 
 
+def dropout(config: ModelConfig) -> nn.Module:
+    """Dropout, or nothing at all when its rate is 0 (decoding pays per module call)."""
+    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+
 class KVCache:
     """Keys and values of every layer, pre-allocated for `max_len` positions, so decoding
     writes one slot per step instead of concatenating tensors."""
@@ -114,6 +122,7 @@ class KVCache:
         shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.layer_keys, self.layer_values = self.keys.unbind(0), self.values.unbind(0)
         self.length = 0  # positions filled so far
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,9 +130,10 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions, capacity {self.max_len}")
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        keys, values = self.layer_keys[layer], self.layer_values[layer]
+        keys.narrow(2, self.length, k.shape[2]).copy_(k)
+        values.narrow(2, self.length, v.shape[2]).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 class Attention(nn.Module):
@@ -168,7 +178,7 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp_norm = NORMS[config.norm](config)
         self.mlp = MLPS[config.mlp](config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config)
 
     def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), positions, cache))
@@ -182,7 +192,7 @@ class Transformer(nn.Module):
         assert config.vocab_size is not None  # validate() guarantees it
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = build_position_encoding(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = NORMS[config.norm](config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)

@@ -36,7 +36,9 @@ class AttentionPositions:
         if self.rope is None:
             return heads
         cos, sin = (table.to(heads.dtype) for table in self.rope)
-        return Rotate.apply(heads, cos, sin)
+        if torch.is_grad_enabled() and heads.requires_grad:
+            return Rotate.apply(heads, cos, sin)
+        return rotate_pairs(heads, cos, sin)
 
 
 class Rotate(torch.autograd.Function):

@@ -1,8 +1,9 @@
-"""`llm chat`, `llm generate` and `llm serve` as users drive them, on a small untrained
-byte-level model."""
+"""`llm chat`, `llm generate`, `llm serve` and `llm export` as users drive them, on a small
+untrained byte-level model."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -134,3 +135,17 @@ def test_llm_serve_refuses_a_missing_model_or_device_in_one_line(workdir, model_
     assert llm(["serve", str(model_dir), "--device", "tpu9"]) == 2
     err = capsys.readouterr().err
     assert "--device: unknown device 'tpu9'" in err and err.count("\n") == 1
+
+
+def test_llm_export_writes_a_llama_folder_or_refuses_in_one_line(workdir, model_dir, capsys):
+    assert llm(["export", str(model_dir), "--format", "hf", "--out", "hf"]) == 0
+    config = json.loads((workdir / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (workdir / "hf" / "model.safetensors").is_file()
+    alibi = workdir / "alibi"
+    config = dataclasses.replace(byte_model().config, pos_encoding="alibi")
+    save_model_dir(alibi, Transformer(config))
+    assert llm(["export", str(alibi), "--format", "hf", "--out", "hf2"]) == 2
+    err = capsys.readouterr().err
+    assert "pos_encoding is 'alibi'" in err and err.count("\n") == 1
+    assert not (workdir / "hf2").exists()

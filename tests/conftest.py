@@ -3,7 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from llm.config import ModelConfig
+from llm.model import Transformer
 
 TEXT = (
     "the model reads tokens and predicts the next one while the optimizer follows the "
@@ -58,3 +62,19 @@ def space_file(workdir) -> Path:
     path = workdir / "space.yaml"
     path.write_text(yaml.safe_dump(space_dict(corpus)), encoding="utf-8")
     return path
+
+
+def peaked_model(vocab_size: int, max_seq_len: int, seed: int = 0) -> Transformer:
+    """A small untrained model in eval mode. Its large init gives peaked logits, so greedy
+    choices are never near-ties that rounding could flip."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=vocab_size,
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_ff=64,
+        max_seq_len=max_seq_len,
+        init_std=0.3,
+    )
+    return Transformer(config).eval()

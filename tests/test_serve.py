@@ -15,11 +15,11 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from conftest import peaked_model
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from llm.checkpoint import save_model_dir
-from llm.config import ModelConfig
 from llm.errors import CheckpointError, UserError
 from llm.generate import SamplingParams, complete
 from llm.model import Transformer
@@ -40,18 +40,8 @@ GREEDY = {"max_tokens": 12, "temperature": 0}
 
 
 def tiny_model() -> Transformer:
-    # A large init gives peaked logits: greedy text that runs long before any eos.
-    torch.manual_seed(2)
-    config = ModelConfig(
-        vocab_size=TOKENIZER.vocab_size,
-        n_layers=1,
-        d_model=32,
-        n_heads=2,
-        d_ff=64,
-        max_seq_len=CONTEXT,
-        init_std=0.3,
-    )
-    return Transformer(config).eval()
+    # Peaked logits: greedy text that runs long before any eos.
+    return peaked_model(TOKENIZER.vocab_size, CONTEXT, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import peaked_model
 
 from llm.chat import ChatSession, run_chat
 from llm.checkpoint import save_model_dir
 from llm.cli import main as llm
-from llm.config import ModelConfig
 from llm.generate import SamplingParams, complete
 from llm.model import Transformer
 from llm.tokenizer import ByteTokenizer
@@ -24,17 +23,7 @@ GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0, stop=("\n",))
 
 
 def byte_model(max_seq_len: int = 96) -> Transformer:
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=ByteTokenizer().vocab_size,
-        n_layers=1,
-        d_model=32,
-        n_heads=2,
-        d_ff=64,
-        max_seq_len=max_seq_len,
-        init_std=0.3,
-    )
-    return Transformer(config).eval()
+    return peaked_model(ByteTokenizer().vocab_size, max_seq_len)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from llama_shape import add_shape_arguments, llama_shaped_config
 
 from llm.checkpoint import load_model_dir, save_model_dir
-from llm.config import ModelConfig
 from llm.export import export_hf
 from llm.generate import SamplingParams, generate_batch
 from llm.model import Transformer
@@ -38,11 +38,7 @@ Generator = Callable[[int], list[list[int]]]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d-ff", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=2048)
+    add_shape_arguments(p)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
@@ -57,18 +53,7 @@ def build_models(args: argparse.Namespace, folder: Path) -> tuple[Transformer, t
 
     logging.disable_progress_bar()
 
-    config = ModelConfig(
-        vocab_size=args.vocab,
-        n_layers=args.layers,
-        d_model=args.d_model,
-        n_heads=args.heads,
-        d_ff=args.d_ff,
-        pos_encoding="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=True,
-        max_seq_len=args.prompt_len + args.new_tokens,
-    )
+    config = llama_shaped_config(args, max_seq_len=args.prompt_len + args.new_tokens)
     torch.manual_seed(0)
     save_model_dir(folder / "model", Transformer(config))
     ours, _, _ = load_model_dir(folder / "model")

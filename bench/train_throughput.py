@@ -19,19 +19,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from llama_shape import add_shape_arguments, llama_shaped_config
 
-from llm.config import ModelConfig
 from llm.loss import next_token_loss
 from llm.model import Transformer
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d-ff", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=2048)
+    add_shape_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
@@ -43,18 +39,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_ours(args: argparse.Namespace) -> torch.nn.Module:
-    config = ModelConfig(
-        vocab_size=args.vocab,
-        n_layers=args.layers,
-        d_model=args.d_model,
-        n_heads=args.heads,
-        d_ff=args.d_ff,
-        pos_encoding="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        tie_embeddings=True,
-        max_seq_len=args.seq_len,
-    )
+    config = llama_shaped_config(args, max_seq_len=args.seq_len)
     return Transformer(config)
 
 

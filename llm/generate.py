@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -310,13 +310,21 @@ def stream_completions(
     tokenizer: Tokenizer,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
+    *,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[TextDelta]:
     """Text pieces continuing each prompt (token ids), as they are generated; the pieces of
-    row i joined are its completion. Each row's last delta has its `finish_reason`."""
+    row i joined are its completion. Each row's last delta has its `finish_reason`.
+
+    `cancelled` is asked before every decoding step; once it answers True the stream ends
+    at once, without last deltas (a server uses it when its client has gone away).
+    """
     decoder = BatchDecoder(model, prompts, params)
     rows = [RowText(tokenizer, params.stop) for _ in prompts]
     with generation_mode(model):
         for step in decoder:
+            if cancelled is not None and cancelled():
+                return
             for i, token in enumerate(step):
                 if token is None:
                     continue

@@ -325,7 +325,9 @@ class GenerationWorker:
     def deltas(self, job: Job) -> Generator[TextDelta, None, None]:
         """A generator, so that closing it early also closes `stream_completions`, which
         puts the model back in its previous mode."""
-        yield from stream_completions(self.model, self.tokenizer, job.prompts, job.params)
+        yield from stream_completions(
+            self.model, self.tokenizer, job.prompts, job.params, cancelled=job.cancelled.is_set
+        )
 
 
 def sse(data: dict[str, Any]) -> str:

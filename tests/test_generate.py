@@ -313,3 +313,21 @@ def test_a_stop_string_finishes_its_row_only() -> None:
     assert stopped[0].completion_tokens < 20
     if stop not in free[1].text:
         assert stopped[1] == free[1]
+
+
+def test_a_cancelled_stream_ends_before_the_next_step() -> None:
+    model, tokenizer = byte_model(), ByteTokenizer()
+    steps = 0
+
+    def cancelled() -> bool:
+        nonlocal steps
+        steps += 1
+        return steps > 3
+
+    params = SamplingParams(max_new_tokens=50, temperature=0.0)
+    prompt = [tokenizer.encode("abc")]
+    deltas = list(stream_completions(model, tokenizer, prompt, params, cancelled=cancelled))
+    assert steps == 4
+    assert all(delta.finish_reason is None for delta in deltas)
+    full = complete(model, tokenizer, prompt, params)[0].text
+    assert full.startswith("".join(delta.text for delta in deltas))

@@ -1,8 +1,10 @@
 """The search loop: a (μ + λ) genetic algorithm over transformer genomes.
 
-Generation 0 is a random population; every later generation breeds as many offspring
-by crossover or mutation (`deap.algorithms.varOr`), trains the new ones, and keeps the
-best of parents and offspring (NSGA-II for several objectives, tournaments for one).
+Generation 0 is a Latin hypercube of valid genomes; every later generation picks
+parents by tournament, breeds as many offspring by crossover or mutation
+(`deap.algorithms.varOr`), mutates any offspring whose genome was seen before until it is
+new, trains them, and keeps the best of parents and offspring (NSGA-II for several
+objectives, the best values for one).
 After each generation the population and the GA's random state are saved, so a run
 killed at any moment resumes from its last complete generation and — with a step or
 token budget — goes on exactly as if it had never stopped: trials that finished are
@@ -25,6 +27,7 @@ from deap import algorithms
 
 from evo.executor import Executor, TrialData, TrialJob, TrialOutcome
 from evo.operators import (
+    distinct,
     make_elite_archive,
     make_logbook,
     make_statistics,
@@ -152,6 +155,7 @@ class Search:
         self.logbook = make_logbook(space)
         self.elite = make_elite_archive(space)
         self.trials_run = 0
+        self.seen: set[tuple[Any, ...]] = set()  # every genome bred so far, as a tuple
         self._ga_state: Any = None
         executor.load_data(data)
 
@@ -175,21 +179,27 @@ class Search:
         for generation in range(start, search.generations):
             if generation == 0:
                 with self.ga_random():
-                    population = self.toolbox.population(n=mu)
+                    population = distinct(self.toolbox.population(n=mu), self.toolbox, self.seen)
                 self._evaluate(population, 0)
                 with self.ga_random():
                     population = self.toolbox.select(population, mu)
             else:
                 with self.ga_random():
-                    offspring = algorithms.varOr(
-                        population, self.toolbox, mu, search.crossover_prob, search.mutation_prob
-                    )
+                    offspring = self._breed(population)
                 self._evaluate(offspring, generation)
                 with self.ga_random():
                     population = self.toolbox.select(population + offspring, mu)
             self._save_generation(generation, population)
         self.storage.set_run_status(self.name, "finished")
         return SearchSummary(self.name, search.generations, self.trials_run, self.best())
+
+    def _breed(self, population: list[Any]) -> list[Any]:
+        search = self.space.search
+        parents = self.toolbox.select_parents(population, len(population))
+        offspring = algorithms.varOr(
+            parents, self.toolbox, len(population), search.crossover_prob, search.mutation_prob
+        )
+        return distinct(offspring, self.toolbox, self.seen)
 
     def _restore(self) -> tuple[list[Any], int]:
         last = self.storage.last_generation(self.name)
@@ -198,6 +208,12 @@ class Search:
             return [], 0
         self._ga_state = last.rng_state
         genomes = self.storage.genomes(self.name)
+        # Trials of the unfinished generation are left out: its offspring are bred again.
+        self.seen = {
+            tuple(to_individual(self.space, genomes[trial.genome_id]))
+            for trial in self.storage.trials(self.name)
+            if trial.generation <= last.generation
+        }
         population = [to_individual(self.space, genomes[gid]) for gid in last.genome_ids]
         self._evaluate(population, last.generation)  # all reused: restores their fitness
         return population, last.generation + 1

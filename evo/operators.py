@@ -2,10 +2,11 @@
 
 An individual is a DEAP individual: a list of gene values in the space's gene order,
 with a fitness whose weights come from the space's objectives. `make_toolbox` registers
-what the driver calls: individual, population, mate, mutate, select, repair (and DEAP's
-clone). mate and mutate are decorated with repair, so every individual they return is
-valid. Like DEAP's own tools, everything draws from the global `random` module, so
-seeding it makes a search reproducible and `random.getstate()` captures it.
+what the driver calls: individual, population, mate, mutate, select (survivors),
+select_parents (the mating pool), repair (and DEAP's clone). mate and mutate are
+decorated with repair, so every individual they return is valid. Like DEAP's own
+tools, everything draws from the global `random` module, so seeding it makes a search
+reproducible and `random.getstate()` captures it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FLOAT_SIGMA = 0.1  # float mutation: standard deviation as a fraction of the (lo
 INIT_TRIES = 100  # random samples tried for a valid new individual before repairing one
 REPAIR_STEPS = 50  # greedy repair moves before falling back to sampling
 REPAIR_SAMPLES = 1000  # random samples tried when greedy repair is stuck
+DISTINCT_TRIES = 20  # mutations tried to turn a repeated genome into a new one
 
 # The objective value of a failed trial. Finite on purpose: DEAP's NSGA-II crowding
 # distance divides differences of objective values by their range, which gives NaN when a
@@ -241,6 +243,77 @@ def new_individual(space: SearchSpace, vocab_size: int) -> Individual:
     return repair(to_individual(space, genome), space, vocab_size)
 
 
+def _stratum_value(domain: Domain, position: float) -> Any:
+    """The domain's value at `position` in [0, 1) along its (log) axis or its list of values."""
+    if domain.kind == "float":
+        low, high = domain.bounds
+        if not domain.log:
+            return _clamp(low + position * (high - low), low, high)
+        log_low, log_high = math.log(low), math.log(high)
+        return _clamp(math.exp(log_low + position * (log_high - log_low)), low, high)
+    values = domain.values()
+    return values[min(int(position * len(values)), len(values) - 1)]
+
+
+def latin_hypercube(space: SearchSpace, n: int) -> list[dict[str, Any]]:
+    """n genomes that cover every gene's domain evenly: each gene's axis is cut into n
+    equal strata, each genome takes its value from a different stratum (with fewer values
+    than genomes, every value goes to about n / size genomes), and the genes are paired
+    at random. Uniform sampling often leaves a value out of a small population entirely
+    (one of four LoRA ranks is missing from 8 draws a third of the time). Not
+    necessarily valid."""
+    columns = []
+    for domain in space.genes.values():
+        column = [_stratum_value(domain, (k + random.random()) / n) for k in range(n)]
+        random.shuffle(column)
+        columns.append(column)
+    return [
+        dict(zip(space.gene_names, values, strict=True)) for values in zip(*columns, strict=True)
+    ]
+
+
+def initial_population(space: SearchSpace, vocab_size: int, n: int) -> list[Individual]:
+    """Generation 0: a Latin hypercube of n genomes, each repaired to the valid genome
+    nearest it."""
+    return [repair(to_individual(space, g), space, vocab_size) for g in latin_hypercube(space, n)]
+
+
+def distinct(
+    individuals: Sequence[Individual], toolbox: base.Toolbox, seen: set[tuple[Any, ...]]
+) -> list[Individual]:
+    """The individuals, each one whose genome is in `seen` (or repeats an earlier one of
+    the list) replaced by a mutant of it that is new, and `seen` updated. Without this,
+    crossover of similar parents and selection of copies refill a generation with genomes
+    already trained: they cost no trial, but the generation explores fewer new points. In
+    a small space every mutant may be taken; after DISTINCT_TRIES the repeat is kept."""
+    out = []
+    for individual in individuals:
+        for _ in range(DISTINCT_TRIES):
+            if tuple(individual) not in seen:
+                break
+            (individual,) = toolbox.mutate(toolbox.clone(individual))
+            del individual.fitness.values
+        seen.add(tuple(individual))
+        out.append(individual)
+    return out
+
+
+def crowded_tournament(individuals: Sequence[Individual], k: int) -> list[Individual]:
+    """k parents by Deb's binary tournament for NSGA-II: of two random individuals, the
+    one on the better non-dominated front, on the same front the one in the less crowded
+    region (the ends of a front always win). Ranks and crowding distances are computed
+    here from `individuals` alone, so the choice depends only on the population."""
+    rank: dict[int, int] = {}
+    for number, front in enumerate(tools.sortNondominated(individuals, len(individuals))):
+        tools.emo.assignCrowdingDist(front)
+        rank.update((id(individual), number) for individual in front)
+
+    def key(individual: Individual) -> tuple[int, float]:
+        return rank[id(individual)], -individual.fitness.crowding_dist
+
+    return [min(random.sample(list(individuals), 2), key=key) for _ in range(k)]
+
+
 def _repairing(repair_one: Callable[[Individual], Individual]) -> Callable[..., Any]:
     """A toolbox decorator: repair every individual an operator returns."""
 
@@ -262,15 +335,21 @@ def make_toolbox(space: SearchSpace, vocab_size: int) -> base.Toolbox:
     toolbox = base.Toolbox()
     toolbox.register("repair", repair, space=space, vocab_size=vocab_size)
     toolbox.register("individual", new_individual, space, vocab_size)
-    toolbox.register("population", tools.initRepeat, list, toolbox.individual)
+    toolbox.register("population", initial_population, space, vocab_size)
     toolbox.register("mate", tools.cxUniform, indpb=CROSSOVER_SWAP_PROB)
     toolbox.register("mutate", mutate, space=space, gene_prob=space.search.mutation_gene_prob)
     toolbox.decorate("mate", _repairing(toolbox.repair))
     toolbox.decorate("mutate", _repairing(toolbox.repair))
+    # Survivors are always the best of parents and offspring (elitism: the best genome
+    # found is never lost); parents are chosen by tournaments, so better genomes breed more.
     if space.search.selection == "nsga2":
         toolbox.register("select", tools.selNSGA2)
+        toolbox.register("select_parents", crowded_tournament)
     else:
-        toolbox.register("select", tools.selTournament, tournsize=space.search.tournament_size)
+        toolbox.register("select", tools.selBest)
+        toolbox.register(
+            "select_parents", tools.selTournament, tournsize=space.search.tournament_size
+        )
     return toolbox
 
 

@@ -47,6 +47,8 @@ def test_a_search_records_every_generation_and_never_trains_a_genome_twice(space
     assert all(len(g.genome_ids) == 4 for g in generations)
     trials = storage.trials("s")
     assert Counter(t.genome_id for t in trials).most_common(1)[0][1] == 1
+    # Offspring that repeat a genome are mutated until new: every slot costs a trial.
+    assert len(trials) == 3 * 4
     assert all(t.status == "done" for t in trials)
     assert storage.get_run("s").status == "finished"
     assert summary.best["bits_per_byte"] == min(t.bits_per_byte for t in trials)

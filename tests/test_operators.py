@@ -152,12 +152,91 @@ def test_same_seed_same_search_steps(space: SearchSpace) -> None:
 def test_selection_follows_objective_count() -> None:
     two = make_space()
     one = make_space(search={"objectives": ["val_loss"], "tournament_size": 4})
-    assert operators.make_toolbox(two, VOCAB).select.func is tools.selNSGA2
-    select_one = operators.make_toolbox(one, VOCAB).select
-    assert select_one.func is tools.selTournament
-    assert select_one.keywords == {"tournsize": 4}
+    toolbox_two = operators.make_toolbox(two, VOCAB)
+    assert toolbox_two.select.func is tools.selNSGA2
+    assert toolbox_two.select_parents.func is operators.crowded_tournament
+    toolbox_one = operators.make_toolbox(one, VOCAB)
+    assert toolbox_one.select.func is tools.selBest
+    assert toolbox_one.select_parents.func is tools.selTournament
+    assert toolbox_one.select_parents.keywords == {"tournsize": 4}
     forced = make_space(search={"objectives": ["val_loss"], "selection": "nsga2"})
     assert operators.make_toolbox(forced, VOCAB).select.func is tools.selNSGA2
+
+
+def with_fitness(space: SearchSpace, values: list[tuple[float, ...]]) -> list[Any]:
+    toolbox = operators.make_toolbox(space, VOCAB)
+    population = toolbox.population(n=len(values))
+    for individual, fitness in zip(population, values, strict=True):
+        individual.fitness.values = fitness
+    return population
+
+
+def test_single_objective_survivors_keep_the_best() -> None:
+    one = make_space(search={"objectives": ["val_loss"]})
+    random.seed(11)
+    population = with_fitness(one, [(float(v),) for v in range(8)])
+    survivors = operators.make_toolbox(one, VOCAB).select(population, 4)
+    assert sorted(ind.fitness.values[0] for ind in survivors) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_crowded_tournament_prefers_the_first_front_and_its_ends(space: SearchSpace) -> None:
+    # Bits per byte down, tokens/s up: the first four form the front (its ends are 0 and
+    # 3), the fifth is dominated by them, the last by every other.
+    front = [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (4.0, 4.0)]
+    random.seed(12)
+    population = with_fitness(space, [*front, (5.0, 0.5), (6.0, 0.2)])
+    picks = [population.index(p) for p in operators.crowded_tournament(population, 3000)]
+    assert 5 not in picks  # the worst individual loses every tournament
+    counts = [picks.count(i) for i in range(6)]
+    assert min(counts[0], counts[3]) > max(counts[1], counts[2]) > counts[4]
+
+
+def test_initial_population_covers_every_value_of_small_domains() -> None:
+    free = make_space(constraints={})
+    toolbox = operators.make_toolbox(free, VOCAB)
+    for seed in range(5):
+        random.seed(seed)
+        population = toolbox.population(n=10)
+        genomes = [operators.to_genome(free, ind) for ind in population]
+        assert all(free.is_valid(g, VOCAB) for g in genomes)
+        assert {g["pos_encoding"] for g in genomes} == set(free.genes["pos_encoding"].values())
+        assert {g["d_ff_mult"] for g in genomes} == set(free.genes["d_ff_mult"].values())
+
+
+def test_latin_hypercube_puts_one_float_in_each_stratum(space: SearchSpace) -> None:
+    random.seed(13)
+    genomes = operators.latin_hypercube(space, 8)
+    low, high = (math.log(b) for b in space.genes["learning_rate"].bounds)
+    strata = sorted(int((math.log(g["learning_rate"]) - low) / (high - low) * 8) for g in genomes)
+    assert strata == list(range(8))
+
+
+def test_distinct_replaces_repeated_genomes_with_new_valid_ones(space: SearchSpace) -> None:
+    toolbox = operators.make_toolbox(space, VOCAB)
+    random.seed(14)
+    parent = toolbox.population(n=1)[0]
+    parent.fitness.values = (1.0, 1.0)
+    seen = {tuple(parent)}
+    out = operators.distinct([parent, toolbox.clone(parent), toolbox.clone(parent)], toolbox, seen)
+    assert len({tuple(ind) for ind in out}) == 3 and tuple(parent) not in map(tuple, out)
+    assert all(space.is_valid(operators.to_genome(space, ind), VOCAB) for ind in out)
+    assert not any(ind.fitness.valid for ind in out)
+    assert parent.fitness.values == (1.0, 1.0)  # the original is left alone
+    assert seen == {tuple(parent), *(tuple(ind) for ind in out)}
+
+
+def test_distinct_keeps_a_repeat_when_the_space_is_exhausted() -> None:
+    single = make_space(
+        genes={"n_layers": {"int": [1, 2]}},
+        constraints={},
+        fixed={"model": {"max_seq_len": 32, "d_model": 32, "n_heads": 2}, "train": {"seq_len": 32}},
+    )
+    toolbox = operators.make_toolbox(single, VOCAB)
+    both = [operators.to_individual(single, {"n_layers": n}) for n in (1, 2)]
+    seen = {tuple(ind) for ind in both}
+    random.seed(15)
+    out = operators.distinct([toolbox.clone(both[0])], toolbox, seen)
+    assert tuple(out[0]) in seen and len(seen) == 2
 
 
 def test_repair_moves_to_a_valid_neighbour(space: SearchSpace) -> None:

@@ -176,6 +176,10 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             apply_lora(model, LoRAConfig(rank=spec.adapt.lora_rank, alpha=spec.adapt.lora_alpha))
         out_dir = Path(spec.workdir) / stage if spec.workdir else None
         outcome = Trainer(model, replace(train, seed=spec.seed), data, out_dir=out_dir).fit()
+        if outcome.stop_reason == "interrupted":
+            # The trainer stops cleanly on Ctrl-C; a trial is not resumable, so the
+            # interrupt goes on to whoever runs it (the search marks its run interrupted).
+            raise KeyboardInterrupt
         result.device = str(next(model.parameters()).device)
         result.steps += outcome.step
         result.tokens += outcome.tokens

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from llm.config import ModelConfig, TrainConfig
@@ -91,3 +92,20 @@ def test_the_adapt_stage_reports_its_own_validation_set():
         stages = {p.stage for p in result.curve}
         assert stages == {"pretrain", "adapt"}
         assert result.steps == 24
+
+
+def test_ctrl_c_during_training_reaches_the_caller(monkeypatch):
+    import llm.train
+
+    calls = []
+
+    def interrupt_at_step_3(config, state):
+        calls.append(state.step)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return None
+
+    monkeypatch.setattr(llm.train, "budget_reached", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(spec())
+    assert len(calls) == 3

@@ -30,14 +30,19 @@ class Turn:
 class ChatTemplate:
     """How turns are written into the transcript the model continues."""
 
-    system: str = ""  # text placed before every transcript, e.g. a description of the bot
+    system: str = ""  # text placed on its own line before every transcript
     user_prefix: str = "User: "
-    assistant_prefix: str = "Assistant: "
+    assistant_prefix: str = "Assistant:"
 
     def render(self, history: list[Turn], message: str) -> str:
-        """The transcript up to the start of the reply to `message`."""
-        turns = [self.turn(t.user, t.assistant) + "\n" for t in history]
-        return self.system + "".join(turns) + self.turn(message, "")
+        """The transcript up to the start of the reply to `message`. It ends right after
+        the assistant's prefix, without a space: subword vocabularies keep a word's space
+        inside its token, so the model writes the space itself."""
+        system = (
+            self.system if not self.system or self.system.endswith("\n") else self.system + "\n"
+        )
+        turns = [self.turn(t.user, f" {t.assistant}") + "\n" for t in history]
+        return system + "".join(turns) + self.turn(message, "")
 
     def turn(self, user: str, assistant: str) -> str:
         return f"{self.user_prefix}{user}\n{self.assistant_prefix}{assistant}"

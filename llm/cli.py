@@ -266,10 +266,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     session = ChatSession(
         model, tokenizer, sampling_params(args, tokenizer.eos_id), ChatTemplate(args.system)
     )
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
-    run_chat(session, sys.stdin, sys.stdout, interactive=interactive)
+    run_chat(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 
 
 if __name__ == "__main__":

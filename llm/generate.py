@@ -316,7 +316,7 @@ def stream_completions(
     """Text pieces continuing each prompt (token ids), as they are generated; the pieces of
     row i joined are its completion. Each row's last delta has its `finish_reason`.
 
-    `cancelled` is asked before every decoding step; once it answers True the stream ends
+    `cancelled` is asked after every decoding step; once it answers True the stream ends
     at once, without last deltas (a server uses it when its client has gone away).
     """
     decoder = BatchDecoder(model, prompts, params)

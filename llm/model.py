@@ -58,10 +58,12 @@ class RMSNormFunction(torch.autograd.Function):
         return (x * scale).mul_(weight)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, weight, scale = ctx.saved_tensors
         x_hat = x * scale
-        grad_weight = (grad * x_hat).flatten(0, -2).sum(0)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # frozen under LoRA: then skip a full pass
+            grad_weight = (grad * x_hat).flatten(0, -2).sum(0)
         grad_x_hat = grad * weight
         dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)
         grad_x = grad_x_hat.addcmul_(x_hat, dot, value=-1).mul_(scale)

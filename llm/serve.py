@@ -304,6 +304,7 @@ class GenerationWorker:
     def serve_jobs(self) -> None:
         while (job := self.jobs.get()) is not None:
             if job.cancelled.is_set():
+                job.emit(None)  # a plain (not streamed) reply may still wait for its end
                 continue
             self.current = job
             self.run(job)
@@ -489,7 +490,12 @@ class CompletionServer:
             )
         context = self.model.config.max_seq_len
         if body.truncate:
-            prompts = [truncate_prompt(prompt, context, max_new_tokens) for prompt in prompts]
+            # With max_tokens null (the server's ceiling) a small context would keep only
+            # the prompt's last token; then keep half of the context for the prompt.
+            room = (
+                max_new_tokens if body.max_tokens is not None else min(max_new_tokens, context // 2)
+            )
+            prompts = [truncate_prompt(prompt, context, room) for prompt in prompts]
         for i, prompt in enumerate(prompts):
             try:
                 check_prompt(
@@ -602,7 +608,14 @@ def build_app(
         finally:
             worker.stop()
 
-    app = FastAPI(title=f"llm serve: {model_name}", lifespan=lifespan)
+    # No /docs or /openapi.json: they would be open routes beside the key-protected API.
+    app = FastAPI(
+        title=f"llm serve: {model_name}",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     install_error_handlers(app)
     auth = [Depends(bearer_auth(api_key))] if api_key else []
     app.add_api_route("/health", server.health, methods=["GET"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -26,6 +27,8 @@ from llm.model import Transformer
 from llm.serve import (
     API_KEY_ENV,
     DEFAULT_MAX_PROMPTS,
+    GenerationWorker,
+    Job,
     build_app,
     listening_socket,
     resolve_api_key,
@@ -196,6 +199,9 @@ def test_a_stream_without_usage_has_no_usage_field(client):
 def test_truncate_keeps_the_end_of_a_long_prompt(client):
     body = completion(client, prompt="a" * 300, max_tokens=8, temperature=0, truncate=True)
     assert body["usage"]["prompt_tokens"] == CONTEXT - 8
+    # max_tokens null asks for the server's ceiling; the prompt still keeps half the context.
+    body = completion(client, prompt="a" * 300, max_tokens=None, temperature=0, truncate=True)
+    assert body["usage"]["prompt_tokens"] == CONTEXT - min(LIMIT, CONTEXT // 2)
 
 
 def test_options_at_their_neutral_values_are_accepted(client):
@@ -290,6 +296,8 @@ def test_unknown_routes_and_wrong_methods(client):
     wrong = client.get("/v1/completions")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert wrong.json()["error"]["type"] == "invalid_request_error"
+    for undocumented in ("/docs", "/redoc", "/openapi.json"):  # no open side doors
+        assert client.get(undocumented).status_code == 404
     completion(client, prompt="hello", max_tokens=1)
 
 
@@ -455,3 +463,18 @@ def test_uvicorn_serves_streams_and_cancels_a_dropped_stream(model):
             assert len(forward_calls) < LIMIT // 2
     finally:
         hook.remove()
+
+
+def test_a_request_cancelled_while_waiting_is_ended_not_left_hanging(model):
+    async def waiting_job_ends() -> list[object]:
+        worker = GenerationWorker(model, TOKENIZER, queue_size=2)
+        job = Job([[1, 2]], SamplingParams(max_new_tokens=4), asyncio.get_running_loop())
+        job.cancelled.set()  # its client left before the worker reached it
+        worker.start()
+        try:
+            worker.submit(job)
+            return [await asyncio.wait_for(job.events.get(), timeout=10)]
+        finally:
+            worker.stop()
+
+    assert asyncio.run(waiting_job_ends()) == [None]

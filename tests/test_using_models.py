@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import peaked_model
 
-from llm.chat import ChatSession, run_chat
+from llm.chat import ChatSession, ChatTemplate, Turn, run_chat
 from llm.checkpoint import save_model_dir
 from llm.cli import main as llm
 from llm.generate import SamplingParams, complete
@@ -37,13 +37,22 @@ def test_a_reply_continues_the_transcript_and_is_remembered():
     model, tokenizer = byte_model(), ByteTokenizer()
     session = ChatSession(model, tokenizer, GREEDY)
     reply = "".join(session.reply("hello"))
-    transcript = tokenizer.encode("User: hello\nAssistant: ")
+    transcript = tokenizer.encode("User: hello\nAssistant:")
     expected = complete(model, tokenizer, [transcript], session.params)[0].text
     assert reply == expected
     assert session.history[0].user == "hello" and session.history[0].assistant == reply.strip()
     assert tokenizer.decode(session.prompt_ids("again")).startswith("User: hello\nAssistant: ")
     session.reset()
-    assert tokenizer.decode(session.prompt_ids("again")) == "User: again\nAssistant: "
+    assert tokenizer.decode(session.prompt_ids("again")) == "User: again\nAssistant:"
+
+
+def test_the_system_text_stands_on_its_own_line_before_the_turns():
+    template = ChatTemplate(system="You are terse.")
+    history = [Turn("hi", "hello")]
+    assert template.render(history, "bye") == (
+        "You are terse.\nUser: hi\nAssistant: hello\nUser: bye\nAssistant:"
+    )
+    assert ChatTemplate().render([], "bye") == "User: bye\nAssistant:"
 
 
 def test_the_oldest_turns_are_dropped_to_fit_the_context():
@@ -53,7 +62,7 @@ def test_the_oldest_turns_are_dropped_to_fit_the_context():
     ids = session.prompt_ids("last")
     text = ByteTokenizer().decode(ids)
     assert len(ids) <= 96 - GREEDY.max_new_tokens
-    assert text.startswith("User: ") and text.endswith("User: last\nAssistant: ")
+    assert text.startswith("User: ") and text.endswith("User: last\nAssistant:")
     assert "first message" not in text and "fourth message" in text
 
 
@@ -61,7 +70,7 @@ def test_a_message_longer_than_the_context_keeps_its_end():
     session = ChatSession(byte_model(max_seq_len=96), ByteTokenizer(), GREEDY)
     ids = session.prompt_ids("x" * 500 + " the end")
     assert len(ids) == 96 - GREEDY.max_new_tokens
-    assert ByteTokenizer().decode(ids).endswith(" the end\nAssistant: ")
+    assert ByteTokenizer().decode(ids).endswith(" the end\nAssistant:")
 
 
 def test_a_reply_stops_where_the_next_user_turn_would_begin():

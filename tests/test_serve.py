@@ -323,7 +323,7 @@ def test_a_full_queue_answers_503_at_once(model):
         entered.set()
         release.wait(10)
 
-    request = {"prompt": "hello", "max_tokens": 2}
+    request = {"prompt": "hello", "max_tokens": 2, "temperature": 0}  # greedy: no early eos
     hook = model.register_forward_pre_hook(hold)
     try:
         with TestClient(app_for(model, queue_size=1)) as client, ThreadPoolExecutor(2) as pool:

@@ -122,9 +122,9 @@ class KVCache:
     ) -> None:
         self.max_len = max_len or config.max_seq_len
         shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.layer_keys, self.layer_values = self.keys.unbind(0), self.values.unbind(0)
+        # One allocation each, seen as a view per layer.
+        self.keys = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
+        self.values = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
         self.length = 0  # positions filled so far
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +132,7 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions, capacity {self.max_len}")
-        keys, values = self.layer_keys[layer], self.layer_values[layer]
+        keys, values = self.keys[layer], self.values[layer]
         keys.narrow(2, self.length, k.shape[2]).copy_(k)
         values.narrow(2, self.length, v.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)

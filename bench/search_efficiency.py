@@ -51,7 +51,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--metric", default="bits_per_byte")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    return p.parse_args()
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=METHODS,
+        help="the methods to run (GA and random are always among them: the ratio needs both)",
+    )
+    args = p.parse_args()
+    args.methods = [m for m in METHODS if m in {"GA", "random", *args.methods}]
+    return args
 
 
 def bench_space(args: argparse.Namespace, seed: int) -> SearchSpace:
@@ -191,8 +200,9 @@ def main() -> None:
     n = space.search.population * space.search.generations
     sign = 1.0 if space.search.objectives[0].direction == "min" else -1.0
     prepare_data(space, progress=True)  # fills the disk cache the workers read from
-    budgets = {method: 2 * n if method == "random" else n for method in METHODS}
-    curves: dict[str, list[list[float]]] = {method: [] for method in METHODS}
+    methods = args.methods
+    budgets = {method: 2 * n if method == "random" else n for method in methods}
+    curves: dict[str, list[list[float]]] = {method: [] for method in methods}
     started = time.perf_counter()
     context = get_context("spawn")  # torch's thread pools do not survive fork
     with (
@@ -202,7 +212,7 @@ def main() -> None:
         # The longest runs first, so the last to finish is short.
         jobs = [
             pool.submit(run_method, args, method, seed, budgets[method], folder)
-            for method in sorted(METHODS, key=lambda m: -budgets[m])
+            for method in sorted(methods, key=lambda m: -budgets[m])
             for seed in range(args.seeds)
         ]
         for job in as_completed(jobs):
@@ -215,12 +225,12 @@ def main() -> None:
             )
     medians = {method: median_curve(c) for method, c in curves.items()}
     print(f"{args.metric}, best after each trial count (median over {args.seeds} seeds):")
-    print("trials " + " ".join(f"{m:>12}" for m in METHODS))
+    print("trials " + " ".join(f"{m:>12}" for m in methods))
     for i in range(max(len(c) for c in medians.values())):
         cells = [f"{c[i]:12.4f}" if i < len(c) else f"{'-':>12}" for c in medians.values()]
         print(f"{i + 1:6d} " + " ".join(cells))
     ga, ga_trials = medians["GA"][-1], len(medians["GA"])
-    for method in METHODS[1:]:
+    for method in methods[1:]:
         other, trials = medians[method][-1], len(medians[method])
         print(f"GA after {ga_trials} / {method} after {trials}: {ga / other:.3f}")
     print(f"{time.perf_counter() - started:.0f} s in all, {args.workers} workers")

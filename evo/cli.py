@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.driver import load_run_space
 
-    storage = Storage(args.storage)
+    storage = Storage(args.storage, create=False)
     return search(args, storage, args.name, load_run_space(storage, args.name))
 
 
@@ -145,7 +145,7 @@ def fresh_name(storage: Storage, name: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    storage = Storage(args.storage)
+    storage = Storage(args.storage, create=False)
     table = Table("name", "status", "generation", "trials", "created", "updated")
     for run in storage.list_runs():
         trials = len(storage.trials(run.name))
@@ -165,14 +165,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from evo.status import print_status
 
-    print_status(Storage(args.storage), args.name, Console())
+    print_status(Storage(args.storage, create=False), args.name, Console())
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from evo.report import write_report
 
-    storage = Storage(args.storage)
+    storage = Storage(args.storage, create=False)
     storage.require_run(args.name)
     path = write_report(storage, args.name, args.out or Path("results") / args.name / "report.html")
     print(path)
@@ -182,7 +182,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from evo.report import export_trials
 
-    storage = Storage(args.storage)
+    storage = Storage(args.storage, create=False)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / f"trials.{args.format}"
     print(export_trials(storage, args.name, out, args.format))
@@ -192,7 +192,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from evo.promote import Budget, promote
 
-    storage = Storage(args.storage)
+    storage = Storage(args.storage, create=False)
     storage.require_run(args.name)
     out = promote(
         storage,

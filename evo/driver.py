@@ -296,19 +296,28 @@ class _TrialRecorder:
     def __init__(self, search: Search, generation: int, groups: dict[int, list[Any]]) -> None:
         self.search, self.generation, self.groups = search, generation, groups
         self.trial_ids: dict[int, int] = {}
+        self.retries: dict[int, int] = {}  # genome id → the queued row of its next attempt
         self.busy_seconds = 0.0
 
     def started(self, job: TrialJob, attempt: int) -> None:
         storage, name = self.search.storage, self.search.name
-        trial_id = storage.add_trial(name, job.genome_id, self.generation, attempt)
+        trial_id = self.retries.pop(job.genome_id, None)
+        if trial_id is None:
+            trial_id = storage.add_trial(name, job.genome_id, self.generation, attempt)
         device = "cuda" if self.search.space.trial.resources.gpus > 0 else "cpu"
         storage.mark_running(trial_id, host="", device=device)
         self.trial_ids[job.genome_id] = trial_id
         self.search.view.trial_started(self._genes(job), attempt)
 
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
+        # The retry's row is added before the lost attempt is marked failed: a driver that
+        # dies in between then leaves an unfinished chain, which a resumed run replays,
+        # never a lone failure it would take for the genome's result.
+        storage = self.search.storage
+        retry_id = storage.add_trial(self.search.name, job.genome_id, self.generation, attempt)
+        self.retries[job.genome_id] = retry_id
         failed = TrialResult(status="failed", error=error)
-        self.search.storage.finish_trial(self.trial_ids[job.genome_id], "failed", failed.to_dict())
+        storage.finish_trial(self.trial_ids[job.genome_id], "failed", failed.to_dict())
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         result = outcome.result

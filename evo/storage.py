@@ -36,14 +36,16 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
     create_engine,
     delete,
     event,
     insert,
     inspect,
+    or_,
     select,
 )
-from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -355,12 +357,22 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-def _make_engine(url: str) -> Engine:
+def _sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names; None for in-memory SQLite and for server databases."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _make_engine(url: str, create: bool) -> Engine:
     parsed = make_url(url)
+    file = _sqlite_file(parsed)
+    if file is not None and not file.exists():
+        if not create:
+            raise UserError(f"no evo database at {file} (from --storage); `evo run` creates one")
+        file.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -398,10 +410,16 @@ def _shown(url: str) -> str:
 class Storage:
     """All reads and writes of the search's results, one short transaction per call."""
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, create: bool = True) -> None:
+        """Open the database at `url`, adding any missing tables.
+
+        A SQLite file that does not exist yet is created only when `create` is true;
+        otherwise it is a UserError, so that a mistyped path cannot pass for an empty
+        database. Server databases (PostgreSQL) must exist already either way.
+        """
         self.url = _shown(url)
         try:
-            self._engine = _make_engine(url)
+            self._engine = _make_engine(url, create)
             _prepare_schema(self._engine, self.url)
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
@@ -573,15 +591,31 @@ class Storage:
         """Delete the trials a dead driver left queued or running, with their curves.
 
         A resumed driver replays the unfinished generation from its saved RNG state, so
-        it adds these trials again; deleting them keeps one trial per evaluation.
-        Returns how many were deleted.
+        it adds these trials again; deleting them keeps one trial per evaluation. An
+        interrupted retry takes the earlier attempts of its chain with it (same genome and
+        generation, lower attempt, added before it): those rows are 'failed' only because
+        a retry followed, and if one stayed, `finished_result` would hand the resumed run
+        that failure instead of the retry. Returns how many trials were deleted.
         """
         with self._sessions.begin() as session:
-            stale = session.scalars(
-                self._trials_query(session, run)
-                .with_only_columns(TrialRow.id)
-                .where(TrialRow.status.in_(("queued", "running")))
+            trials = self._trials_query(session, run)
+            interrupted = session.scalars(
+                trials.where(TrialRow.status.in_(("queued", "running")))
             ).all()
+            if not interrupted:
+                return 0
+            chains = or_(
+                *(
+                    and_(
+                        TrialRow.genome_id == row.genome_id,
+                        TrialRow.generation == row.generation,
+                        TrialRow.attempt <= row.attempt,
+                        TrialRow.id <= row.id,
+                    )
+                    for row in interrupted
+                )
+            )
+            stale = session.scalars(trials.with_only_columns(TrialRow.id).where(chains)).all()
             session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id.in_(stale)))
             session.execute(delete(TrialRow).where(TrialRow.id.in_(stale)))
             return len(stale)

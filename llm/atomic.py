@@ -1,7 +1,8 @@
 """Atomic file output: everything is written under a temporary name, then renamed.
 
 A reader (or a resumed run) therefore sees either the old file or the complete new
-one, never a half-written file, whenever the writer is interrupted.
+one, never a half-written file, whenever the writer is interrupted. `read_json_object`
+reads back what `write_json` wrote, with one clear error when the file is not usable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from llm.errors import UserError
 
 
 def _read_umask() -> int:
@@ -87,3 +90,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json_object(path: Path, error: type[UserError], missing: str) -> dict[str, Any]:
+    """The JSON object in `path`. Otherwise raises `error` naming the file and what is
+    wrong with it, with the message `missing` when the file does not exist."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(missing) from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: malformed JSON: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read: {err}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, not {type(data).__name__}")
+    return data

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from llm.atomic import atomic_dir, atomic_path, write_json
+from llm.atomic import atomic_dir, atomic_path, read_json_object, write_json
 from llm.config import ModelConfig, from_dict
 from llm.errors import CheckpointError, UserError
 from llm.model import Transformer
@@ -104,14 +104,7 @@ def load_model_dir(
 
 def read_model_config(directory: Path) -> ModelConfig:
     path = directory / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (not a model directory)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read: {err}") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: malformed JSON: {err}") from None
+    data = read_json_object(path, CheckpointError, f"{path}: missing (not a model directory)")
     try:
         config = from_dict(ModelConfig, data, str(path))
     except UserError as err:  # its message already names the file

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import nn
 
-from llm.atomic import write_json
+from llm.atomic import read_json_object, write_json
 from llm.checkpoint import (
     TrainState,
     latest_checkpoint,
@@ -646,14 +646,7 @@ def model_config_for(config: ModelConfig, vocab_size: int) -> ModelConfig:
 
 def check_same_run(out_dir: Path, run_dict: dict[str, Any]) -> None:
     path = out_dir / RUN_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"nothing to resume in {out_dir}: no {RUN_FILE}") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable: {err}") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+    saved = read_json_object(path, ConfigError, f"nothing to resume in {out_dir}: no {RUN_FILE}")
     if saved != run_dict:
         changed = sorted(
             f"{section}.{key}"

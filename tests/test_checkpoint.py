@@ -79,6 +79,11 @@ def truncate(path: Path) -> None:
 CORRUPTIONS = {
     "no model.json": (lambda d: (d / "model.json").unlink(), "model.json: missing"),
     "malformed json": (lambda d: (d / "model.json").write_text("{oops"), "malformed JSON"),
+    "not utf-8": (lambda d: (d / "model.json").write_bytes(b"{\xff}"), "model.json: cannot read"),
+    "not an object": (
+        lambda d: (d / "model.json").write_text("[1, 2]"),
+        "model.json: expected a JSON object, not list",
+    ),
     "unknown key": (lambda d: edit_config(d, colour="red"), "colour: unknown key"),
     "bad config": (lambda d: edit_config(d, n_heads=3), "divisible by n_heads"),
     "no weights": (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: missing"),

@@ -76,7 +76,8 @@ def test_llm_refuses_a_corrupt_model_directory(workdir, capsys):
 def test_evo_run_status_report_export_promote_then_generate(space_file, workdir, capsys):
     url = f"sqlite:///{workdir / 'evo.db'}"
     run = ["run", str(space_file), "--local", "--quiet", "--storage", url]
-    assert evo([*run, "--set", "search.generations=2"]) == 0
+    assert not (workdir / "evo.db").exists()
+    assert evo([*run, "--set", "search.generations=2"]) == 0  # `evo run` creates the database
     assert evo(["ls", "--storage", url]) == 0
     assert "space" in capsys.readouterr().out
     assert evo(["status", "space", "--storage", url]) == 0
@@ -105,8 +106,23 @@ def test_evo_errors_name_the_key_path_and_exit_2(workdir, space_file, capsys):
     space_file.write_text(yaml.safe_dump(space))
     assert evo(["run", str(space_file), "--local"]) == 2
     assert "genes.n_heads.choice[1]" in capsys.readouterr().err
-    assert evo(["status", "nope", "--storage", f"sqlite:///{workdir / 'e.db'}"]) == 2
+    url = f"sqlite:///{workdir / 'e.db'}"
+    Storage(url).close()
+    assert evo(["status", "nope", "--storage", url]) == 2
     assert "no run named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status", "x"], ["report", "x"], ["export", "x"], ["promote", "x"], ["resume", "x"], ["ls"]],
+    ids=lambda command: command[0],
+)
+def test_evo_reading_commands_refuse_a_missing_database(workdir, capsys, command):
+    missing = workdir / "typo" / "missing.db"
+    assert evo([*command, "--storage", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"no evo database at {missing}" in err and err.count("\n") == 1
+    assert not missing.exists() and not missing.parent.exists()
 
 
 def test_the_console_scripts_are_installed():

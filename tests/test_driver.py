@@ -101,6 +101,41 @@ def test_failures_are_recorded_with_their_cause_and_never_shrink_the_population(
     assert all(len(g.genome_ids) == 4 for g in storage.generations("f"))
 
 
+class DriverDiesOnRetry(LocalExecutor):
+    """Loses the first trial's worker, and the driver dies while arranging the retry."""
+
+    def run(self, jobs, observer) -> None:
+        observer.started(jobs[0], 0)
+        observer.retrying(jobs[0], 1, "worker lost: WorkerCrashedError")
+        raise AssertionError("not reached: the retry's row could not be added")
+
+
+@pytest.mark.parametrize("dies_in", ["add_trial", "finish_trial"])
+def test_a_retry_cut_short_by_the_driver_dying_is_replayed_on_resume(
+    space_file, workdir, monkeypatch, dies_in
+):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    open_run(storage, "d", space)
+    data, vocab = prepare_data(space)
+    with monkeypatch.context() as patch:
+        real = getattr(Storage, dies_in)
+
+        def dying(self, *args, **kwargs):
+            retry = dies_in == "add_trial" and args[-1] == 1  # the retry's attempt number
+            if retry or (dies_in == "finish_trial" and args[1] == "failed"):
+                raise KeyboardInterrupt  # the driver is killed here
+            return real(self, *args, **kwargs)
+
+        patch.setattr(Storage, dies_in, dying)
+        with pytest.raises(KeyboardInterrupt):
+            Search(space, "d", storage, DriverDiesOnRetry(), data, vocab).run()
+    Search(space, "d", storage, LocalExecutor(), data, vocab).run()
+    # The lost trial is run again rather than its lost attempt taken for its result.
+    assert {t.status for t in storage.trials("d")} == {"done"}
+    assert len(storage.trials("d")) == 3 * 4
+
+
 def test_an_existing_run_with_another_space_is_refused(space_file, workdir):
     space = load_space(space_file)
     storage = Storage(storage_url(workdir / "evo.db"))

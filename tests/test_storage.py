@@ -201,6 +201,20 @@ def test_finished_result_is_the_latest_terminal_trial(store: Storage) -> None:
     assert store.finished_result("r", other) is None
 
 
+def test_opening_without_create_refuses_a_missing_sqlite_file(tmp_path: Path) -> None:
+    missing = tmp_path / "sub" / "typo.db"
+    with pytest.raises(UserError, match=f"no evo database at {missing}"):
+        Storage(f"sqlite:///{missing}", create=False)
+    assert not missing.parent.exists()
+
+    Storage(f"sqlite:///{missing}").close()
+    with Storage(f"sqlite:///{missing}", create=False) as existing:
+        assert existing.list_runs() == []
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        with Storage(memory, create=False) as in_memory:
+            assert in_memory.list_runs() == []
+
+
 def test_requeue_interrupted_removes_unfinished_trials(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     store.create_run("other", SPACE, seed=0)
@@ -217,6 +231,55 @@ def test_requeue_interrupted_removes_unfinished_trials(store: Storage) -> None:
     assert [t.id for t in store.trials("other")] == [untouched]
     assert store.requeue_interrupted("r") == 0
     assert queued not in {t.id for t in store.trials("r")}
+
+
+def test_requeue_interrupted_removes_the_whole_interrupted_retry_chain(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    retried, other = store.genome_id("r", {"n": 0}), store.genome_id("r", {"n": 1})
+    earlier = store.add_trial("r", retried, generation=0)
+    store.finish_trial(earlier, "done", full_result().to_dict())
+    first = store.add_trial("r", retried, generation=1, attempt=0)
+    store.finish_trial(first, "failed", full_result().to_dict() | {"status": "failed"})
+    second = store.add_trial("r", retried, generation=1, attempt=1)
+    store.mark_running(second, host="h", device="cpu")
+    kept = store.add_trial("r", other, generation=1)
+    store.finish_trial(kept, "done", {"val_loss": 1.0})
+
+    assert store.requeue_interrupted("r") == 2
+    assert [t.id for t in store.trials("r")] == [earlier, kept]
+    assert store.curve(first) == []
+    assert len(store.curve(earlier)) == 3
+
+
+def test_requeue_interrupted_lets_the_resumed_run_retry_from_attempt_zero(
+    store: Storage,
+) -> None:
+    store.create_run("r", SPACE, seed=0)
+    genome = store.genome_id("r", {"n": 0})
+    first = store.add_trial("r", genome, generation=0, attempt=0)
+    store.finish_trial(first, "failed", {"error": "worker died"})
+    second = store.add_trial("r", genome, generation=0, attempt=1)
+    store.mark_running(second, host="h", device="cpu")
+
+    assert store.requeue_interrupted("r") == 2
+    assert store.finished_result("r", genome) is None
+    assert store.trials("r") == []
+
+
+def test_requeue_interrupted_keeps_a_finished_failure(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    failed_genome, running_genome = (store.genome_id("r", {"n": n}) for n in range(2))
+    retried = store.add_trial("r", failed_genome, generation=0, attempt=0)
+    store.finish_trial(retried, "failed", {"error": "worker died"})
+    final = store.add_trial("r", failed_genome, generation=0, attempt=1)
+    store.finish_trial(final, "failed", {"error": "worker died (after 2 attempts)"})
+    running = store.add_trial("r", running_genome, generation=0, attempt=1)
+    store.mark_running(running, host="h", device="cpu")
+
+    assert store.requeue_interrupted("r") == 1
+    assert [t.id for t in store.trials("r")] == [retried, final]
+    stored = store.finished_result("r", failed_genome)
+    assert stored is not None and stored.id == final and stored.status == "failed"
 
 
 def test_generation_round_trip_restores_the_rng(store: Storage) -> None:

@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,24 @@ def test_train_run_writes_a_loadable_model_dir(tmp_path: Path) -> None:
         train_run(run_config(tmp_path, max_steps=8), out, resume=True, progress=False)
     again = train_run(config, out, resume=True, progress=False)
     assert again.step == 4
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "nothing to resume in {out}: no run.json"),
+        (b"{oops", "{out}/run.json: malformed JSON"),
+        (b"\xff\xfe", "{out}/run.json: cannot read"),
+        (b"[1, 2]", "{out}/run.json: expected a JSON object, not list"),
+    ],
+)
+def test_resume_names_a_missing_or_broken_run_file(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    if content is not None:
+        (tmp_path / "run.json").write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message.format(out=tmp_path))):
+        llm.train.check_same_run(tmp_path, {"train": {"max_steps": 4}})
 
 
 def test_train_run_refuses_a_vocab_size_the_tokenizer_does_not_have(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ when optuna is installed, get N trials each through an ask/tell loop. Every meth
 trains a genome the same way (`trial_job`, seeded by the genome), so a genome gets the
 same result under any of them. The (method, seed) runs share `--workers` processes.
 
-Prints the best value after each trial count for each method (median over seeds) and,
-last, `ratio=<GA best after N / random best after 2N>` (for a metric to minimise, at
-most 1 means the GA is worth twice the trials of random search).
+Prints the best value after each trial count for each method (median over seeds); then
+the worker utilization of a real run of the space file as written (no --set), on a local
+Ray instance with one worker per core (skip it with --no-utilization); and, last,
+`ratio=<GA best after N / random best after 2N>` (for a metric to minimise, at most 1
+means the GA is worth twice the trials of random search).
 
     python bench/search_efficiency.py --seeds 3 --set trial.max_steps=60
 """
@@ -30,12 +32,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from evo.driver import Search, open_run, prepare_data, trial_seed
-from evo.executor import LocalExecutor, TrialJob, execute_job
+from evo.executor import LocalExecutor, RayExecutor, TrialJob, execute_job
 from evo.operators import make_toolbox, repair, to_genome, to_individual
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
@@ -51,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--metric", default="bits_per_byte")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument(
+        "--no-utilization",
+        dest="utilization",
+        action="store_false",
+        help="skip the real run of the space file that measures worker utilization",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -181,6 +190,11 @@ def run_method(
     return method, seed, values, time.perf_counter() - started
 
 
+def objective_sign(space: SearchSpace) -> float:
+    """+1 for a first objective to minimise, -1 for one to maximise."""
+    return 1.0 if space.search.objectives[0].direction == "min" else -1.0
+
+
 def best_so_far(values: list[float], sign: float) -> list[float]:
     out, best = [], math.inf
     for value in values:
@@ -194,11 +208,49 @@ def median_curve(curves: list[list[float]]) -> list[float]:
     return [statistics.median(c[i] for c in curves) for i in range(length)]
 
 
+@dataclass(frozen=True)
+class RealRun:
+    """What a real run of a space file showed."""
+
+    utilization: float  # busy worker-seconds over available ones, mean per generation
+    workers: int
+    seconds: float
+    best: list[float]  # the first objective's best value after each generation
+
+
+def real_run(space_file: str) -> RealRun:
+    """Run the space file's search on a local Ray instance, as `evo run` does."""
+    space = load_space(space_file)
+    resources = space.trial.resources
+    executor = RayExecutor(
+        cpus=resources.cpus,
+        gpus=resources.gpus,
+        timeout_s=space.trial.timeout_s,
+        retries=space.trial.retries,
+    )
+    data, vocab = prepare_data(space)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        storage = Storage(f"sqlite:///{Path(folder) / 'utilization.db'}")
+        open_run(storage, "utilization", space)
+        try:
+            Search(space, "utilization", storage, executor, data, vocab).run()
+        finally:
+            executor.close()
+        generations = storage.generations("utilization")
+    busy = [g.stats["utilization"] for g in generations if g.stats.get("utilization")]
+    first = space.search.objectives[0].metric
+    extreme = "min" if objective_sign(space) > 0 else "max"
+    best = [g.stats["objectives"][first][extreme] for g in generations]
+    seconds = time.perf_counter() - started
+    return RealRun(statistics.mean(busy), int(executor.capacity), seconds, best)
+
+
 def main() -> None:
     args = parse_args()
     space = bench_space(args, 0)
     n = space.search.population * space.search.generations
-    sign = 1.0 if space.search.objectives[0].direction == "min" else -1.0
+    sign = objective_sign(space)
     prepare_data(space, progress=True)  # fills the disk cache the workers read from
     methods = args.methods
     budgets = {method: 2 * n if method == "random" else n for method in methods}
@@ -234,6 +286,12 @@ def main() -> None:
         other, trials = medians[method][-1], len(medians[method])
         print(f"GA after {ga_trials} / {method} after {trials}: {ga / other:.3f}")
     print(f"{time.perf_counter() - started:.0f} s in all, {args.workers} workers")
+    if args.utilization:
+        run = real_run(args.space)
+        print(f"a real run of {args.space} as written, {run.workers} Ray workers:")
+        print(f"  {run.seconds:.0f} s; best {space.search.objectives[0].metric} after each")
+        print("  generation: " + ", ".join(f"{value:.3f}" for value in run.best))
+        print(f"  worker utilization: {100 * run.utilization:.0f}%")
     print(f"ratio={ga / medians['random'][-1]:.3f}")
 
 

@@ -1,9 +1,9 @@
 """The search loop: a (μ + λ) genetic algorithm over transformer genomes.
 
 Generation 0 is a Latin hypercube of valid genomes; every later generation picks
-parents by tournament, breeds as many offspring by crossover or mutation
-(`deap.algorithms.varOr`), mutates any offspring whose genome was seen before until it is
-new, trains them, and keeps the best of parents and offspring (NSGA-II for several
+parents by tournament, breeds as many offspring by crossover and then mutation
+(`deap.algorithms.varAnd`), mutates any offspring whose genome was seen before until it
+is new, trains them, and keeps the best of parents and offspring (NSGA-II for several
 objectives, the best values for one).
 After each generation the population and the GA's random state are saved, so a run
 killed at any moment resumes from its last complete generation and — with a step or
@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import yaml
-from deap import algorithms
 
 from evo.executor import Executor, TrialData, TrialJob, TrialOutcome
 from evo.operators import (
+    breed,
     distinct,
     make_elite_archive,
     make_logbook,
@@ -185,21 +185,19 @@ class Search:
                     population = self.toolbox.select(population, mu)
             else:
                 with self.ga_random():
-                    offspring = self._breed(population)
+                    offspring = breed(
+                        population,
+                        self.toolbox,
+                        search.crossover_prob,
+                        search.mutation_prob,
+                        self.seen,
+                    )
                 self._evaluate(offspring, generation)
                 with self.ga_random():
                     population = self.toolbox.select(population + offspring, mu)
             self._save_generation(generation, population)
         self.storage.set_run_status(self.name, "finished")
         return SearchSummary(self.name, search.generations, self.trials_run, self.best())
-
-    def _breed(self, population: list[Any]) -> list[Any]:
-        search = self.space.search
-        parents = self.toolbox.select_parents(population, len(population))
-        offspring = algorithms.varOr(
-            parents, self.toolbox, len(population), search.crossover_prob, search.mutation_prob
-        )
-        return distinct(offspring, self.toolbox, self.seen)
 
     def _restore(self) -> tuple[list[Any], int]:
         last = self.storage.last_generation(self.name)

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from deap import base, creator, tools
+from deap import algorithms, base, creator, tools
 
 from evo.space import Domain, SearchSpace
 from llm.errors import ConfigError
@@ -296,6 +296,23 @@ def distinct(
         seen.add(tuple(individual))
         out.append(individual)
     return out
+
+
+def breed(
+    population: Sequence[Individual],
+    toolbox: base.Toolbox,
+    crossover_prob: float,
+    mutation_prob: float,
+    seen: set[tuple[Any, ...]],
+) -> list[Individual]:
+    """As many offspring as the population: parents chosen by `toolbox.select_parents`,
+    each pair crossed with `crossover_prob`, then each child mutated with `mutation_prob`
+    (DEAP's varAnd), and any repeat of a genome in `seen` made new (see `distinct`).
+    Mutating crossover children too is what keeps new values coming into a small
+    population: crossover alone only reshuffles the values it already has."""
+    parents = toolbox.select_parents(population, len(population))
+    offspring = algorithms.varAnd(parents, toolbox, crossover_prob, mutation_prob)
+    return distinct(offspring, toolbox, seen)
 
 
 def crowded_tournament(individuals: Sequence[Individual], k: int) -> list[Individual]:

@@ -381,8 +381,8 @@ class Objective(_Section):
 class Search(_Section):
     population: int = Field(16, ge=2)
     generations: int = Field(5, ge=1)
-    crossover_prob: float = Field(0.7, ge=0, le=1)
-    mutation_prob: float = Field(0.3, ge=0, le=1)  # per individual
+    crossover_prob: float = Field(0.9, ge=0, le=1)  # per pair of parents
+    mutation_prob: float = Field(1.0, ge=0, le=1)  # per offspring, after crossover
     mutation_gene_prob: float | None = Field(None, gt=0, le=1)  # None: 1 / number of genes
     selection: Literal["auto", "nsga2", "tournament"] = "auto"
     tournament_size: int = Field(3, ge=2)
@@ -397,13 +397,6 @@ class Search(_Section):
         for i, metric in enumerate(metrics):
             if metric in metrics[:i]:
                 raise _Problem(("objectives", i), f"{metric} is listed twice")
-        if self.crossover_prob + self.mutation_prob > 1:
-            # Each offspring comes from crossover, mutation or plain copying (DEAP's varOr).
-            raise _Problem(
-                ("mutation_prob",),
-                f"crossover_prob + mutation_prob must be at most 1 (got "
-                f"{self.crossover_prob} + {self.mutation_prob})",
-            )
         if self.selection == "auto":
             self.selection = "nsga2" if len(self.objectives) > 1 else "tournament"
         if self.selection == "tournament" and len(self.objectives) > 1:

@@ -379,3 +379,34 @@ def test_individuals_round_trip_and_classes_are_shared(space: SearchSpace) -> No
     assert type(individual).__name__ == "Individual_min_max"
     assert type(operators.to_individual(make_space(), genome)) is type(individual)
     assert individual.fitness.weights == (-1.0, 1.0)
+
+
+def test_breeding_mutates_crossover_children_too(space: SearchSpace) -> None:
+    toolbox = operators.make_toolbox(space, VOCAB)
+    random.seed(21)
+    population = toolbox.population(n=6)
+    for rank, individual in enumerate(population):
+        individual.fitness.values = (float(rank), float(rank))
+    mutated = []
+    mutate = toolbox.mutate
+    toolbox.register("mutate", lambda ind: mutated.append(tuple(ind)) or mutate(ind))
+    seen = {tuple(ind) for ind in population}
+    offspring = operators.breed(population, toolbox, 1.0, 1.0, seen)
+    # Every pair is crossed and every child then mutated: new values keep entering.
+    assert len(offspring) == 6 and len(mutated) >= 6
+    assert all(space.is_valid(operators.to_genome(space, ind), VOCAB) for ind in offspring)
+    assert not any(tuple(ind) in map(tuple, population) for ind in offspring)
+
+
+def test_breeding_without_mutation_only_recombines(space: SearchSpace) -> None:
+    toolbox = operators.make_toolbox(space, VOCAB)
+    random.seed(22)
+    population = toolbox.population(n=6)
+    for rank, individual in enumerate(population):
+        individual.fitness.values = (float(rank), float(rank))
+    offspring = operators.breed(population, toolbox, 1.0, 0.0, set())
+    columns = [{ind[i] for ind in population} for i in range(len(space.gene_names))]
+    # Without mutation, a gene of a child that needed no repair comes from some parent.
+    for child in offspring:
+        if space.is_valid(operators.to_genome(space, child), VOCAB):
+            assert all(value in columns[i] for i, value in enumerate(child))

@@ -122,7 +122,7 @@ ERRORS = [
         "single objective",
     ),
     ({"search.population": 1}, "search.population", "greater than or equal to 2"),
-    ({"search.mutation_prob": 0.5}, "search.mutation_prob", "must be at most 1"),
+    ({"search.mutation_prob": 1.5}, "search.mutation_prob", "less than or equal to 1"),
     ({"trial": {"resources": {"cpus": 1}}}, "trial", "set a budget"),
     ({"trial.resources.gpus": 1.5}, "trial.resources.gpus", "whole number"),
     ({"data.adapt": {"corpus": "c.txt"}}, "data.adapt", "set a budget"),

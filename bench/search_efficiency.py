@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from evo.driver import Search, open_run, prepare_data, trial_seed
-from evo.executor import LocalExecutor, RayExecutor, TrialJob, execute_job
+from evo.executor import LocalExecutor, TrialJob, execute_job, make_executor
 from evo.operators import make_toolbox, repair, to_genome, to_individual
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
@@ -221,13 +221,7 @@ class RealRun:
 def real_run(space_file: str) -> RealRun:
     """Run the space file's search on a local Ray instance, as `evo run` does."""
     space = load_space(space_file)
-    resources = space.trial.resources
-    executor = RayExecutor(
-        cpus=resources.cpus,
-        gpus=resources.gpus,
-        timeout_s=space.trial.timeout_s,
-        retries=space.trial.retries,
-    )
+    executor = make_executor(space, local=False)
     data, vocab = prepare_data(space)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -288,9 +282,10 @@ def main() -> None:
     print(f"{time.perf_counter() - started:.0f} s in all, {args.workers} workers")
     if args.utilization:
         run = real_run(args.space)
+        metric = space.search.objectives[0].metric
         print(f"a real run of {args.space} as written, {run.workers} Ray workers:")
-        print(f"  {run.seconds:.0f} s; best {space.search.objectives[0].metric} after each")
-        print("  generation: " + ", ".join(f"{value:.3f}" for value in run.best))
+        print(f"  {run.seconds:.0f} s after the data preparation")
+        print(f"  best {metric} after each generation: " + ", ".join(f"{v:.3f}" for v in run.best))
         print(f"  worker utilization: {100 * run.utilization:.0f}%")
     print(f"ratio={ga / medians['random'][-1]:.3f}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchSpace) -> int:
     from evo.driver import Search, open_run, prepare_data
-    from evo.executor import Executor, LocalExecutor, RayExecutor
+    from evo.executor import make_executor
     from evo.view import make_view
 
     created = open_run(storage, name, space)
@@ -108,18 +107,7 @@ def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchS
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
-    executor: Executor
-    if args.local:
-        executor = LocalExecutor()
-    else:
-        resources = space.trial.resources
-        executor = RayExecutor(
-            cpus=resources.cpus,
-            gpus=resources.gpus,
-            timeout_s=space.trial.timeout_s,
-            retries=space.trial.retries,
-            address=args.address or os.environ.get("RAY_ADDRESS"),
-        )
+    executor = make_executor(space, local=args.local, address=args.address)
     try:
         with make_view(space, name, quiet=args.quiet) as view:
             summary = Search(space, name, storage, executor, data, vocab_size, view).run()

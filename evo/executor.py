@@ -17,11 +17,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llm.config import ModelConfig, TrainConfig
 from llm.errors import UserError
 from llm.trial import AdaptSpec, TokenSplits, TrialResult, TrialSpec, first_line, run_trial
+
+if TYPE_CHECKING:
+    from evo.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -254,3 +257,19 @@ def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> i
             " (lower trial.resources in the space)"
         )
     return capacity
+
+
+def make_executor(space: SearchSpace, *, local: bool, address: str | None = None) -> Executor:
+    """The executor for a search of `space`: in this process when `local`, else Ray tasks
+    with the space's resources, timeout and retries on the cluster at `address` (None:
+    `$RAY_ADDRESS`, or a local Ray instance)."""
+    if local:
+        return LocalExecutor()
+    resources = space.trial.resources
+    return RayExecutor(
+        cpus=resources.cpus,
+        gpus=resources.gpus,
+        timeout_s=space.trial.timeout_s,
+        retries=space.trial.retries,
+        address=address or os.environ.get("RAY_ADDRESS"),
+    )

@@ -75,7 +75,7 @@ def test_local_executor_runs_every_job_and_classifies_outcomes():
 
 
 def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):
-    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=0)
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=0)
     assert executor.capacity == 2
     executor.load_data(data())
     recorder = Recorder()
@@ -98,7 +98,7 @@ def crash_on_first_attempt(job: TrialJob, data: TrialData) -> TrialOutcome:
 
 
 def test_a_dead_worker_is_retried(ray_cluster):
-    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1, task=crash_on_first_attempt)
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=1, task=crash_on_first_attempt)
     executor.load_data(data())
     recorder = Recorder()
     executor.run([job(7)], recorder)
@@ -112,7 +112,7 @@ def always_crash(job: TrialJob, data: TrialData) -> TrialOutcome:
 
 
 def test_retries_are_bounded(ray_cluster):
-    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1, task=always_crash)
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=1, task=always_crash)
     executor.load_data(data())
     recorder = Recorder()
     executor.run([job(3)], recorder)

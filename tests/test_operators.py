@@ -381,12 +381,18 @@ def test_individuals_round_trip_and_classes_are_shared(space: SearchSpace) -> No
     assert individual.fitness.weights == (-1.0, 1.0)
 
 
+def ranked_population(toolbox: Any, n: int) -> list[Any]:
+    """A new population whose fitness gets worse down the list."""
+    population = toolbox.population(n=n)
+    for rank, individual in enumerate(population):
+        individual.fitness.values = (float(rank), float(rank))
+    return population
+
+
 def test_breeding_mutates_crossover_children_too(space: SearchSpace) -> None:
     toolbox = operators.make_toolbox(space, VOCAB)
     random.seed(21)
-    population = toolbox.population(n=6)
-    for rank, individual in enumerate(population):
-        individual.fitness.values = (float(rank), float(rank))
+    population = ranked_population(toolbox, 6)
     mutated = []
     mutate = toolbox.mutate
     toolbox.register("mutate", lambda ind: mutated.append(tuple(ind)) or mutate(ind))
@@ -401,9 +407,7 @@ def test_breeding_mutates_crossover_children_too(space: SearchSpace) -> None:
 def test_breeding_without_mutation_only_recombines(space: SearchSpace) -> None:
     toolbox = operators.make_toolbox(space, VOCAB)
     random.seed(22)
-    population = toolbox.population(n=6)
-    for rank, individual in enumerate(population):
-        individual.fitness.values = (float(rank), float(rank))
+    population = ranked_population(toolbox, 6)
     offspring = operators.breed(population, toolbox, 1.0, 0.0, set())
     columns = [{ind[i] for ind in population} for i in range(len(space.gene_names))]
     # Without mutation, a gene of a child that needed no repair comes from some parent.

@@ -215,7 +215,8 @@ class RealRun:
     utilization: float  # busy worker-seconds over available ones, mean per generation
     workers: int
     seconds: float
-    best: list[float]  # the first objective's best value after each generation
+    metric: str  # the space's first objective
+    best: list[float]  # its best value after each generation
 
 
 def real_run(space_file: str) -> RealRun:
@@ -237,7 +238,7 @@ def real_run(space_file: str) -> RealRun:
     extreme = "min" if objective_sign(space) > 0 else "max"
     best = [g.stats["objectives"][first][extreme] for g in generations]
     seconds = time.perf_counter() - started
-    return RealRun(statistics.mean(busy), int(executor.capacity), seconds, best)
+    return RealRun(statistics.mean(busy), int(executor.capacity), seconds, first, best)
 
 
 def main() -> None:
@@ -282,10 +283,10 @@ def main() -> None:
     print(f"{time.perf_counter() - started:.0f} s in all, {args.workers} workers")
     if args.utilization:
         run = real_run(args.space)
-        metric = space.search.objectives[0].metric
+        bests = ", ".join(f"{value:.3f}" for value in run.best)
         print(f"a real run of {args.space} as written, {run.workers} Ray workers:")
         print(f"  {run.seconds:.0f} s after the data preparation")
-        print(f"  best {metric} after each generation: " + ", ".join(f"{v:.3f}" for v in run.best))
+        print(f"  best {run.metric} after each generation: {bests}")
         print(f"  worker utilization: {100 * run.utilization:.0f}%")
     print(f"ratio={ga / medians['random'][-1]:.3f}")
 

@@ -107,7 +107,7 @@ class DriverDiesOnRetry(LocalExecutor):
     def run(self, jobs, observer) -> None:
         observer.started(jobs[0], 0)
         observer.retrying(jobs[0], 1, "worker lost: WorkerCrashedError")
-        raise AssertionError("not reached: the retry's row could not be added")
+        raise AssertionError("not reached: the driver dies inside `retrying`")
 
 
 @pytest.mark.parametrize("dies_in", ["add_trial", "finish_trial"])

@@ -79,6 +79,7 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from evo.driver import open_run
     from evo.space import load_space
 
     space = load_space(args.space, args.overrides)
@@ -86,6 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
+    if not open_run(storage, name, space) and storage.require_run(name).status == "finished":
+        print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
+        return 0
     return search(args, storage, name, space)
 
 
@@ -93,32 +97,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from evo.driver import load_run_space
 
     storage = Storage(args.storage, create=False)
-    return search(args, storage, args.name, load_run_space(storage, args.name))
+    space = load_run_space(storage, args.name)
+    if storage.require_run(args.name).status == "finished":
+        print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
+        return 0
+    return search(args, storage, args.name, space)
 
 
 def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchSpace) -> int:
-    from evo.driver import Search, open_run, prepare_data
+    from evo.data import prepare_data
+    from evo.driver import make_search
     from evo.executor import make_executor
     from evo.view import make_view
 
-    created = open_run(storage, name, space)
-    run = storage.get_run(name)
-    if run is not None and run.status == "finished" and not created:
-        print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
-        return 0
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
     executor = make_executor(space, local=args.local, address=args.address)
     try:
         with make_view(space, name, quiet=args.quiet) as view:
-            summary = Search(space, name, storage, executor, data, vocab_size, view).run()
+            summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
     except KeyboardInterrupt:
+        storage.interrupt_active(name)
         storage.set_run_status(name, "interrupted")
         print(f"evo: stopped; resume with `evo resume {name}`", file=sys.stderr)
         return 130
     finally:
         executor.close()
-    best = ", ".join(f"{k} {v:.4g}" for k, v in summary.best.items())
-    print(f"run {name!r}: {summary.generations} generations, {summary.trials} trials; best {best}")
+    best = ", ".join(f"{k} {v:.4g}" for k, v in summary.best.items()) or "none"
+    print(f"run {name!r}: {summary.detail}, {summary.trials} run now; best {best}")
     return 0
 
 

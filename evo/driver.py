@@ -1,79 +1,51 @@
-"""The search loop: a (μ + λ) genetic algorithm over transformer genomes.
+"""Running a search: its record in storage, and the steady-state loop.
 
-Generation 0 is a Latin hypercube of valid genomes; every later generation picks
-parents by tournament, breeds as many offspring by crossover and then mutation
-(`deap.algorithms.varAnd`), mutates any offspring whose genome was seen before until it
-is new, trains them, and keeps the best of parents and offspring (NSGA-II for several
-objectives, the best values for one).
-After each generation the population and the GA's random state are saved, so a run
-killed at any moment resumes from its last complete generation and — with a step or
-token budget — goes on exactly as if it had never stopped: trials that finished are
-reused, not re-run, and every trial's seed depends only on its genome.
+`make_search` picks the loop of the space's mode. The steady-state loop
+(`SteadyStateSearch`) keeps every worker busy: whenever one is free it asks the
+scheduler (`evo.schedule.steady_state`) for the next decision that fits the budget
+(advance a paused genome, or breed a new one), records it, and submits its trial;
+whenever a trial ends it records the result, keeps the stable checkpoint a later rung
+will continue from, and deletes the ones nothing can continue from any more.
+
+Every decision is stored with the number of results recorded before it, and every
+result with its place in the order results came in. A driver killed at any moment
+resumes by replaying that history into a fresh scheduler: no finished rung is lost or
+trained twice, and the trials that were running are run again from the checkpoints
+they started from.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import random
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import yaml
 
-from evo.executor import Executor, TrialData, TrialJob, TrialOutcome
-from evo.operators import (
-    breed,
-    distinct,
-    make_elite_archive,
-    make_logbook,
-    make_statistics,
-    make_toolbox,
-    to_genome,
-    to_individual,
-    worst_fitness,
+from evo.checkpoints import Checkpoint, TrialCheckpoints
+from evo.data import TrialData
+from evo.executor import Executor, TrialJob, TrialOutcome, failed_outcome
+from evo.metrics import TrialStatus
+from evo.schedule.budget import Cost, Spending
+from evo.schedule.generational import GenerationalSearch
+from evo.schedule.rungs import Ladder
+from evo.schedule.steady_state import (
+    Breed,
+    Decision,
+    Event,
+    Proposer,
+    SteadyStateScheduler,
+    replay,
 )
 from evo.space import SearchSpace, space_from_dict
-from evo.storage import Storage, TrialRecord, genome_hash
-from llm.config import DataConfig
-from llm.data import prepare
+from evo.storage import Storage, TrialRecord
+from evo.trials import SearchSummary, make_job, objective_values, trial_seed
+from evo.view import QuietView, SearchView
 from llm.errors import UserError
-from llm.tokenizer import Tokenizer
-from llm.trial import TokenSplits, TrialResult
-
-
-class SearchView(Protocol):
-    """What a live display is told; every method is optional in spirit (see QuietView)."""
-
-    def generation_started(self, generation: int, trials: int) -> None: ...
-    def trial_started(self, genes: dict[str, Any], attempt: int) -> None: ...
-    def trial_finished(self, genes: dict[str, Any], outcome: TrialOutcome) -> None: ...
-    def generation_finished(self, generation: int, stats: dict[str, Any]) -> None: ...
-
-
-class QuietView:
-    def generation_started(self, generation: int, trials: int) -> None:
-        pass
-
-    def trial_started(self, genes: dict[str, Any], attempt: int) -> None:
-        pass
-
-    def trial_finished(self, genes: dict[str, Any], outcome: TrialOutcome) -> None:
-        pass
-
-    def generation_finished(self, generation: int, stats: dict[str, Any]) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class SearchSummary:
-    name: str
-    generations: int  # generations complete
-    trials: int  # trials run by this invocation (reused results not counted)
-    best: dict[str, float]  # best value of each objective over successful trials
+from llm.train import planned_steps
 
 
 def space_hash(space: SearchSpace) -> str:
@@ -99,43 +71,40 @@ def load_run_space(storage: Storage, name: str) -> SearchSpace:
     return space_from_dict(yaml.safe_load(run.space_yaml), where=f"run {name!r}")
 
 
-def prepare_data(space: SearchSpace, progress: bool = False) -> tuple[TrialData, int]:
-    """Tokenize the corpora once (cached on disk) and load them into memory for the
-    object store; returns the data and the tokenizer's real vocabulary size."""
-    pretrain = prepare(space.data_config(), progress=progress)
-    tokenizer, limit = pretrain.tokenizer, space.data.max_val_tokens
-    adapt = None
-    if space.data.adapt is not None:
-        config = DataConfig(
-            corpus=space.data.adapt.corpus,
-            tokenizer=space.data.tokenizer,
-            vocab_size=space.data.vocab_size,
-            val_fraction=space.data.val_fraction,
-        )
-        prepared = prepare(config, tokenizer=tokenizer, progress=progress)
-        adapt = in_memory(prepared.splits(), tokenizer, limit)
-    data = TrialData(in_memory(pretrain.splits(), tokenizer, limit), adapt)
-    return data, int(tokenizer.vocab_size)
+def trials_folder(name: str) -> Path:
+    """Where a run keeps the checkpoints of its paused trials."""
+    return Path("results") / name / "trials"
 
 
-def in_memory(splits: TokenSplits, tokenizer: Tokenizer, max_val_tokens: int | None) -> TokenSplits:
-    """Plain arrays (memory maps are tied to a path other machines of a cluster lack),
-    with the validation split cut to its first `max_val_tokens` tokens. The cut part's
-    bytes are counted from its decoded text, so bits per byte stays exact."""
-    val, val_bytes = splits.val, splits.val_bytes
-    if max_val_tokens is not None and len(val) > max_val_tokens:
-        val = val[:max_val_tokens]
-        val_bytes = len(tokenizer.decode(val.tolist()).encode("utf-8"))
-    return TokenSplits(np.array(splits.train), np.array(val), val_bytes)
+def make_search(
+    space: SearchSpace,
+    name: str,
+    storage: Storage,
+    executor: Executor,
+    data: TrialData,
+    vocab_size: int,
+    view: SearchView | None = None,
+) -> GenerationalSearch | SteadyStateSearch:
+    """The search loop of the space's mode."""
+    if space.search.mode == "generational":
+        return GenerationalSearch(space, name, storage, executor, data, vocab_size, view)
+    return SteadyStateSearch(space, name, storage, executor, data, vocab_size, view)
 
 
-def trial_seed(run_seed: int, genes: dict[str, Any]) -> int:
-    digest = hashlib.sha256(f"{run_seed}:{genome_hash(genes)}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+@dataclass
+class _Flight:
+    """A decision whose trial is running."""
+
+    trial_id: int
+    decision: int
+    rung: int
+    continued_from: int | None
+    genes: dict[str, Any]
+    started: float
 
 
-class Search:
-    """One run of the genetic algorithm, recorded in `storage` under `name`."""
+class SteadyStateSearch:
+    """A steady-state search over the space's rungs, recorded in `storage` under `name`."""
 
     def __init__(
         self,
@@ -146,192 +115,295 @@ class Search:
         data: TrialData,
         vocab_size: int,
         view: SearchView | None = None,
+        *,
+        proposer: Proposer = "evolution",
+        checkpoints: TrialCheckpoints | None = None,
     ) -> None:
         self.space, self.name, self.storage, self.executor = space, name, storage, executor
         self.vocab_size = vocab_size
         self.view = view or QuietView()
-        self.toolbox = make_toolbox(space, vocab_size)
-        self.statistics = make_statistics(space)
-        self.logbook = make_logbook(space)
-        self.elite = make_elite_archive(space)
+        self.budgets = space.rung_budgets()
+        self.ladder = Ladder(self.budgets, space.search.eta, slack=space.search.population)
+        self.scheduler = SteadyStateScheduler(space, vocab_size, self.ladder, proposer)
+        self.checkpoints = checkpoints or TrialCheckpoints(trials_folder(name))
+        self.spending = Spending(space.search.budget.limits())
+        self.flights: dict[int, _Flight] = {}  # genome id → its trial in flight
+        self.kept: dict[int, str] = {}  # trial id → the checkpoint it left
+        self.next_decision = 0
+        self.last_recorded = 0
         self.trials_run = 0
-        self.seen: set[tuple[Any, ...]] = set()  # every genome bred so far, as a tuple
-        self._ga_state: Any = None
         executor.load_data(data)
 
-    @contextlib.contextmanager
-    def ga_random(self) -> Iterator[None]:
-        """DEAP draws from the global `random`; give it a stream of its own, so nothing
-        else in the process (Ray's client, a library) can shift the GA's choices."""
-        outside = random.getstate()
-        random.setstate(self._ga_state)
-        try:
-            yield
-        finally:
-            self._ga_state = random.getstate()
-            random.setstate(outside)
-
     def run(self) -> SearchSummary:
-        self.storage.requeue_interrupted(self.name)
+        self.storage.interrupt_active(self.name)
         self.storage.set_run_status(self.name, "running")
-        population, start = self._restore()
-        mu, search = self.space.search.population, self.space.search
-        for generation in range(start, search.generations):
-            if generation == 0:
-                with self.ga_random():
-                    population = distinct(self.toolbox.population(n=mu), self.toolbox, self.seen)
-                self._evaluate(population, 0)
-                with self.ga_random():
-                    population = self.toolbox.select(population, mu)
-            else:
-                with self.ga_random():
-                    offspring = breed(
-                        population,
-                        self.toolbox,
-                        search.crossover_prob,
-                        search.mutation_prob,
-                        self.seen,
-                    )
-                self._evaluate(offspring, generation)
-                with self.ga_random():
-                    population = self.toolbox.select(population + offspring, mu)
-            self._save_generation(generation, population)
+        pending = self._restore()
+        session = self.storage.start_session(self.name, self.executor.capacity)
+        try:
+            self._loop(pending)
+        finally:
+            self.executor.cancel()
+            self.storage.end_session(session)
         self.storage.set_run_status(self.name, "finished")
-        return SearchSummary(self.name, search.generations, self.trials_run, self.best())
+        return SearchSummary(self.name, self.trials_run, self.best(), self.detail())
 
-    def _restore(self) -> tuple[list[Any], int]:
-        last = self.storage.last_generation(self.name)
-        if last is None:
-            self._ga_state = random.Random(self.space.search.seed).getstate()
-            return [], 0
-        self._ga_state = last.rng_state
-        genomes = self.storage.genomes(self.name)
-        # Trials of the unfinished generation are left out: its offspring are bred again.
-        self.seen = {
-            tuple(to_individual(self.space, genomes[trial.genome_id]))
-            for trial in self.storage.trials(self.name)
-            if trial.generation <= last.generation
-        }
-        population = [to_individual(self.space, genomes[gid]) for gid in last.genome_ids]
-        self._evaluate(population, last.generation)  # all reused: restores their fitness
-        return population, last.generation + 1
+    # The loop
 
-    def _evaluate(self, individuals: Sequence[Any], generation: int) -> None:
-        """Give every individual a fitness: from a stored trial when its genome has one,
-        else by training it (each distinct genome once)."""
-        by_genome: dict[int, list[Any]] = {}
-        for individual in individuals:
-            genes = to_genome(self.space, individual)
-            by_genome.setdefault(self.storage.genome_id(self.name, genes), []).append(individual)
-        jobs = []
-        for genome_id, group in by_genome.items():
-            stored = self.storage.finished_result(self.name, genome_id)
-            if stored is not None:
-                self._assign(group, stored.status, stored)
+    def _loop(self, pending: list[TrialRecord]) -> None:
+        while True:
+            while self.executor.in_flight < self.executor.capacity:
+                if pending:
+                    job = self._rerun(pending.pop(0))
+                    if job is None:
+                        continue
+                else:
+                    job = self._decide()
+                    if job is None:
+                        break
+                self.executor.submit(job, self)
+            if not self.executor.in_flight:
+                return
+            self.executor.wait(self)
+            self.view.progress("budget", self.spending.fraction(), 1.0)
+
+    def _decide(self) -> TrialJob | None:
+        """Make, record and return the next decision's job; None when none fits now."""
+        while True:
+            number = self.next_decision
+            decision = self.scheduler.decide(number, self._fits)
+            if decision is None:
+                return None
+            self.next_decision += 1
+            if isinstance(decision, Breed):
+                genome_id = self.storage.genome_id(self.name, decision.genes)
+                self.scheduler.bred_genome(genome_id, decision.genes)
+                rung, continued_from, genes = 0, None, decision.genes
             else:
-                jobs.append(self._job(genome_id, to_genome(self.space, group[0])))
-        self.view.generation_started(generation, len(jobs))
-        if jobs:
-            started = time.time()
-            recorder = _TrialRecorder(
-                self, generation, {j.genome_id: by_genome[j.genome_id] for j in jobs}
+                genome_id, rung, continued_from = (
+                    decision.genome_id,
+                    decision.rung,
+                    decision.trial_id,
+                )
+                self.scheduler.advanced(genome_id, rung)
+                genes = self.scheduler.genes[genome_id]
+            self.spending.commit(number, self._cost(genes, rung))
+            trial_id = self.storage.add_trial(
+                self.name,
+                genome_id,
+                rung=rung,
+                decision=number,
+                seen=self.last_recorded,
+                budget=self.budgets[rung],
+                seed=trial_seed(self.space.search.seed, genes),
+                continued_from=continued_from,
             )
-            self.executor.run(jobs, recorder)
-            self._utilization = recorder.busy_seconds / (
-                self.executor.capacity * max(time.time() - started, 1e-9)
-            )
-        else:
-            self._utilization = None
-        self.elite.update(list(individuals))
+            job = self._job(trial_id, number, genome_id, genes, rung, continued_from)
+            if job is not None:
+                return job
 
-    def _job(self, genome_id: int, genes: dict[str, Any]) -> TrialJob:
-        space = self.space
-        return TrialJob(
-            genome_id=genome_id,
-            model=space.model_config(genes, self.vocab_size),
-            train=space.train_config(genes),
-            seed=trial_seed(space.search.seed, genes),
-            adapt_train=space.adapt_train_config(genes),
-            lora_rank=space.lora_rank(genes),
+    def _rerun(self, trial: TrialRecord) -> TrialJob | None:
+        """The job of a decision whose trial was interrupted, as a new attempt."""
+        genes = self.scheduler.genes[trial.genome_id]
+        self.spending.commit(trial.decision or 0, self._cost(genes, trial.rung), counted=True)
+        trial_id = self.storage.add_trial(
+            self.name,
+            trial.genome_id,
+            rung=trial.rung,
+            decision=trial.decision,
+            seen=trial.seen,
+            attempt=trial.attempt + 1,
+            budget=trial.budget,
+            seed=trial.seed,
+            continued_from=trial.continued_from,
+        )
+        decision = trial.decision or 0
+        return self._job(
+            trial_id, decision, trial.genome_id, genes, trial.rung, trial.continued_from
         )
 
-    def _assign(self, group: list[Any], status: str, result: TrialResult | TrialRecord) -> None:
-        values = []
-        for objective in self.space.search.objectives:
-            value = result.metric(objective.metric) if status == "done" else None
-            values.append(value)
-        fitness = worst_fitness(self.space)
-        if all(v is not None for v in values):
-            fitness = tuple(float(v) for v in values)  # type: ignore[arg-type]
-        for individual in group:
-            individual.fitness.values = fitness
+    def _job(
+        self,
+        trial_id: int,
+        decision: int,
+        genome_id: int,
+        genes: dict[str, Any],
+        rung: int,
+        continued_from: int | None,
+    ) -> TrialJob | None:
+        """The trial's job, with the checkpoint it continues; when that checkpoint cannot be
+        read, the trial is recorded as failed and None is returned."""
+        resume: Checkpoint | None = None
+        flight = _Flight(trial_id, decision, rung, continued_from, genes, time.time())
+        self.flights[genome_id] = flight
+        job = make_job(self.space, self.vocab_size, genome_id, genes, rung)
+        if continued_from is not None:
+            name = self.kept.get(continued_from)
+            try:
+                if name is None:
+                    raise FileNotFoundError("it was deleted")
+                resume = self.checkpoints.read(name)
+            except OSError as err:
+                error = f"cannot read the checkpoint of trial {continued_from}: {err}"
+                self.finished(job, failed_outcome(TrialStatus.FAILED, error, time.time()))
+                return None
+        return make_job(self.space, self.vocab_size, genome_id, genes, rung, resume)
 
-    def _save_generation(self, generation: int, population: list[Any]) -> None:
-        stats = self.statistics.compile(population)
-        self.logbook.record(gen=generation, nevals=self.trials_run, **stats)
-        record = {"objectives": stats, "utilization": self._utilization}
-        ids = [self.storage.genome_id(self.name, to_genome(self.space, ind)) for ind in population]
-        self.storage.save_generation(self.name, generation, ids, self._ga_state, record)
-        self.view.generation_finished(generation, record)
+    def _cost(self, genes: dict[str, Any], rung: int) -> Cost:
+        """The training a genome's trial at `rung` will do: from the rung below's stable
+        checkpoint to this rung's budget, plus the adapt stage."""
+        planned = planned_steps(self.space.train_config(genes, self.budgets[rung]))
+        adapt = self.space.adapt_train_config(genes)
+        adapt_planned = planned_steps(adapt) if adapt is not None else (0, 0)
+        if planned is None or adapt_planned is None:
+            return Cost(None, None)
+        start = 0
+        if rung > 0:
+            below = planned_steps(self.space.train_config(genes, self.budgets[rung - 1]))
+            start = below[0] if below is not None else 0
+        per_step = self.space.train_config(genes).tokens_per_step
+        adapt_tokens = adapt_planned[1] * (adapt.tokens_per_step if adapt is not None else 0)
+        steps = planned[1] - start
+        return Cost(steps + adapt_planned[1], steps * per_step + adapt_tokens)
 
-    def best(self) -> dict[str, float]:
-        best: dict[str, float] = {}
-        for objective in self.space.search.objectives:
-            values = [
-                t.metric(objective.metric)
-                for t in self.storage.trials(self.name)
-                if t.status == "done" and t.metric(objective.metric) is not None
-            ]
-            if values:
-                pick = min if objective.direction == "min" else max
-                best[objective.metric] = pick(v for v in values if v is not None)
-        return best
+    def _fits(self, decision: Decision) -> bool:
+        if isinstance(decision, Breed):
+            cost = self._cost(decision.genes, 0)
+        else:
+            cost = self._cost(self.scheduler.genes[decision.genome_id], decision.rung)
+        now = time.time()
+        running = sum(now - flight.started for flight in self.flights.values())
+        return self.spending.allows(cost, running)
 
-
-class _TrialRecorder:
-    """Records each trial's life in storage and hands fitness back to its individuals."""
-
-    def __init__(self, search: Search, generation: int, groups: dict[int, list[Any]]) -> None:
-        self.search, self.generation, self.groups = search, generation, groups
-        self.trial_ids: dict[int, int] = {}
-        self.retries: dict[int, int] = {}  # genome id → the queued row of its next attempt
-        self.busy_seconds = 0.0
+    # What the executor reports
 
     def started(self, job: TrialJob, attempt: int) -> None:
-        storage, name = self.search.storage, self.search.name
-        trial_id = self.retries.pop(job.genome_id, None)
-        if trial_id is None:
-            trial_id = storage.add_trial(name, job.genome_id, self.generation, attempt)
-        device = "cuda" if self.search.space.trial.resources.gpus > 0 else "cpu"
-        storage.mark_running(trial_id, host="", device=device)
-        self.trial_ids[job.genome_id] = trial_id
-        self.search.view.trial_started(self._genes(job), attempt)
+        flight = self.flights[job.genome_id]
+        device = "cuda" if self.space.trial.resources.gpus > 0 else "cpu"
+        self.storage.mark_running(flight.trial_id, host="", device=device)
+        self.view.trial_started(flight.genes, flight.rung, attempt)
 
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
-        # The retry's row is added before the lost attempt is marked failed: a driver that
-        # dies in between then leaves an unfinished chain, which a resumed run replays,
-        # never a lone failure it would take for the genome's result.
-        storage = self.search.storage
-        retry_id = storage.add_trial(self.search.name, job.genome_id, self.generation, attempt)
-        self.retries[job.genome_id] = retry_id
-        failed = TrialResult(status="failed", error=error)
-        storage.finish_trial(self.trial_ids[job.genome_id], "failed", failed.to_dict())
+        flight = self.flights[job.genome_id]
+        flight.trial_id = self.storage.retry_trial(flight.trial_id, error)
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        flight = self.flights.pop(job.genome_id)
+        name = None
+        if outcome.checkpoint is not None:
+            name = TrialCheckpoints.name(job.genome_id, flight.rung)
+            self.checkpoints.write(name, outcome.checkpoint)
+            self.kept[flight.trial_id] = name
         result = outcome.result
-        self.search.storage.finish_trial(
-            self.trial_ids[job.genome_id],
+        self.last_recorded = self.storage.finish_trial(
+            flight.trial_id,
             outcome.status,
             result.to_dict(),
             host=outcome.host,
             worker=outcome.worker,
             started=outcome.started,
             finished=outcome.finished,
+            checkpoint=name,
         )
-        self.busy_seconds += outcome.finished - outcome.started
-        self.search.trials_run += 1
-        self.search._assign(self.groups[job.genome_id], outcome.status, result)
-        self.search.view.trial_finished(self._genes(job), outcome)
+        seconds = outcome.finished - outcome.started
+        self.spending.settle(flight.decision, result.steps, result.tokens, seconds)
+        self.spending.release(flight.decision)
+        values = objective_values(self.space, outcome.status, result)
+        dropped = self.scheduler.result(job.genome_id, flight.rung, flight.trial_id, values)
+        if flight.continued_from is not None:
+            dropped.append(flight.continued_from)  # the genome has moved on from it
+        for trial_id in dropped:
+            self._delete_checkpoint(trial_id)
+        self.trials_run += 1
+        self.view.trial_finished(flight.genes, flight.rung, outcome)
 
-    def _genes(self, job: TrialJob) -> dict[str, Any]:
-        return to_genome(self.search.space, self.groups[job.genome_id][0])
+    def _delete_checkpoint(self, trial_id: int) -> None:
+        name = self.kept.pop(trial_id, None)
+        if name is not None:
+            self.storage.forget_checkpoint(trial_id)
+            self.checkpoints.delete(name)
+
+    # Resuming
+
+    def _restore(self) -> list[TrialRecord]:
+        """Rebuild the scheduler's state from the stored history; returns the decisions
+        whose trials were interrupted, to run again."""
+        trials = self.storage.trials(self.name)
+        events, pending = history(self.space, trials, self.storage.genomes(self.name))
+        self.kept = {t.id: t.checkpoint for t in trials if t.checkpoint is not None}
+        dropped = replay(self.scheduler, events)
+        for trial in trials:
+            if trial.status.is_result and trial.continued_from is not None:
+                dropped.add(trial.continued_from)
+        for trial_id in sorted(dropped):
+            self._delete_checkpoint(trial_id)
+        self.checkpoints.keep_only(set(self.kept.values()))
+        for rung, waiting in enumerate(self.scheduler.waiting):
+            for genome, trial_id in list(waiting.items()):
+                name = self.kept.get(trial_id)
+                if name is None or not self.checkpoints.exists(name):
+                    self.scheduler.forget(genome, rung)
+        self.next_decision = 1 + max((t.decision or 0 for t in trials), default=-1)
+        self.last_recorded = max((t.recorded or 0 for t in trials), default=0)
+        self.spending = Spending.resumed(
+            self.space.search.budget.limits(), self.storage.spent(self.name)
+        )
+        return pending
+
+    # Reading the outcome
+
+    def best(self) -> dict[str, float]:
+        """The best value of each objective at the top rung (the budget that matters)."""
+        top = self.ladder.top
+        trials = [
+            t
+            for t in self.storage.trials(self.name)
+            if t.rung == top and t.status is TrialStatus.DONE
+        ]
+        best = {}
+        for objective in self.space.search.objectives:
+            value = objective.best(t.metric(objective.metric) for t in trials)
+            if value == value:
+                best[objective.metric] = value
+        return best
+
+    def detail(self) -> str:
+        trials = self.storage.trials(self.name)
+        per_rung = Counter(t.rung for t in trials if t.status.is_result)
+        rungs = ", ".join(f"{per_rung[r]} at rung {r + 1}" for r in range(len(self.budgets)))
+        return f"{len({t.decision for t in trials})} trials ({rungs})"
+
+
+def history(
+    space: SearchSpace, trials: list[TrialRecord], genomes: dict[int, dict[str, Any]]
+) -> tuple[list[Event], list[TrialRecord]]:
+    """A run's decisions and results as events in the order they happened (a decision
+    after the results recorded before it was made), and the latest trial of each
+    decision that has no result yet."""
+    by_decision: dict[int, list[TrialRecord]] = {}
+    for trial in trials:
+        by_decision.setdefault(trial.decision or 0, []).append(trial)
+    results = sorted((t for t in trials if t.status.is_result), key=lambda t: t.recorded or 0)
+    events: list[Event] = []
+    done = 0
+    for number in sorted(by_decision):
+        first = by_decision[number][0]
+        while done < len(results) and (results[done].recorded or 0) <= (first.seen or 0):
+            events.append(_result_event(space, results[done]))
+            done += 1
+        if first.rung == 0:
+            genes = genomes[first.genome_id]
+            events.append(Event("bred", first.genome_id, 0, first.id, genes=genes))
+        else:
+            events.append(Event("advanced", first.genome_id, first.rung, first.id))
+    events += [_result_event(space, trial) for trial in results[done:]]
+    pending = [
+        rows[-1]
+        for _, rows in sorted(by_decision.items())
+        if not any(row.status.is_result for row in rows)
+    ]
+    return events, pending
+
+
+def _result_event(space: SearchSpace, trial: TrialRecord) -> Event:
+    values = objective_values(space, trial.status, trial)
+    return Event("result", trial.genome_id, trial.rung, trial.id, values=values)

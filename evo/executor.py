@@ -1,11 +1,13 @@
 """Where trials run: in this process (`LocalExecutor`) or as Ray tasks (`RayExecutor`).
 
-Both take a generation's jobs and report each trial's start, retries and outcome to an
-observer as they happen, so the driver can record them. Failures are classified here:
-a worker that dies or a lost node is retried (up to `retries`); an invalid genome,
-divergence, out-of-memory or a timeout is final and becomes the trial's outcome. The
-training data go through Ray's object store once (`ray.put`) and reach every worker
-from there, never through a shared filesystem.
+An executor takes jobs one at a time (`submit`) while it has a free worker, and `wait`
+returns as soon as at least one has ended, after reporting each trial's start, retries
+and outcome to an observer, so the driver can record them and choose the next job at
+once: no worker waits for a batch to fill. Failures are classified here: a worker that
+dies or a lost node is retried (up to `retries`); an invalid genome, divergence,
+out-of-memory or a timeout is final and becomes the trial's outcome. The training data
+go through Ray's object store once (`ray.put`), and checkpoints travel with the jobs
+and outcomes, never through a shared filesystem.
 """
 
 from __future__ import annotations
@@ -13,51 +15,51 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from evo.checkpoints import Checkpoint, pack, unpack
+from evo.data import TrialData
+from evo.metrics import TrialStatus
 from llm.config import ModelConfig, TrainConfig
 from llm.errors import UserError
-from llm.trial import AdaptSpec, TokenSplits, TrialResult, TrialSpec, first_line, run_trial
+from llm.trial import AdaptSpec, TrialResult, TrialSpec, first_line, run_trial
 
 if TYPE_CHECKING:
     from evo.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-# A TrialResult status, as the storage records it.
-STORED_STATUS = {"ok": "done", "diverged": "diverged", "invalid": "invalid", "failed": "failed"}
-
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One genome to train and evaluate, with everything but the data."""
+    """One training of a genome at a rung, with everything but the data."""
 
     genome_id: int
     model: ModelConfig
-    train: TrainConfig
+    train: TrainConfig  # its budget is the rung's
     seed: int
     adapt_train: TrainConfig | None = None
     lora_rank: int = 0
-
-
-@dataclass(frozen=True)
-class TrialData:
-    pretrain: TokenSplits
-    adapt: TokenSplits | None = None
+    rung: int = 0
+    resume: Checkpoint | None = None  # the stable checkpoint of the rung below, to continue
+    keep_stable: bool = False  # bring back this rung's stable checkpoint (a rung follows)
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
     result: TrialResult
-    status: str  # as stored: done, failed, timeout, invalid or diverged
+    status: TrialStatus  # the result's, or TIMEOUT
     host: str
     worker: str
     started: float  # seconds since the epoch, measured where the trial ran
     finished: float
+    checkpoint: Checkpoint | None = None  # the stable checkpoint, when the job asked for it
 
 
 class TrialObserver(Protocol):
@@ -69,30 +71,38 @@ class TrialObserver(Protocol):
 def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     """Run one trial where this function is called (a Ray worker or the driver itself)."""
     started = time.time()
-    adapt = None
-    if job.adapt_train is not None and data.adapt is not None:
-        adapt = AdaptSpec(data=data.adapt, train=job.adapt_train, lora_rank=job.lora_rank)
-    spec = TrialSpec(
-        model=job.model,
-        train=job.train,
-        data=data.pretrain,
-        seed=job.seed,
-        adapt=adapt,
-    )
-    result = run_trial(spec)
+    with tempfile.TemporaryDirectory(prefix="evo-trial-") as folder:
+        continue_from = unpack(job.resume, Path(folder) / "from") if job.resume else None
+        stable = Path(folder) / "stable" if job.keep_stable else None
+        adapt = None
+        if job.adapt_train is not None and data.adapt is not None:
+            adapt = AdaptSpec(data=data.adapt, train=job.adapt_train, lora_rank=job.lora_rank)
+        spec = TrialSpec(
+            model=job.model,
+            train=job.train,
+            data=data.pretrain,
+            seed=job.seed,
+            adapt=adapt,
+            continue_from=None if continue_from is None else str(continue_from),
+            save_stable=None if stable is None else str(stable),
+        )
+        result = run_trial(spec)
+        kept = stable is not None and stable.is_dir() and result.status is TrialStatus.DONE
+        checkpoint = pack(stable) if kept and stable is not None else None
     return TrialOutcome(
         result=result,
-        status=STORED_STATUS[result.status],
+        status=result.status,
         host=socket.gethostname(),
         worker=f"pid-{os.getpid()}",
         started=started,
         finished=time.time(),
+        checkpoint=checkpoint,
     )
 
 
-def failed_outcome(status: str, error: str, started: float) -> TrialOutcome:
+def failed_outcome(status: TrialStatus, error: str, started: float) -> TrialOutcome:
     now = time.time()
-    result = TrialResult(status="failed", error=error, wall_seconds=now - started)
+    result = TrialResult(status=TrialStatus.FAILED, error=error, wall_seconds=now - started)
     return TrialOutcome(result, status, host="", worker="", started=started, finished=now)
 
 
@@ -103,33 +113,68 @@ class Executor(ABC):
     def load_data(self, data: TrialData) -> None:
         """Make the data available to every future trial (once per search)."""
 
+    @property
     @abstractmethod
-    def run(self, jobs: Sequence[TrialJob], observer: TrialObserver) -> None:
-        """Run every job to an outcome, reporting to `observer` as trials start and end."""
+    def in_flight(self) -> int:
+        """Jobs submitted that have not ended yet."""
+
+    @abstractmethod
+    def submit(self, job: TrialJob, observer: TrialObserver) -> None:
+        """Start a job on a free worker (call only while in_flight < capacity)."""
+
+    @abstractmethod
+    def wait(self, observer: TrialObserver) -> None:
+        """Block until at least one job in flight has ended, reporting to `observer`."""
+
+    def cancel(self) -> None:  # noqa: B027 (optional hook)
+        """Stop every job in flight without reporting it."""
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what the executor holds."""
 
+    def run(self, jobs: Sequence[TrialJob], observer: TrialObserver) -> None:
+        """Run every job to an outcome, keeping every worker busy while jobs remain."""
+        pending = list(jobs)[::-1]
+        try:
+            while pending or self.in_flight:
+                while pending and self.in_flight < self.capacity:
+                    self.submit(pending.pop(), observer)
+                self.wait(observer)
+        finally:
+            self.cancel()
+
 
 class LocalExecutor(Executor):
-    """One trial at a time in this process: for debugging, and tests that need no parallelism.
-
-    No timeout is enforced here: a trial is bounded by its own budget.
-    """
+    """One trial at a time in this process: for debugging, exactly reproducible searches,
+    and tests that need no parallelism. No timeout is enforced here: a trial is bounded
+    by its own budget."""
 
     capacity = 1
 
     def __init__(self) -> None:
         self._data: TrialData | None = None
+        self._queue: list[TrialJob] = []
 
     def load_data(self, data: TrialData) -> None:
         self._data = data
 
-    def run(self, jobs: Sequence[TrialJob], observer: TrialObserver) -> None:
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job: TrialJob, observer: TrialObserver) -> None:
+        self._queue.append(job)
+
+    def wait(self, observer: TrialObserver) -> None:
         assert self._data is not None, "load_data first"
-        for job in jobs:
-            observer.started(job, 0)
-            observer.finished(job, execute_job(job, self._data))
+        job = self._queue[0]
+        observer.started(job, 0)
+        outcome = execute_job(job, self._data)
+        self._queue.pop(0)
+        observer.finished(job, outcome)
+
+    def cancel(self) -> None:
+        self._queue.clear()
 
 
 @dataclass
@@ -141,8 +186,7 @@ class _InFlight:
 
 class RayExecutor(Executor):
     """Trials as Ray tasks, each with the space's resources; at most `capacity` in flight,
-    so a trial's timeout counts from when it really starts and no worker waits while
-    jobs remain."""
+    so a trial's timeout counts from when it really starts."""
 
     def __init__(
         self,
@@ -171,48 +215,47 @@ class RayExecutor(Executor):
         )
         self._threads = max(1, int(cpus))
         self._data_ref: Any = None
+        self._flights: dict[Any, _InFlight] = {}
 
     def load_data(self, data: TrialData) -> None:
         self._data_ref = self._ray.put(data)
 
-    def run(self, jobs: Sequence[TrialJob], observer: TrialObserver) -> None:
-        pending = list(jobs)[::-1]
-        in_flight: dict[Any, _InFlight] = {}
-        try:
-            while pending or in_flight:
-                while pending and len(in_flight) < self.capacity:
-                    self._dispatch(pending.pop(), 0, in_flight, observer)
-                done, _ = self._ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                for ref in done:
-                    self._collect(ref, in_flight, pending, observer)
-                self._expire(in_flight, observer)
-        finally:
-            for ref in in_flight:
-                self._ray.cancel(ref, force=True)
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
 
-    def _dispatch(
-        self, job: TrialJob, attempt: int, in_flight: dict[Any, _InFlight], observer: TrialObserver
-    ) -> None:
+    def submit(self, job: TrialJob, observer: TrialObserver) -> None:
+        self._dispatch(job, 0, observer)
+
+    def wait(self, observer: TrialObserver) -> None:
+        ended = 0
+        while self._flights and not ended:
+            done, _ = self._ray.wait(list(self._flights), num_returns=1, timeout=1.0)
+            for ref in done:
+                ended += self._collect(ref, observer)
+            ended += self._expire(observer)
+
+    def cancel(self) -> None:
+        for ref in self._flights:
+            self._ray.cancel(ref, force=True)
+        self._flights.clear()
+
+    def _dispatch(self, job: TrialJob, attempt: int, observer: TrialObserver) -> None:
         job_here = replace(job, train=replace(job.train, threads=self._threads))
         ref = self._remote.remote(job_here, self._data_ref)
-        in_flight[ref] = _InFlight(job, attempt, time.time())
+        self._flights[ref] = _InFlight(job, attempt, time.time())
         observer.started(job, attempt)
 
-    def _collect(
-        self,
-        ref: Any,
-        in_flight: dict[Any, _InFlight],
-        pending: list[TrialJob],
-        observer: TrialObserver,
-    ) -> None:
+    def _collect(self, ref: Any, observer: TrialObserver) -> int:
+        """Report the task's outcome, or retry it; returns 1 when the job ended."""
         from ray import exceptions as rx
 
-        flight = in_flight.pop(ref)
+        flight = self._flights.pop(ref)
         try:
             observer.finished(flight.job, self._ray.get(ref))
         except rx.OutOfMemoryError as err:
             error = f"out of memory: killed by Ray's memory monitor ({first_line(err)})"
-            observer.finished(flight.job, failed_outcome("failed", error, flight.dispatched))
+            self._fail(flight, TrialStatus.FAILED, error, observer)
         except (
             rx.WorkerCrashedError,
             rx.NodeDiedError,
@@ -222,25 +265,34 @@ class RayExecutor(Executor):
             error = f"worker lost: {type(err).__name__}: {first_line(err)}"
             if flight.attempt < self.retries:
                 observer.retrying(flight.job, flight.attempt + 1, error)
-                self._dispatch(flight.job, flight.attempt + 1, in_flight, observer)
-            else:
-                error += f" (after {flight.attempt + 1} attempts)"
-                observer.finished(flight.job, failed_outcome("failed", error, flight.dispatched))
+                self._dispatch(flight.job, flight.attempt + 1, observer)
+                return 0
+            error += f" (after {flight.attempt + 1} attempts)"
+            self._fail(flight, TrialStatus.FAILED, error, observer)
         except rx.RayTaskError as err:  # run_trial catches its own errors; this is a bug
             cause = err.cause or err
             error = f"trial raised {type(cause).__name__}: {first_line(cause)}"
-            observer.finished(flight.job, failed_outcome("failed", error, flight.dispatched))
+            self._fail(flight, TrialStatus.FAILED, error, observer)
+        return 1
 
-    def _expire(self, in_flight: dict[Any, _InFlight], observer: TrialObserver) -> None:
-        now = time.time()
-        for ref, flight in list(in_flight.items()):
+    def _fail(
+        self, flight: _InFlight, status: TrialStatus, error: str, observer: TrialObserver
+    ) -> None:
+        observer.finished(flight.job, failed_outcome(status, error, flight.dispatched))
+
+    def _expire(self, observer: TrialObserver) -> int:
+        now, ended = time.time(), 0
+        for ref, flight in list(self._flights.items()):
             if now - flight.dispatched > self.timeout_s:
                 self._ray.cancel(ref, force=True)
-                del in_flight[ref]
+                del self._flights[ref]
                 error = f"timed out after {self.timeout_s:g} s"
-                observer.finished(flight.job, failed_outcome("timeout", error, flight.dispatched))
+                self._fail(flight, TrialStatus.TIMEOUT, error, observer)
+                ended += 1
+        return ended
 
     def close(self) -> None:
+        self.cancel()
         self._data_ref = None
 
 

@@ -1,5 +1,11 @@
-"""Promotion: train the best genome of a search properly, as a model directory that
-`llm eval` and `llm generate` accept."""
+"""Promotion: train a genome of a search properly, as a model directory that `llm eval`
+and `llm generate` accept.
+
+By default the genome is the best at the highest rung the search reached (the rung
+nearest the budget that matters), by the first objective, and the budget is the space's
+`search.target`. The promoted run trains with the genome's own seed and schedule, so
+when the top rung is the target, the promoted model is the one the search scored.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from evo.driver import load_run_space
+from evo.metrics import TrialStatus
 from evo.space import SearchSpace
 from evo.storage import Storage, TrialRecord
+from evo.trials import trial_seed
 from llm.config import RunConfig
 from llm.errors import UserError
 from llm.train import train_run
@@ -25,46 +33,58 @@ class Budget:
     def is_set(self) -> bool:
         return any(v is not None for v in dataclasses.astuple(self))
 
+    def limits(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-DEFAULT_BUDGET = Budget(max_steps=2000)
+
+DEFAULT_BUDGET = Budget(max_steps=2000)  # for a space without a target
 
 
 def pick_trial(
     storage: Storage, run: str, space: SearchSpace, genome_id: int | None, objective: str | None
 ) -> TrialRecord:
-    """The successful trial of `genome_id`, else the best by `objective` (default: the first)."""
-    done = [t for t in storage.trials(run) if t.status == "done"]
+    """The successful trial of `genome_id` at its highest rung, else the best by
+    `objective` (default: the first) at the highest rung with a success."""
+    done = [t for t in storage.trials(run) if t.status is TrialStatus.DONE]
     if genome_id is not None:
-        for trial in done:
-            if trial.genome_id == genome_id:
-                return trial
-        raise UserError(f"run {run!r} has no successful trial of genome {genome_id}")
-    objectives = {o.metric: o.direction for o in space.search.objectives}
+        done = [t for t in done if t.genome_id == genome_id]
+        if not done:
+            raise UserError(f"run {run!r} has no successful trial of genome {genome_id}")
+        return max(done, key=lambda t: (t.rung, t.id))
+    objectives = {o.metric: o for o in space.search.objectives}
     metric = objective or space.search.objectives[0].metric
     if metric not in objectives:
         raise UserError(f"{metric!r} is not an objective of run {run!r}: {', '.join(objectives)}")
     scored = [t for t in done if t.metric(metric) is not None]
     if not scored:
         raise UserError(f"run {run!r} has no successful trial to promote yet")
-    sign = 1.0 if objectives[metric] == "min" else -1.0
-    return min(scored, key=lambda t: sign * (t.metric(metric) or 0.0))
+    top = max(t.rung for t in scored)
+    sign = objectives[metric].sign
+    return min((t for t in scored if t.rung == top), key=lambda t: sign * (t.metric(metric) or 0.0))
+
+
+def promotion_budget(space: SearchSpace, budget: Budget) -> dict[str, float]:
+    """The budget asked for, else the space's target, else DEFAULT_BUDGET."""
+    if budget.is_set():
+        return budget.limits()
+    return space.target_budget() or DEFAULT_BUDGET.limits()
 
 
 def promotion_config(
-    space: SearchSpace, genes: dict[str, Any], budget: Budget, corpus: str | None
+    space: SearchSpace, genes: dict[str, Any], budget: dict[str, float], corpus: str | None
 ) -> RunConfig:
     """The genome's model and training settings with a pretraining budget, on the search's
     corpus and tokenizer (or on `corpus`, with a tokenizer of the same kind trained for it)."""
     model = space.model_config(genes, vocab_size=None)  # the tokenizer sets it
-    trial = space.train_config(genes)
-    budget = budget if budget.is_set() else DEFAULT_BUDGET
+    train = space.train_config(genes, budget)
+    steps = train.max_steps or 1000
     train = dataclasses.replace(
-        trial,
-        **dataclasses.asdict(budget),
-        eval_interval=max(1, (budget.max_steps or 1000) // 10),
-        checkpoint_interval=max(1, (budget.max_steps or 1000) // 5),
+        train,
+        eval_interval=max(1, steps // 10),
+        checkpoint_interval=max(1, steps // 5),
         threads=None,
         device="auto",
+        seed=trial_seed(space.search.seed, genes),
     )
     data = space.data_config()
     if corpus is not None:
@@ -86,7 +106,7 @@ def promote(
     space = load_run_space(storage, run)
     trial = pick_trial(storage, run, space, genome_id, objective)
     genes = storage.genomes(run)[trial.genome_id]
-    config = promotion_config(space, genes, budget, corpus)
+    config = promotion_config(space, genes, promotion_budget(space, budget), corpus)
     out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{trial.genome_id}"
     promotion = storage.record_promotion(run, trial.genome_id, str(out_dir), "running", None)
     try:
@@ -96,7 +116,16 @@ def promote(
         raise
     metrics = None
     if outcome.final is not None:
-        metrics = {**dataclasses.asdict(outcome.final), "steps": outcome.step}
+        final = outcome.final
+        metrics = {
+            "val_loss": final.loss,
+            "perplexity": final.perplexity,
+            "bits_per_byte": final.bits_per_byte,
+            "accuracy": final.accuracy,
+            "eval_tokens": final.tokens,
+            "steps": outcome.step,
+            "tokens": outcome.tokens,
+        }
     status = {"ok": "finished", "diverged": "diverged"}.get(outcome.status, outcome.status)
     if outcome.stop_reason == "interrupted":
         status = "interrupted"

@@ -21,13 +21,15 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from evo.metrics import METRICS, TrialStatus
 from evo.space import Domain, Objective, SearchSpace, space_from_dict
-from evo.storage import METRICS, TRIAL_STATUSES, RunInfo, Storage
+from evo.storage import TRIAL_STATUSES, RunInfo, Storage
 from llm.atomic import atomic_path, write_text
 from llm.errors import ConfigError, UserError
 
-SUCCESS = "done"
-FAILURES = ("failed", "timeout", "invalid", "diverged")
+SUCCESS = TrialStatus.DONE.value
+FAILURES = tuple(status.value for status in TrialStatus if status.is_failure)
+ACTIVE = tuple(status.value for status in TrialStatus if status.is_active)
 TOP_CURVES = 5
 NO_SUCCESS = "No successful trials yet."
 MISSING = "(missing)"  # the category of a gene a genome lacks
@@ -67,7 +69,7 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Dat
     in one. Equal trials do not dominate each other, so ties stay on the front together.
     """
     finished = successful_trials(frame, objectives)
-    signs = np.array([1.0 if o.direction == "min" else -1.0 for o in objectives])
+    signs = np.array([o.sign for o in objectives])
     costs = finished[[o.metric for o in objectives]].to_numpy(dtype=float) * signs
     dominated = np.array(
         [np.any((costs <= cost).all(axis=1) & (costs < cost).any(axis=1)) for cost in costs],
@@ -130,7 +132,7 @@ def _summary(
         (
             "trials",
             f"{int((statuses == SUCCESS).sum())} done, {int(statuses.isin(FAILURES).sum())} "
-            f"failed, {int(statuses.isin(('queued', 'running')).sum())} queued or running",
+            f"failed, {int(statuses.isin(ACTIVE).sum())} queued or running",
         ),
         ("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in objectives)),
     ]
@@ -166,7 +168,7 @@ def _progress(finished: pd.DataFrame, objectives: Sequence[Objective]) -> str:
     colors = {"best": qualitative.Plotly[0], "median": qualitative.Plotly[1]}
     for row, objective in enumerate(objectives, start=1):
         values = finished.groupby("generation")[objective.metric]
-        best = values.min() if objective.direction == "min" else values.max()
+        best = values.agg(objective.best)
         for name, series in (("best", best), ("median", values.median())):
             trace = go.Scatter(
                 x=series.index,
@@ -249,7 +251,7 @@ def _genes(finished: pd.DataFrame, space: SearchSpace, objectives: Sequence[Obje
     line = {
         "color": finished[first.metric].to_numpy(dtype=float),
         "colorscale": "Viridis",
-        "reversescale": first.direction == "min",
+        "reversescale": first.sign > 0,
         "showscale": True,
         "colorbar": {"title": {"text": first.metric}},
     }
@@ -385,7 +387,7 @@ def _promotions(storage: Storage, run: str) -> str:
 
 def _ranked(frame: pd.DataFrame, objective: Objective) -> pd.DataFrame:
     """The rows best first by the objective; ties keep their order."""
-    ascending = objective.direction == "min"
+    ascending = objective.sign > 0
     return frame.sort_values(objective.metric, ascending=ascending, kind="stable")
 
 
@@ -432,7 +434,7 @@ def _hover_texts(frame: pd.DataFrame) -> list[str]:
 
 
 def _axis_title(objective: Objective) -> str:
-    better = "lower" if objective.direction == "min" else "higher"
+    better = "lower" if objective.sign > 0 else "higher"
     return f"{objective.metric} ({better} is better)"
 
 

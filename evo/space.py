@@ -3,9 +3,11 @@
 A space is one YAML file with six sections: `genes` (what varies and over which
 values), `fixed` (model and training settings every trial shares), `constraints`
 (ceilings on size and cost), `data` (corpus, tokenizer, optional adapt stage), `trial`
-(the budget and resources of one trial) and `search` (population, operators and the
+(the resources of one trial, and its budget when there are no rungs) and `search` (the
+mode, the target budget, the rungs, the search's own budget, the operators and the
 objectives). A genome is a dict from gene name to value, in the space's gene order;
-`model_config` and `train_config` turn it into the configs a trial runs.
+`model_config` and `train_config` turn it into the configs a trial runs, and `ladder`
+gives the budgets a genome is trained and scored at.
 
 Every error names the file and the key path (`genes.n_heads.choice[2]`). A space in
 which no genome is valid is refused when it is loaded, not after hours of search.
@@ -30,6 +32,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -37,6 +40,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from evo.metrics import METRICS, OBJECTIVE_METRICS, Direction, best, better, cost_sign
 from llm.config import (
     DataConfig,
     ModelConfig,
@@ -46,9 +50,9 @@ from llm.config import (
     load_yaml,
 )
 from llm.errors import ConfigError
-from llm.trial import METRIC_DIRECTIONS
 
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_seconds")
+BudgetKey = Literal["max_steps", "max_tokens", "max_seconds"]
 
 # Genes that are not config fields: the adapt stage's LoRA rank (0: full fine-tuning),
 # and the MLP width as a multiple of d_model, which keeps d_ff in proportion as d_model varies.
@@ -72,7 +76,9 @@ MODEL_TYPES = _field_types(ModelConfig)
 TRAIN_TYPES = _field_types(TrainConfig)
 # Settings a space may not vary or fix, and what to do instead.
 REFUSED_MODEL = {"vocab_size": "the vocabulary size is set by data.vocab_size"}
-REFUSED_TRAIN = dict.fromkeys(BUDGET_KEYS, "the budget is set in trial (and data.adapt)")
+REFUSED_TRAIN = dict.fromkeys(
+    BUDGET_KEYS, "budgets are set by search.target and the rungs, or trial (and data.adapt)"
+)
 GENE_TYPES: dict[str, Any] = {
     **{k: v for k, v in MODEL_TYPES.items() if k not in REFUSED_MODEL},
     **{k: v for k, v in TRAIN_TYPES.items() if k not in REFUSED_TRAIN},
@@ -314,9 +320,33 @@ class _Budget(_Section):
 
     @model_validator(mode="after")
     def _has_budget(self) -> _Budget:
-        if all(getattr(self, key) is None for key in BUDGET_KEYS):
+        if not self.budget():
             raise _Problem((), "set a budget: max_steps, max_tokens or max_seconds")
         return self
+
+    def budget(self) -> dict[str, float]:
+        """The limits that are set, as TrainConfig fields."""
+        return {key: getattr(self, key) for key in BUDGET_KEYS if getattr(self, key) is not None}
+
+
+class Target(_Budget):
+    """The training budget the promoted model gets: one of max_steps, max_tokens or
+    max_seconds. Rung budgets are in its unit."""
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Target:
+        if len(self.budget()) > 1:
+            raise _Problem((), "set one of max_steps, max_tokens or max_seconds, not several")
+        return self
+
+    @property
+    def unit(self) -> BudgetKey:
+        (key,) = self.budget()
+        return typing.cast(BudgetKey, key)
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.unit))
 
 
 class Adapt(_Budget):
@@ -351,17 +381,41 @@ class Resources(_Section):
         return self
 
 
-class Trial(_Budget):
+class Trial(_Section):
+    """One trial: what it reserves, when it is given up, how often a lost worker is
+    retried, and its budget when the search has no rungs (generational mode)."""
+
+    max_steps: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0)
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float | None = Field(None, gt=0)  # None: from the budget (see SearchSpace)
     retries: int = Field(2, ge=0)
+
+    def budget(self) -> dict[str, float]:
+        return {key: getattr(self, key) for key in BUDGET_KEYS if getattr(self, key) is not None}
+
+
+class SearchBudget(_Section):
+    """What a search may spend before it ends, whichever limit comes first: training
+    steps or tokens over all its trials, worker-seconds (a trial's wall time times the
+    workers it holds, one each), or a number of trials (one per genome and rung)."""
+
+    steps: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0)
+    worker_seconds: float | None = Field(None, gt=0)
+    trials: int | None = Field(None, gt=0)
+
+    def limits(self) -> dict[str, float]:
+        names = ("steps", "tokens", "worker_seconds", "trials")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class Objective(_Section):
     """A TrialResult metric to optimise; written `{metric: m, direction: min}` or just `m`."""
 
     metric: str
-    direction: Literal["min", "max"] | None = None  # None: the metric's natural direction
+    direction: Direction | None = None  # None: the metric's natural direction
 
     @model_validator(mode="before")
     @classmethod
@@ -370,17 +424,51 @@ class Objective(_Section):
 
     @model_validator(mode="after")
     def _known_metric(self) -> Objective:
-        if self.metric not in METRIC_DIRECTIONS:
-            valid = ", ".join(METRIC_DIRECTIONS)
+        if self.metric not in OBJECTIVE_METRICS:
+            valid = ", ".join(OBJECTIVE_METRICS)
             raise _Problem(("metric",), f"unknown metric {self.metric!r}; expected one of: {valid}")
         if self.direction is None:
-            self.direction = METRIC_DIRECTIONS[self.metric]
+            self.direction = METRICS[self.metric].direction
         return self
 
+    @property
+    def way(self) -> Direction:
+        assert self.direction is not None  # set by validation
+        return self.direction
 
-class Search(_Section):
+    @property
+    def sign(self) -> float:
+        """+1 to minimise, -1 to maximise: sign × value is a cost, lower is better."""
+        return cost_sign(self.way)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value `a` is strictly better than `b`."""
+        return better(self.way, a, b)
+
+    def best(self, values: Any) -> float:
+        """The best of the finite values; NaN when there is none."""
+        return best(self.way, values)
+
+
+Mode = Literal["steady_state", "generational"]
+DEFAULT_GENERATIONS = 5
+
+
+class SearchSettings(_Section):
+    """How the search proceeds (the `search` section): its mode, the budget it trains
+    genomes towards (`target`), the rungs it scores them at, what it may spend, and the
+    evolution's own settings."""
+
+    mode: Mode = "steady_state"
     population: int = Field(16, ge=2)
-    generations: int = Field(5, ge=1)
+    generations: int | None = Field(None, ge=1)  # generational mode; default 5
+    target: Target | None = None
+    rungs: list[float] | None = Field(None, min_length=1)
+    min_budget: float | None = Field(None, gt=0)
+    max_budget: float | None = Field(None, gt=0)  # None: the target
+    eta: float = Field(3.0, ge=2)
+    budget: SearchBudget = Field(default_factory=SearchBudget)
+    _rungs: list[float] | None = PrivateAttr(None)
     crossover_prob: float = Field(0.9, ge=0, le=1)  # per pair of parents
     mutation_prob: float = Field(1.0, ge=0, le=1)  # per offspring, after crossover
     mutation_gene_prob: float | None = Field(None, gt=0, le=1)  # None: 1 / number of genes
@@ -392,7 +480,7 @@ class Search(_Section):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> Search:
+    def _check(self) -> SearchSettings:
         metrics = [o.metric for o in self.objectives]
         for i, metric in enumerate(metrics):
             if metric in metrics[:i]:
@@ -403,7 +491,73 @@ class Search(_Section):
             raise _Problem(
                 ("selection",), "tournament selection needs a single objective; use nsga2"
             )
+        if self.mode == "generational":
+            self._check_generational()
+        else:
+            self._check_steady_state()
         return self
+
+    def _check_generational(self) -> None:
+        for key in ("rungs", "min_budget", "max_budget"):
+            if getattr(self, key) is not None:
+                raise _Problem((key,), "rungs need mode: steady_state")
+        if self.generations is None:
+            self.generations = DEFAULT_GENERATIONS
+
+    def _check_steady_state(self) -> None:
+        if self.generations is not None:
+            raise _Problem(
+                ("generations",),
+                "applies to mode: generational; a steady_state search ends at search.budget",
+            )
+        if not self.budget.limits():
+            raise _Problem(
+                ("budget",),
+                "set what the search may spend (steps, tokens, worker_seconds and/or trials),"
+                " or set mode: generational",
+            )
+        if self.rungs is not None and self.min_budget is not None:
+            raise _Problem(("rungs",), "set rungs or min_budget, not both")
+        if self.max_budget is not None and self.min_budget is None:
+            raise _Problem(("max_budget",), "max_budget needs min_budget")
+        if (self.rungs is not None or self.min_budget is not None) and self.target is None:
+            raise _Problem(("target",), "rungs need a target budget, in the rungs' unit")
+        if self.target is not None:
+            self._rungs = self._rung_budgets(self.target)
+
+    @property
+    def rung_values(self) -> list[float] | None:
+        """The rungs' budgets in the target's unit, lowest first; None without a target."""
+        return self._rungs
+
+    def _rung_budgets(self, target: Target) -> list[float]:
+        """Check and resolve the rungs: explicit, geometric from min_budget by eta, or
+        the target alone."""
+        whole = target.unit != "max_seconds"
+        if self.rungs is not None:
+            rungs = self.rungs
+            for i, rung in enumerate(rungs):
+                if rung <= 0 or (whole and rung != int(rung)):
+                    kind = "a positive whole number" if whole else "positive"
+                    raise _Problem(("rungs", i), f"a rung must be {kind} (got {rung})")
+                if i and rung <= rungs[i - 1]:
+                    raise _Problem(("rungs", i), "rungs must increase")
+            top = rungs[-1]
+            where: tuple[str | int, ...] = ("rungs", len(rungs) - 1)
+        elif self.min_budget is not None:
+            top = self.max_budget if self.max_budget is not None else target.value
+            where = ("max_budget",) if self.max_budget is not None else ("target",)
+            if self.min_budget > top:
+                raise _Problem(("min_budget",), f"is above the top rung ({top:g})")
+            count = math.floor(math.log(top / self.min_budget, self.eta) + 1e-9) + 1
+            rungs = [top / self.eta ** (count - 1 - k) for k in range(count)]
+            if whole:
+                rungs = sorted({max(1, round(r)) for r in rungs})
+        else:
+            return [target.value]
+        if top > target.value:
+            raise _Problem(where, f"the top rung ({top:g}) is above the target ({target.value:g})")
+        return [float(int(r)) if whole else float(r) for r in rungs]
 
 
 @pydantic_dataclass(kw_only=True, config=ConfigDict(extra="forbid"))
@@ -415,8 +569,8 @@ class SearchSpace:
     fixed: Fixed = Field(default_factory=Fixed)
     constraints: Constraints = Field(default_factory=Constraints)
     data: Data = Field(default_factory=Data)
-    trial: Trial
-    search: Search = Field(default_factory=Search)
+    trial: Trial = Field(default_factory=Trial)
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
     @field_validator("genes")
     @classmethod
@@ -444,6 +598,9 @@ class SearchSpace:
             )
         if self.search.mutation_gene_prob is None:
             self.search.mutation_gene_prob = 1 / len(self.genes)
+        self._check_trial_budget()
+        if len(self.rung_budgets()) > 1:
+            self._check_continuable()
         if self.trial.timeout_s is None:
             self.trial.timeout_s = self._default_timeout()
         infeasible = self._infeasibility()
@@ -451,14 +608,67 @@ class SearchSpace:
             raise _Problem(("genes",), infeasible)
         return self
 
+    def _check_trial_budget(self) -> None:
+        """A trial's budget comes from the trial section or from the rungs, never both."""
+        has_budget = bool(self.trial.budget())
+        if self.search.rung_values is not None and has_budget:
+            key = next(iter(self.trial.budget()))
+            raise _Problem(
+                ("trial", key),
+                "search.target and the rungs set each trial's budget; remove it here",
+            )
+        if self.search.rung_values is None and not has_budget:
+            raise _Problem(
+                ("trial",),
+                "set a budget: max_steps, max_tokens or max_seconds (or search.target)",
+            )
+
+    def _check_continuable(self) -> None:
+        """Rungs continue a genome from the checkpoint where its cool-down began, which
+        only a wsd schedule has; its stable phase must outlast warmup at the lowest rung."""
+        if "schedule" in self.genes:
+            raise _Problem(("genes", "schedule"), "rungs need schedule: wsd; it cannot vary")
+        if self.fixed.train.get("schedule", "wsd") != "wsd":
+            raise _Problem(
+                ("fixed", "train", "schedule"), "rungs continue trials, which needs schedule: wsd"
+            )
+        lowest = self.rung_budgets()[0].get("max_steps")
+        varying = {"warmup_steps", "decay_fraction"} & set(self.genes)
+        if lowest is None or varying:
+            return
+        train = TrainConfig(**{**self.fixed.train, "max_steps": 1})
+        stable = (1 - train.decay_fraction) * lowest
+        if train.warmup_steps >= stable:
+            raise _Problem(
+                ("search", "rungs" if self.search.min_budget is None else "min_budget"),
+                f"the lowest rung ({lowest:g} steps) cools down after {stable:g} steps, "
+                f"before warmup ({train.warmup_steps} steps) ends; raise it or lower "
+                "fixed.train.warmup_steps",
+            )
+
     def _default_timeout(self) -> float:
-        """Three times the time budget plus a minute for start-up; 10 minutes when a stage
-        has no time budget."""
-        stages: list[_Budget] = [self.trial, *([self.data.adapt] if self.data.adapt else [])]
-        seconds = [s.max_seconds for s in stages]
+        """Three times the time budget of the longest trial plus a minute for start-up;
+        10 minutes when a stage has no time budget."""
+        longest = self.rung_budgets()[-1]
+        stages = [longest, *([self.data.adapt.budget()] if self.data.adapt else [])]
+        seconds = [stage.get("max_seconds") for stage in stages]
         if any(s is None for s in seconds):
             return 600.0
         return 3 * math.fsum(s for s in seconds if s is not None) + 60
+
+    def rung_budgets(self) -> list[dict[str, float]]:
+        """The budget of each rung, lowest first, as TrainConfig fields (max_steps, …): the
+        search's rungs in the target's unit, or the trial's budget as a single rung."""
+        target, rungs = self.search.target, self.search.rung_values
+        if rungs is None or target is None:
+            return [self.trial.budget()]
+        whole = target.unit != "max_seconds"
+        return [{target.unit: int(r) if whole else r} for r in rungs]
+
+    def target_budget(self) -> dict[str, float] | None:
+        """The budget the promoted model trains for, when the space names one."""
+        target = self.search.target
+        return None if target is None else target.budget()
 
     def _infeasibility(self) -> str | None:
         """Why no genome of this space is valid, or None when one is. Floats are checked at
@@ -548,11 +758,17 @@ class SearchSpace:
             config = dataclasses.replace(config, d_ff=d_ff)
         return config
 
-    def train_config(self, genome: dict[str, Any]) -> TrainConfig:
-        """The genome's pretraining: fixed.train, then the training genes, then the trial budget."""
+    def train_config(
+        self, genome: dict[str, Any], budget: dict[str, float] | None = None
+    ) -> TrainConfig:
+        """The genome's pretraining: fixed.train, then the training genes, then `budget`
+        (default: the top rung's). With several rungs the schedule is wsd, whose stable
+        phase lets a trial continue to a larger budget."""
         genes = {k: v for k, v in genome.items() if k in TRAIN_TYPES}
-        budget = {key: getattr(self.trial, key) for key in BUDGET_KEYS}
-        return TrainConfig(**{**self.fixed.train, **genes, **budget})
+        budgets = self.rung_budgets()
+        schedule = {"schedule": "wsd"} if len(budgets) > 1 else {}
+        limits = dict.fromkeys(BUDGET_KEYS) | (budget if budget is not None else budgets[-1])
+        return TrainConfig(**{**schedule, **self.fixed.train, **genes, **limits})
 
     def adapt_train_config(self, genome: dict[str, Any]) -> TrainConfig | None:
         """The adapt stage's training: as pretraining, with its own budget and optionally its
@@ -563,7 +779,7 @@ class SearchSpace:
         train = self.train_config(genome)
         return dataclasses.replace(
             train,
-            **{key: getattr(adapt, key) for key in BUDGET_KEYS},
+            **{**dict.fromkeys(BUDGET_KEYS), **adapt.budget()},
             learning_rate=adapt.learning_rate or train.learning_rate,
             batch_size=adapt.batch_size or train.batch_size,
         )
@@ -584,7 +800,7 @@ class SearchSpace:
 
     def objective_weights(self) -> tuple[float, ...]:
         """DEAP fitness weights: -1.0 to minimise an objective, +1.0 to maximise it."""
-        return tuple(-1.0 if o.direction == "min" else 1.0 for o in self.search.objectives)
+        return tuple(-o.sign for o in self.search.objectives)
 
     def canonical_yaml(self) -> str:
         """The validated space, defaults and overrides resolved, as YAML that loads back to it."""

@@ -38,11 +38,7 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     front = pareto_front(frame, objectives)
     for objective in objectives:
         if len(front):
-            best = (
-                front[objective.metric].min()
-                if objective.direction == "min"
-                else front[objective.metric].max()
-            )
+            best = objective.best(front[objective.metric])
             console.print(f"best {objective.metric} ({objective.direction}): {best:.4g}")
     table = Table(title="Pareto front" if len(objectives) > 1 else "best trials")
     table.add_column("genome", justify="right")

@@ -1,18 +1,48 @@
-"""What `evo run` shows while it works: a live panel on a terminal, plain lines elsewhere."""
+"""What `evo run` shows while it works: a live panel on a terminal, plain lines elsewhere.
+
+A search talks to its view through `SearchView`: progress (a generation's trials, or
+the share of the search's budget spent), each trial's start and end, and notes.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from evo.executor import TrialOutcome
+from evo.metrics import TrialStatus
 from evo.space import SearchSpace
+
+
+class SearchView(Protocol):
+    """What a live display is told by a search."""
+
+    def progress(self, description: str, done: float, total: float) -> None: ...
+    def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None: ...
+    def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class QuietView:
+    """A view that shows nothing (library use, benchmarks, tests)."""
+
+    def progress(self, description: str, done: float, total: float) -> None:
+        pass
+
+    def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None:
+        pass
+
+    def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
 
 
 def genes_text(genes: dict[str, Any]) -> str:
@@ -22,32 +52,40 @@ def genes_text(genes: dict[str, Any]) -> str:
 
 
 class Best:
-    """The best value of each objective over the trials seen so far."""
+    """The best value of each objective at the highest rung reached so far."""
 
     def __init__(self, space: SearchSpace) -> None:
-        self.objectives = [(o.metric, o.direction) for o in space.search.objectives]
+        self.objectives = space.search.objectives
+        self.rungs = len(space.rung_budgets())
+        self.rung = -1
         self.values: dict[str, float] = {}
 
-    def update(self, outcome: TrialOutcome) -> None:
-        if outcome.status != "done":
+    def update(self, rung: int, outcome: TrialOutcome) -> None:
+        if outcome.status is not TrialStatus.DONE or rung < self.rung:
             return
-        for metric, direction in self.objectives:
-            value = outcome.result.metric(metric)
+        if rung > self.rung:
+            self.rung, self.values = rung, {}
+        for objective in self.objectives:
+            value = outcome.result.metric(objective.metric)
             if value is None:
                 continue
-            old = self.values.get(metric)
-            better = old is None or (value < old if direction == "min" else value > old)
-            if better:
-                self.values[metric] = value
+            old = self.values.get(objective.metric)
+            if old is None or objective.better(value, old):
+                self.values[objective.metric] = value
 
     def text(self) -> str:
-        return ", ".join(
-            f"{m} {self.values[m]:.4g}" for m, _ in self.objectives if m in self.values
+        values = ", ".join(
+            f"{o.metric} {self.values[o.metric]:.4g}"
+            for o in self.objectives
+            if o.metric in self.values
         )
+        if not values or self.rungs == 1:
+            return values
+        return f"{values} (rung {self.rung + 1} of {self.rungs})"
 
 
 class LiveView:
-    """Generation progress, the trials running now, and the best value per objective."""
+    """Progress, the trials running now, and the best value per objective."""
 
     def __init__(self, space: SearchSpace, name: str, console: Console | None = None) -> None:
         self.space, self.name = space, name
@@ -55,14 +93,14 @@ class LiveView:
         self.best = Best(space)
         self.running: dict[str, float] = {}
         self.failures = 0
-        self.progress = Progress(
+        self.progress_bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TaskProgressColumn(),
             TimeElapsedColumn(),
             console=self.console,
         )
-        self.task = self.progress.add_task("generation", total=1)
+        self.task = self.progress_bar.add_task("starting", total=1)
         self.live = Live(self._render(), console=self.console, refresh_per_second=4)
 
     def __enter__(self) -> LiveView:
@@ -76,43 +114,42 @@ class LiveView:
     def _render(self) -> Group:
         table = Table(title="running trials", expand=True, show_edge=False)
         table.add_column("genome")
+        table.add_column("rung", justify="right")
         table.add_column("seconds", justify="right")
         now = time.time()
-        for genes, started in self.running.items():
-            table.add_row(genes, f"{now - started:.0f}")
+        for key, started in self.running.items():
+            genes, rung = key.rsplit("@", 1)
+            table.add_row(genes, rung, f"{now - started:.0f}")
         best = self.best.text() or "no successful trial yet"
         summary = f"[bold]{self.name}[/]  best: {best}  failed: {self.failures}"
-        return Group(self.progress, summary, table)
+        return Group(self.progress_bar, summary, table)
 
-    def generation_started(self, generation: int, trials: int) -> None:
-        total = self.space.search.generations
-        self.progress.reset(
-            self.task, total=max(trials, 1), description=f"generation {generation + 1}/{total}"
-        )
+    def progress(self, description: str, done: float, total: float) -> None:
+        self.progress_bar.update(self.task, description=description, completed=done, total=total)
         self.live.update(self._render())
 
-    def trial_started(self, genes: dict[str, Any], attempt: int) -> None:
-        self.running[genes_text(genes)] = time.time()
+    def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None:
+        self.running[f"{genes_text(genes)}@{rung + 1}"] = time.time()
         self.live.update(self._render())
 
-    def trial_finished(self, genes: dict[str, Any], outcome: TrialOutcome) -> None:
-        self.running.pop(genes_text(genes), None)
-        self.best.update(outcome)
-        self.failures += outcome.status != "done"
-        self.progress.advance(self.task)
+    def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
+        self.running.pop(f"{genes_text(genes)}@{rung + 1}", None)
+        self.best.update(rung, outcome)
+        self.failures += outcome.status is not TrialStatus.DONE
         self.live.update(self._render())
 
-    def generation_finished(self, generation: int, stats: dict[str, Any]) -> None:
-        self.console.log(f"generation {generation} done; best: {self.best.text()}")
+    def note(self, text: str) -> None:
+        self.console.log(f"{text}; best: {self.best.text()}")
         self.live.update(self._render())
 
 
 class LineView:
-    """One line per finished trial and generation, for logs and pipes."""
+    """One line per finished trial and note, for logs and pipes."""
 
     def __init__(self, space: SearchSpace, name: str) -> None:
         self.space, self.name = space, name
         self.best = Best(space)
+        self.rungs = len(space.rung_budgets())
 
     def __enter__(self) -> LineView:
         return self
@@ -120,26 +157,26 @@ class LineView:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def generation_started(self, generation: int, trials: int) -> None:
-        print(f"[{self.name}] generation {generation}: {trials} trials to run", file=sys.stderr)
-
-    def trial_started(self, genes: dict[str, Any], attempt: int) -> None:
+    def progress(self, description: str, done: float, total: float) -> None:
         pass
 
-    def trial_finished(self, genes: dict[str, Any], outcome: TrialOutcome) -> None:
-        self.best.update(outcome)
+    def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None:
+        pass
+
+    def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
+        self.best.update(rung, outcome)
         metrics = " ".join(
             f"{o.metric}={outcome.result.metric(o.metric):.4g}"
             for o in self.space.search.objectives
             if outcome.result.metric(o.metric) is not None
         )
-        detail = metrics if outcome.status == "done" else (outcome.result.error or "")
-        print(f"  {outcome.status:8} {detail}  [{genes_text(genes)}]", file=sys.stderr)
+        detail = metrics if outcome.status is TrialStatus.DONE else (outcome.result.error or "")
+        where = f"rung {rung + 1}/{self.rungs} " if self.rungs > 1 else ""
+        status = outcome.status.value
+        print(f"  {where}{status:8} {detail}  [{genes_text(genes)}]", file=sys.stderr)
 
-    def generation_finished(self, generation: int, stats: dict[str, Any]) -> None:
-        print(
-            f"[{self.name}] generation {generation} done; best: {self.best.text()}", file=sys.stderr
-        )
+    def note(self, text: str) -> None:
+        print(f"[{self.name}] {text}; best: {self.best.text()}", file=sys.stderr)
 
 
 def make_view(space: SearchSpace, name: str, quiet: bool = False) -> LiveView | LineView:

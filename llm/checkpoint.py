@@ -149,6 +149,23 @@ def save_checkpoint(
     at this step; only such checkpoints compete for best.
     """
     path = Path(out_dir) / CHECKPOINTS_DIR / f"step_{state.step:08d}"
+    save_training_state(
+        path, model=model, optimizer=optimizer, state=state, scaler=scaler, val_loss=val_loss
+    )
+    prune_checkpoints(out_dir, keep)
+    return path
+
+
+def save_training_state(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    scaler: torch.amp.GradScaler | None = None,
+    val_loss: float | None = None,
+) -> None:
+    """Write one checkpoint folder at `path`, whole or not at all (see `load_checkpoint`)."""
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS_FILE))
         write_json(tmp / CONFIG_FILE, dataclasses.asdict(model.config))
@@ -158,8 +175,6 @@ def save_checkpoint(
         torch.save(payload, tmp / STATE_FILE)
         summary = {"step": state.step, "tokens": state.tokens, "val_loss": val_loss}
         write_json(tmp / SUMMARY_FILE, summary)
-    prune_checkpoints(out_dir, keep)
-    return path
 
 
 def load_checkpoint(

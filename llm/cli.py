@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llm.cli_support import CommandLine
+from llm.data import TokenSplits
 from llm.errors import CheckpointError, UserError
 from llm.tokenizer import Tokenizer
-from llm.trial import TokenSplits
 
 if TYPE_CHECKING:
     from llm.generate import SamplingParams

@@ -24,6 +24,9 @@ Norm = Literal["rmsnorm", "layernorm"]
 Mlp = Literal["swiglu", "gelu"]
 TokenizerKind = Literal["bpe", "unigram", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
+# the peak rate until the last `decay_fraction` of the budget, then a cool-down to the floor.
+Schedule = Literal["cosine", "wsd"]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -153,7 +156,9 @@ class TrainConfig:
     seq_len: int = 128
     grad_accum: int = 1
     learning_rate: float = 3e-3
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the schedule decays to learning_rate * min_lr_ratio
+    schedule: Schedule = "cosine"
+    decay_fraction: float = 0.2  # wsd: the share of the budget spent cooling down
     warmup_steps: int = 20
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -190,6 +195,8 @@ class TrainConfig:
             out.append(f"learning_rate must be a positive number (got {self.learning_rate})")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             out.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            out.append(f"decay_fraction must be in (0, 1] (got {self.decay_fraction})")
         if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
             out.append("set a budget: max_steps, max_tokens or max_seconds")
         for name in ("max_steps", "max_tokens", "max_seconds"):

@@ -34,7 +34,6 @@ from llm.atomic import atomic_dir, write_json
 from llm.config import DataConfig
 from llm.errors import ConfigError, DataError, UserError
 from llm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
-from llm.trial import TokenSplits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,15 @@ STDLIB_EXCLUDED = frozenset({"test", "tests", "idle_test", "site-packages", "dis
 # Below this much text, starting worker processes costs more than it saves.
 PARALLEL_MIN_CHARS = 2_000_000
 CHUNK_CHARS = 256_000  # the unit of work (and of progress) when encoding
+
+
+@dataclass
+class TokenSplits:
+    """A tokenized corpus in memory: what training and evaluation read."""
+
+    train: np.ndarray  # 1-D token ids (uint16 or uint32)
+    val: np.ndarray
+    val_bytes: int  # UTF-8 bytes of the validation text, for bits per byte
 
 
 @dataclass(frozen=True)

@@ -39,14 +39,14 @@ from llm.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     save_model_dir,
+    save_training_state,
 )
 from llm.config import ModelConfig, RunConfig, TrainConfig, to_dict
-from llm.data import prepare, require_windows, train_batch
+from llm.data import TokenSplits, prepare, require_windows, train_batch
 from llm.errors import ConfigError
 from llm.evaluate import EvalResult, evaluate
 from llm.loss import next_token_loss
 from llm.model import Transformer
-from llm.trial import TokenSplits
 
 StopReason = Literal["max_steps", "max_tokens", "max_seconds", "diverged", "interrupted"]
 LogRecord = dict[str, Any]
@@ -62,6 +62,8 @@ class TrainOutcome:
     stop_reason: StopReason
     step: int
     tokens: int
+    first_step: int  # where this session started: 0, or the step of the resumed checkpoint
+    first_tokens: int
     seconds: float  # wall-clock, over all sessions of a resumed run
     final: EvalResult | None  # None when the run diverged or was interrupted
     best_val_loss: float | None
@@ -167,23 +169,60 @@ def learning_rate(
     config: TrainConfig, step: int, progress: float, warmup_end_progress: float | None = None
 ) -> float:
     """The rate for step `step` (0-based) at budget `progress`: linear warmup over
-    `warmup_steps`, then a cosine from the peak down to `learning_rate * min_lr_ratio`,
-    spread over the progress that remained when warmup ended.
+    `warmup_steps`, then the schedule's decay from the peak down to
+    `learning_rate * min_lr_ratio`.
 
-    Under a time budget only the run knows when warmup ended, and passes that progress
-    in; left out, it is computed from the step and token budgets alone.
+    cosine spreads a cosine over the progress that remained when warmup ended; under a
+    time budget only the run knows when that was, and passes it in (left out, it is
+    computed from the step and token budgets alone). wsd holds the peak until the last
+    `decay_fraction` of the budget and then cools down as 1 - sqrt of the cool-down's
+    progress, which ends lower than a linear decay in the same steps.
     """
     peak = config.learning_rate
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
+    floor = peak * config.min_lr_ratio
+    if config.schedule == "wsd":
+        cooled = (progress - (1.0 - config.decay_fraction)) / config.decay_fraction
+        return floor + (peak - floor) * (1.0 - math.sqrt(min(max(cooled, 0.0), 1.0)))
     if warmup_end_progress is None:
         warmup = config.warmup_steps
         warmup_end_progress = budget_progress(config, warmup, warmup * config.tokens_per_step, 0)
-    floor = peak * config.min_lr_ratio
     remaining = 1.0 - warmup_end_progress
     done = 1.0 if remaining <= 0 else (progress - warmup_end_progress) / remaining
     done = min(max(done, 0.0), 1.0)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def cooling_down(config: TrainConfig, progress: float) -> bool:
+    """Whether a wsd schedule has left its stable phase at budget `progress`. Until then
+    the rate does not depend on the budget, so the state of a run can continue under any
+    larger budget exactly as if that budget had been set from the start."""
+    return config.schedule == "wsd" and progress >= 1.0 - config.decay_fraction
+
+
+def planned_steps(config: TrainConfig) -> tuple[int, int] | None:
+    """(the step at which the cool-down begins, the steps in all) of a run under `config`;
+    None under a time budget, whose steps depend on the machine. A schedule without a
+    stable phase cools down from the start: its first number is 0."""
+    if config.max_seconds is not None:
+        return None
+    per_step = config.tokens_per_step
+    limits = [
+        config.max_steps,
+        None if config.max_tokens is None else -(-config.max_tokens // per_step),
+    ]
+    total = min(limit for limit in limits if limit is not None)
+    if config.schedule != "wsd":
+        return 0, total
+    low, high = 0, total  # the first step whose progress is in the cool-down, by bisection
+    while low < high:
+        middle = (low + high) // 2
+        if cooling_down(config, budget_progress(config, middle, middle * per_step, 0.0)):
+            high = middle
+        else:
+            low = middle + 1
+    return low, total
 
 
 def budget_reached(config: TrainConfig, state: TrainState) -> StopReason | None:
@@ -211,13 +250,17 @@ class Trainer:
         out_dir: Path | None = None,
         log: Callable[[LogRecord], None] | None = None,
         progress: bool = False,
+        stable_dir: Path | None = None,
     ) -> None:
+        """`stable_dir`, with a wsd schedule: where to save a checkpoint of the moment the
+        cool-down begins, from which training can continue to any larger budget."""
         self.model = model
         self.config = config.validate()
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log
         self.progress = progress
+        self.stable_dir = Path(stable_dir) if stable_dir is not None else None
         max_seq_len = model.config.max_seq_len
         if config.seq_len > max_seq_len:
             raise ConfigError(
@@ -228,16 +271,19 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.autocast_dtype, self.use_scaler = resolve_precision(config.precision, self.device)
 
-    def fit(self, resume: bool = False) -> TrainOutcome:
+    def fit(self, resume: bool = False, resume_from: Path | None = None) -> TrainOutcome:
         """Train until the first budget is reached, the loss diverges or the user presses
         Ctrl-C (which saves a checkpoint when there is an output folder).
 
-        `resume` continues from the latest checkpoint in the output folder. The global
-        RNG and thread count are restored afterwards: a run leaves no global state changed.
+        `resume` continues from the latest checkpoint in the output folder, `resume_from`
+        from the checkpoint folder it names (a larger budget than the checkpoint's run
+        had continues that run). The global RNG and thread count are restored afterwards:
+        a run leaves no global state changed.
         """
-        if self.out_dir is not None:
+        if resume_from is None and self.out_dir is not None:
             check_out_dir(self.out_dir, resume)
-        elif resume:
+            resume_from = latest_checkpoint(self.out_dir) if resume else None
+        elif resume_from is None and resume:
             raise ConfigError("resuming needs an output folder")
         threads = torch.get_num_threads()
         cuda_devices = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
@@ -246,36 +292,41 @@ class Trainer:
                 torch.set_num_threads(self.config.threads)
             with torch.random.fork_rng(devices=cuda_devices):
                 torch.manual_seed(self.config.seed)
-                return self._fit(resume)
+                return self._fit(resume_from)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(self, resume: bool) -> TrainOutcome:
+    def _fit(self, resume_from: Path | None) -> TrainOutcome:
         config, model = self.config, self.model.to(self.device)
         model.train()
         optimizer = build_optimizer(model, config, self.device)
         scaler = torch.amp.GradScaler(self.device.type) if self.use_scaler else None
         generator = torch.Generator().manual_seed(config.seed)
         self.state = TrainState()
-        if resume:
-            assert self.out_dir is not None  # fit() checked
-            path = latest_checkpoint(self.out_dir)
-            assert path is not None  # check_out_dir() made sure there is one
-            self.state = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler)
+        resume = resume_from is not None
+        if resume_from is not None:
+            self.state = load_checkpoint(
+                resume_from, model=model, optimizer=optimizer, scaler=scaler
+            )
             restore_rng(self.state, generator)
         # Compilation takes tens of seconds, more than short runs and trials last, so it
         # is opt-in; the uncompiled model is what gets saved.
         forward = torch.compile(model) if config.compile else model
         self._session_start = time.perf_counter() - self.state.seconds
+        first_step, first_tokens = self.state.step, self.state.tokens
         step_times: list[float] = []
         final: EvalResult | None = None
         evaluated_at, saved_at = -1, self.state.step if resume else -1
+        stable_saved = self.stable_dir is None
         with self._logger(resume) as emit:
             stop = budget_reached(config, self.state)
             try:
                 while stop is None:
                     started = time.perf_counter()
-                    loss = self._train_step(forward, optimizer, scaler, generator)
+                    progress = self._progress()
+                    if not stable_saved and cooling_down(config, progress):
+                        stable_saved = self._save_stable(optimizer, scaler)
+                    loss = self._train_step(forward, optimizer, scaler, generator, progress)
                     if not math.isfinite(loss):
                         stop = "diverged"
                         break
@@ -296,6 +347,9 @@ class Trainer:
                 stop = "interrupted"
                 if self.out_dir and saved_at != self.state.step:
                     self._save(optimizer, scaler, None)
+            if not stable_saved and stop not in ("diverged", "interrupted"):
+                # The budget ended before a cool-down began: the end is the stable point.
+                stable_saved = self._save_stable(optimizer, scaler)
             if stop not in ("diverged", "interrupted") and evaluated_at != self.state.step:
                 final = self._evaluate(forward, emit)  # a finished run resumed
             emit({"kind": "end", "stop_reason": stop, **self._position()})
@@ -305,6 +359,8 @@ class Trainer:
             stop_reason=stop,
             step=self.state.step,
             tokens=self.state.tokens,
+            first_step=first_step,
+            first_tokens=first_tokens,
             seconds=self._elapsed(),
             final=None if diverged or stop == "interrupted" else final,
             best_val_loss=self.state.best_val_loss,
@@ -318,11 +374,12 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None,
         generator: torch.Generator,
+        progress: float,
     ) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns its mean loss. A
-        non-finite loss returns before the update, so the weights stay finite."""
+        """One optimizer step over `grad_accum` micro-batches at budget `progress`; returns
+        its mean loss. A non-finite loss returns before the update, so the weights stay
+        finite."""
         config, state = self.config, self.state
-        progress = budget_progress(config, state.step, state.tokens, self._elapsed())
         warmup_end = state.warmup_end_progress
         if warmup_end is None and state.step >= config.warmup_steps:
             warmup_end = progress
@@ -375,6 +432,9 @@ class Trainer:
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._session_start
+
+    def _progress(self) -> float:
+        return budget_progress(self.config, self.state.step, self.state.tokens, self._elapsed())
 
     def _position(self) -> LogRecord:
         return {
@@ -451,6 +511,17 @@ class Trainer:
             }
         )
         return result
+
+    def _save_stable(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+    ) -> bool:
+        """Save the state a larger budget would continue from: before the first step of
+        the cool-down (see `cooling_down`)."""
+        assert self.stable_dir is not None
+        save_training_state(
+            self.stable_dir, model=self.model, optimizer=optimizer, state=self.state, scaler=scaler
+        )
+        return True
 
     def _save(
         self,

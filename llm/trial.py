@@ -3,13 +3,18 @@
 `run_trial(spec)` trains one model briefly, evaluates it and measures its speed. It is
 a pure function of its inputs and seed: the data arrive as arrays (trials run on Ray
 workers that may be on other machines), nothing global is changed, and nothing is
-written outside `spec.workdir`.
+written outside `spec.workdir` and `spec.save_stable`.
+
+A trial can continue another: with a wsd schedule, `save_stable` keeps the state at the
+moment the cool-down began, and a later trial with a larger budget and `continue_from`
+pointing there trains on from it exactly as if it had had that budget from the start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import statistics
 import time
 from collections.abc import Iterator
@@ -17,36 +22,60 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-
-TrialStatus = Literal["ok", "diverged", "invalid", "failed"]
-
-# Metrics of a TrialResult a search may use as objectives, with their natural direction.
-METRIC_DIRECTIONS: dict[str, Literal["min", "max"]] = {
-    "bits_per_byte": "min",
-    "perplexity": "min",
-    "val_loss": "min",
-    "accuracy": "max",
-    "train_tokens_per_s": "max",
-    "decode_tokens_per_s": "max",
-    "params": "min",
-    "params_non_embedding": "min",
-    "flops_per_token": "min",
-    "peak_memory_bytes": "min",
-    "wall_seconds": "min",
-}
+from llm.data import TokenSplits
 
 
-@dataclass
-class TokenSplits:
-    """A tokenized corpus in memory: what a trial trains and evaluates on."""
+class TrialStatus(str, enum.Enum):
+    """Where a trial stands: the one vocabulary of the stack and the search.
 
-    train: np.ndarray  # 1-D token ids (uint16 or uint32)
-    val: np.ndarray
-    val_bytes: int  # UTF-8 bytes of the validation text, for bits per byte
+    `run_trial` ends a trial DONE, DIVERGED, INVALID or FAILED. The search adds the rest
+    of its life: QUEUED and RUNNING before a result, TIMEOUT when it was cancelled,
+    RETRIED when its worker was lost and another attempt followed, and INTERRUPTED when
+    the search stopped while it ran (a resumed search runs it again).
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DIVERGED = "diverged"
+    INVALID = "invalid"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    RETRIED = "retried"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def is_result(self) -> bool:
+        """Whether the trial ended with an outcome the search counts (success or failure)."""
+        return self in RESULT_STATUSES
+
+    @property
+    def is_failure(self) -> bool:
+        return self in RESULT_STATUSES and self is not TrialStatus.DONE
+
+    @property
+    def is_active(self) -> bool:
+        return self in (TrialStatus.QUEUED, TrialStatus.RUNNING)
+
+
+RESULT_STATUSES = frozenset(
+    {
+        TrialStatus.DONE,
+        TrialStatus.DIVERGED,
+        TrialStatus.INVALID,
+        TrialStatus.FAILED,
+        TrialStatus.TIMEOUT,
+    }
+)
 
 
 @dataclass
@@ -66,7 +95,9 @@ class TrialSpec:
     data: TokenSplits
     seed: int = 0
     adapt: AdaptSpec | None = None
-    workdir: str | None = None  # the only place the trial may write; None: writes nothing
+    workdir: str | None = None  # where the trial may keep logs; None: writes nothing
+    continue_from: str | None = None  # a stable checkpoint to continue pretraining from
+    save_stable: str | None = None  # where to save the stable checkpoint (wsd schedules)
 
 
 @dataclass
@@ -93,7 +124,7 @@ class TrialResult:
     flops_per_token: int | None = None
     peak_memory_bytes: int | None = None
     wall_seconds: float = 0.0
-    steps: int = 0
+    steps: int = 0  # optimizer steps this trial ran, over its stages (its compute)
     tokens: int = 0
     device: str = "cpu"
     error: str | None = None
@@ -112,6 +143,7 @@ class TrialResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         data = dict(data)
+        data["status"] = TrialStatus(data["status"])
         data["curve"] = [CurvePoint(**p) for p in data.get("curve", [])]
         return cls(**data)
 
@@ -124,17 +156,19 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     started = time.perf_counter()
     problems = trial_problems(spec)
     if problems:
-        return TrialResult(status="invalid", error="; ".join(problems))
+        return TrialResult(status=TrialStatus.INVALID, error="; ".join(problems))
     try:
         with memory_peak() as peak:
             result = _run_stages(spec)
         result.peak_memory_bytes = peak()
     except torch.cuda.OutOfMemoryError as err:
-        result = TrialResult(status="failed", error=f"out of memory: {first_line(err)}")
+        error = f"out of memory: {first_line(err)}"
+        result = TrialResult(status=TrialStatus.FAILED, error=error)
     except MemoryError:
-        result = TrialResult(status="failed", error="out of memory (host)")
+        result = TrialResult(status=TrialStatus.FAILED, error="out of memory (host)")
     except Exception as err:  # a trial must never take the search down with it
-        result = TrialResult(status="failed", error=f"{type(err).__name__}: {first_line(err)}")
+        error = f"{type(err).__name__}: {first_line(err)}"
+        result = TrialResult(status=TrialStatus.FAILED, error=error)
     result.wall_seconds = time.perf_counter() - started
     return result
 
@@ -163,7 +197,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         model = Transformer(spec.model)
     params = spec.model.param_count()
     result = TrialResult(
-        status="ok",
+        status=TrialStatus.DONE,
         params=params.total,
         params_non_embedding=params.non_embedding,
         flops_per_token=spec.model.flops_per_token(spec.train.seq_len),
@@ -175,19 +209,31 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         if stage == "adapt" and spec.adapt is not None and spec.adapt.lora_rank > 0:
             apply_lora(model, LoRAConfig(rank=spec.adapt.lora_rank, alpha=spec.adapt.lora_alpha))
         out_dir = Path(spec.workdir) / stage if spec.workdir else None
-        outcome = Trainer(model, replace(train, seed=spec.seed), data, out_dir=out_dir).fit()
+        pretrain = stage == "pretrain"
+        trainer = Trainer(
+            model,
+            replace(train, seed=spec.seed),
+            data,
+            out_dir=out_dir,
+            stable_dir=_path(spec.save_stable) if pretrain else None,
+        )
+        outcome = trainer.fit(resume_from=_path(spec.continue_from) if pretrain else None)
         if outcome.stop_reason == "interrupted":
             # The trainer stops cleanly on Ctrl-C; a trial is not resumable, so the
             # interrupt goes on to whoever runs it (the search marks its run interrupted).
             raise KeyboardInterrupt
         result.device = str(next(model.parameters()).device)
-        result.steps += outcome.step
-        result.tokens += outcome.tokens
-        result.curve += [CurvePoint(stage=stage, **point) for point in outcome.curve]
+        result.steps += outcome.step - outcome.first_step
+        result.tokens += outcome.tokens - outcome.first_tokens
+        result.curve += [
+            CurvePoint(stage=stage, **point)
+            for point in outcome.curve
+            if point["step"] > outcome.first_step
+        ]
         if stage == "pretrain":
             result.train_tokens_per_s = tokens_per_second(outcome.step_times, train)
         if outcome.status == "diverged" or outcome.final is None:
-            result.status = "diverged"
+            result.status = TrialStatus.DIVERGED
             result.error = f"{stage}: loss became NaN or infinite at step {outcome.step}"
             return result
         if stage == "pretrain" and spec.adapt is not None:
@@ -199,6 +245,10 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
     with thread_count(spec.train.threads):
         result.decode_tokens_per_s = decode_tokens_per_second(model)
     return result
+
+
+def _path(name: str | None) -> Path | None:
+    return None if name is None else Path(name)
 
 
 def eval_metrics(final: Any) -> dict[str, float]:

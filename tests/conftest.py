@@ -26,6 +26,7 @@ def write_corpus(folder: Path, documents: int = 24) -> Path:
 
 
 def space_dict(corpus: Path, **search) -> dict:
+    """A generational search of tiny models, seconds in all."""
     return {
         "genes": {
             "n_layers": {"int": [1, 2]},
@@ -40,6 +41,7 @@ def space_dict(corpus: Path, **search) -> dict:
         "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
         "trial": {"max_steps": 3, "resources": {"cpus": 1}},
         "search": {
+            "mode": "generational",
             "population": 4,
             "generations": 3,
             "seed": 1,
@@ -47,6 +49,22 @@ def space_dict(corpus: Path, **search) -> dict:
             **search,
         },
     }
+
+
+def steady_space_dict(corpus: Path, **search) -> dict:
+    """A steady-state search over three rungs (3, 9 and 27 steps) of tiny models."""
+    space = space_dict(corpus)
+    del space["trial"]["max_steps"]
+    space["search"] = {
+        "population": 4,
+        "seed": 1,
+        "target": {"max_steps": 27},
+        "rungs": [3, 9, 27],
+        "budget": {"trials": 16},
+        "objectives": ["bits_per_byte"],
+        **search,
+    }
+    return space
 
 
 @pytest.fixture

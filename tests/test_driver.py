@@ -1,4 +1,5 @@
-"""The search loop: recording, reuse, failures, and exact resume after kill -9."""
+"""The generational loop: recording, reuse, failures, exact resume after kill -9, and
+resuming a run that an older evo wrote."""
 
 import os
 import signal
@@ -6,17 +7,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import space_dict, write_corpus
 
 from evo.cli import main as evo
-from evo.driver import Search, open_run, prepare_data
+from evo.data import prepare_data
+from evo.driver import open_run
 from evo.executor import LocalExecutor, TrialOutcome, failed_outcome
+from evo.metrics import TrialStatus
+from evo.schedule.generational import GenerationalSearch as Search
 from evo.space import load_space, space_from_dict
 from evo.storage import Storage
 from llm.errors import UserError
+
+SCHEMA_1 = Path(__file__).parent / "data" / "evo-schema-1.db"  # written by evo-llm 0.1
 
 
 def storage_url(path) -> str:
@@ -31,6 +38,7 @@ def history(storage: Storage, name: str) -> tuple[list, list]:
     trials = sorted(
         (t.generation, sorted(genomes[t.genome_id].items()), t.status, t.bits_per_byte)
         for t in storage.trials(name)
+        if t.status.is_result
     )
     return populations, trials
 
@@ -41,7 +49,7 @@ def test_a_search_records_every_generation_and_never_trains_a_genome_twice(space
     open_run(storage, "s", space)
     data, vocab = prepare_data(space)
     summary = Search(space, "s", storage, LocalExecutor(), data, vocab).run()
-    assert summary.generations == 3
+    assert summary.detail == "3 generations"
     generations = storage.generations("s")
     assert [g.generation for g in generations] == [0, 1, 2]
     assert all(len(g.genome_ids) == 4 for g in generations)
@@ -69,7 +77,8 @@ class FailingEveryOther(LocalExecutor):
             self.count += 1
             observer.started(job, 0)
             if self.count % 2:
-                timeout = failed_outcome("timeout", "timed out after 1 s", time.time())
+                error = "timed out after 1 s"
+                timeout = failed_outcome(TrialStatus.TIMEOUT, error, time.time())
                 observer.finished(job, timeout)
             else:
                 super().run([job], _Finisher(observer))
@@ -102,38 +111,35 @@ def test_failures_are_recorded_with_their_cause_and_never_shrink_the_population(
 
 
 class DriverDiesOnRetry(LocalExecutor):
-    """Loses the first trial's worker, and the driver dies while arranging the retry."""
+    """Loses the first trial's worker, and the driver dies while recording the retry."""
 
-    def run(self, jobs, observer) -> None:
-        observer.started(jobs[0], 0)
-        observer.retrying(jobs[0], 1, "worker lost: WorkerCrashedError")
+    def wait(self, observer) -> None:
+        job = self._queue[0]
+        observer.started(job, 0)
+        observer.retrying(job, 1, "worker lost: WorkerCrashedError")
         raise AssertionError("not reached: the driver dies inside `retrying`")
 
 
-@pytest.mark.parametrize("dies_in", ["add_trial", "finish_trial"])
-def test_a_retry_cut_short_by_the_driver_dying_is_replayed_on_resume(
-    space_file, workdir, monkeypatch, dies_in
+def test_a_retry_cut_short_by_the_driver_dying_is_run_again_on_resume(
+    space_file, workdir, monkeypatch
 ):
     space = load_space(space_file)
     storage = Storage(storage_url(workdir / "evo.db"))
     open_run(storage, "d", space)
     data, vocab = prepare_data(space)
     with monkeypatch.context() as patch:
-        real = getattr(Storage, dies_in)
 
         def dying(self, *args, **kwargs):
-            retry = dies_in == "add_trial" and args[-1] == 1  # the retry's attempt number
-            if retry or (dies_in == "finish_trial" and args[1] == "failed"):
-                raise KeyboardInterrupt  # the driver is killed here
-            return real(self, *args, **kwargs)
+            raise KeyboardInterrupt  # the driver is killed before the retry is written
 
-        patch.setattr(Storage, dies_in, dying)
+        patch.setattr(Storage, "retry_trial", dying)
         with pytest.raises(KeyboardInterrupt):
             Search(space, "d", storage, DriverDiesOnRetry(), data, vocab).run()
+    assert [t.status for t in storage.trials("d")] == ["running"]
     Search(space, "d", storage, LocalExecutor(), data, vocab).run()
-    # The lost trial is run again rather than its lost attempt taken for its result.
-    assert {t.status for t in storage.trials("d")} == {"done"}
-    assert len(storage.trials("d")) == 3 * 4
+    # The lost trial is run again and kept in the history, never taken for a result.
+    statuses = Counter(t.status for t in storage.trials("d"))
+    assert statuses == {TrialStatus.DONE: 3 * 4, TrialStatus.INTERRUPTED: 1}
 
 
 def test_an_existing_run_with_another_space_is_refused(space_file, workdir):
@@ -197,3 +203,22 @@ def test_space_overrides_are_part_of_the_recorded_space(space_file, workdir):
     assert recorded.search.population == 2 and recorded.search.generations == 1
     # The same file without the overrides is another space: refused, not silently mixed.
     assert evo(args) == 2
+
+
+def test_a_run_written_by_evo_0_1_resumes_and_finishes(workdir):
+    write_corpus(workdir / "corpus")  # where the stored space points: `corpus`
+    (workdir / "evo.db").write_bytes(SCHEMA_1.read_bytes())
+    url = storage_url(workdir / "evo.db")
+    before = Storage(url, create=False)
+    done_before = {t.id: t.bits_per_byte for t in before.trials("space") if t.status.is_result}
+    assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
+    storage = Storage(url, create=False)
+    assert storage.get_run("space").status == "finished"
+    assert [g.generation for g in storage.generations("space")] == [0, 1, 2]
+    trials = storage.trials("space")
+    kept = {t.id: t.bits_per_byte for t in trials if t.id in done_before}
+    assert kept == done_before  # nothing trained before the upgrade was lost or redone
+    assert Counter(t.status for t in trials) == {
+        TrialStatus.DONE: 12,
+        TrialStatus.INTERRUPTED: 1,
+    }

@@ -18,8 +18,8 @@ from evo.executor import (
     execute_job,
 )
 from llm.config import ModelConfig, TrainConfig
+from llm.data import TokenSplits
 from llm.errors import UserError
-from llm.trial import TokenSplits
 
 VOCAB = 40
 

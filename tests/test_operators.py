@@ -36,13 +36,19 @@ CONSTRAINED: dict[str, Any] = {
     "constraints": {"max_params": 150_000},
     "data": {"vocab_size": VOCAB},
     "trial": {"max_steps": 5},
-    "search": {"population": 6, "objectives": ["bits_per_byte", "train_tokens_per_s"]},
+    "search": {
+        "budget": {"trials": 30},
+        "population": 6,
+        "objectives": ["bits_per_byte", "train_tokens_per_s"],
+    },
 }
 
 
 def make_space(**changes: Any) -> SearchSpace:
+    """CONSTRAINED with `changes` to its sections; a `search` change is merged into its."""
     data = copy.deepcopy(CONSTRAINED)
-    data.update(changes)
+    search = {**data["search"], **changes.pop("search", {})}
+    data.update(changes, search=search)
     return space_from_dict(data)
 
 

@@ -19,10 +19,16 @@ from evo.space import Objective, space_from_dict
 from evo.storage import Storage
 from llm.errors import UserError
 
-# The shipped tiny space, with a speed objective, whose best trial these tests can tell
-# apart from the best in bits per byte.
+# The shipped tiny space as a generational search, with a speed objective, whose best
+# trial these tests can tell apart from the best in bits per byte.
 _TINY = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "tiny.yaml").read_text())
-_TINY["search"]["objectives"] = ["bits_per_byte", "train_tokens_per_s"]
+_TINY["search"] = {
+    "mode": "generational",
+    "population": 5,
+    "generations": 2,
+    "objectives": ["bits_per_byte", "train_tokens_per_s"],
+}
+_TINY["trial"]["max_steps"] = 150
 SPACE_YAML = yaml.safe_dump(_TINY, sort_keys=False)
 RUN = "demo"
 HEADINGS = (
@@ -97,10 +103,10 @@ def run(store: Storage) -> dict[str, object]:
         for i in range(5):
             genes = space.sample(rng)
             if generation == 1 and i == 0:
-                del genes["lora_rank"]  # a genome from before the gene existed
+                del genes["batch_size"]  # a genome from before the gene existed
             genome = store.genome_id(RUN, genes)
             population.append(genome)
-            trial = store.add_trial(RUN, genome, generation)
+            trial = store.add_trial(RUN, genome, generation=generation)
             store.mark_running(trial, host="box", device="cpu")
             if generation == 0 and i == 4:
                 store.finish_trial(trial, "failed", {"status": "failed", "error": ERROR})
@@ -138,7 +144,7 @@ def test_report_is_one_self_contained_page(
 
     genes = section(page, "Genes")
     assert '"ticktext":["learned","sinusoidal","rope","alibi","none"]' in genes
-    assert '"ticktext":["0","4","8","16","(missing)"]' in genes  # one genome lacks lora_rank
+    assert '"ticktext":["8","16","32","(missing)"]' in genes  # one genome lacks batch_size
     curves = section(page, "Learning curves")
     assert curves.count(', pretrain validation"') == 5  # the top five trials
     assert curves.count(', adapt"') == 5 and '"dash":"dash"' in curves
@@ -165,7 +171,9 @@ def test_report_is_one_self_contained_page(
 def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> None:
     store.create_run(RUN, SPACE_YAML, seed=0)
     genome = store.genome_id(RUN, {"n_layers": 2})
-    store.finish_trial(store.add_trial(RUN, genome, 0), "invalid", {"error": "bad <genome>"})
+    store.finish_trial(
+        store.add_trial(RUN, genome, generation=0), "invalid", {"error": "bad <genome>"}
+    )
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
     for heading in HEADINGS[:-1]:
         assert f"<h2>{heading}</h2>" in page
@@ -251,7 +259,7 @@ def test_export_round_trip(
             np.testing.assert_allclose(back[column], frame[column], rtol=1e-12, err_msg=column)
         else:
             assert back[column].tolist() == frame[column].tolist(), column
-    assert back["gene.lora_rank"].isna().sum() == 1
+    assert back["gene.batch_size"].isna().sum() == 1
 
 
 def test_export_refuses_an_unknown_format(store: Storage, tmp_path: Path) -> None:

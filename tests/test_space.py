@@ -25,12 +25,15 @@ BASE: dict[str, Any] = {
     },
     "data": {"vocab_size": 256},
     "trial": {"max_steps": 10},
+    "search": {"budget": {"trials": 20}},
 }
 
 
 def make_space(**changes: Any) -> SearchSpace:
+    """BASE with `changes` to its sections; a `search` change is merged into BASE's."""
     data = copy.deepcopy(BASE)
-    data.update(copy.deepcopy(changes))
+    search = {**data["search"], **changes.pop("search", {})}
+    data.update(copy.deepcopy(changes), search=search)
     return space_from_dict(data)
 
 
@@ -45,15 +48,14 @@ def test_shipped_spaces_load_and_round_trip(name: str) -> None:
     space = load_space(SHIPPED / f"{name}.yaml")
     assert space.gene_names[:2] == ["n_layers", "n_heads" if name == "tiny" else "d_model"]
     assert space_from_dict(yaml.safe_load(space.canonical_yaml())) == space
-    assert space.search.selection == "nsga2"
-    # tiny trades quality against size, small against training speed.
-    assert space.objective_weights() == ((-1.0, -1.0) if name == "tiny" else (-1.0, 1.0))
+    assert space.search.mode == "steady_state" and len(space.rung_budgets()) > 1
+    # tiny looks for quality alone, small trades it against training speed.
+    assert space.objective_weights() == ((-1.0,) if name == "tiny" else (-1.0, 1.0))
 
 
 def test_tiny_is_the_documented_default() -> None:
     space = load_space(SHIPPED / "tiny.yaml")
-    assert space.data.corpus == "builtin:python-docs"
-    assert space.data.adapt is not None and space.data.adapt.corpus == "builtin:python-code"
+    assert space.data.corpus == "builtin:python-docs" and space.data.adapt is None
     assert space.genes["pos_encoding"].values() == [
         "learned",
         "sinusoidal",
@@ -61,8 +63,11 @@ def test_tiny_is_the_documented_default() -> None:
         "alibi",
         "none",
     ]
-    assert (space.search.population, space.search.generations) == (6, 8)
-    assert space.trial.resources.cpus == 1 and space.trial.max_steps is not None
+    assert space.search.target is not None and space.search.target.budget() == {
+        "max_tokens": 2_000_000
+    }
+    assert space.rung_budgets() == [{"max_tokens": t} for t in (75_000, 225_000, 675_000)]
+    assert space.trial.resources.cpus == 1 and space.search.budget.limits() == {"tokens": 15e6}
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
@@ -108,7 +113,7 @@ ERRORS = [
     ({"fixed.model.n_heads": 4}, "fixed.model.n_heads", "also a gene"),
     ({"fixed.model.widht": 4}, "fixed.model.widht", "unknown setting"),
     ({"fixed.model.vocab_size": 512}, "fixed.model.vocab_size", "data.vocab_size"),
-    ({"fixed.train.max_steps": 5}, "fixed.train.max_steps", "budget is set in trial"),
+    ({"fixed.train.max_steps": 5}, "fixed.train.max_steps", "budgets are set by search.target"),
     ({"fixed.train.batch_size": "many"}, "fixed.train.batch_size", "valid integer"),
     (
         {"search.objectives": ["bits_per_byte", "speed"]},
@@ -128,10 +133,55 @@ ERRORS = [
     ({"data.adapt": {"corpus": "c.txt"}}, "data.adapt", "set a budget"),
     ({"constraints.min_params": 10}, "constraints.min_params", "unknown key"),
     ({"extra": 1}, "extra", "unknown key"),
+    ({"search.generations": 3}, "search.generations", "mode: generational"),
+    ({"search.budget": {}}, "search.budget", "what the search may spend"),
+    ({"search.rungs": [3, 9]}, "search.target", "rungs need a target"),
+    ({"search.mode": "generational", "search.rungs": [3, 9]}, "search.rungs", "steady_state"),
+    (
+        {"search.target": {"max_steps": 30}, "search.rungs": [9, 3, 27]},
+        "search.rungs[1]",
+        "must increase",
+    ),
+    (
+        {"search.target": {"max_steps": 20}, "search.rungs": [9, 27]},
+        "search.rungs[1]",
+        "above the target",
+    ),
+    ({"search.target": {"max_steps": 9, "max_tokens": 9}}, "search.target", "not several"),
+    (
+        {"search.target": {"max_steps": 90}, "search.min_budget": 100},
+        "search.min_budget",
+        "above the top rung",
+    ),
+    ({"search.max_budget": 90}, "search.max_budget", "needs min_budget"),
+    (
+        {"search.target": {"max_steps": 90}, "search.rungs": [10, 90]},
+        "trial.max_steps",
+        "set each trial's budget",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("changes", "where", "phrase"), ERRORS)
+RUNGS = {"trial": {"resources": {"cpus": 1}}, "search.target": {"max_steps": 90}}
+RUNG_ERRORS = [
+    (
+        {"search.rungs": [10, 90], "fixed.train.schedule": "cosine"},
+        "fixed.train.schedule",
+        "needs schedule: wsd",
+    ),
+    (
+        {"search.rungs": [10, 90], "fixed.train.warmup_steps": 8},
+        "search.rungs",
+        "before warmup (8 steps) ends",
+    ),
+    ({"search.rungs": [10, 90], "genes.schedule": {"choice": ["wsd"]}}, "genes.schedule", "vary"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "phrase"),
+    ERRORS + [({**RUNGS, **changes}, where, phrase) for changes, where, phrase in RUNG_ERRORS],
+)
 def test_errors_name_the_file_and_key_path(
     tmp_path: Path, changes: dict[str, Any], where: str, phrase: str
 ) -> None:
@@ -146,11 +196,44 @@ def test_errors_name_the_file_and_key_path(
     assert phrase in message and "\n" not in message
 
 
-def test_missing_trial_section_is_named(tmp_path: Path) -> None:
+def test_a_trial_budget_or_a_target_is_required(tmp_path: Path) -> None:
     data = copy.deepcopy(BASE)
     del data["trial"]
-    with pytest.raises(ConfigError, match=r"space\.yaml: trial: required key missing"):
+    with pytest.raises(ConfigError, match=r"space\.yaml: trial: set a budget"):
         load_space(write(tmp_path, data))
+    data["search"]["target"] = {"max_tokens": 5000}
+    space = load_space(write(tmp_path, data))
+    assert space.rung_budgets() == [{"max_tokens": 5000}]
+
+
+def test_rungs_are_explicit_or_geometric_up_to_the_target() -> None:
+    trial = {"resources": {"cpus": 1}}
+    explicit = make_space(
+        trial=trial,
+        fixed={"train": {"warmup_steps": 2}},
+        search={"target": {"max_steps": 90}, "rungs": [10, 30, 90]},
+    )
+    assert explicit.rung_budgets() == [{"max_steps": 10}, {"max_steps": 30}, {"max_steps": 90}]
+    geometric = make_space(trial=trial, search={"target": {"max_steps": 2000}, "min_budget": 25})
+    assert geometric.rung_budgets()[-1] == {"max_steps": 2000}
+    # As many rungs as fit above min_budget, each a third of the next.
+    assert [r["max_steps"] for r in geometric.rung_budgets()] == [74, 222, 667, 2000]
+    fraction = {"target": {"max_steps": 2000}, "min_budget": 25, "max_budget": 700}
+    part = make_space(trial=trial, search=fraction)
+    assert [r["max_steps"] for r in part.rung_budgets()] == [26, 78, 233, 700]
+    assert part.target_budget() == {"max_steps": 2000}
+    # Several rungs continue trials, so they train with the wsd schedule; one rung need not.
+    genome = part.sample(random.Random(0))
+    assert part.train_config(genome, {"max_steps": 26}).schedule == "wsd"
+    assert make_space().train_config(genome).schedule == "cosine"
+    # The resolved rungs are not stored: the recorded space loads back to the same one.
+    assert space_from_dict(yaml.safe_load(part.canonical_yaml())) == part
+
+
+def test_generational_mode_keeps_its_generations() -> None:
+    space = make_space(search={"mode": "generational", "budget": {}})
+    assert space.search.generations == 5
+    assert space.rung_budgets() == [{"max_steps": 10}]
 
 
 def test_malformed_yaml_reports_line(tmp_path: Path) -> None:

@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from evo.storage import METRICS, SCHEMA_VERSION, Storage, TrialRecord, genome_hash
+from evo.metrics import METRICS, TrialStatus
+from evo.storage import SCHEMA_VERSION, Spent, Storage, TrialRecord, genome_hash
 from llm.errors import UserError
 from llm.trial import CurvePoint, TrialResult
+
+SCHEMA_1 = Path(__file__).parent / "data" / "evo-schema-1.db"  # written by evo-llm 0.1
 
 SPACE = "model:\n  n_layers: {choice: [2, 4]}\n"
 
@@ -35,7 +39,7 @@ def store(db_path: Path) -> Iterator[Storage]:
 def full_result() -> TrialResult:
     """A result with every field set, including a two-stage curve and pretrain metrics."""
     return TrialResult(
-        status="ok",
+        status=TrialStatus.DONE,
         val_loss=2.5,
         perplexity=12.18,
         bits_per_byte=1.25,
@@ -215,7 +219,7 @@ def test_opening_without_create_refuses_a_missing_sqlite_file(tmp_path: Path) ->
             assert in_memory.list_runs() == []
 
 
-def test_requeue_interrupted_removes_unfinished_trials(store: Storage) -> None:
+def test_interrupted_trials_stay_in_the_history(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     store.create_run("other", SPACE, seed=0)
     genomes = [store.genome_id("r", {"n": n}) for n in range(3)]
@@ -224,62 +228,109 @@ def test_requeue_interrupted_removes_unfinished_trials(store: Storage) -> None:
     store.mark_running(running, host="h", device="cpu")
     untouched = store.add_trial("other", store.genome_id("other", {"n": 0}), generation=0)
 
-    assert store.requeue_interrupted("r") == 2
-    assert [t.id for t in store.trials("r")] == [done]
+    interrupted = store.interrupt_active("r")
+    assert [t.id for t in interrupted] == [running, queued]
+    statuses = {t.id: t.status for t in store.trials("r")}
+    assert statuses == {done: "done", running: "interrupted", queued: "interrupted"}
     assert store.finished_result("r", genomes[1]) is None  # so it is trained again
     assert len(store.curve(done)) == 3
-    assert [t.id for t in store.trials("other")] == [untouched]
-    assert store.requeue_interrupted("r") == 0
-    assert queued not in {t.id for t in store.trials("r")}
+    assert [t.status for t in store.trials("other")] == ["queued"] and untouched
+    assert store.interrupt_active("r") == []
 
 
-def test_requeue_interrupted_removes_the_whole_interrupted_retry_chain(store: Storage) -> None:
-    store.create_run("r", SPACE, seed=0)
-    retried, other = store.genome_id("r", {"n": 0}), store.genome_id("r", {"n": 1})
-    earlier = store.add_trial("r", retried, generation=0)
-    store.finish_trial(earlier, "done", full_result().to_dict())
-    first = store.add_trial("r", retried, generation=1, attempt=0)
-    store.finish_trial(first, "failed", full_result().to_dict() | {"status": "failed"})
-    second = store.add_trial("r", retried, generation=1, attempt=1)
-    store.mark_running(second, host="h", device="cpu")
-    kept = store.add_trial("r", other, generation=1)
-    store.finish_trial(kept, "done", {"val_loss": 1.0})
-
-    assert store.requeue_interrupted("r") == 2
-    assert [t.id for t in store.trials("r")] == [earlier, kept]
-    assert store.curve(first) == []
-    assert len(store.curve(earlier)) == 3
-
-
-def test_requeue_interrupted_lets_the_resumed_run_retry_from_attempt_zero(
-    store: Storage,
-) -> None:
+def test_a_lost_attempt_is_kept_as_retried_beside_its_retry(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     genome = store.genome_id("r", {"n": 0})
-    first = store.add_trial("r", genome, generation=0, attempt=0)
-    store.finish_trial(first, "failed", {"error": "worker died"})
-    second = store.add_trial("r", genome, generation=0, attempt=1)
-    store.mark_running(second, host="h", device="cpu")
+    first = store.add_trial("r", genome, rung=1, decision=7, seen=3, budget={"max_steps": 9})
+    store.mark_running(first, host="h", device="cpu")
+    second = store.retry_trial(first, "worker lost: WorkerCrashedError")
+    lost, retry = store.trials("r")
+    assert (lost.id, lost.status, lost.error) == (
+        first,
+        "retried",
+        "worker lost: WorkerCrashedError",
+    )
+    assert (retry.id, retry.status, retry.attempt) == (second, "queued", 1)
+    same = ("genome_id", "rung", "decision", "seen", "budget")
+    assert [getattr(retry, key) for key in same] == [getattr(lost, key) for key in same]
+    assert store.finished_result("r", genome, rung=1) is None  # a lost attempt is no result
+    store.finish_trial(second, "done", full_result().to_dict())
+    found = store.finished_result("r", genome, rung=1)
+    assert found is not None and found.id == second
+    assert store.finished_result("r", genome, rung=0) is None
 
-    assert store.requeue_interrupted("r") == 2
-    assert store.finished_result("r", genome) is None
-    assert store.trials("r") == []
 
-
-def test_requeue_interrupted_keeps_a_finished_failure(store: Storage) -> None:
+def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
-    failed_genome, running_genome = (store.genome_id("r", {"n": n}) for n in range(2))
-    retried = store.add_trial("r", failed_genome, generation=0, attempt=0)
-    store.finish_trial(retried, "failed", {"error": "worker died"})
-    final = store.add_trial("r", failed_genome, generation=0, attempt=1)
-    store.finish_trial(final, "failed", {"error": "worker died (after 2 attempts)"})
-    running = store.add_trial("r", running_genome, generation=0, attempt=1)
-    store.mark_running(running, host="h", device="cpu")
+    store.create_run("other", SPACE, seed=0)
+    trials = [store.add_trial("r", store.genome_id("r", {"n": n})) for n in range(3)]
+    assert [t.decision for t in store.trials("r")] == trials  # a decision of its own each
+    other = store.add_trial("other", store.genome_id("other", {"n": 0}))
+    assert store.finish_trial(trials[2], "done", {}) == 1
+    assert store.finish_trial(other, "done", {}) == 1  # numbered within its own run
+    assert store.finish_trial(trials[0], "failed", {"error": "x"}) == 2
+    recorded = {t.id: t.recorded for t in store.trials("r")}
+    assert recorded == {trials[0]: 2, trials[1]: None, trials[2]: 1}
 
-    assert store.requeue_interrupted("r") == 1
-    assert [t.id for t in store.trials("r")] == [retried, final]
-    stored = store.finished_result("r", failed_genome)
-    assert stored is not None and stored.id == final and stored.status == "failed"
+
+def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    assert store.spent("r") == Spent(0, 0, 0.0, 0)
+    genome = store.genome_id("r", {"n": 0})
+    first = store.add_trial("r", genome, decision=0)
+    store.finish_trial(first, "done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5})
+    lost = store.add_trial("r", genome, rung=1, decision=1)
+    retry = store.retry_trial(lost, "worker lost")
+    store.finish_trial(retry, "done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0})
+    assert store.spent("r") == Spent(steps=30, tokens=1920, worker_seconds=6.5, trials=2)
+
+
+def test_checkpoints_and_sessions_are_recorded(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    trial = store.add_trial("r", store.genome_id("r", {"n": 0}))
+    store.finish_trial(trial, "done", {}, checkpoint="genome-1/rung-0")
+    assert store.trials("r")[0].checkpoint == "genome-1/rung-0"
+    store.forget_checkpoint(trial)
+    assert store.trials("r")[0].checkpoint is None
+    session = store.start_session("r", workers=2)
+    (record,) = store.run_sessions("r")
+    assert (record.workers, record.ended_at) == (2, None)
+    store.end_session(session)
+    assert store.run_sessions("r")[0].ended_at is not None
+
+
+def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "evo.db"
+    path.write_bytes(SCHEMA_1.read_bytes())
+    with sqlite3.connect(SCHEMA_1) as old:
+        old_trials = old.execute("SELECT id, status, bits_per_byte FROM evo_trials").fetchall()
+        old_curves = old.execute("SELECT COUNT(*) FROM evo_curve_points").fetchone()[0]
+    old.close()
+    with Storage(f"sqlite:///{path}", create=False) as store:
+        runs = {run.name: run for run in store.list_runs()}
+        assert {name: run.status for name, run in runs.items()} == {
+            "two": "finished",
+            "space": "running",
+        }
+        for run in runs.values():  # the default mode changed; old runs were generational
+            assert yaml.safe_load(run.space_yaml)["search"]["mode"] == "generational"
+        trials = [t for name in runs for t in store.trials(name)]
+        assert sorted((t.id, t.status, t.bits_per_byte) for t in trials) == sorted(old_trials)
+        assert all(t.rung == 0 and t.decision == t.id for t in trials)
+        assert all((t.recorded == t.id) == t.status.is_result for t in trials)
+        assert sum(len(store.curve(t.id)) for t in trials) == old_curves
+        assert store.promotions("two")[0].status == "finished"
+    with sqlite3.connect(path) as new:
+        assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
+        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
+    new.close()
+    backup = tmp_path / "evo.db.schema-1.bak"
+    assert backup.read_bytes()[:16] == b"SQLite format 3\x00"
+    with sqlite3.connect(backup) as kept:
+        assert kept.execute("SELECT version FROM evo_schema").fetchone() == (1,)
+    kept.close()
+    Storage(f"sqlite:///{path}", create=False).close()  # a second open changes nothing
+    assert not (tmp_path / "evo.db.schema-2.bak").exists()
 
 
 def test_generation_round_trip_restores_the_rng(store: Storage) -> None:
@@ -329,9 +380,11 @@ def test_promotions_round_trip(store: Storage) -> None:
 
 def test_trials_frame_has_a_column_per_gene_and_metric(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
-    assert list(store.trials_frame("r").columns[:5]) == [
+    assert list(store.trials_frame("r").columns[:7]) == [
         "trial_id",
         "generation",
+        "rung",
+        "decision",
         "attempt",
         "status",
         "genome_id",

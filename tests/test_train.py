@@ -17,6 +17,7 @@ from torch import Tensor
 import llm.train
 from llm.checkpoint import checkpoints, latest_checkpoint, load_model_dir
 from llm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from llm.data import TokenSplits
 from llm.errors import ConfigError
 from llm.model import Transformer
 from llm.train import (
@@ -26,7 +27,6 @@ from llm.train import (
     learning_rate,
     train_run,
 )
-from llm.trial import TokenSplits
 
 MODEL = ModelConfig(
     vocab_size=64, n_layers=2, d_model=32, n_heads=2, d_ff=64, max_seq_len=16, dropout=0.1

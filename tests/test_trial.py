@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from llm.config import ModelConfig, TrainConfig
-from llm.trial import AdaptSpec, TokenSplits, TrialSpec, run_trial
+from llm.data import TokenSplits
+from llm.trial import AdaptSpec, TrialSpec, run_trial
 
 VOCAB = 48
 
@@ -38,7 +39,7 @@ def spec(**train_overrides) -> TrialSpec:
 
 def test_a_trial_reports_every_metric():
     result = run_trial(spec())
-    assert result.status == "ok", result.error
+    assert result.status == "done", result.error
     assert result.steps == 12 and result.tokens == 12 * 8 * 32
     assert 0 < result.bits_per_byte < 20
     assert math.isclose(result.perplexity, math.exp(result.val_loss), rel_tol=1e-6)
@@ -86,7 +87,7 @@ def test_the_adapt_stage_reports_its_own_validation_set():
     for rank in (0, 4):
         adapt = AdaptSpec(data=splits(5), train=spec().train, lora_rank=rank)
         result = run_trial(TrialSpec(**{**spec().__dict__, "adapt": adapt}))
-        assert result.status == "ok", result.error
+        assert result.status == "done", result.error
         assert result.pretrain is not None
         assert result.pretrain["bits_per_byte"] != result.bits_per_byte
         stages = {p.stage for p in result.curve}

@@ -1,4 +1,5 @@
-"""The results database of a search: runs, genomes, trials, curves, generations, promotions.
+"""The results database of a search: runs, genomes, trials, curves, generations,
+sessions and promotions.
 
 The driver is the only writer; `evo status` and `evo report` read it from other
 processes while a search runs. Every public method is one short transaction, so a
@@ -7,7 +8,9 @@ dataclasses and dicts, never ORM objects tied to a session.
 
 SQLite (the default) runs in WAL mode so that readers and the writer never lock each
 other out. Any other SQLAlchemy URL (PostgreSQL for a shared cluster) gets the same
-schema: it uses only portable column types.
+schema: it uses only portable column types. A database written by an older evo is
+upgraded when it is opened (Alembic migrations in `migrations/`; a SQLite file is
+copied aside first); one written by a newer evo is refused.
 """
 
 from __future__ import annotations
@@ -16,207 +19,61 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import math
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    CheckConstraint,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
+    Connection,
     Select,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    and_,
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
-    or_,
     select,
 )
-from sqlalchemy.engine import URL, Dialect, Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from evo.metrics import METRICS, RESULT_STATUSES, TrialStatus
+from evo.storage.models import (
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    Base,
+    CurvePointRow,
+    GenerationRow,
+    GenomeRow,
+    MemberRow,
+    PromotionRow,
+    RunRow,
+    SchemaRow,
+    SessionRow,
+    TrialRow,
+)
 from llm.errors import UserError
 
-DEFAULT_URL = "sqlite:///results/evo.db"
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("running", "interrupted", "finished", "failed")
-TRIAL_STATUSES = ("queued", "running", "done", "failed", "timeout", "invalid", "diverged")
-TERMINAL_STATUSES = ("done", "failed", "timeout", "invalid", "diverged")
-# The measurements of llm.trial.TrialResult, one nullable column each.
-METRICS = (
-    "val_loss",
-    "perplexity",
-    "bits_per_byte",
-    "accuracy",
-    "train_tokens_per_s",
-    "decode_tokens_per_s",
-    "params",
-    "params_non_embedding",
-    "flops_per_token",
-    "peak_memory_bytes",
-    "wall_seconds",
-    "steps",
-    "tokens",
-)
+DEFAULT_URL = "sqlite:///results/evo.db"
+MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0002"
+BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
+
+RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
 _RESULT_KEYS = frozenset({*METRICS, "status", "device", "error", "curve", "pretrain"})
 # Columns of trials_frame around the genes and metrics.
-_FRAME_HEAD = ("trial_id", "generation", "attempt", "status", "genome_id")
-_FRAME_TAIL = ("error", "host", "device", "worker", "started_at", "finished_at")
-
-
-class _UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None or value.tzinfo is not None:
-            return value
-        return value.replace(tzinfo=timezone.utc)
-
-
-def _one_of(table: str, values: tuple[str, ...]) -> CheckConstraint:
-    allowed = ", ".join(f"'{value}'" for value in values)
-    return CheckConstraint(f"status IN ({allowed})", name=f"{table}_status")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SchemaRow(Base):
-    __tablename__ = "evo_schema"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-
-
-class RunRow(Base):
-    __tablename__ = "evo_runs"
-    __table_args__ = (_one_of(__tablename__, RUN_STATUSES),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    space_yaml: Mapped[str] = mapped_column(Text)
-    space_sha256: Mapped[str] = mapped_column(String(64))
-    seed: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))
-    version: Mapped[str] = mapped_column(String(64))
-    generation: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(_UTCDateTime)
-
-
-class GenomeRow(Base):
-    __tablename__ = "evo_genomes"
-    __table_args__ = (UniqueConstraint("run_id", "hash"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
-    hash: Mapped[str] = mapped_column(String(64))
-    genes: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
-class TrialRow(Base):
-    __tablename__ = "evo_trials"
-    __table_args__ = (_one_of(__tablename__, TRIAL_STATUSES),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    genome_id: Mapped[int] = mapped_column(
-        ForeignKey("evo_genomes.id", ondelete="CASCADE"), index=True
-    )
-    generation: Mapped[int] = mapped_column(Integer)
-    attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
-    host: Mapped[str | None] = mapped_column(String(255))
-    device: Mapped[str | None] = mapped_column(String(64))
-    worker: Mapped[str | None] = mapped_column(String(255))
-    started_at: Mapped[datetime | None] = mapped_column(_UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(_UTCDateTime)
-    val_loss: Mapped[float | None] = mapped_column(Float)
-    perplexity: Mapped[float | None] = mapped_column(Float)
-    bits_per_byte: Mapped[float | None] = mapped_column(Float)
-    accuracy: Mapped[float | None] = mapped_column(Float)
-    train_tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    decode_tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    params: Mapped[int | None] = mapped_column(BigInteger)
-    params_non_embedding: Mapped[int | None] = mapped_column(BigInteger)
-    flops_per_token: Mapped[int | None] = mapped_column(BigInteger)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    wall_seconds: Mapped[float | None] = mapped_column(Float)
-    steps: Mapped[int | None] = mapped_column(BigInteger)
-    tokens: Mapped[int | None] = mapped_column(BigInteger)
-    pretrain: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-
-
-class CurvePointRow(Base):
-    __tablename__ = "evo_curve_points"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(
-        ForeignKey("evo_trials.id", ondelete="CASCADE"), index=True
-    )
-    stage: Mapped[str] = mapped_column(String(16))
-    step: Mapped[int] = mapped_column(BigInteger)
-    tokens: Mapped[int] = mapped_column(BigInteger)
-    seconds: Mapped[float] = mapped_column(Float)
-    train_loss: Mapped[float | None] = mapped_column(Float)  # NaN reads back as None
-    val_loss: Mapped[float | None] = mapped_column(Float)
-
-
-class MemberRow(Base):
-    """One slot of a generation's population; a genome may fill several slots."""
-
-    __tablename__ = "evo_population"
-
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
-
-
-class GenerationRow(Base):
-    __tablename__ = "evo_generations"
-
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
-    )
-    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
-    rng_state: Mapped[Any] = mapped_column(JSON)
-    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
-
-
-class PromotionRow(Base):
-    __tablename__ = "evo_promotions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
-    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
-    out_dir: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(32))
-    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(_UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(_UTCDateTime)
+_FRAME_HEAD = ("trial_id", "generation", "rung", "decision", "attempt", "status", "genome_id")
+_FRAME_TAIL = ("error", "host", "device", "worker", "started_at", "finished_at", "recorded")
 
 
 @dataclass(frozen=True)
@@ -236,9 +93,17 @@ class RunInfo:
 class TrialRecord:
     id: int
     genome_id: int
-    generation: int
+    generation: int | None
+    rung: int
+    decision: int | None
+    seen: int | None
+    recorded: int | None
+    budget: dict[str, Any] | None
+    seed: int | None
+    continued_from: int | None
+    checkpoint: str | None
     attempt: int
-    status: str
+    status: TrialStatus
     host: str | None
     device: str | None
     worker: str | None
@@ -263,6 +128,29 @@ class TrialRecord:
     def metric(self, name: str) -> float | None:
         value = getattr(self, name)
         return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: int
+    workers: int
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What a run's trials have used so far: training steps and tokens, worker-seconds
+    (each trial's wall time on the one worker it holds) and trials (decisions: a lost
+    worker's retry is the same trial)."""
+
+    steps: int
+    tokens: int
+    worker_seconds: float
+    trials: int
+
+    def of(self, limit: str) -> float:
+        return float(getattr(self, limit))
 
 
 @dataclass(frozen=True)
@@ -291,6 +179,12 @@ _Record = TypeVar("_Record")
 def _record(cls: type[_Record], row: Base) -> _Record:
     """The dataclass `cls` filled from the same-named attributes of an ORM row."""
     return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+
+
+def _trial_record(row: TrialRow) -> TrialRecord:
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(TrialRecord)}
+    values["status"] = TrialStatus(row.status)
+    return TrialRecord(**values)
 
 
 def _now() -> datetime:
@@ -378,19 +272,56 @@ def _make_engine(url: str, create: bool) -> Engine:
 
 
 def _prepare_schema(engine: Engine, shown_url: str) -> None:
-    """Create missing tables, after refusing a database written by a newer evo."""
-    with engine.begin() as connection:
+    """Create the tables of a new database, or upgrade an older one; refuse a newer one."""
+    with engine.connect() as connection:
         found = None
         if inspect(connection).has_table(SchemaRow.__tablename__):
             found = connection.scalar(select(SchemaRow.version))
-        if found is not None and found > SCHEMA_VERSION:
-            raise UserError(
-                f"{shown_url} has schema version {found}, newer than this evo understands "
-                f"({SCHEMA_VERSION}); upgrade evo-llm to read it"
-            )
-        Base.metadata.create_all(connection)
-        if found is None:
+    if found is not None and found > SCHEMA_VERSION:
+        raise UserError(
+            f"{shown_url} has schema version {found}, newer than this evo understands "
+            f"({SCHEMA_VERSION}); upgrade evo-llm to read it"
+        )
+    if found is None:
+        with engine.begin() as connection:
+            Base.metadata.create_all(connection)
             connection.execute(insert(SchemaRow).values(id=1, version=SCHEMA_VERSION))
+            _alembic(connection, "stamp", HEAD_REVISION)
+    elif found < SCHEMA_VERSION:
+        _upgrade(engine, shown_url, found)
+
+
+def _alembic(connection: Connection, verb: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    getattr(command, verb)(config, revision)
+
+
+def _upgrade(engine: Engine, shown_url: str, version: int) -> None:
+    """Migrate a database of schema `version` to this evo's, keeping a copy of a SQLite
+    file as it was. SQLite checks no foreign keys meanwhile: Alembic alters a SQLite
+    table by copying it, and dropping the old copy must not cascade to its children."""
+    file = _sqlite_file(engine.url)
+    if file is not None:
+        backup = file.with_name(f"{file.name}.schema-{version}.bak")
+        with sqlite3.connect(file) as source, sqlite3.connect(backup) as copy:
+            source.backup(copy)
+    with engine.connect() as connection:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        if not inspect(connection).has_table("alembic_version"):
+            _alembic(connection, "stamp", BASELINE_REVISION)
+        _alembic(connection, "upgrade", HEAD_REVISION)
+        connection.commit()
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+    where = f"; the old file is kept as {backup}" if file is not None else ""
+    log.warning(
+        "evo: upgraded %s from schema version %d to %d%s", shown_url, version, SCHEMA_VERSION, where
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -513,27 +444,56 @@ class Storage:
             )
             return {genome_id: genes for genome_id, genes in rows}
 
-    def finished_result(self, run: str, genome_id: int) -> TrialRecord | None:
-        """The latest terminal trial of the genome, whose result can stand in for a new one."""
+    def finished_result(self, run: str, genome_id: int, rung: int = 0) -> TrialRecord | None:
+        """The latest result of the genome at the rung, which can stand in for a new one."""
         with self._sessions.begin() as session:
             row = session.scalar(
                 self._trials_query(session, run)
-                .where(TrialRow.genome_id == genome_id, TrialRow.status.in_(TERMINAL_STATUSES))
+                .where(
+                    TrialRow.genome_id == genome_id,
+                    TrialRow.rung == rung,
+                    TrialRow.status.in_(RESULTS),
+                )
                 .order_by(TrialRow.id.desc())
                 .limit(1)
             )
-            return None if row is None else _record(TrialRecord, row)
+            return None if row is None else _trial_record(row)
 
-    def add_trial(self, run: str, genome_id: int, generation: int, attempt: int = 0) -> int:
+    def add_trial(
+        self,
+        run: str,
+        genome_id: int,
+        *,
+        generation: int | None = None,
+        rung: int = 0,
+        decision: int | None = None,
+        seen: int | None = None,
+        attempt: int = 0,
+        budget: dict[str, Any] | None = None,
+        seed: int | None = None,
+        continued_from: int | None = None,
+    ) -> int:
+        """Queue a trial; its `decision` defaults to its own id (a decision of its own)."""
         with self._sessions.begin() as session:
             genome = session.get(GenomeRow, genome_id)
             if genome is None or genome.run_id != self._run(session, run).id:
                 raise ValueError(f"genome {genome_id} is not part of run {run!r}")
             row = TrialRow(
-                genome_id=genome_id, generation=generation, attempt=attempt, status="queued"
+                genome_id=genome_id,
+                generation=generation,
+                rung=rung,
+                decision=decision,
+                seen=seen,
+                attempt=attempt,
+                budget=_jsonable(budget),
+                seed=seed,
+                continued_from=continued_from,
+                status=TrialStatus.QUEUED.value,
             )
             session.add(row)
             session.flush()
+            if decision is None:
+                row.decision = row.id
             return row.id
 
     def mark_running(
@@ -541,41 +501,82 @@ class Storage:
     ) -> None:
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
-            row.status = "running"
+            row.status = TrialStatus.RUNNING.value
             row.host, row.device, row.worker = host, device, worker
             row.started_at = _now()
+
+    def retry_trial(self, trial_id: int, error: str) -> int:
+        """Mark a trial whose worker was lost as retried, with the reason, and queue the
+        next attempt of its decision, both at once; returns the new trial's id."""
+        with self._sessions.begin() as session:
+            row = self._trial(session, trial_id)
+            row.status = TrialStatus.RETRIED.value
+            row.error = error
+            row.finished_at = _now()
+            retry = TrialRow(
+                **{
+                    key: getattr(row, key)
+                    for key in (
+                        "genome_id",
+                        "generation",
+                        "rung",
+                        "decision",
+                        "seen",
+                        "budget",
+                        "seed",
+                        "continued_from",
+                    )
+                },
+                attempt=row.attempt + 1,
+                status=TrialStatus.QUEUED.value,
+            )
+            session.add(retry)
+            session.flush()
+            return retry.id
 
     def finish_trial(
         self,
         trial_id: int,
-        status: str,
+        status: TrialStatus,
         result: dict[str, Any],
         *,
         host: str | None = None,
         worker: str | None = None,
         started: float | None = None,
         finished: float | None = None,
-    ) -> None:
-        """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve.
+        checkpoint: str | None = None,
+    ) -> int:
+        """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve,
+        and where its stable checkpoint was kept. Returns the result's place in the order
+        results were recorded.
 
         A result may be partial (a timeout knows only its error); missing fields are stored
         as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
         epoch times `started`/`finished`, when given, say where and when the trial really
         ran (the worker's clock, not the driver's dispatch time).
         """
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"a finished trial's status must be one of {TERMINAL_STATUSES}")
+        status = TrialStatus(status)
+        if not status.is_result:
+            raise ValueError(f"a finished trial's status must be one of {RESULTS}")
         unknown = set(result) - _RESULT_KEYS
         if unknown:
             raise ValueError(f"trial result has fields the database lacks: {sorted(unknown)}")
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
-            row.status = status
+            run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
+            last = session.scalar(
+                select(func.max(TrialRow.recorded))
+                .join(GenomeRow)
+                .where(GenomeRow.run_id == run_id)
+            )
+            row.recorded = (last or 0) + 1
+            row.status = status.value
             row.finished_at = _now() if finished is None else _from_epoch(finished)
             if started is not None:
                 row.started_at = _from_epoch(started)
             row.host = host or row.host
             row.worker = worker or row.worker
+            row.checkpoint = checkpoint
             for name in METRICS:
                 setattr(row, name, _scalar(result.get(name)))
             row.error = result.get("error")
@@ -586,44 +587,49 @@ class Storage:
                 CurvePointRow(trial_id=trial_id, **{key: _scalar(v) for key, v in point.items()})
                 for point in result.get("curve") or []
             )
+            return row.recorded
 
-    def requeue_interrupted(self, run: str) -> int:
-        """Delete the trials a dead driver left queued or running, with their curves.
-
-        A resumed driver replays the unfinished generation from its saved RNG state, so
-        it adds these trials again; deleting them keeps one trial per evaluation. An
-        interrupted retry takes the earlier attempts of its chain with it (same genome and
-        generation, lower attempt, added before it): those rows are 'failed' only because
-        a retry followed, and if one stayed, `finished_result` would hand the resumed run
-        that failure instead of the retry. Returns how many trials were deleted.
-        """
+    def interrupt_active(self, run: str) -> list[TrialRecord]:
+        """Mark the trials a stopped driver left queued or running as interrupted (they
+        stay in the history) and return them: the decisions a resumed search runs again."""
         with self._sessions.begin() as session:
-            trials = self._trials_query(session, run)
-            interrupted = session.scalars(
-                trials.where(TrialRow.status.in_(("queued", "running")))
+            rows = session.scalars(
+                self._trials_query(session, run)
+                .where(TrialRow.status.in_((TrialStatus.QUEUED.value, TrialStatus.RUNNING.value)))
+                .order_by(TrialRow.id)
             ).all()
-            if not interrupted:
-                return 0
-            chains = or_(
-                *(
-                    and_(
-                        TrialRow.genome_id == row.genome_id,
-                        TrialRow.generation == row.generation,
-                        TrialRow.attempt <= row.attempt,
-                        TrialRow.id <= row.id,
-                    )
-                    for row in interrupted
-                )
-            )
-            stale = session.scalars(trials.with_only_columns(TrialRow.id).where(chains)).all()
-            session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id.in_(stale)))
-            session.execute(delete(TrialRow).where(TrialRow.id.in_(stale)))
-            return len(stale)
+            now = _now()
+            for row in rows:
+                row.status = TrialStatus.INTERRUPTED.value
+                row.finished_at = row.finished_at or now
+            return [_trial_record(row) for row in rows]
+
+    def forget_checkpoint(self, trial_id: int) -> None:
+        """Record that the trial's stable checkpoint is gone (deleted, or never kept)."""
+        with self._sessions.begin() as session:
+            self._trial(session, trial_id).checkpoint = None
 
     def trials(self, run: str) -> list[TrialRecord]:
         with self._sessions.begin() as session:
             rows = session.scalars(self._trials_query(session, run).order_by(TrialRow.id))
-            return [_record(TrialRecord, row) for row in rows]
+            return [_trial_record(row) for row in rows]
+
+    def spent(self, run: str) -> Spent:
+        """The compute a run's trials have used (retried attempts too: their work was done
+        even if its result was lost), and how many decisions it has made."""
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            steps, tokens, seconds, decisions = session.execute(
+                select(
+                    func.sum(TrialRow.steps),
+                    func.sum(TrialRow.tokens),
+                    func.sum(TrialRow.wall_seconds),
+                    func.count(func.distinct(TrialRow.decision)),
+                )
+                .join(GenomeRow)
+                .where(GenomeRow.run_id == run_id)
+            ).one()
+            return Spent(int(steps or 0), int(tokens or 0), float(seconds or 0.0), decisions)
 
     def curve(self, trial_id: int) -> list[dict[str, Any]]:
         """The trial's learning curve, as dicts that `llm.trial.CurvePoint(**point)` accepts."""
@@ -639,10 +645,10 @@ class Storage:
     def trials_frame(self, run: str) -> pd.DataFrame:
         """One row per trial, in trial order.
 
-        Columns: trial_id, generation, attempt, status, genome_id, then `gene.<name>` for
-        every gene (NaN where a genome lacks it), every metric of METRICS (numeric), then
-        `pretrain.<name>` for every pretraining metric, error, host, device, worker,
-        started_at and finished_at.
+        Columns: trial_id, generation, rung, decision, attempt, status, genome_id, then
+        `gene.<name>` for every gene (NaN where a genome lacks it), every metric of
+        METRICS (numeric), then `pretrain.<name>` for every pretraining metric, error,
+        host, device, worker, started_at, finished_at and recorded.
         """
         with self._sessions.begin() as session:
             rows = session.execute(
@@ -664,6 +670,30 @@ class Storage:
         frame = pd.DataFrame(records, columns=columns)
         frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric)
         return frame
+
+    # Sessions
+
+    def start_session(self, run: str, workers: int) -> int:
+        with self._sessions.begin() as session:
+            row = SessionRow(run_id=self._run(session, run).id, workers=workers, started_at=_now())
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def end_session(self, session_id: int) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(SessionRow, session_id)
+            if row is not None:
+                row.ended_at = _now()
+
+    def run_sessions(self, run: str) -> list[SessionRecord]:
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(SessionRow)
+                .where(SessionRow.run_id == self._run(session, run).id)
+                .order_by(SessionRow.id)
+            )
+            return [_record(SessionRecord, row) for row in rows]
 
     # Generations
 

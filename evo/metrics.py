@@ -1,0 +1,106 @@
+"""What a trial measures, in one registry: each metric's name, its natural direction and
+its unit. Storage makes a column of each, a search space may optimise any that is an
+objective, and every "which value is better" question is answered here.
+
+A trial's status is `llm.trial.TrialStatus`, re-exported here beside the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from llm.trial import RESULT_STATUSES, TrialStatus
+
+Direction = Literal["min", "max"]
+
+__all__ = [
+    "METRICS",
+    "OBJECTIVE_METRICS",
+    "RESULT_STATUSES",
+    "Direction",
+    "Metric",
+    "TrialStatus",
+    "best",
+    "better",
+    "cost_sign",
+]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # a field of llm.trial.TrialResult
+    direction: Direction  # which way is better when it is an objective
+    unit: str
+    description: str
+    integer: bool = False
+    objective: bool = True  # whether a search may optimise it
+
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric(
+            "bits_per_byte",
+            "min",
+            "bits/byte",
+            "validation loss in bits per UTF-8 byte of text, comparable across tokenizers",
+        ),
+        Metric("perplexity", "min", "", "exp of the validation loss per token"),
+        Metric("val_loss", "min", "nats/token", "validation cross-entropy per token"),
+        Metric("accuracy", "max", "", "share of validation tokens predicted exactly"),
+        Metric("train_tokens_per_s", "max", "tokens/s", "training throughput (median step)"),
+        Metric("decode_tokens_per_s", "max", "tokens/s", "cached greedy decoding throughput"),
+        Metric("params", "min", "parameters", "all parameters", integer=True),
+        Metric(
+            "params_non_embedding",
+            "min",
+            "parameters",
+            "parameters outside the embeddings",
+            integer=True,
+        ),
+        Metric(
+            "flops_per_token", "min", "FLOPs", "forward FLOPs per token (analytic)", integer=True
+        ),
+        Metric("peak_memory_bytes", "min", "bytes", "peak memory while training", integer=True),
+        Metric("wall_seconds", "min", "s", "the trial's wall-clock time"),
+        Metric(
+            "steps",
+            "min",
+            "steps",
+            "optimizer steps the trial ran (a continued trial counts its own)",
+            integer=True,
+            objective=False,
+        ),
+        Metric(
+            "tokens",
+            "min",
+            "tokens",
+            "training tokens the trial ran (a continued trial counts its own)",
+            integer=True,
+            objective=False,
+        ),
+    )
+}
+
+OBJECTIVE_METRICS = tuple(name for name, metric in METRICS.items() if metric.objective)
+
+
+def cost_sign(direction: Direction) -> float:
+    """+1 for a direction to minimise, -1 to maximise: sign × value is a cost, lower better."""
+    return 1.0 if direction == "min" else -1.0
+
+
+def better(direction: Direction, a: float, b: float) -> bool:
+    """Whether `a` is strictly better than `b`."""
+    return cost_sign(direction) * a < cost_sign(direction) * b
+
+
+def best(direction: Direction, values: Iterable[float]) -> float:
+    """The best of the finite `values`; NaN when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan
+    return min(finite) if direction == "min" else max(finite)

@@ -1,0 +1,210 @@
+"""Steady-state asynchronous evolution over a fidelity ladder.
+
+Whenever a worker is free the scheduler makes one decision, with no generation to wait
+for: advance a paused genome (one in the top 1/η of its rung, the highest rung first;
+see `rungs`), or else breed a new one. The first `population` genomes are a Latin
+hypercube of the space. After that, parents are chosen by tournament from an aging
+population: the last `population` genomes scored at one rung, the highest rung that
+has at least MIN_MEMBERS of them, so parents are compared only at equal budget (small
+models train faster, and an asynchronous search must not favour what finishes first).
+The oldest member leaves as a new one arrives (regularized evolution, Real et al.
+2019). The parents are crossed and mutated with DEAP's operators (`varAnd`), repaired,
+and mutated again until the child is a genome never bred before.
+
+A decision depends only on the results recorded before it, in the order they were
+recorded, and on a random stream of its own, drawn from the run's seed and the
+decision's number. So `replay` rebuilds the exact state from the stored history, and a
+search run one trial at a time is reproducible from its seed, interrupted or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from deap import algorithms
+
+from evo.operators import distinct, make_toolbox, to_genome, to_individual
+from evo.schedule.rungs import Ladder, RungResults
+from evo.space import SearchSpace
+
+Proposer = Literal["evolution", "random"]
+
+
+@dataclass(frozen=True)
+class Advance:
+    """Continue a paused genome from its stable checkpoint to the next rung."""
+
+    genome_id: int
+    rung: int  # the rung it trains to
+    trial_id: int  # the trial whose checkpoint it continues
+
+
+@dataclass(frozen=True)
+class Breed:
+    """Train a new genome at the lowest rung."""
+
+    genes: dict[str, Any]
+
+
+Decision = Advance | Breed
+
+
+def min_members(space: SearchSpace) -> int:
+    """How many scored genomes a rung needs before parents are drawn from it: half the
+    aging population, and never fewer than a tournament."""
+    return max(space.search.tournament_size, space.search.population // 2)
+
+
+@contextlib.contextmanager
+def drawing_from(stream: random.Random) -> Iterator[None]:
+    """DEAP draws from the global `random`; point it at `stream` for the block, so that
+    nothing else in the process (Ray's client, a library) can shift a decision."""
+    outside = random.getstate()
+    random.setstate(stream.getstate())
+    try:
+        yield
+    finally:
+        stream.setstate(random.getstate())
+        random.setstate(outside)
+
+
+class SteadyStateScheduler:
+    """The search's state (results per rung, aging populations, paused genomes, every
+    genome bred) and the rule that turns it into the next decision."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        vocab_size: int,
+        ladder: Ladder,
+        proposer: Proposer = "evolution",
+    ) -> None:
+        self.space, self.ladder, self.proposer = space, ladder, proposer
+        self.toolbox = make_toolbox(space, vocab_size)
+        objectives = space.search.objectives
+        rungs = range(len(ladder.budgets))
+        self.results = [RungResults(objectives) for _ in rungs]
+        self.windows: list[deque[int]] = [deque(maxlen=space.search.population) for _ in rungs]
+        self.waiting: list[dict[int, int]] = [{} for _ in rungs]  # genome → trial id
+        self.genes: dict[int, dict[str, Any]] = {}
+        self.seen: set[tuple[Any, ...]] = set()
+        self.bred = 0
+        with drawing_from(random.Random(f"{space.search.seed}:initial")):
+            self.initial = self.toolbox.population(n=space.search.population)
+
+    # What happened
+
+    def bred_genome(self, genome_id: int, genes: dict[str, Any]) -> None:
+        """A genome was bred (now, or in the history being replayed)."""
+        self.genes[genome_id] = genes
+        self.seen.add(tuple(to_individual(self.space, genes)))
+        self.bred += 1
+
+    def advanced(self, genome_id: int, rung: int) -> None:
+        """A genome paused below `rung` was sent on to it."""
+        self.waiting[rung - 1].pop(genome_id, None)
+
+    def result(
+        self, genome_id: int, rung: int, trial_id: int, values: tuple[float, ...] | None
+    ) -> list[int]:
+        """Record a genome's objective values at a rung (None: it failed). A success below
+        the top rung leaves a checkpoint and waits to advance. Returns the trials whose
+        checkpoints are no longer needed: genomes dropped for good at this rung."""
+        self.results[rung].add(genome_id, values)
+        self.windows[rung].append(genome_id)
+        waiting = self.waiting[rung]
+        if values is not None and rung < self.ladder.top:
+            waiting[genome_id] = trial_id
+        dropped = self.ladder.to_drop(rung, self.results[rung], set(waiting))
+        return [waiting.pop(genome) for genome in dropped]
+
+    def forget(self, genome_id: int, rung: int) -> None:
+        """The genome's checkpoint at `rung` is lost: it cannot advance."""
+        self.waiting[rung].pop(genome_id, None)
+
+    # What to do next
+
+    def decide(self, number: int, fits: Callable[[Decision], bool]) -> Decision | None:
+        """Decision `number`: the first advance that `fits` the budget, highest rung
+        first, else a new genome if that fits; None when neither does."""
+        for rung in reversed(range(self.ladder.top)):
+            waiting = self.waiting[rung]
+            genome = self.ladder.to_advance(self.results[rung], set(waiting))
+            if genome is not None:
+                advance = Advance(genome, rung + 1, waiting[genome])
+                if fits(advance):
+                    return advance
+        child = self.breed(random.Random(f"{self.space.search.seed}:{number}"))
+        if child is None or not fits(child):
+            return None
+        return child
+
+    def breed(self, stream: random.Random) -> Breed | None:
+        """A genome never bred before; None when none could be found (a small space is
+        exhausted)."""
+        with drawing_from(stream):
+            if self.bred < len(self.initial):
+                child = self.toolbox.clone(self.initial[self.bred])
+            elif self.proposer == "random":
+                child = self.toolbox.individual()
+            else:
+                child = self._offspring()
+            (child,) = distinct([child], self.toolbox, set(self.seen))
+        if tuple(child) in self.seen:
+            return None
+        return Breed(to_genome(self.space, child))
+
+    def parent_rung(self) -> int:
+        """The highest rung with enough scored genomes to choose parents from."""
+        enough = min_members(self.space)
+        for rung in reversed(range(len(self.windows))):
+            if len(self.windows[rung]) >= enough:
+                return rung
+        return 0
+
+    def _offspring(self) -> Any:
+        rung = self.parent_rung()
+        members = []
+        for genome in self.windows[rung]:
+            individual = to_individual(self.space, self.genes[genome])
+            individual.fitness.values = self.results[rung].values(genome)
+            members.append(individual)
+        search = self.space.search
+        parents = self.toolbox.select_parents(members, 2)
+        return algorithms.varAnd(
+            parents, self.toolbox, search.crossover_prob, search.mutation_prob
+        )[0]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A past decision or result, as stored, for `replay`."""
+
+    kind: Literal["bred", "advanced", "result"]
+    genome_id: int
+    rung: int
+    trial_id: int
+    genes: dict[str, Any] | None = None
+    values: tuple[float, ...] | None = None
+
+
+def replay(scheduler: SteadyStateScheduler, events: Sequence[Event]) -> set[int]:
+    """Apply a run's history, in the order it happened, to a fresh scheduler; returns the
+    trials whose checkpoints it dropped on the way."""
+    dropped: set[int] = set()
+    for event in events:
+        if event.kind == "bred":
+            assert event.genes is not None
+            scheduler.bred_genome(event.genome_id, event.genes)
+        elif event.kind == "advanced":
+            scheduler.advanced(event.genome_id, event.rung)
+        else:
+            dropped.update(
+                scheduler.result(event.genome_id, event.rung, event.trial_id, event.values)
+            )
+    return dropped

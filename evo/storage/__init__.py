@@ -1,0 +1,30 @@
+"""What a search remembers: the results database (`store.Storage`), its tables
+(`models`) and their migrations (`migrations/`). The rest of evo imports from here."""
+
+from evo.storage.models import RUN_STATUSES, SCHEMA_VERSION, TRIAL_STATUSES
+from evo.storage.store import (
+    DEFAULT_URL,
+    GenerationRecord,
+    PromotionRecord,
+    RunInfo,
+    SessionRecord,
+    Spent,
+    Storage,
+    TrialRecord,
+    genome_hash,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "RUN_STATUSES",
+    "SCHEMA_VERSION",
+    "TRIAL_STATUSES",
+    "GenerationRecord",
+    "PromotionRecord",
+    "RunInfo",
+    "SessionRecord",
+    "Spent",
+    "Storage",
+    "TrialRecord",
+    "genome_hash",
+]

@@ -1,0 +1,203 @@
+"""The tables of the results database, as SQLAlchemy 2.0 ORM classes.
+
+Only `store.py` (the Storage API) and the migrations use them; the rest of evo sees plain
+records. Every column type is portable, so SQLite and PostgreSQL get the same schema.
+A change here needs a migration in `migrations/versions/` and a new SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from evo.metrics import TrialStatus
+
+# The schema these classes describe; `evo_schema.version` of a database says which it has.
+SCHEMA_VERSION = 2
+
+RUN_STATUSES = ("running", "interrupted", "finished", "failed")
+TRIAL_STATUSES = tuple(status.value for status in TrialStatus)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=timezone.utc)
+
+
+def status_check(table: str, values: tuple[str, ...]) -> CheckConstraint:
+    allowed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"status IN ({allowed})", name=f"{table}_status")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaRow(Base):
+    __tablename__ = "evo_schema"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class RunRow(Base):
+    __tablename__ = "evo_runs"
+    __table_args__ = (status_check(__tablename__, RUN_STATUSES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    space_yaml: Mapped[str] = mapped_column(Text)
+    space_sha256: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64))
+    generation: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GenomeRow(Base):
+    __tablename__ = "evo_genomes"
+    __table_args__ = (UniqueConstraint("run_id", "hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
+    hash: Mapped[str] = mapped_column(String(64))
+    genes: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TrialRow(Base):
+    """One training of one genome at one rung: a decision of the search and one attempt
+    at carrying it out (a lost worker's retry is another row of the same decision)."""
+
+    __tablename__ = "evo_trials"
+    __table_args__ = (status_check(__tablename__, TRIAL_STATUSES),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    genome_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_genomes.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[int | None] = mapped_column(Integer)  # generational mode only
+    rung: Mapped[int] = mapped_column(Integer, default=0)
+    # The search's decisions in the order it made them; attempts of one decision share it.
+    decision: Mapped[int | None] = mapped_column(Integer)
+    # How many results the search had recorded when it made the decision.
+    seen: Mapped[int | None] = mapped_column(Integer)
+    # The order results were recorded in (increasing, not necessarily consecutive).
+    recorded: Mapped[int | None] = mapped_column(Integer)
+    budget: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the rung's, as TrainConfig
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    continued_from: Mapped[int | None] = mapped_column(
+        ForeignKey("evo_trials.id", name="evo_trials_continued_from_fkey")
+    )
+    checkpoint: Mapped[str | None] = mapped_column(Text)  # the stable checkpoint it left
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    perplexity: Mapped[float | None] = mapped_column(Float)
+    bits_per_byte: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    train_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    decode_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    params_non_embedding: Mapped[int | None] = mapped_column(BigInteger)
+    flops_per_token: Mapped[int | None] = mapped_column(BigInteger)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None] = mapped_column(BigInteger)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    pretrain: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CurvePointRow(Base):
+    __tablename__ = "evo_curve_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_trials.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)  # NaN reads back as None
+    val_loss: Mapped[float | None] = mapped_column(Float)
+
+
+class MemberRow(Base):
+    """One slot of a generation's population; a genome may fill several slots."""
+
+    __tablename__ = "evo_population"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
+
+
+class GenerationRow(Base):
+    __tablename__ = "evo_generations"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rng_state: Mapped[Any] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SessionRow(Base):
+    """One `evo run` or `evo resume` of a run: when, and with how many workers."""
+
+    __tablename__ = "evo_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
+    workers: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PromotionRow(Base):
+    __tablename__ = "evo_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"))
+    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
+    out_dir: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,29 +1,36 @@
-"""Search efficiency: the GA against random search and Optuna's samplers, on the same
-space and the same trial function.
+"""Search efficiency at equal compute: evo's steady-state search against random search,
+random search with ASHA, Optuna's TPE with its Hyperband pruner, and Optuna's NSGA-II.
 
-Every method looks for the lowest value of one metric (`--metric`, bits per byte by
-default), so the GA runs here with that single objective, whatever the space's file
-says: a best value is what is compared, and a GA that also spends trials on a second
-objective would be measured on a task it does not do. For each seed the GA runs a search
-of N = population × generations trials (through the real driver, in-process); random
-search trains 2N genomes drawn from the same space; Optuna's NSGA-II and TPE samplers,
-when optuna is installed, get N trials each through an ask/tell loop. Every method
-trains a genome the same way (`trial_job`, seeded by the genome), so a genome gets the
-same result under any of them. The (method, seed) runs share `--workers` processes.
+Every method gets the same budget of training tokens (the space's `search.budget.tokens`,
+counting every trial's tokens, cool-downs and pruned trials included), searches the same
+space, trains a genome with the same trial function (`execute_job`, seeded by the genome),
+and is scored by the best bits per byte it found at the top rung. Methods that can use
+rungs use the space's rungs, continuing each genome from its checkpoint:
 
-Prints the best value after each trial count for each method (median over seeds); then
-the worker utilization of a real run of the space file as written (no --set), on a local
-Ray instance with one worker per core (skip it with --no-utilization); and, last,
-`ratio=<GA best after N / random best after 2N>` (for a metric to minimise, at most 1
-means the GA is worth twice the trials of random search).
+- evo: the space's search as `evo run` runs it (aging evolution, ASHA advancing).
+- random+asha: the same scheduler with random proposals instead of offspring.
+- random: random genomes, each trained straight to the top rung.
+- tpe+hyperband: Optuna's TPESampler (10 random start-up trials, its default) with a
+  HyperbandPruner over the rungs (a trial reports each rung and stops when pruned).
+- nsga2: Optuna's NSGAIISampler with a population of a quarter of the trials the budget
+  buys at the top rung, each trial trained straight to the top rung (it cannot prune).
 
-    python bench/search_efficiency.py --seeds 3 --set trial.max_steps=60
+Optuna cannot express the space's constraints, so its proposals are repaired with evo's
+own repair before training, and Optuna is told the repaired genome's value. Each
+(method, seed) runs in its own process on one core; `--workers` of them at a time.
+
+Prints each method's final best over the seeds (median, interquartile mean with a
+bootstrap 95% interval), a Wilcoxon signed-rank test of evo against each, writes the
+anytime curves (best so far against tokens spent; interquartile mean and interval over
+the seeds) as a plotly HTML page, and last `ratio=<evo median / best other median>`.
+
+    python bench/search_efficiency.py --seeds 5
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import math
 import os
 import random
@@ -32,96 +39,93 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from evo.driver import Search, open_run, prepare_data, trial_seed
-from evo.executor import LocalExecutor, TrialJob, execute_job, make_executor
-from evo.operators import make_toolbox, repair, to_genome, to_individual
+import numpy as np
+import plotly.graph_objects as go
+from scipy import stats
+
+from evo.checkpoints import TrialCheckpoints
+from evo.data import TrialData, prepare_data
+from evo.driver import SteadyStateSearch, open_run
+from evo.executor import LocalExecutor, execute_job
+from evo.metrics import TrialStatus
+from evo.operators import repair, to_genome, to_individual
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
+from evo.summary import anytime_curve
+from evo.trials import make_job
+from llm.train import planned_steps
 
-HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
-METHODS = ["GA", *(["optuna-nsga2", "optuna-tpe"] if HAS_OPTUNA else []), "random"]
+METHODS = ["evo", "random+asha", "random", "tpe+hyperband", "nsga2"]
+Curve = list[tuple[float, float]]  # (tokens spent, best value so far), after each result
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--space", default="search_spaces/tiny.yaml")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--metric", default="bits_per_byte")
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument(
-        "--no-utilization",
-        dest="utilization",
-        action="store_false",
-        help="skip the real run of the space file that measures worker utilization",
-    )
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        choices=METHODS,
-        default=METHODS,
-        help="the methods to run (GA and random are always among them: the ratio needs both)",
-    )
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--html", default="results/search_efficiency.html")
+    p.add_argument("--json", help="also write every run's curve here")
     args = p.parse_args()
-    args.methods = [m for m in METHODS if m in {"GA", "random", *args.methods}]
+    args.methods = [m for m in METHODS if m in {"evo", *args.methods}]
     return args
 
 
-def bench_space(args: argparse.Namespace, seed: int) -> SearchSpace:
-    single = [f"search.objectives=[{args.metric}]", "search.selection=auto"]
-    return load_space(args.space, [*args.overrides, *single, f"search.seed={seed}"])
+def bench_space(args: argparse.Namespace, seed: int, extra: list[str] | None = None) -> SearchSpace:
+    single = ["search.objectives=[bits_per_byte]", "search.selection=auto"]
+    return load_space(args.space, [*args.overrides, *single, f"search.seed={seed}", *(extra or [])])
 
 
-class Trials:
-    """The trial function every method calls: a genome in, the metric's value out (inf
-    for a failed trial, so that it is never the best)."""
-
-    def __init__(self, space: SearchSpace, metric: str) -> None:
-        self.space, self.metric = space, metric
-        self.data, self.vocab = prepare_data(space)
-
-    def __call__(self, genes: dict[str, Any]) -> float:
-        result = execute_job(trial_job(self.space, genes, self.vocab), self.data).result
-        value = result.metric(self.metric)
-        return math.inf if value is None else value
-
-
-def trial_job(space: SearchSpace, genes: dict[str, Any], vocab: int) -> TrialJob:
-    return TrialJob(
-        genome_id=0,
-        model=space.model_config(genes, vocab),
-        train=space.train_config(genes),
-        seed=trial_seed(space.search.seed, genes),
-        adapt_train=space.adapt_train_config(genes),
-        lora_rank=space.lora_rank(genes),
+def top_only(args: argparse.Namespace, seed: int) -> SearchSpace:
+    """The space with its top rung as the only one."""
+    space = bench_space(args, seed)
+    top = space.rung_budgets()[-1]
+    value = next(iter(top.values()))
+    return bench_space(
+        args, seed, [f"search.rungs=[{value}]", "search.min_budget=null", "search.max_budget=null"]
     )
 
 
-def ga_values(space: SearchSpace, trials: Trials, n: int, folder: Path) -> list[float]:
-    storage = Storage(f"sqlite:///{folder / f'ga-{space.search.seed}.db'}")
-    open_run(storage, "ga", space)
-    Search(space, "ga", storage, LocalExecutor(), trials.data, trials.vocab).run()
-    records = sorted(storage.trials("ga"), key=lambda t: t.id)
-    values = [t.metric(trials.metric) for t in records if t.status != "running"]
-    return [math.inf if v is None else v for v in values][:n]
+def tokens_limit(space: SearchSpace) -> float:
+    limit = space.search.budget.tokens
+    assert limit is not None, "the space needs search.budget.tokens"
+    return float(limit)
 
 
-def random_values(space: SearchSpace, trials: Trials, n: int, folder: Path) -> list[float]:
-    toolbox = make_toolbox(space, trials.vocab)
-    return [trials(to_genome(space, toolbox.individual())) for _ in range(n)]
+# evo's own scheduler, with offspring or random proposals
+
+
+def scheduler_run(space: SearchSpace, proposer: str, folder: Path, name: str) -> Curve:
+    storage = Storage(f"sqlite:///{folder / (name + '.db')}")
+    open_run(storage, name, space)
+    data, vocab = prepare_data(space)
+    checkpoints = TrialCheckpoints(folder / name)
+    search = SteadyStateSearch(
+        space,
+        name,
+        storage,
+        LocalExecutor(),
+        data,
+        vocab,
+        proposer=proposer,  # type: ignore[arg-type]
+        checkpoints=checkpoints,
+    )
+    search.run()
+    curve = anytime_curve(storage.trials_frame(name), space, space.search.objectives[0])
+    return [(float(t), float(b)) for t, b in zip(curve["tokens"], curve["best"], strict=True)]
+
+
+# Optuna
 
 
 def optuna_distribution(domain: Domain) -> Any:
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if domain.kind == "float":
         low, high = domain.bounds
@@ -132,163 +136,247 @@ def optuna_distribution(domain: Domain) -> Any:
     return CategoricalDistribution(domain.values())
 
 
-def optuna_values(sampler_name: str) -> Callable[[SearchSpace, Trials, int, Path], list[float]]:
-    def run(space: SearchSpace, trials: Trials, n: int, folder: Path) -> list[float]:
-        import optuna
+class Trainer:
+    """Trains genomes rung by rung and counts the tokens spent against the budget."""
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        seed = space.search.seed
-        sampler = (
-            # Generations of the GA's size: with Optuna's default of 50, a budget of a few
-            # dozen trials would never leave the random first generation.
-            optuna.samplers.NSGAIISampler(population_size=space.search.population, seed=seed)
-            if sampler_name == "nsga2"
-            else optuna.samplers.TPESampler(seed=seed)
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.data: TrialData
+        self.data, self.vocab = prepare_data(space)
+        self.limit = tokens_limit(space)
+        self.spent = 0.0
+        self.best = math.inf
+        self.curve: Curve = []
+
+    def cost(self, genes: dict[str, Any], rung: int, continued: bool = True) -> float:
+        """The tokens of training `genes` to `rung`: from the rung below's stable
+        checkpoint when `continued`, else from scratch."""
+        train = self.space.train_config(genes, self.space.rung_budgets()[rung])
+        planned = planned_steps(train)
+        assert planned is not None, "the comparison needs step or token rungs"
+        start = 0
+        if rung and continued:
+            below = planned_steps(
+                self.space.train_config(genes, self.space.rung_budgets()[rung - 1])
+            )
+            start = below[0] if below else 0
+        return (planned[1] - start) * train.tokens_per_step
+
+    def fits(self, genes: dict[str, Any], rung: int, continued: bool = True) -> bool:
+        return self.spent + self.cost(genes, rung, continued) <= self.limit
+
+    def train(self, genes: dict[str, Any], rung: int, resume: Any) -> tuple[float | None, Any]:
+        outcome = execute_job(make_job(self.space, self.vocab, 0, genes, rung, resume), self.data)
+        self.spent += outcome.result.tokens
+        done = outcome.status is TrialStatus.DONE
+        value = outcome.result.bits_per_byte if done else None
+        if value is not None and rung == len(self.space.rung_budgets()) - 1:
+            self.best = min(self.best, value)
+        self.curve.append((self.spent, self.best))
+        return value, outcome.checkpoint
+
+    def proposal(self, study: Any, distributions: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        trial = study.ask(distributions)
+        individual = to_individual(self.space, trial.params)
+        return trial, to_genome(self.space, repair(individual, self.space, self.vocab))
+
+
+def tpe_hyperband(space: SearchSpace, folder: Path, name: str) -> Curve:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rungs = len(space.rung_budgets())
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=rungs, reduction_factor=int(space.search.eta)
+    )
+    sampler = optuna.samplers.TPESampler(seed=space.search.seed)
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+    distributions = {name: optuna_distribution(d) for name, d in space.genes.items()}
+    trainer = Trainer(space)
+    while True:
+        trial, genes = trainer.proposal(study, distributions)
+        if not trainer.fits(genes, 0):
+            break
+        resume, state, value = None, optuna.trial.TrialState.FAIL, None
+        for rung in range(rungs):
+            if not trainer.fits(genes, rung):
+                break
+            value, resume = trainer.train(genes, rung, resume)
+            if value is None:
+                break
+            trial.report(value, rung + 1)
+            if rung == rungs - 1:
+                state = optuna.trial.TrialState.COMPLETE
+            elif trial.should_prune():
+                state = optuna.trial.TrialState.PRUNED
+                break
+        if state == optuna.trial.TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+        if state != optuna.trial.TrialState.COMPLETE and not trainer.fits(genes, 0):
+            break
+    return trainer.curve
+
+
+def nsga2(space: SearchSpace, folder: Path, name: str) -> Curve:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    top = len(space.rung_budgets()) - 1
+    trainer = Trainer(space)
+    # A population of a quarter of the trials the budget buys, as NSGA-II needs several
+    # generations to work; Optuna's default of 50 would never leave the random first one.
+    rng = random.Random(0)
+    typical = statistics.mean(
+        trainer.cost(
+            to_genome(space, repair(to_individual(space, space.sample(rng)), space, trainer.vocab)),
+            top,
+            continued=False,
         )
-        direction = {"min": "minimize", "max": "maximize"}[space.search.objectives[0].direction]
-        study = optuna.create_study(direction=direction, sampler=sampler)
-        distributions = {name: optuna_distribution(d) for name, d in space.genes.items()}
-        values = []
-        for _ in range(n):
-            trial = study.ask(distributions)
-            # Optuna cannot express our constraints (head counts dividing d_model, the
-            # parameter ceiling), so a sampled genome is repaired with the GA's own repair
-            # and trained. Optuna is told the repaired genome's value for the genome it
-            # proposed (Baldwinian repair): its record stays a set of its own proposals,
-            # which its samplers need, while every proposal costs exactly one trial, as a
-            # GA offspring does. Reporting an invalid proposal as failed instead would spend
-            # a trial on training nothing, and teach the sampler to shy away from the
-            # parameter ceiling, which is where the best genomes of a size-capped space lie.
-            proposal = to_individual(space, trial.params)
-            value = trials(to_genome(space, repair(proposal, space, trials.vocab)))
-            if math.isfinite(value):
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            values.append(value)
-        return values
-
-    return run
+        for _ in range(20)
+    )
+    population = max(4, int(trainer.limit / typical) // 4)
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=space.search.seed)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    distributions = {name: optuna_distribution(d) for name, d in space.genes.items()}
+    while True:
+        trial, genes = trainer.proposal(study, distributions)
+        if not trainer.fits(genes, top, continued=False):
+            break
+        value, _ = trainer.train(genes, top, None)
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    return trainer.curve
 
 
-RUNNERS: dict[str, Callable[[SearchSpace, Trials, int, Path], list[float]]] = {
-    "GA": ga_values,
-    "optuna-nsga2": optuna_values("nsga2"),
-    "optuna-tpe": optuna_values("tpe"),
-    "random": random_values,
+RUNNERS: dict[str, Callable[[argparse.Namespace, int, Path], Curve]] = {
+    "evo": lambda a, s, f: scheduler_run(bench_space(a, s), "evolution", f, f"evo-{s}"),
+    "random+asha": lambda a, s, f: scheduler_run(bench_space(a, s), "random", f, f"asha-{s}"),
+    "random": lambda a, s, f: scheduler_run(top_only(a, s), "random", f, f"random-{s}"),
+    "tpe+hyperband": lambda a, s, f: tpe_hyperband(bench_space(a, s), f, f"tpe-{s}"),
+    "nsga2": lambda a, s, f: nsga2(bench_space(a, s), f, f"nsga2-{s}"),
 }
 
 
-def run_method(
-    args: argparse.Namespace, method: str, seed: int, n: int, folder: str
-) -> tuple[str, int, list[float], float]:
-    """One method's search for one seed, in a worker process; its values in trial order."""
+def run_method(args: argparse.Namespace, method: str, seed: int) -> tuple[str, int, Curve, float]:
     started = time.perf_counter()
-    space = bench_space(args, seed)
     random.seed(seed)
-    values = RUNNERS[method](space, Trials(space, args.metric), n, Path(folder))
-    return method, seed, values, time.perf_counter() - started
-
-
-def objective_sign(space: SearchSpace) -> float:
-    """+1 for a first objective to minimise, -1 for one to maximise."""
-    return 1.0 if space.search.objectives[0].direction == "min" else -1.0
-
-
-def best_so_far(values: list[float], sign: float) -> list[float]:
-    out, best = [], math.inf
-    for value in values:
-        best = min(best, sign * value)
-        out.append(sign * best)
-    return out
-
-
-def median_curve(curves: list[list[float]]) -> list[float]:
-    length = min(len(c) for c in curves)
-    return [statistics.median(c[i] for c in curves) for i in range(length)]
-
-
-@dataclass(frozen=True)
-class RealRun:
-    """What a real run of a space file showed."""
-
-    utilization: float  # busy worker-seconds over available ones, mean per generation
-    workers: int
-    seconds: float
-    metric: str  # the space's first objective
-    best: list[float]  # its best value after each generation
-
-
-def real_run(space_file: str) -> RealRun:
-    """Run the space file's search on a local Ray instance, as `evo run` does."""
-    space = load_space(space_file)
-    executor = make_executor(space, local=False)
-    data, vocab = prepare_data(space)
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        storage = Storage(f"sqlite:///{Path(folder) / 'utilization.db'}")
-        open_run(storage, "utilization", space)
-        try:
-            Search(space, "utilization", storage, executor, data, vocab).run()
-        finally:
-            executor.close()
-        generations = storage.generations("utilization")
-    busy = [g.stats["utilization"] for g in generations if g.stats.get("utilization")]
-    first = space.search.objectives[0].metric
-    extreme = "min" if objective_sign(space) > 0 else "max"
-    best = [g.stats["objectives"][first][extreme] for g in generations]
-    seconds = time.perf_counter() - started
-    return RealRun(statistics.mean(busy), int(executor.capacity), seconds, first, best)
+        curve = RUNNERS[method](args, seed, Path(folder))
+    return method, seed, curve, time.perf_counter() - started
+
+
+# Statistics
+
+
+def iqm(values: np.ndarray) -> float:
+    """The interquartile mean: the mean of the middle half."""
+    ordered = np.sort(values)
+    cut = len(ordered) // 4
+    return float(ordered[cut : len(ordered) - cut].mean())
+
+
+def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    samples = rng.choice(values, size=(2000, len(values)), replace=True)
+    estimates = np.array([iqm(sample) for sample in samples])
+    return float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
+
+
+def on_grid(curve: Curve, grid: np.ndarray) -> np.ndarray:
+    """The best value so far at each point of a grid of tokens spent."""
+    spent = np.array([point[0] for point in curve])
+    best = np.array([point[1] for point in curve])
+    index = np.searchsorted(spent, grid, side="right") - 1
+    return np.where(index >= 0, best[np.clip(index, 0, None)], np.inf)
+
+
+def write_curves(
+    path: Path, curves: dict[str, list[Curve]], limit: float, rng: np.random.Generator
+) -> None:
+    grid = np.linspace(limit / 50, limit, 50)
+    fig = go.Figure()
+    for method, runs in curves.items():
+        values = np.array([on_grid(curve, grid) for curve in runs])
+        middle, low, high = [], [], []
+        for column in values.T:
+            finite = column[np.isfinite(column)]
+            if len(finite) < len(column):  # not every seed has a top-rung result yet
+                middle.append(None), low.append(None), high.append(None)
+                continue
+            middle.append(iqm(finite))
+            lo, hi = bootstrap_interval(finite, rng)
+            low.append(lo), high.append(hi)
+        fig.add_trace(go.Scatter(x=grid, y=middle, mode="lines", name=method))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([grid, grid[::-1]]),
+                y=high + low[::-1],
+                fill="toself",
+                opacity=0.15,
+                line={"width": 0},
+                name=f"{method} 95% interval",
+                showlegend=False,
+            )
+        )
+    fig.update_layout(
+        title="Best top-rung bits per byte against training tokens spent (IQM over seeds)",
+        xaxis_title="training tokens spent",
+        yaxis_title="best bits per byte at the top rung (lower is better)",
+        template="plotly_white",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)
 
 
 def main() -> None:
     args = parse_args()
     space = bench_space(args, 0)
-    n = space.search.population * space.search.generations
-    sign = objective_sign(space)
+    limit = tokens_limit(space)
     prepare_data(space, progress=True)  # fills the disk cache the workers read from
-    methods = args.methods
-    budgets = {method: 2 * n if method == "random" else n for method in methods}
-    curves: dict[str, list[list[float]]] = {method: [] for method in methods}
+    curves: dict[str, list[Curve]] = {method: [] for method in args.methods}
     started = time.perf_counter()
     context = get_context("spawn")  # torch's thread pools do not survive fork
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        ProcessPoolExecutor(args.workers, mp_context=context) as pool,
-    ):
-        # The longest runs first, so the last to finish is short.
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         jobs = [
-            pool.submit(run_method, args, method, seed, budgets[method], folder)
-            for method in sorted(methods, key=lambda m: -budgets[m])
+            pool.submit(run_method, args, method, seed)
             for seed in range(args.seeds)
+            for method in args.methods
         ]
         for job in as_completed(jobs):
-            method, seed, values, seconds = job.result()
-            curves[method].append(best_so_far(values, sign))
+            method, seed, curve, seconds = job.result()
+            curves[method].append(curve)
+            best = curve[-1][1] if curve else math.inf
+            spent = curve[-1][0] if curve else 0
             print(
-                f"seed {seed} {method}: {len(values)} trials, best {curves[method][-1][-1]:.4f}"
-                f" ({seconds:.0f} s)",
-                flush=True,
+                f"seed {seed} {method}: best {best:.4f} after {spent:,.0f} tokens ({seconds:.0f} s)"
             )
-    medians = {method: median_curve(c) for method, c in curves.items()}
-    print(f"{args.metric}, best after each trial count (median over {args.seeds} seeds):")
-    print("trials " + " ".join(f"{m:>12}" for m in methods))
-    for i in range(max(len(c) for c in medians.values())):
-        cells = [f"{c[i]:12.4f}" if i < len(c) else f"{'-':>12}" for c in medians.values()]
-        print(f"{i + 1:6d} " + " ".join(cells))
-    ga, ga_trials = medians["GA"][-1], len(medians["GA"])
-    for method in methods[1:]:
-        other, trials = medians[method][-1], len(medians[method])
-        print(f"GA after {ga_trials} / {method} after {trials}: {ga / other:.3f}")
     print(f"{time.perf_counter() - started:.0f} s in all, {args.workers} workers")
-    if args.utilization:
-        run = real_run(args.space)
-        bests = ", ".join(f"{value:.3f}" for value in run.best)
-        print(f"a real run of {args.space} as written, {run.workers} Ray workers:")
-        print(f"  {run.seconds:.0f} s after the data preparation")
-        print(f"  best {run.metric} after each generation: {bests}")
-        print(f"  worker utilization: {100 * run.utilization:.0f}%")
-    print(f"ratio={ga / medians['random'][-1]:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(curves))
+    rng = np.random.default_rng(0)
+    finals = {
+        m: np.array([c[-1][1] if c else math.inf for c in runs]) for m, runs in curves.items()
+    }
+    print(f"best top-rung bits per byte after {limit:,.0f} tokens, over {args.seeds} seeds:")
+    print(f"{'method':>14} {'median':>8} {'IQM':>8} {'95% interval':>17} {'Wilcoxon p':>11}")
+    for method, values in finals.items():
+        finite = values[np.isfinite(values)]
+        low, high = bootstrap_interval(finite, rng) if len(finite) else (math.nan, math.nan)
+        p = math.nan
+        if method != "evo" and len(values) == len(finals["evo"]) and len(values) > 1:
+            p = stats.wilcoxon(finals["evo"], values).pvalue
+        print(
+            f"{method:>14} {np.median(values):8.4f} {iqm(finite) if len(finite) else math.nan:8.4f}"
+            f" [{low:.4f}, {high:.4f}] {p:11.3f}"
+        )
+    write_curves(Path(args.html), curves, limit, rng)
+    print(f"anytime curves: {args.html}")
+    others = [float(np.median(v)) for m, v in finals.items() if m != "evo"]
+    if others:
+        print(f"ratio={float(np.median(finals['evo'])) / min(others):.4f}")
 
 
 if __name__ == "__main__":

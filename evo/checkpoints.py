@@ -56,11 +56,12 @@ class TrialCheckpoints:
         return (self.root / name).is_dir()
 
     def delete(self, name: str) -> None:
+        """Delete a checkpoint, and the folders it leaves empty."""
         folder = self.root / name
         shutil.rmtree(folder, ignore_errors=True)
-        parent = folder.parent
-        if parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        for parent in (folder.parent, self.root):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
 
     def keep_only(self, names: set[str]) -> None:
         """Delete every checkpoint (and leftover temporary folder) not in `names`: what a

@@ -144,6 +144,8 @@ class SteadyStateSearch:
         finally:
             self.executor.cancel()
             self.storage.end_session(session)
+        for trial_id in list(self.kept):  # nothing will continue a paused genome now
+            self._delete_checkpoint(trial_id)
         self.storage.set_run_status(self.name, "finished")
         return SearchSummary(self.name, self.trials_run, self.best(), self.detail())
 

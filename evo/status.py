@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from evo.report import pareto_front, run_space
-from evo.storage import Storage
+from evo.space import SearchSpace
+from evo.storage import RunInfo, Storage
+from evo.summary import budget_text, rung_rows, spent_text, top_rung, utilization
 from evo.view import genes_text
 
 FRONT_ROWS = 10
@@ -17,43 +20,24 @@ FRONT_ROWS = 10
 def print_status(storage: Storage, name: str, console: Console) -> None:
     run = storage.require_run(name)
     space = run_space(run)
-    objectives = space.search.objectives
-    trials = storage.trials(name)
-    generations = storage.generations(name)
-    done = len(generations)
-    console.print(
-        f"[bold]{name}[/]: {run.status}, generation {done}/{space.search.generations} complete, "
-        f"updated {run.updated_at:%Y-%m-%d %H:%M:%S} UTC"
-    )
-    counts = Counter(t.status for t in trials)
-    console.print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-
-    busy = [g.stats.get("utilization") for g in generations if g.stats.get("utilization")]
-    if busy:
-        console.print(
-            f"worker utilization: {100 * sum(busy) / len(busy):.0f}% (mean per generation)"
-        )
-
     frame = storage.trials_frame(name)
-    front = pareto_front(frame, objectives)
-    for objective in objectives:
-        if len(front):
-            best = objective.best(front[objective.metric])
-            console.print(f"best {objective.metric} ({objective.direction}): {best:.4g}")
-    table = Table(title="Pareto front" if len(objectives) > 1 else "best trials")
-    table.add_column("genome", justify="right")
-    for objective in objectives:
-        table.add_column(objective.metric, justify="right")
-    table.add_column("genes")
-    gene_columns = [c for c in frame.columns if c.startswith("gene.")]
-    for _, row in front.head(FRONT_ROWS).iterrows():
-        genes = {c.removeprefix("gene."): row[c] for c in gene_columns if row[c] == row[c]}
-        values = [f"{row[o.metric]:.4g}" for o in objectives]
-        table.add_row(str(row["genome_id"]), *values, genes_text(genes))
-    if len(front):
-        console.print(table)
-    running = [t for t in trials if t.status == "running"]
-    if running:
+    console.print(f"[bold]{name}[/]: {run.status}, {_progress(storage, run, space)}")
+    console.print(f"updated {run.updated_at:%Y-%m-%d %H:%M:%S} UTC")
+    _print_budgets(storage, space, name, console)
+    counts = Counter(frame["status"])
+    console.print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if len(space.rung_budgets()) > 1:
+        console.print(_rung_table(frame, space))
+    busy = utilization(frame, storage.run_sessions(name))
+    if busy is None:  # a run from before sessions were recorded
+        per_generation = [g.stats["utilization"] for g in storage.generations(name)]
+        known = [u for u in per_generation if u]
+        busy = sum(known) / len(known) if known else None
+    if busy is not None:
+        console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
+    _print_front(frame, space, console)
+    running = frame[frame["status"] == "running"]
+    if len(running):
         console.print(f"running now: {len(running)} trials")
     for promotion in storage.promotions(name):
         metrics = promotion.metrics or {}
@@ -61,3 +45,67 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         detail = f", bits per byte {bpb:.4g}" if bpb is not None else ""
         genome, where = promotion.genome_id, promotion.out_dir
         console.print(f"promoted genome {genome}: {promotion.status}{detail} -> {where}")
+
+
+def _progress(storage: Storage, run: RunInfo, space: SearchSpace) -> str:
+    if space.search.mode == "generational":
+        saved = len(storage.generations(run.name))
+        return f"{saved} of {space.search.generations} generations complete"
+    return "steady-state search"
+
+
+def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Console) -> None:
+    target = space.target_budget()
+    rungs = " / ".join(budget_text(b) for b in space.rung_budgets())
+    if target is not None:
+        (unit, value), top = next(iter(target.items())), space.rung_budgets()[-1]
+        share = top[unit] / value
+        console.print(f"target: {budget_text(target)}; rungs: {rungs} (top rung {share:.0%})")
+    limits = space.search.budget.limits()
+    if limits:
+        console.print(f"spent: {spent_text(storage.spent(name), limits)}")
+
+
+def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
+    table = Table(title="rungs", title_justify="left")
+    for column in ("rung", "budget", "trials", "done", "failed", "running", "advanced"):
+        table.add_column(column, justify="left" if column == "budget" else "right")
+    rows = rung_rows(frame, space)
+    for row in rows:
+        advanced = "—" if row.rung == len(rows) - 1 else str(row.advanced)
+        table.add_row(
+            str(row.rung + 1),
+            budget_text(row.budget),
+            str(row.trials),
+            str(row.done),
+            str(row.failed),
+            str(row.active),
+            advanced,
+        )
+    return table
+
+
+def _print_front(frame: pd.DataFrame, space: SearchSpace, console: Console) -> None:
+    """The best trials at the top rung: the Pareto front for several objectives."""
+    objectives = space.search.objectives
+    top = top_rung(frame, space)
+    front = pareto_front(top, objectives)
+    where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
+    if not len(front):
+        console.print(f"no successful trial{where} yet")
+        return
+    for objective in objectives:
+        best = objective.best(front[objective.metric])
+        console.print(f"best {objective.metric} ({objective.direction}){where}: {best:.4g}")
+    title = ("Pareto front" if len(objectives) > 1 else "best trials") + where
+    table = Table(title=title)
+    table.add_column("genome", justify="right")
+    for objective in objectives:
+        table.add_column(objective.metric, justify="right")
+    table.add_column("genes")
+    gene_columns = [c for c in front.columns if c.startswith("gene.")]
+    for _, row in front.head(FRONT_ROWS).iterrows():
+        genes = {c.removeprefix("gene."): row[c] for c in gene_columns if row[c] == row[c]}
+        values = [f"{row[o.metric]:.4g}" for o in objectives]
+        table.add_row(str(row["genome_id"]), *values, genes_text(genes))
+    console.print(table)

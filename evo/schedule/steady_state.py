@@ -3,13 +3,14 @@
 Whenever a worker is free the scheduler makes one decision, with no generation to wait
 for: advance a paused genome (one in the top 1/η of its rung, the highest rung first;
 see `rungs`), or else breed a new one. The first `population` genomes are a Latin
-hypercube of the space. After that, parents are chosen by tournament from an aging
-population: the last `population` genomes scored at one rung, the highest rung that
-has at least MIN_MEMBERS of them, so parents are compared only at equal budget (small
-models train faster, and an asynchronous search must not favour what finishes first).
-The oldest member leaves as a new one arrives (regularized evolution, Real et al.
-2019). The parents are crossed and mutated with DEAP's operators (`varAnd`), repaired,
-and mutated again until the child is a genome never bred before.
+hypercube of the space (random ones follow while no result is in yet). After that,
+parents are chosen by tournament from an aging population: the last `population`
+genomes scored at one rung, the highest rung that has at least `min_members` of them,
+so parents are compared only at equal budget (small models train faster, and an
+asynchronous search must not favour what finishes first). The oldest member leaves as
+a new one arrives (regularized evolution, Real et al. 2019). The parents are crossed and
+mutated with DEAP's operators (`varAnd`), repaired, and mutated again until the child
+is a genome never bred before.
 
 A decision depends only on the results recorded before it, in the order they were
 recorded, and on a random stream of its own, drawn from the run's seed and the
@@ -150,7 +151,9 @@ class SteadyStateScheduler:
         with drawing_from(stream):
             if self.bred < len(self.initial):
                 child = self.toolbox.clone(self.initial[self.bred])
-            elif self.proposer == "random":
+            elif self.proposer == "random" or not self.windows[0]:
+                # With more workers than the initial design, breeding starts before any
+                # result is in: there are no parents yet, so it explores at random.
                 child = self.toolbox.individual()
             else:
                 child = self._offspring()

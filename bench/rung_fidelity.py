@@ -1,0 +1,158 @@
+"""Rung fidelity: how well a genome's score at each rung predicts its score at the target
+budget, under the two schedules a multi-fidelity search could use.
+
+For `--genomes` genomes of the space (a Latin hypercube, repaired, seeded), each trained
+to the space's target budget twice:
+
+- wsd, continued: the search's own way. The genome trains to each rung in turn, each rung
+  continuing the stable checkpoint of the one below and scored after its own short
+  cool-down; the last "rung" is the target itself.
+- cosine, truncated: one run with a cosine schedule over the target budget, scored at the
+  rung budgets on the way (at a learning rate still high), and at the end.
+
+Prints, for each rung and schedule, Spearman's ρ and Kendall's τ between the genomes'
+scores at that rung and at the target under the same schedule; the median target score
+of each schedule (which trains the better final models); and the compute each spent.
+
+    python bench/rung_fidelity.py --genomes 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+from scipy import stats
+
+from evo.data import prepare_data
+from evo.executor import execute_job
+from evo.operators import initial_population, to_genome
+from evo.space import SearchSpace, load_space
+from evo.trials import make_job
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--space", default="search_spaces/tiny.yaml")
+    p.add_argument("--genomes", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out", help="write every genome's scores here as JSON")
+    return p.parse_args()
+
+
+def ladder_space(args: argparse.Namespace) -> SearchSpace:
+    """The space with one more rung: the target itself."""
+    space = load_space(args.space, args.overrides)
+    target = space.search.target
+    assert target is not None and space.search.rung_values is not None, "the space needs rungs"
+    rungs = [*space.search.rung_values, target.value]
+    extra = [f"search.rungs={json.dumps(rungs)}", "search.min_budget=null"]
+    return load_space(args.space, [*args.overrides, "search.max_budget=null", *extra])
+
+
+def wsd_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, Any]) -> dict:
+    scores, tokens, resume = [], 0, None
+    for rung in range(len(space.rung_budgets())):
+        outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume), data)
+        scores.append(outcome.result.bits_per_byte)
+        tokens += outcome.result.tokens
+        resume = outcome.checkpoint
+        if resume is None and rung < len(space.rung_budgets()) - 1:
+            scores += [None] * (len(space.rung_budgets()) - rung - 1)
+            break
+    return {"scores": scores, "tokens": tokens}
+
+
+def cosine_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, Any]) -> dict:
+    """One cosine run over the target, its validation loss read at each rung budget (bits
+    per byte are a fixed multiple of it on one validation text, so ranks agree)."""
+    budgets = space.rung_budgets()
+    job = make_job(space, vocab, 0, genes, len(budgets) - 1)
+    per_step = job.train.tokens_per_step
+    steps = [math.ceil(next(iter(b.values())) / per_step) for b in budgets]
+    interval = math.gcd(*steps[:-1]) if len(steps) > 1 else steps[0]
+    train = dataclasses.replace(job.train, schedule="cosine", eval_interval=max(1, interval))
+    outcome = execute_job(dataclasses.replace(job, train=train, keep_stable=False), data)
+    losses = {p.step: p.val_loss for p in outcome.result.curve if p.val_loss is not None}
+    scale = outcome.result.bits_per_byte / outcome.result.val_loss if outcome.result.val_loss else 1
+    scores = []
+    for step in steps:
+        nearest = min(losses, key=lambda s: abs(s - step)) if losses else None
+        scores.append(None if nearest is None else losses[nearest] * scale)
+    scores[-1] = outcome.result.bits_per_byte
+    return {"scores": scores, "tokens": outcome.result.tokens}
+
+
+def run_genome(args: argparse.Namespace, index: int, genes: dict[str, Any]) -> dict:
+    space = ladder_space(args)
+    data, vocab = prepare_data(space)
+    started = time.perf_counter()
+    wsd = wsd_scores(space, vocab, data, genes)
+    cosine = cosine_scores(space, vocab, data, genes)
+    seconds = time.perf_counter() - started
+    return {"index": index, "genes": genes, "wsd": wsd, "cosine": cosine, "seconds": seconds}
+
+
+def correlations(rows: list[dict], schedule: str, rung: int) -> tuple[float, float, int]:
+    pairs = [
+        (r[schedule]["scores"][rung], r[schedule]["scores"][-1])
+        for r in rows
+        if r[schedule]["scores"][rung] is not None and r[schedule]["scores"][-1] is not None
+    ]
+    if len(pairs) < 3:
+        return math.nan, math.nan, len(pairs)
+    low, target = zip(*pairs, strict=True)
+    return stats.spearmanr(low, target)[0], stats.kendalltau(low, target)[0], len(pairs)
+
+
+def main() -> None:
+    args = parse_args()
+    space = ladder_space(args)
+    _, vocab = prepare_data(space, progress=True)  # fills the cache the workers read
+    random.seed(args.seed)
+    population = initial_population(space, vocab, args.genomes)
+    genomes = [to_genome(space, individual) for individual in population]
+    started = time.perf_counter()
+    context = get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        rows = list(pool.map(run_genome, [args] * len(genomes), range(len(genomes)), genomes))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    budgets = [next(iter(b.values())) for b in space.rung_budgets()]
+    unit = next(iter(space.rung_budgets()[0])).removeprefix("max_")
+    print(f"{len(rows)} genomes of {args.space}, {time.perf_counter() - started:.0f} s")
+    print(f"rank agreement with the target ({budgets[-1]:,.0f} {unit}), same schedule:")
+    print(f"{'rung':>12} {'wsd ρ':>8} {'wsd τ':>8} {'cosine ρ':>9} {'cosine τ':>9}")
+    for rung, budget in enumerate(budgets[:-1]):
+        wsd = correlations(rows, "wsd", rung)
+        cosine = correlations(rows, "cosine", rung)
+        print(f"{budget:>12,.0f} {wsd[0]:8.3f} {wsd[1]:8.3f} {cosine[0]:9.3f} {cosine[1]:9.3f}")
+    for schedule in ("wsd", "cosine"):
+        finals = [r[schedule]["scores"][-1] for r in rows if r[schedule]["scores"][-1]]
+        tokens = statistics.mean(r[schedule]["tokens"] for r in rows)
+        print(
+            f"{schedule}: median target bits per byte {statistics.median(finals):.4f}, "
+            f"mean tokens trained per genome {tokens:,.0f}"
+        )
+    wins = sum(
+        r["wsd"]["scores"][-1] < r["cosine"]["scores"][-1]
+        for r in rows
+        if r["wsd"]["scores"][-1] and r["cosine"]["scores"][-1]
+    )
+    print(f"wsd ends below cosine for {wins} of {len(rows)} genomes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Quality at the target budget: does the search find a better model than a person, or a
+cheaper search, would for the same training run?
+
+For each seed, three models are trained to the space's target budget (`search.target`)
+with `evo promote`'s trainer, on the same corpus, tokenizer and validation text, and
+scored in bits per byte on the whole validation split:
+
+- ours: the best genome of the space's own search (steady-state, rungs; its budget as
+  the space states it), run on a local Ray instance as `evo run` does, then promoted.
+- (a): a model of configs/tiny.yaml's shape and training settings (the hand-picked
+  default), trained for the target budget.
+- (b): the best genome of a generational search of single-fidelity 150-step trials
+  (population 6 × 8 generations, the previous default), promoted the same way.
+
+Prints each model's score and what each search spent, then
+`ratio=<ours / best of (a), (b)>` (the median over seeds; below 1 is better).
+
+    python bench/target_quality.py --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evo.data import prepare_data
+from evo.driver import make_search, open_run
+from evo.executor import make_executor
+from evo.promote import promote
+from evo.space import SearchSpace, load_space
+from evo.storage import Storage
+from llm.config import load_run_config
+from llm.train import train_run
+
+GENERATIONAL = [
+    "search.mode=generational",
+    "search.rungs=null",
+    "search.min_budget=null",
+    "search.max_budget=null",
+    "search.budget={}",
+    "search.population=6",
+    "search.generations=8",
+    "trial.max_steps=150",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--space", default="search_spaces/tiny.yaml")
+    p.add_argument("--baseline", default="configs/tiny.yaml", help="the hand-picked config (a)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    return p.parse_args()
+
+
+@dataclass(frozen=True)
+class Searched:
+    bits_per_byte: float
+    genes: dict[str, object]
+    trials: int
+    tokens: int
+    worker_seconds: float
+    seconds: float  # wall time of the search alone
+
+
+def search_then_promote(space: SearchSpace, name: str, folder: Path) -> Searched:
+    storage = Storage(f"sqlite:///{folder / 'evo.db'}")
+    open_run(storage, name, space)
+    data, vocab = prepare_data(space)
+    executor = make_executor(space, local=False)
+    started = time.perf_counter()
+    try:
+        make_search(space, name, storage, executor, data, vocab).run()
+    finally:
+        executor.close()
+    seconds = time.perf_counter() - started
+    promote(storage, name, out=folder / f"{name}-promoted")
+    promotion = storage.promotions(name)[-1]
+    assert promotion.metrics is not None, f"the promotion of {name} {promotion.status}"
+    spent = storage.spent(name)
+    return Searched(
+        bits_per_byte=promotion.metrics["bits_per_byte"],
+        genes=storage.genomes(name)[promotion.genome_id],
+        trials=spent.trials,
+        tokens=spent.tokens,
+        worker_seconds=spent.worker_seconds,
+        seconds=seconds,
+    )
+
+
+def hand_picked(space: SearchSpace, config_file: str, seed: int, folder: Path) -> float:
+    """configs/tiny.yaml's model and training, on the space's data, for the target."""
+    config = load_run_config(config_file)
+    target = space.target_budget()
+    assert target is not None, "the space needs search.target"
+    budget = {"max_steps": None, "max_tokens": None, "max_seconds": None, **target}
+    train = dataclasses.replace(config.train, **budget, seed=seed, eval_interval=0)
+    run = dataclasses.replace(config, data=space.data_config(), train=train)
+    outcome = train_run(run, folder / f"hand-picked-{seed}", progress=False)
+    assert outcome.final is not None, "the hand-picked model diverged"
+    return outcome.final.bits_per_byte
+
+
+def describe(searched: Searched) -> str:
+    genes = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.genes.items()
+    )
+    return (
+        f"{searched.bits_per_byte:.4f}  (search: {searched.trials} trials, "
+        f"{searched.tokens:,} tokens, {searched.worker_seconds:,.0f} worker-s, "
+        f"{searched.seconds:.0f} s; genome {genes})"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    ratios = []
+    for seed in range(args.seeds):
+        space = load_space(args.space, [*args.overrides, f"search.seed={seed}"])
+        single = load_space(args.space, [*args.overrides, *GENERATIONAL, f"search.seed={seed}"])
+        prepare_data(space, progress=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            ours = search_then_promote(space, f"bench-ours-{seed}", folder)
+            print(f"seed {seed} ours: {describe(ours)}", flush=True)
+            a = hand_picked(space, args.baseline, seed, folder)
+            print(f"seed {seed} (a) {args.baseline}: {a:.4f}", flush=True)
+            b = search_then_promote(single, f"bench-single-{seed}", folder)
+            print(f"seed {seed} (b) 150-step generational search: {describe(b)}", flush=True)
+        ratios.append(ours.bits_per_byte / min(a, b.bits_per_byte))
+        print(f"seed {seed}: ratio {ratios[-1]:.4f}", flush=True)
+    print(f"ratio={statistics.median(ratios):.4f}")
+
+
+if __name__ == "__main__":
+    main()

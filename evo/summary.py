@@ -1,0 +1,110 @@
+"""The numbers `evo status` and `evo report` both show: trials and advances per rung,
+the budget spent, the anytime curve (the best value at the top rung against compute
+spent), and how busy the workers were."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from evo.metrics import TrialStatus
+from evo.space import Objective, SearchSpace
+from evo.storage import SessionRecord, Spent
+
+UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
+
+
+@dataclass(frozen=True)
+class RungRow:
+    rung: int  # 0-based
+    budget: dict[str, float]
+    trials: int  # decisions to train a genome to this rung
+    done: int
+    failed: int
+    active: int  # queued or running now
+    advanced: int  # genomes that went on from here to the next rung
+
+
+def budget_text(budget: dict[str, float]) -> str:
+    return ", ".join(f"{value:,.0f} {UNITS[key]}" for key, value in budget.items())
+
+
+def rung_rows(frame: pd.DataFrame, space: SearchSpace) -> list[RungRow]:
+    """One row per rung, from `Storage.trials_frame`."""
+    rows = []
+    budgets = space.rung_budgets()
+    last = frame.sort_values("trial_id").groupby("decision").tail(1)  # latest attempts
+    for rung, budget in enumerate(budgets):
+        here = last[last["rung"] == rung]
+        status = here["status"]
+        above = last[last["rung"] == rung + 1]
+        rows.append(
+            RungRow(
+                rung=rung,
+                budget=budget,
+                trials=len(here),
+                done=int((status == TrialStatus.DONE.value).sum()),
+                failed=int(status.map(lambda s: TrialStatus(s).is_failure).sum()),
+                active=int(status.map(lambda s: TrialStatus(s).is_active).sum()),
+                advanced=above["genome_id"].nunique() if rung + 1 < len(budgets) else 0,
+            )
+        )
+    return rows
+
+
+def spent_text(spent: Spent, limits: dict[str, float]) -> str:
+    """What a search has spent of each of its limits."""
+    names = {"steps": "steps", "tokens": "tokens", "worker_seconds": "worker-s", "trials": "trials"}
+    parts = []
+    for key, limit in limits.items():
+        used = spent.of(key)
+        parts.append(f"{used:,.0f} of {limit:,.0f} {names[key]} ({100 * used / limit:.0f}%)")
+    return "; ".join(parts)
+
+
+def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+    """The trials at the top rung: the scores that matter."""
+    return frame[frame["rung"] == len(space.rung_budgets()) - 1]
+
+
+def anytime_curve(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> pd.DataFrame:
+    """The best top-rung value of `objective` after each result, against the training
+    spent until then (tokens, steps and worker-seconds of every finished or lost trial,
+    in the order results were recorded). Columns: tokens, steps, worker_seconds, best."""
+    finished = frame[frame["recorded"].notna()].sort_values("recorded")
+    top = len(space.rung_budgets()) - 1
+    values = finished[objective.metric].where(
+        (finished["rung"] == top) & (finished["status"] == TrialStatus.DONE.value)
+    )
+    best = (values * objective.sign).cummin().ffill() * objective.sign
+    return pd.DataFrame(
+        {
+            "tokens": finished["tokens"].fillna(0).cumsum().to_numpy(),
+            "steps": finished["steps"].fillna(0).cumsum().to_numpy(),
+            "worker_seconds": finished["wall_seconds"].fillna(0).cumsum().to_numpy(),
+            "best": best.to_numpy(),
+        }
+    )
+
+
+def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:
+    """Busy worker-seconds over available ones, over every session of the run: a
+    session's workers were available from its start to its end (or, for a session
+    that was killed, its last finished trial)."""
+    ran = frame[frame["started_at"].notna() & frame["finished_at"].notna()]
+    available = busy = 0.0
+    for session in sessions:
+        ended = session.ended_at or _last_finish(ran, session.started_at)
+        if ended is None:
+            continue
+        inside = ran[(ran["started_at"] >= session.started_at) & (ran["finished_at"] <= ended)]
+        busy += (inside["finished_at"] - inside["started_at"]).dt.total_seconds().sum()
+        available += session.workers * (ended - session.started_at).total_seconds()
+    return None if available <= 0 else min(busy / available, 1.0)
+
+
+def _last_finish(ran: pd.DataFrame, since: datetime) -> datetime | None:
+    after = ran.loc[ran["started_at"] >= since, "finished_at"]
+    return None if after.empty else after.max().to_pydatetime()

@@ -1,0 +1,307 @@
+"""Steady-state evolution over rungs: the scheduler's rules, a whole search in this
+process, replaying its decisions from the stored history, and resuming after kill -9
+at every kind of moment."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import steady_space_dict, write_corpus
+
+from evo.checkpoints import TrialCheckpoints
+from evo.cli import main as evo
+from evo.data import prepare_data
+from evo.driver import SteadyStateSearch, history, open_run, trials_folder
+from evo.executor import LocalExecutor
+from evo.metrics import TrialStatus
+from evo.operators import to_individual
+from evo.schedule.rungs import Ladder
+from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler, min_members
+from evo.space import SearchSpace, load_space, space_from_dict
+from evo.storage import Storage, TrialRecord
+from llm.train import planned_steps
+
+VOCAB = 40
+
+
+@pytest.fixture
+def space(workdir: Path) -> SearchSpace:
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    return load_space(workdir / "space.yaml")
+
+
+def scheduler(space: SearchSpace) -> SteadyStateScheduler:
+    ladder = Ladder(space.rung_budgets(), space.search.eta, slack=space.search.population)
+    return SteadyStateScheduler(space, VOCAB, ladder)
+
+
+def always(decision: Any) -> bool:
+    return True
+
+
+def breed(sched: SteadyStateScheduler, number: int) -> tuple[int, dict[str, Any]]:
+    """Breed genome 100 + `number` as decision `number` would, advances aside."""
+    decision = sched.breed(random.Random(f"{sched.space.search.seed}:{number}"))
+    assert decision is not None
+    genome_id = 100 + number
+    sched.bred_genome(genome_id, decision.genes)
+    return genome_id, decision.genes
+
+
+# The scheduler alone
+
+
+def test_the_first_genomes_are_a_latin_hypercube_then_offspring(space: SearchSpace) -> None:
+    sched = scheduler(space)
+    first = [breed(sched, n)[1] for n in range(4)]
+    assert [tuple(to_individual(space, g)) for g in first] == [tuple(i) for i in sched.initial]
+    genomes = {n: breed(sched, n)[0] for n in range(4, 40)}
+    assert len(sched.seen) == 40  # never the same genome twice
+    assert all(space.is_valid(sched.genes[g], VOCAB) for g in genomes.values())
+
+
+def test_a_paused_genome_in_the_top_third_advances_before_anything_is_bred(
+    space: SearchSpace,
+) -> None:
+    sched = scheduler(space)
+    assert isinstance(sched.decide(0, always), Breed)  # nothing to advance yet
+    genomes = [breed(sched, n)[0] for n in range(3)]
+    for trial, (genome, value) in enumerate(zip(genomes, [4.0, 3.0, 5.0], strict=True)):
+        assert sched.result(genome, 0, trial, (value,)) == []
+    decision = sched.decide(3, always)
+    assert decision == Advance(genome_id=genomes[1], rung=1, trial_id=1)
+    sched.advanced(genomes[1], 1)
+    assert isinstance(sched.decide(4, always), Breed)  # the top third has gone on
+    # A decision that does not fit the budget is passed over for one that does.
+    sched.result(genomes[1], 1, 5, (2.0,))
+    assert isinstance(sched.decide(5, lambda d: isinstance(d, Breed)), Breed)
+    assert sched.decide(5, lambda d: False) is None
+
+
+def test_a_decision_depends_only_on_the_state_and_its_number(space: SearchSpace) -> None:
+    one, two = scheduler(space), scheduler(space)
+    for sched in (one, two):
+        for n in range(5):
+            genome, _ = breed(sched, n)
+            sched.result(genome, 0, n, None)  # failures: nothing advances
+    assert one.decide(5, always) == two.decide(5, always)
+    assert one.decide(5, always) != one.decide(6, always)
+
+
+def test_parents_come_from_the_highest_rung_with_enough_members(space: SearchSpace) -> None:
+    sched = scheduler(space)
+    enough = min_members(space)
+    assert enough == 3  # the tournament's size; the population is 4
+    for n in range(6):
+        genome, _ = breed(sched, n)
+        sched.result(genome, 0, n, (float(n),))
+        if n < 3:
+            sched.result(genome, 1, 10 + n, (float(n),))
+    assert sched.parent_rung() == 1
+    # The aging population keeps the last four scored at a rung; the oldest leave.
+    assert list(sched.windows[0]) == [102, 103, 104, 105]
+
+
+def test_an_exhausted_space_breeds_nothing_more(space: SearchSpace) -> None:
+    data = yaml.safe_load(space.canonical_yaml())
+    data["genes"] = {"n_layers": {"int": [1, 2]}}
+    data["fixed"]["model"].update(d_model=16, n_heads=1)
+    sched = scheduler(space_from_dict(data))
+    breed(sched, 0)
+    breed(sched, 1)
+    assert sched.decide(2, always) is None
+
+
+# A whole search
+
+
+def run_search(space: SearchSpace, storage: Storage, name: str = "s") -> SteadyStateSearch:
+    open_run(storage, name, space)
+    data, vocab = prepare_data(space)
+    search = SteadyStateSearch(space, name, storage, LocalExecutor(), data, vocab)
+    search.run()
+    return search
+
+
+def results(storage: Storage, name: str) -> list[TrialRecord]:
+    return [t for t in storage.trials(name) if t.status.is_result]
+
+
+def test_a_search_advances_the_top_third_and_stops_at_its_budget(
+    space: SearchSpace, workdir: Path
+) -> None:
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    search = run_search(space, storage)
+    trials = storage.trials("s")
+    assert storage.get_run("s").status == "finished"
+    assert len({t.decision for t in trials}) == 16 == storage.spent("s").trials
+    assert all(t.status is TrialStatus.DONE for t in trials)
+    # One result per genome and rung; a genome reaches a rung only through the ones below.
+    rungs = Counter((t.genome_id, t.rung) for t in trials)
+    assert max(rungs.values()) == 1
+    by_key = {(t.genome_id, t.rung): t for t in trials}
+    for trial in trials:
+        if trial.rung:
+            below = by_key[(trial.genome_id, trial.rung - 1)]
+            assert trial.continued_from == below.id and below.recorded <= trial.seen
+            # It was in the top third of its rung when the decision was made.
+            peers = sorted(
+                (t.bits_per_byte, t.genome_id)
+                for t in trials
+                if t.rung == trial.rung - 1 and t.recorded <= trial.seen
+            )
+            top = [genome for _, genome in peers[: len(peers) // 3]]
+            assert trial.genome_id in top
+            stable = planned_steps(space.train_config({}, space.rung_budgets()[trial.rung - 1]))
+            assert trial.steps == space.rung_budgets()[trial.rung]["max_steps"] - stable[0]
+    assert Counter(t.rung for t in trials)[2] >= 1  # the top rung was reached
+    # The best at the top rung is what the search reports, and no checkpoint outlives it.
+    top_rung = [t.bits_per_byte for t in trials if t.rung == 2]
+    assert search.best() == {"bits_per_byte": min(top_rung)}
+    assert not trials_folder("s").exists()
+    assert all(t.checkpoint is None for t in storage.trials("s"))
+
+
+def test_paused_checkpoints_stay_few_and_are_deleted_when_no_longer_needed(
+    space: SearchSpace, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept: list[int] = []
+    real = TrialCheckpoints.write
+
+    def counting(self: TrialCheckpoints, name: str, checkpoint: dict[str, bytes]) -> None:
+        real(self, name, checkpoint)
+        kept.append(sum(1 for _ in self.root.glob("genome-*/rung-*")))
+
+    monkeypatch.setattr(TrialCheckpoints, "write", counting)
+    dense = load_space(workdir / "space.yaml", ["search.budget.trials=30", "search.population=2"])
+    run_search(dense, Storage(f"sqlite:///{workdir / 'evo.db'}"))
+    # At most the top third plus the aging population's size at each rung below the top.
+    assert kept and max(kept) <= (30 // 3 + dense.search.population) * 2
+    assert max(kept) < len(kept)  # some were deleted on the way
+
+
+def test_a_step_budget_is_never_exceeded(space: SearchSpace, workdir: Path) -> None:
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    budgeted = load_space(workdir / "space.yaml", ["search.budget={steps: 80}"])
+    run_search(budgeted, storage)
+    spent = storage.spent("s")
+    assert 80 - 27 < spent.steps <= 80  # the next trial would not have fitted
+
+
+def test_replaying_the_history_reproduces_every_decision(space: SearchSpace, workdir: Path) -> None:
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    run_search(space, storage)
+    events, pending = history(space, storage.trials("s"), storage.genomes("s"))
+    assert pending == []
+    sched = scheduler(space)
+    decisions = 0
+    for event in events:
+        if event.kind == "bred":
+            decision = sched.decide(decisions, always)
+            assert decision == Breed(event.genes)
+            sched.bred_genome(event.genome_id, event.genes)
+        elif event.kind == "advanced":
+            decision = sched.decide(decisions, always)
+            assert isinstance(decision, Advance)
+            assert (decision.genome_id, decision.rung) == (event.genome_id, event.rung)
+            sched.advanced(event.genome_id, event.rung)
+        else:
+            sched.result(event.genome_id, event.rung, event.trial_id, event.values)
+            continue
+        decisions += 1
+    assert decisions == 16
+
+
+# Resuming
+
+
+def outcome(storage: Storage, name: str) -> list[tuple[Any, ...]]:
+    """What a search did, independent of timing: each decision's genome, rung and result."""
+    genomes = storage.genomes(name)
+    return sorted(
+        (t.decision, sorted(genomes[t.genome_id].items()), t.rung, t.status, t.bits_per_byte)
+        for t in results(storage, name)
+    )
+
+
+DIE = """
+import importlib, os, sys
+from evo.cli import main
+where, name, when, calls = sys.argv[1:5]
+owner = importlib.import_module(where.rpartition(":")[0])
+if where.endswith(":"):
+    holder = owner
+else:
+    holder = getattr(owner, where.rpartition(":")[2])
+real, count = getattr(holder, name), [0]
+def dying(*args, **kwargs):
+    count[0] += 1
+    if count[0] == int(calls) and when == "before":
+        os._exit(9)
+    out = real(*args, **kwargs)
+    if count[0] == int(calls):
+        os._exit(9)
+    return out
+setattr(holder, name, dying)
+sys.exit(main(sys.argv[5:]))
+"""
+
+MOMENTS = {
+    "after a decision is recorded": ("evo.storage.store:Storage", "add_trial", "after", 6),
+    "in the middle of a trial": ("evo.executor:", "run_trial", "before", 7),
+    "after a checkpoint is written": ("evo.checkpoints:TrialCheckpoints", "write", "after", 5),
+    "after a result is recorded": ("evo.storage.store:Storage", "finish_trial", "after", 9),
+    "between forgetting a checkpoint and deleting it": (
+        "evo.storage.store:Storage",
+        "forget_checkpoint",
+        "after",
+        2,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
+    """The outcome of the search run without interruption."""
+    folder = tmp_path_factory.mktemp("straight")
+    corpus = write_corpus(folder / "corpus")
+    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{folder / 'evo.db'}"
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    finally:
+        os.chdir(here)
+    return outcome(Storage(url), "space")
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_kill_9_at_any_moment_then_resume_gives_the_same_search(
+    space: SearchSpace, workdir: Path, straight: list[tuple[Any, ...]], moment: str
+) -> None:
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    where, name, when, calls = MOMENTS[moment]
+    command = [sys.executable, "-c", DIE, where, name, when, str(calls)]
+    command += ["run", "space.yaml", "--local", "--quiet", "--storage", url]
+    killed = subprocess.run(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == 9, killed.stderr
+    storage = Storage(url)
+    assert storage.get_run("space").status == "running"  # as a dead driver leaves it
+    assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
+    assert outcome(storage, "space") == straight
+    trials = storage.trials("space")
+    assert not any(t.status.is_active for t in trials)  # no row left running
+    assert (
+        Counter((t.genome_id, t.rung) for t in results(storage, "space")).most_common(1)[0][1] == 1
+    )
+    assert not trials_folder("space").exists()  # no checkpoint left behind

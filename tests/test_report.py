@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import steady_space_dict, write_corpus
 from plotly.offline import get_plotlyjs
 
+from evo.cli import main as evo
 from evo.report import NO_SUCCESS, export_trials, pareto_front, write_report
 from evo.space import Objective, space_from_dict
 from evo.storage import Storage
@@ -34,9 +36,11 @@ RUN = "demo"
 HEADINGS = (
     "Summary",
     "Objectives per generation",
+    "Best against compute",
     "Pareto front",
     "Genes",
     "Learning curves",
+    "Workers",
     "Failures",
     "Promotions",
 )
@@ -139,14 +143,14 @@ def test_report_is_one_self_contained_page(
     assert "https://cdn" not in "".join(re.findall(r"<script[^>]*>", page))
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
-    assert page.count("Plotly.newPlot(") == 4
+    assert page.count("Plotly.newPlot(") == 6
     assert "Parcoords".lower() in page.lower()
 
     genes = section(page, "Genes")
     assert '"ticktext":["learned","sinusoidal","rope","alibi","none"]' in genes
     assert '"ticktext":["8","16","32","(missing)"]' in genes  # one genome lacks batch_size
     curves = section(page, "Learning curves")
-    assert curves.count(', pretrain validation"') == 5  # the top five trials
+    assert curves.count(', pretrain validation"') == 5  # the top five genomes
     assert curves.count(', adapt"') == 5 and '"dash":"dash"' in curves
 
     summary = section(page, "Summary")
@@ -156,7 +160,7 @@ def test_report_is_one_self_contained_page(
     assert f"{metrics[best_trial][0]:.4g} (trial {best_trial}:" in summary
     assert metrics[fastest][1] > 1000
     assert f"{metrics[fastest][1]:,.0f} (trial {fastest}:" in summary
-    assert "8 done, 2 failed, 0 queued or running" in summary
+    assert "8 done, 2 failed, 0 queued or running, 0 lost" in summary
     assert "bits_per_byte (min), train_tokens_per_s (max)" in summary
 
     failures = section(page, "Failures")
@@ -164,8 +168,10 @@ def test_report_is_one_self_contained_page(
     assert "<b>&mismatch" not in page
     assert "Traceback" not in failures  # the first line of an error only
     assert "timed out after 180 s" in failures
-    assert "runs/promoted-1" in section(page, "Promotions")
+    promotions = section(page, "Promotions")
+    assert "runs/promoted-1" in promotions and "search bits_per_byte" in promotions
     assert NO_SUCCESS not in page
+    assert "made 20" in page  # when the report was made
 
 
 def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> None:
@@ -178,7 +184,7 @@ def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> No
     for heading in HEADINGS[:-1]:
         assert f"<h2>{heading}</h2>" in page
     assert "<h2>Promotions</h2>" not in page
-    assert page.count(NO_SUCCESS) == 4
+    assert page.count(NO_SUCCESS) == 5
     assert "Plotly.newPlot(" not in page
     assert "bad &lt;genome&gt;" in section(page, "Failures")
 
@@ -196,9 +202,11 @@ def test_report_with_one_objective(store: Storage, tmp_path: Path) -> None:
         store.finish_trial(trial, "done", {"val_loss": 3.0 - i, "curve": []})
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "val_loss (min)" in section(page, "Summary")
-    assert "in the order trials were made" in section(page, "Pareto front")
+    # One objective has no front: the history of its values, with the best so far.
+    assert "<h2>Pareto front</h2>" not in page
+    assert "best so far" in section(page, "History")
     assert "No learning curves were recorded." in section(page, "Learning curves")
-    assert page.count("Plotly.newPlot(") == 3
+    assert page.count("Plotly.newPlot(") == 4
 
 
 def test_unknown_run_is_a_user_error(store: Storage, tmp_path: Path) -> None:
@@ -266,3 +274,18 @@ def test_export_refuses_an_unknown_format(store: Storage, tmp_path: Path) -> Non
     store.create_run(RUN, SPACE_YAML, seed=0)
     with pytest.raises(UserError, match="unknown export format 'xlsx'"):
         export_trials(store, RUN, tmp_path / "trials.xlsx", "xlsx")  # type: ignore[arg-type]
+
+
+def test_report_of_a_steady_state_search_shows_its_rungs(workdir: Path) -> None:
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    page = write_report(Storage(url), "space", workdir / "r.html").read_text(encoding="utf-8")
+    rungs = section(page, "Rungs")
+    assert "<td>3 steps</td>" in rungs and "<td>27 steps</td>" in rungs
+    assert "Objectives per generation" not in page
+    assert "16 of 16 trials (100%)" in section(page, "Summary")
+    assert "best bits_per_byte at the top rung" in section(page, "Summary")
+    assert '"line":{"shape":"hv"}' in section(page, "Best against compute")
+    assert "rung 3" in section(page, "Workers")

@@ -6,6 +6,11 @@ import pytest
 import torch
 import yaml
 
+from evo.driver import history
+from evo.schedule.rungs import Ladder
+from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler
+from evo.space import SearchSpace
+from evo.storage import Storage
 from llm.config import ModelConfig
 from llm.model import Transformer
 
@@ -96,3 +101,28 @@ def peaked_model(vocab_size: int, max_seq_len: int, seed: int = 0) -> Transforme
         init_std=0.3,
     )
     return Transformer(config).eval()
+
+
+def replayed_decisions(space: SearchSpace, vocab: int, storage: Storage, name: str) -> int:
+    """Replay a finished steady-state run's history into a fresh scheduler, checking that
+    before each stored decision the scheduler, given only the results recorded before
+    it, makes that very decision; returns how many decisions were checked."""
+    events, pending = history(space, storage.trials(name), storage.genomes(name))
+    assert pending == []
+    ladder = Ladder(space.rung_budgets(), space.search.eta, slack=space.search.population)
+    scheduler = SteadyStateScheduler(space, vocab, ladder)
+    decisions = 0
+    for event in events:
+        if event.kind == "result":
+            scheduler.result(event.genome_id, event.rung, event.trial_id, event.values)
+            continue
+        decision = scheduler.decide(decisions, lambda d: True)
+        if event.kind == "bred":
+            assert decision == Breed(event.genes), decisions
+            scheduler.bred_genome(event.genome_id, event.genes)
+        else:
+            assert isinstance(decision, Advance), decisions
+            assert (decision.genome_id, decision.rung) == (event.genome_id, event.rung)
+            scheduler.advanced(event.genome_id, event.rung)
+        decisions += 1
+    return decisions

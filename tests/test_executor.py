@@ -1,5 +1,6 @@
 """The executors on a real local Ray instance: scheduling, retries, timeouts, capacity."""
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -7,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from conftest import replayed_decisions, steady_space_dict, write_corpus
 
+from evo.data import prepare_data
+from evo.driver import SteadyStateSearch, open_run
 from evo.executor import (
     LocalExecutor,
     RayExecutor,
@@ -17,6 +21,8 @@ from evo.executor import (
     cluster_capacity,
     execute_job,
 )
+from evo.space import space_from_dict
+from evo.storage import Storage
 from llm.config import ModelConfig, TrainConfig
 from llm.data import TokenSplits
 from llm.errors import UserError
@@ -142,3 +148,22 @@ def test_capacity_is_refused_when_no_trial_fits():
     assert cluster_capacity({"CPU": 2.0}, cpus=0.5, gpus=0) == 4
     with pytest.raises(UserError, match="no trial fits"):
         cluster_capacity({"CPU": 2.0}, cpus=1, gpus=1)
+
+
+def test_a_steady_state_search_on_ray_replays_from_its_recorded_order(
+    ray_cluster, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    space = space_from_dict(steady_space_dict(write_corpus(tmp_path / "corpus")))
+    storage = Storage(f"sqlite:///{tmp_path / 'evo.db'}")
+    open_run(storage, "r", space)
+    data, vocab = prepare_data(space)
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1)
+    SteadyStateSearch(space, "r", storage, executor, data, vocab).run()
+    trials = storage.trials("r")
+    assert {t.status for t in trials} == {"done"} and len(trials) == 16
+    # Two workers: some decisions were made before the result of the one before them.
+    by_decision = sorted(trials, key=lambda t: t.decision)
+    assert any(t.seen < before.recorded for before, t in itertools.pairwise(by_decision))
+    # Whatever the timing, the stored order of results explains every decision.
+    assert replayed_decisions(space, vocab, storage, "r") == 16

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import steady_space_dict, write_corpus
+from conftest import replayed_decisions, steady_space_dict, write_corpus
 
 from evo.checkpoints import TrialCheckpoints
 from evo.cli import main as evo
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, history, open_run, trials_folder
+from evo.driver import SteadyStateSearch, open_run, trials_folder
 from evo.executor import LocalExecutor
 from evo.metrics import TrialStatus
 from evo.operators import to_individual
@@ -200,25 +200,7 @@ def test_a_step_budget_is_never_exceeded(space: SearchSpace, workdir: Path) -> N
 def test_replaying_the_history_reproduces_every_decision(space: SearchSpace, workdir: Path) -> None:
     storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
     run_search(space, storage)
-    events, pending = history(space, storage.trials("s"), storage.genomes("s"))
-    assert pending == []
-    sched = scheduler(space)
-    decisions = 0
-    for event in events:
-        if event.kind == "bred":
-            decision = sched.decide(decisions, always)
-            assert decision == Breed(event.genes)
-            sched.bred_genome(event.genome_id, event.genes)
-        elif event.kind == "advanced":
-            decision = sched.decide(decisions, always)
-            assert isinstance(decision, Advance)
-            assert (decision.genome_id, decision.rung) == (event.genome_id, event.rung)
-            sched.advanced(event.genome_id, event.rung)
-        else:
-            sched.result(event.genome_id, event.rung, event.trial_id, event.values)
-            continue
-        decisions += 1
-    assert decisions == 16
+    assert replayed_decisions(space, prepare_data(space)[1], storage, "s") == 16
 
 
 # Resuming

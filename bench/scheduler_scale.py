@@ -10,7 +10,9 @@ an executor that trains nothing: each trial ends, at a simulated time, with a sy
 result (bits per byte a smooth function of the genes plus noise, better at higher rungs;
 training speed from the model's FLOPs per token; steps and tokens from the rung's budget;
 a 3-point curve; about 2% failures). The simulated clock also stands in for storage's,
-so sessions and trial times are consistent and worker utilization can be computed.
+so sessions and trial times are consistent and worker utilization can be computed. The
+run is written in memory (`--scratch`, /dev/shm), then copied to a temporary folder on
+disk (`--keep PATH` keeps it), where everything below is measured.
 
 Then, with those trials stored:
 
@@ -73,7 +75,7 @@ START = 1_735_689_600.0  # the synthetic runs' clock starts on 2025-01-01 (UTC)
 FAILURE_RATE = 0.02
 DEVICE_FLOPS = {"cpu": 2e10, "cuda": 4e13}  # training FLOP/s a trial reaches
 POSITION_COST = {"learned": 0.04, "sinusoidal": 0.06, "rope": 0.0, "alibi": 0.01, "none": 0.12}
-SCRATCH = Path("/dev/shm") if os.path.isdir("/dev/shm") else None  # memory, where there is
+SCRATCH = Path("/dev/shm") if os.path.isdir("/dev/shm") else None  # in memory, where it exists
 CHECKPOINT = {"stable.pt": b"synthetic"}  # what a trial below the top rung leaves
 
 

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import write_corpus
+from conftest import steady_space_dict, write_corpus
 
 from evo.cli import main as evo
 from evo.storage import Storage
@@ -87,7 +87,7 @@ def test_evo_run_status_report_export_promote_then_generate(space_file, workdir,
 
     assert evo(["report", "space", "--storage", url]) == 0
     report = workdir / "results" / "space" / "report.html"
-    assert report.exists() and "Pareto" in report.read_text()
+    assert report.exists() and "<h2>History</h2>" in report.read_text()
     assert evo(["export", "space", "--format", "csv", "--storage", url]) == 0
     frame = pd.read_csv(workdir / "results" / "space" / "trials.csv")
     assert len(frame) == trials and "gene.d_model" in frame.columns
@@ -98,6 +98,30 @@ def test_evo_run_status_report_export_promote_then_generate(space_file, workdir,
     assert "promoted genome" in capsys.readouterr().out
     assert llm(["generate", "best", "--prompt", "the", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("the")
+
+
+def test_a_steady_state_run_promotes_its_winner_for_the_target(workdir, capsys):
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "16 trials (" in out and "at rung 3" in out
+    assert evo(["status", "space", "--storage", url]) == 0
+    status = capsys.readouterr().out
+    assert "target: 27 steps; rungs: 3 steps / 9 steps / 27 steps" in status
+    assert "spent: 16 of 16 trials (100%)" in status
+    assert "best bits_per_byte (min) at the top rung" in status
+    # With no budget given, promote trains the best top-rung genome for the target, with
+    # the genome's seed and schedule: the model the search scored at the top rung.
+    assert evo(["promote", "space", "--out", "best", "--storage", url]) == 0
+    storage = Storage(url)
+    promotion = storage.promotions("space")[0]
+    assert promotion.metrics["steps"] == 27
+    scored = [t for t in storage.trials("space") if t.genome_id == promotion.genome_id]
+    top = max(scored, key=lambda t: t.rung)
+    assert top.rung == 2
+    assert promotion.metrics["bits_per_byte"] == pytest.approx(top.bits_per_byte, rel=1e-4)
 
 
 def test_evo_errors_name_the_key_path_and_exit_2(workdir, space_file, capsys):

@@ -1,0 +1,701 @@
+"""Chaos: does a steady-state search survive kill -9, of its driver and of its Ray
+workers, with nothing lost, nothing trained twice and nothing left behind?
+
+A small search (tiny models of a generated corpus, three rungs, `--trials` decisions) runs
+as `evo run SPACE --quiet --address HEAD` on a Ray head started here beforehand
+(`ray start --head --block`), so that killing the driver leaves the cluster up, as it
+would be on a real cluster. At `--driver-kills` random moments the driver gets SIGKILL and
+`evo resume` starts it again; at `--worker-kills` other moments a Ray worker running a
+trial gets SIGKILL (the executor should retry that trial). A moment is "after the K-th
+result is recorded, plus a random delay", K and the delay drawn from `--seed`. Meanwhile a
+reader polls `evo status` every `--poll` seconds: by default a long-lived process calling
+`evo.status.print_status` with a fresh `Storage` each time (a separate process with its
+own connections, as `evo status` is, without paying the torch import twice a second on a
+small machine); `--reader cli` runs `python -m evo.cli status` instead for each poll. The
+search is resumed until its run is `finished`, then the database, the disk and the
+process table are checked:
+
+- lost: decisions with no result row (done, diverged, invalid, failed or timeout);
+- duplicated: (genome, rung) pairs with more than one result row (a decision with two
+  results is one of them);
+- zombies: rows still queued or running, checkpoint folders left under
+  results/chaos/trials/, Ray workers still running a trial once the run has finished,
+  and processes of the Ray head still alive after it was shut down;
+- locked: status polls that failed (with "database is locked" or any other error).
+
+It also prints the kills actually done, the retried and interrupted rows, and the time
+lost to the interruptions, two ways: the wall time of the chaotic run minus that of an
+uninterrupted run of the same space on the same cluster (run first; `--no-baseline` skips
+it), and the worker-seconds the interrupted and retried attempts had run when they were
+cut short (retried: start to retry; interrupted: start to the driver's kill). The last
+line is `lost=L duplicated=D zombies=Z locked=K`. The exit status is 0 whatever the counts:
+this measures, it does not judge. Linux only (it reads /proc).
+
+    python bench/chaos.py
+    python bench/chaos.py --trials 40 --rungs 50,150,450 --seed 3 --no-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from evo.metrics import TrialStatus
+from evo.status import print_status
+from evo.storage import Storage, TrialRecord
+
+NAME = "chaos"
+TEXT = (
+    "the model reads tokens and predicts the next one while the optimizer follows the "
+    "gradient of the loss down towards a better fit of the training text"
+)
+TRIAL_TITLE = "ray::execute_job"  # a Ray worker's process title while it runs a trial
+MAX_RESTARTS = 20  # resumes after a driver died on its own, before giving up
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--trials", type=int, default=60, help="search.budget.trials")
+    p.add_argument("--rungs", default="100,300,900", help="rung budgets in steps")
+    p.add_argument("--population", type=int, default=4)
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray head (1 per trial)")
+    p.add_argument("--driver-kills", type=int, default=5)
+    p.add_argument("--worker-kills", type=int, default=5)
+    p.add_argument("--max-delay", type=float, default=2.0, help="s after the K-th result")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--poll", type=float, default=0.5, help="s between status polls")
+    p.add_argument("--reader", choices=["process", "cli"], default="process")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--grace", type=float, default=10.0, help="s for processes to go away")
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    return p.parse_args()
+
+
+# The search
+
+
+def write_space(folder: Path, args: argparse.Namespace) -> Path:
+    """A steady-state search of tiny models of a generated corpus (char tokenizer)."""
+    corpus = folder / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    words = TEXT.split()
+    for i in range(24):
+        doc = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(120))
+        (corpus / f"doc{i:02d}.txt").write_text(doc + "\n", encoding="utf-8")
+    rungs = [int(r) for r in args.rungs.split(",")]
+    space = {
+        "genes": {
+            "n_layers": {"int": [1, 2]},
+            "d_model": {"choice": [16, 32]},
+            "n_heads": {"choice": [1, 2]},
+            "learning_rate": {"float": [1.0e-3, 2.0e-2], "log": True},
+        },
+        "fixed": {
+            "model": {"max_seq_len": 16, "d_ff": 32},
+            "train": {"batch_size": 4, "seq_len": 16, "warmup_steps": 1, "threads": 1},
+        },
+        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
+        "trial": {"resources": {"cpus": 1}, "retries": 2},
+        "search": {
+            "mode": "steady_state",
+            "population": args.population,
+            "seed": args.seed,
+            "target": {"max_steps": rungs[-1]},
+            "rungs": rungs,
+            "budget": {"trials": args.trials},
+            "objectives": ["bits_per_byte"],
+        },
+    }
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space), encoding="utf-8")
+    return path
+
+
+def ray_env() -> dict[str, str]:
+    # `ray start` turns token authentication on by default (Ray >= 2.5x) while a driver's
+    # ray.init does not: both sides must agree, so the head and every driver opt out.
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+
+
+class Driver:
+    """One `evo run` or `evo resume` process, its output in a log file."""
+
+    def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
+        self.log = log
+        with log.open("w") as out:
+            command = [sys.executable, "-m", "evo.cli", *args]
+            self.proc = subprocess.Popen(
+                command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=ray_env()
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def tail(self, lines: int = 5) -> str:
+        text = self.log.read_text(errors="replace").strip().splitlines()
+        return "\n".join("    " + line for line in text[-lines:])
+
+
+@dataclass
+class Search:
+    """Where a run lives and how its drivers are started."""
+
+    name: str
+    space: Path
+    url: str
+    address: str
+    folder: Path
+    drivers: list[Driver] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)  # drivers that died on their own
+
+    def start(self, resume: bool) -> Driver:
+        common = ["--storage", self.url, "--address", self.address, "--quiet"]
+        verb = ["resume", self.name] if resume else ["run", str(self.space), "--name", self.name]
+        log = self.folder / f"{self.name}-driver-{len(self.drivers)}.log"
+        self.drivers.append(Driver([*verb, *common], self.folder, log))
+        return self.drivers[-1]
+
+    @property
+    def driver(self) -> Driver:
+        return self.drivers[-1]
+
+    def status(self) -> str | None:
+        try:
+            with Storage(self.url, create=False) as storage:
+                run = storage.get_run(self.name)
+                return None if run is None else run.status
+        except Exception:
+            return None
+
+    def results(self) -> int | None:
+        try:
+            with Storage(self.url, create=False) as storage:
+                return sum(t.status.is_result for t in storage.trials(self.name))
+        except Exception:
+            return None
+
+    def crashed(self) -> None:
+        """Note that the driver died on its own, and resume the run."""
+        code = self.driver.proc.returncode
+        self.crashes.append(f"driver {len(self.drivers) - 1}, exit {code}:\n{self.driver.tail()}")
+        if len(self.crashes) > MAX_RESTARTS:
+            raise RuntimeError(f"the run does not finish; last driver:\n{self.driver.tail()}")
+        self.start(resume=True)
+
+    def finish(self) -> None:
+        """Wait for the driver; resume the run until it is finished."""
+        while self.driver.proc.wait() != 0 or self.status() != "finished":
+            self.crashed()
+
+
+# Processes, from /proc
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    cmdline: str
+    state: str
+
+
+def processes() -> dict[int, Proc]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        found[int(entry.name)] = Proc(int(entry.name), int(fields[1]), cmdline, fields[0])
+    return found
+
+
+def descendants(root: int, table: dict[int, Proc]) -> list[Proc]:
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(table[pid])
+        todo += children.get(pid, [])
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RayHead:
+    """A one-node Ray cluster of its own (ports, temp folder), up until `stop`."""
+
+    def __init__(self, cpus: int, log: Path) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="chaos-ray-", dir="/tmp"))  # short: sockets
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        ports = ["--node-manager-port", "--object-manager-port"]
+        ports += ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port"]
+        ports += ["--runtime-env-agent-port", "--metrics-export-port"]
+        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+        command += [f"--num-cpus={cpus}", f"--port={port}"]
+        command += ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}"]
+        command += ["--include-dashboard=false", "--disable-usage-stats"]
+        command += [f"{flag}={free_port()}" for flag in ports]
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=ray_env()
+            )
+        self.seen: dict[int, str] = {}  # every process of the cluster seen: pid → cmdline
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')}")
+            time.sleep(0.5)
+
+    def processes(self) -> list[Proc]:
+        procs = descendants(self.proc.pid, processes())
+        self.seen.update((p.pid, p.cmdline) for p in procs)
+        return procs
+
+    def running_trials(self) -> list[Proc]:
+        """Ray workers running a trial now."""
+        return [p for p in self.processes() if p.cmdline.startswith(TRIAL_TITLE)]
+
+    def stop(self, grace: float) -> list[str]:
+        """Shut the cluster down; returns the processes of it still alive after `grace` s
+        (and kills them: they are ours)."""
+        self.processes()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        deadline = time.time() + grace
+        while True:
+            table = processes()
+            left = [
+                table[pid]
+                for pid, cmdline in self.seen.items()
+                if pid in table and table[pid].cmdline == cmdline and table[pid].state != "Z"
+            ]
+            left += [p for p in table.values() if str(self.temp) in p.cmdline and p.state != "Z"]
+            left = list({p.pid: p for p in left}.values())
+            if not left or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        for proc in left:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        return [f"{p.pid} {p.cmdline[:80]}" for p in left]
+
+
+# The reader
+
+
+def poll_status(url: str, name: str, every: float, stop: Any, out: Any) -> None:
+    """Print the run's status every `every` s, into nothing, until `stop` is set; put
+    (polls, failures, slowest poll in s) on `out`."""
+    polls, failures, slowest = 0, [], 0.0
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            with Storage(url, create=False) as storage:
+                print_status(storage, name, Console(file=io.StringIO(), width=120))
+        except Exception as err:
+            failures.append(failure(err))
+        polls += 1
+        spent = time.perf_counter() - started
+        slowest = max(slowest, spent)
+        stop.wait(max(0.0, every - spent))
+    out.put((polls, failures, slowest))
+
+
+def failure(err: BaseException) -> str:
+    """The error in one line, with the innermost place in evo it came through."""
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if f"{os.sep}evo{os.sep}" in f.filename] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    lines = str(err).splitlines() or [""]
+    return f"{type(err).__name__}: {lines[0][:160]}{where}"
+
+
+class Reader:
+    """Polls `evo status NAME` every `every` s until stopped."""
+
+    def __init__(self, kind: str, url: str, name: str, every: float) -> None:
+        self.kind, self.url, self.name, self.every = kind, url, name, every
+        self.polls, self.failures, self.slowest = 0, [], 0.0
+        if kind == "process":
+            context = multiprocessing.get_context("spawn")
+            self.stop_event: Any = context.Event()
+            self.out: Any = context.Queue()
+            self.worker: Any = context.Process(
+                target=poll_status, args=(url, name, every, self.stop_event, self.out)
+            )
+        else:
+            self.stop_event = threading.Event()
+            self.worker = threading.Thread(target=self._cli_loop, daemon=True)
+        self.worker.start()
+
+    def _cli_loop(self) -> None:
+        command = [sys.executable, "-m", "evo.cli", "status", self.name, "--storage", self.url]
+        while not self.stop_event.is_set():
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+                self.failures.append(lines[-1][:200])
+            self.polls += 1
+            spent = time.perf_counter() - started
+            self.slowest = max(self.slowest, spent)
+            self.stop_event.wait(max(0.0, self.every - spent))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.kind == "process":
+            self.polls, self.failures, self.slowest = self.out.get(timeout=120)
+        self.worker.join(timeout=120)
+
+
+# Chaos
+
+
+@dataclass(frozen=True)
+class Moment:
+    kind: str  # "driver" or "worker"
+    after: int  # results recorded
+    delay: float  # s after that
+
+
+@dataclass
+class Kills:
+    driver: list[float] = field(default_factory=list)  # epoch seconds of each kill
+    worker: list[float] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)  # moments that found nothing to kill
+
+
+def moments(args: argparse.Namespace) -> list[Moment]:
+    rng = random.Random(args.seed)
+    kinds = ["driver"] * args.driver_kills + ["worker"] * args.worker_kills
+    rng.shuffle(kinds)
+    last = max(len(kinds) + 1, args.trials - 4)  # leave the last results alone
+    afters = sorted(rng.sample(range(1, last), len(kinds)))
+    return [
+        Moment(k, a, rng.uniform(0, args.max_delay)) for k, a in zip(kinds, afters, strict=True)
+    ]
+
+
+def reach(search: Search, count: int) -> bool:
+    """Wait until `count` results are recorded, resuming a driver that died on its own;
+    False when the run finished first."""
+    while True:
+        while search.driver.alive():
+            done = search.results()
+            if done is not None and done >= count:
+                return True
+            time.sleep(0.2)
+        if search.driver.proc.returncode == 0 and search.status() == "finished":
+            return False
+        search.crashed()
+
+
+def kill_worker(head: RayHead, search: Search, rng: random.Random, timeout: float) -> bool:
+    """SIGKILL a Ray worker running a trial (waiting up to `timeout` s for one)."""
+    deadline = time.time() + timeout
+    while search.driver.alive() and time.time() < deadline:
+        busy = sorted(head.running_trials(), key=lambda p: p.pid)
+        if busy:
+            try:
+                os.kill(rng.choice(busy).pid, signal.SIGKILL)
+                return True
+            except OSError:  # it ended in between
+                pass
+        time.sleep(0.1)
+    return False
+
+
+def run_chaos(search: Search, head: RayHead, plan: list[Moment], seed: int) -> Kills:
+    """Carry out the plan on the running search, then let it finish."""
+    rng, kills = random.Random(f"{seed}:workers"), Kills()
+    for moment in plan:
+        if not reach(search, moment.after):
+            kills.missed.append(f"{moment.kind} after {moment.after}: the run had finished")
+            continue
+        time.sleep(moment.delay)
+        if moment.kind == "driver" and search.driver.alive():
+            search.driver.kill()
+            kills.driver.append(time.time())
+            search.start(resume=True)
+        elif moment.kind == "worker" and kill_worker(head, search, rng, timeout=30):
+            kills.worker.append(time.time())
+        else:
+            kills.missed.append(f"{moment.kind} after {moment.after}: nothing to kill")
+    search.finish()
+    return kills
+
+
+def start_reader(search: Search, kind: str, every: float) -> Reader:
+    """A reader of the run, once the run exists."""
+    while search.status() is None and search.driver.alive():
+        time.sleep(0.1)
+    return Reader(kind, search.url, search.name, every)
+
+
+# The audit
+
+
+@dataclass
+class Audit:
+    lost: int
+    duplicated: int
+    duplicated_decisions: int
+    active: int
+    checkpoints: list[str]  # what is left under results/NAME/trials
+    decisions: int
+    retried: int
+    interrupted: int
+    failed: list[str]
+    retry_errors: list[str]
+    useful_worker_s: float
+    retried_worker_s: float
+    interrupted_worker_s: float
+    resume_latency: list[float]  # s from each driver kill to its successor's first trial
+
+
+def epoch(when: datetime | None) -> float | None:
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def audit(search: Search, kills: Kills) -> Audit:
+    with Storage(search.url, create=False) as storage:
+        trials = storage.trials(search.name)
+    results = [t for t in trials if t.status.is_result]
+    per_key = Counter((t.genome_id, t.rung) for t in results)
+    per_decision = Counter(t.decision for t in results)
+    return Audit(
+        lost=len({t.decision for t in trials} - set(per_decision)),
+        duplicated=sum(n > 1 for n in per_key.values()),
+        duplicated_decisions=sum(n > 1 for n in per_decision.values()),
+        active=sum(t.status.is_active for t in trials),
+        checkpoints=leftover_checkpoints(search.folder / "results" / search.name / "trials"),
+        decisions=len({t.decision for t in trials}),
+        retried=sum(t.status is TrialStatus.RETRIED for t in trials),
+        interrupted=sum(t.status is TrialStatus.INTERRUPTED for t in trials),
+        failed=[f"{t.status.value}: {t.error}" for t in results if t.status.is_failure],
+        retry_errors=[(t.error or "")[:100] for t in trials if t.status is TrialStatus.RETRIED],
+        useful_worker_s=sum(t.wall_seconds or 0.0 for t in results),
+        retried_worker_s=sum(
+            cut_short(t, epoch(t.finished_at)) for t in trials if t.status is TrialStatus.RETRIED
+        ),
+        interrupted_worker_s=sum(
+            cut_short(t, next_kill(t, kills.driver))
+            for t in trials
+            if t.status is TrialStatus.INTERRUPTED
+        ),
+        resume_latency=resume_latency(trials, kills.driver),
+    )
+
+
+def leftover_checkpoints(folder: Path) -> list[str]:
+    """The checkpoint folders (genome-G/rung-R, or a temporary one) under `folder`, and
+    anything else in it; the folder itself when it is there but empty."""
+    if not folder.exists():
+        return []
+    found = list(folder.glob("*/*"))
+    found += [p for p in folder.iterdir() if p.is_file() or not any(p.iterdir())]
+    return [str(p.relative_to(folder)) for p in found] or [f"{folder} (empty)"]
+
+
+def cut_short(trial: TrialRecord, ended: float | None) -> float:
+    started = epoch(trial.started_at)
+    if started is None or ended is None:
+        return 0.0
+    return max(0.0, ended - started)
+
+
+def next_kill(trial: TrialRecord, kills: list[float]) -> float | None:
+    started = epoch(trial.started_at)
+    after = [k for k in kills if started is not None and k >= started]
+    return min(after) if after else epoch(trial.finished_at)
+
+
+def resume_latency(trials: list[TrialRecord], kills: list[float]) -> list[float]:
+    starts = sorted(s for t in trials if (s := epoch(t.started_at)) is not None)
+    return [min((s for s in starts if s > k), default=k) - k for k in kills]
+
+
+def zombie_workers(head: RayHead, grace: float) -> list[str]:
+    """Ray workers still running a trial `grace` s after the run finished."""
+    deadline = time.time() + grace
+    while (busy := head.running_trials()) and time.time() < deadline:
+        time.sleep(0.5)
+    return [f"{p.pid} {p.cmdline[:80]}" for p in busy]
+
+
+# Output
+
+
+@dataclass(frozen=True)
+class Baseline:
+    wall: float  # s
+    useful: float  # worker-s of its results
+    reader: Reader
+
+
+def report(
+    args: argparse.Namespace,
+    found: Audit,
+    kills: Kills,
+    search: Search,
+    seconds: float,
+    baseline: Baseline | None,
+    readers: list[Reader],
+    workers: list[str],
+    head_left: list[str],
+) -> None:
+    print(
+        f"kills: driver {len(kills.driver)} of {args.driver_kills}, "
+        f"worker {len(kills.worker)} of {args.worker_kills}"
+    )
+    for missed in kills.missed:
+        print(f"  missed: {missed}")
+    print(f"drivers started: {len(search.drivers)}; died on their own: {len(search.crashes)}")
+    for crash in search.crashes:
+        print(f"  {crash}")
+    print(
+        f"decisions: {found.decisions} (budget {args.trials}); rows retried {found.retried}, "
+        f"interrupted {found.interrupted}; results failed {len(found.failed)}"
+    )
+    for message, count in Counter(found.retry_errors).most_common():
+        print(f"  retried {count} x {message}")
+    for message in found.failed:
+        print(f"  {message}")
+    latency = ", ".join(f"{s:.1f}" for s in found.resume_latency) or "-"
+    print(f"resume latency (driver kill -> next trial started), s: {latency}")
+    print(f"wall time: chaotic run {seconds:.1f} s")
+    print(
+        f"useful worker-s: {found.useful_worker_s:.1f}; cut short: retried "
+        f"{found.retried_worker_s:.1f}, interrupted {found.interrupted_worker_s:.1f}"
+    )
+    if baseline is not None:
+        print(
+            f"baseline (uninterrupted): wall {baseline.wall:.1f} s, "
+            f"useful worker-s {baseline.useful:.1f}"
+        )
+        print(
+            f"time lost to the interruptions: {seconds - baseline.wall:.1f} s of wall time "
+            "(chaotic minus uninterrupted run)"
+        )
+    lost_work = found.retried_worker_s + found.interrupted_worker_s
+    print(
+        f"work lost to the interruptions: {lost_work:.1f} worker-s "
+        "(what the retried and interrupted attempts had run)"
+    )
+    polls = sum(r.polls for r in readers)
+    failures = [f for r in readers for f in r.failures]
+    slowest = max((r.slowest for r in readers), default=0.0)
+    print(f"status polls ({args.reader}): {polls}, failed {len(failures)}, slowest {slowest:.2f} s")
+    locked = sum("database is locked" in f for f in failures)
+    print(f"  of which 'database is locked': {locked}")
+    for message, count in Counter(failures).most_common():
+        print(f"  {count} x {message}")
+    zombies = found.active + len(found.checkpoints) + len(workers) + len(head_left)
+    print(
+        f"zombies: rows queued/running {found.active}, checkpoint folders "
+        f"{len(found.checkpoints)}, busy Ray workers {len(workers)}, Ray processes after "
+        f"shutdown {len(head_left)}"
+    )
+    for line in found.checkpoints + workers + head_left:
+        print(f"  {line}")
+    if found.duplicated_decisions:
+        print(f"decisions with more than one result: {found.duplicated_decisions}")
+    print(
+        f"lost={found.lost} duplicated={found.duplicated} zombies={zombies} locked={len(failures)}"
+    )
+
+
+def uninterrupted(head: RayHead, space: Path, url: str, args: argparse.Namespace) -> Baseline:
+    """The same search, run once without interruption on the same cluster."""
+    search = Search("baseline", space, url, head.address, space.parent)
+    started = time.time()
+    search.start(resume=False)
+    reader = start_reader(search, args.reader, args.poll)
+    search.finish()
+    wall = time.time() - started
+    reader.stop()
+    with Storage(url, create=False) as storage:
+        useful = sum(t.wall_seconds or 0.0 for t in storage.trials(search.name))
+    print(f"baseline: {wall:.1f} s", flush=True)
+    return Baseline(wall, useful, reader)
+
+
+def bench(args: argparse.Namespace, folder: Path) -> None:
+    space = write_space(folder, args)
+    url = f"sqlite:///{folder / 'evo.db'}"
+    head = RayHead(args.cpus, folder / "ray.log")
+    try:
+        baseline = uninterrupted(head, space, url, args) if args.baseline else None
+        plan = moments(args)
+        print("moments: " + ", ".join(f"{m.kind}@{m.after}+{m.delay:.1f}s" for m in plan))
+        search = Search(NAME, space, url, head.address, folder)
+        started = time.time()
+        search.start(resume=False)
+        reader = start_reader(search, args.reader, args.poll)
+        kills = run_chaos(search, head, plan, args.seed)
+        seconds = time.time() - started
+        reader.stop()
+        workers = zombie_workers(head, args.grace)
+        found = audit(search, kills)
+    finally:
+        head_left = head.stop(args.grace)
+    readers = [reader] if baseline is None else [baseline.reader, reader]
+    report(args, found, kills, search, seconds, baseline, readers, workers, head_left)
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.time()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        bench(args, args.keep.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            bench(args, Path(tmp))
+    print(f"benchmark wall time: {time.time() - started:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

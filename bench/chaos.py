@@ -11,7 +11,8 @@ result is recorded, plus a random delay", K and the delay drawn from `--seed`. M
 reader polls `evo status` every `--poll` seconds: by default a long-lived process calling
 `evo.status.print_status` with a fresh `Storage` each time (a separate process with its
 own connections, as `evo status` is, without paying the torch import twice a second on a
-small machine); `--reader cli` runs `python -m evo.cli status` instead for each poll. The
+small machine); `--reader cli` runs `python -m evo.cli status` for each poll instead,
+which keeps about one core busy and slows a 2-core machine's trials down a lot. The
 search is resumed until its run is `finished`, then the database, the disk and the
 process table are checked:
 
@@ -19,17 +20,21 @@ process table are checked:
 - duplicated: (genome, rung) pairs with more than one result row (a decision with two
   results is one of them);
 - zombies: rows still queued or running, checkpoint folders left under
-  results/chaos/trials/, Ray workers still running a trial once the run has finished,
-  and processes of the Ray head still alive after it was shut down;
+  results/chaos/trials/, trials of a killed driver still running 5 s after the kill, Ray
+  workers still running a trial once the run has finished, and processes of the Ray head
+  still alive after it was shut down;
 - locked: status polls that failed (with "database is locked" or any other error).
 
-It also prints the kills actually done, the retried and interrupted rows, and the time
-lost to the interruptions, two ways: the wall time of the chaotic run minus that of an
-uninterrupted run of the same space on the same cluster (run first; `--no-baseline` skips
-it), and the worker-seconds the interrupted and retried attempts had run when they were
-cut short (retried: start to retry; interrupted: start to the driver's kill). The last
-line is `lost=L duplicated=D zombies=Z locked=K`. The exit status is 0 whatever the counts:
-this measures, it does not judge. Linux only (it reads /proc).
+It also prints the kills actually done, the retried and interrupted rows, how long each
+resumed driver took to start a trial, and the time lost to the interruptions: the wall
+time of the chaotic run minus that of an uninterrupted run of the same space on the same
+cluster (run first; `--no-baseline` skips it), raw and with the baseline scaled to the
+chaotic run's useful worker-seconds (the two runs train different genomes, since results
+come back in another order, and a shared machine may be busier during one of them); and
+the worker-seconds the interrupted and retried attempts had run when they were cut short
+(retried: start to retry; interrupted: start to the driver's kill). The last line is
+`lost=L duplicated=D zombies=Z locked=K`. The exit status is 0 whatever the counts: this
+measures, it does not judge. Linux only (it reads /proc).
 
     python bench/chaos.py
     python bench/chaos.py --trials 40 --rungs 50,150,450 --seed 3 --no-baseline
@@ -40,9 +45,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +77,7 @@ TEXT = (
     "gradient of the loss down towards a better fit of the training text"
 )
 TRIAL_TITLE = "ray::execute_job"  # a Ray worker's process title while it runs a trial
+ORPHAN_S = 5.0  # s after a driver's kill by which its trials must have stopped
 MAX_RESTARTS = 20  # resumes after a driver died on its own, before giving up
 
 
@@ -198,6 +206,11 @@ class Search:
         except Exception:
             return None
 
+    def stop(self) -> None:
+        """Kill the driver if it is still running (the benchmark failed)."""
+        if self.drivers and self.driver.alive():
+            self.driver.kill()
+
     def crashed(self) -> None:
         """Note that the driver died on its own, and resume the run."""
         code = self.driver.proc.returncode
@@ -258,8 +271,9 @@ def free_port() -> int:
 class RayHead:
     """A one-node Ray cluster of its own (ports, temp folder), up until `stop`."""
 
-    def __init__(self, cpus: int, log: Path) -> None:
+    def __init__(self, cpus: int, log: Path, keep: bool) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="chaos-ray-", dir="/tmp"))  # short: sockets
+        self.keep = keep
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         ports = ["--node-manager-port", "--object-manager-port"]
@@ -317,6 +331,10 @@ class RayHead:
         for proc in left:
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGKILL)
+        if self.keep:
+            print(f"Ray's logs: {self.temp}")
+        else:
+            shutil.rmtree(self.temp, ignore_errors=True)
         return [f"{p.pid} {p.cmdline[:80]}" for p in left]
 
 
@@ -361,7 +379,7 @@ class Reader:
             self.stop_event: Any = context.Event()
             self.out: Any = context.Queue()
             self.worker: Any = context.Process(
-                target=poll_status, args=(url, name, every, self.stop_event, self.out)
+                target=poll_status, args=(url, name, every, self.stop_event, self.out), daemon=True
             )
         else:
             self.stop_event = threading.Event()
@@ -403,6 +421,7 @@ class Kills:
     driver: list[float] = field(default_factory=list)  # epoch seconds of each kill
     worker: list[float] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)  # moments that found nothing to kill
+    orphans: list[str] = field(default_factory=list)  # a dead driver's trials still running
 
 
 def moments(args: argparse.Namespace) -> list[Moment]:
@@ -445,6 +464,19 @@ def kill_worker(head: RayHead, search: Search, rng: random.Random, timeout: floa
     return False
 
 
+def watch_orphans(head: RayHead, running: list[Proc], orphans: list[str], after: float) -> None:
+    """In `after` s, note which of a killed driver's trials still run (Ray should end a
+    dead job's workers; a new job never reuses them)."""
+
+    def check() -> None:
+        now = {p.pid for p in head.running_trials()}
+        orphans.extend(f"{p.pid} {p.cmdline[:60]} (driver killed)" for p in running if p.pid in now)
+
+    timer = threading.Timer(after, check)
+    timer.daemon = True
+    timer.start()
+
+
 def run_chaos(search: Search, head: RayHead, plan: list[Moment], seed: int) -> Kills:
     """Carry out the plan on the running search, then let it finish."""
     rng, kills = random.Random(f"{seed}:workers"), Kills()
@@ -454,9 +486,11 @@ def run_chaos(search: Search, head: RayHead, plan: list[Moment], seed: int) -> K
             continue
         time.sleep(moment.delay)
         if moment.kind == "driver" and search.driver.alive():
+            running = head.running_trials()
             search.driver.kill()
             kills.driver.append(time.time())
             search.start(resume=True)
+            watch_orphans(head, running, kills.orphans, after=ORPHAN_S)
         elif moment.kind == "worker" and kill_worker(head, search, rng, timeout=30):
             kills.worker.append(time.time())
         else:
@@ -554,7 +588,7 @@ def next_kill(trial: TrialRecord, kills: list[float]) -> float | None:
 
 def resume_latency(trials: list[TrialRecord], kills: list[float]) -> list[float]:
     starts = sorted(s for t in trials if (s := epoch(t.started_at)) is not None)
-    return [min((s for s in starts if s > k), default=k) - k for k in kills]
+    return [min((s for s in starts if s > k), default=math.nan) - k for k in kills]
 
 
 def zombie_workers(head: RayHead, grace: float) -> list[str]:
@@ -615,9 +649,13 @@ def report(
             f"baseline (uninterrupted): wall {baseline.wall:.1f} s, "
             f"useful worker-s {baseline.useful:.1f}"
         )
+        print(f"wall time lost: {seconds - baseline.wall:.1f} s (chaotic minus uninterrupted run)")
+        # The two runs train different genomes (results come back in another order), and
+        # a shared machine may be slower in one: scale the baseline to the same useful work.
+        scaled = baseline.wall * found.useful_worker_s / max(baseline.useful, 1e-9)
         print(
-            f"time lost to the interruptions: {seconds - baseline.wall:.1f} s of wall time "
-            "(chaotic minus uninterrupted run)"
+            f"time lost to the interruptions: {seconds - scaled:.1f} s of wall time "
+            f"(chaotic run minus the baseline scaled to its useful worker-s, {scaled:.1f} s)"
         )
     lost_work = found.retried_worker_s + found.interrupted_worker_s
     print(
@@ -632,13 +670,15 @@ def report(
     print(f"  of which 'database is locked': {locked}")
     for message, count in Counter(failures).most_common():
         print(f"  {count} x {message}")
-    zombies = found.active + len(found.checkpoints) + len(workers) + len(head_left)
+    leftovers = [*found.checkpoints, *kills.orphans, *workers, *head_left]
+    zombies = found.active + len(leftovers)
     print(
         f"zombies: rows queued/running {found.active}, checkpoint folders "
-        f"{len(found.checkpoints)}, busy Ray workers {len(workers)}, Ray processes after "
-        f"shutdown {len(head_left)}"
+        f"{len(found.checkpoints)}, trials of killed drivers running {ORPHAN_S:g} s later "
+        f"{len(kills.orphans)}, busy Ray workers after the run {len(workers)}, Ray processes "
+        f"after shutdown {len(head_left)}"
     )
-    for line in found.checkpoints + workers + head_left:
+    for line in leftovers:
         print(f"  {line}")
     if found.duplicated_decisions:
         print(f"decisions with more than one result: {found.duplicated_decisions}")
@@ -647,9 +687,12 @@ def report(
     )
 
 
-def uninterrupted(head: RayHead, space: Path, url: str, args: argparse.Namespace) -> Baseline:
+def uninterrupted(
+    head: RayHead, space: Path, url: str, args: argparse.Namespace, searches: list[Search]
+) -> Baseline:
     """The same search, run once without interruption on the same cluster."""
     search = Search("baseline", space, url, head.address, space.parent)
+    searches.append(search)
     started = time.time()
     search.start(resume=False)
     reader = start_reader(search, args.reader, args.poll)
@@ -665,12 +708,14 @@ def uninterrupted(head: RayHead, space: Path, url: str, args: argparse.Namespace
 def bench(args: argparse.Namespace, folder: Path) -> None:
     space = write_space(folder, args)
     url = f"sqlite:///{folder / 'evo.db'}"
-    head = RayHead(args.cpus, folder / "ray.log")
+    head = RayHead(args.cpus, folder / "ray.log", keep=args.keep is not None)
+    searches: list[Search] = []
     try:
-        baseline = uninterrupted(head, space, url, args) if args.baseline else None
+        baseline = uninterrupted(head, space, url, args, searches) if args.baseline else None
         plan = moments(args)
         print("moments: " + ", ".join(f"{m.kind}@{m.after}+{m.delay:.1f}s" for m in plan))
         search = Search(NAME, space, url, head.address, folder)
+        searches.append(search)
         started = time.time()
         search.start(resume=False)
         reader = start_reader(search, args.reader, args.poll)
@@ -680,6 +725,8 @@ def bench(args: argparse.Namespace, folder: Path) -> None:
         workers = zombie_workers(head, args.grace)
         found = audit(search, kills)
     finally:
+        for each in searches:
+            each.stop()
         head_left = head.stop(args.grace)
     readers = [reader] if baseline is None else [baseline.reader, reader]
     report(args, found, kills, search, seconds, baseline, readers, workers, head_left)

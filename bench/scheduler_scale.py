@@ -25,7 +25,9 @@ Then, with those trials stored:
 - `evo status NAME` run as a subprocess (median of `--status-runs`), `print_status` in
   this process (the query and rendering work), and the imports alone.
 
-Prints one line per figure with its goal beside it.
+Prints one line per figure with its goal beside it (judged on the median). With the
+defaults it takes about 20 minutes on a busy 2-core machine, most of it the two-objective
+run's generation and restore (each of its results re-ranks its rung).
 
     python bench/scheduler_scale.py
     python bench/scheduler_scale.py --trials 2000 --space search_spaces/small.yaml
@@ -73,6 +75,7 @@ DECISION_GOAL_MS = 50.0
 STATUS_GOAL_S = 2.0
 START = 1_735_689_600.0  # the synthetic runs' clock starts on 2025-01-01 (UTC)
 FAILURE_RATE = 0.02
+PROGRESS_EVERY = 2000  # trials
 DEVICE_FLOPS = {"cpu": 2e10, "cuda": 4e13}  # training FLOP/s a trial reaches
 POSITION_COST = {"learned": 0.04, "sinusoidal": 0.06, "rope": 0.0, "alibi": 0.01, "none": 0.12}
 SCRATCH = Path("/dev/shm") if os.path.isdir("/dev/shm") else None  # in memory, where it exists
@@ -210,7 +213,8 @@ class SyntheticExecutor(Executor):
     def __init__(self, space: SearchSpace, clock: Clock, capacity: int, seed: int) -> None:
         self.space, self.clock, self.capacity, self.seed = space, clock, capacity, seed
         self.running: list[tuple[float, int, TrialJob, TrialOutcome]] = []
-        self.submitted = 0
+        self.submitted = self.finished = 0
+        self.began = time.perf_counter()
 
     def load_data(self, data: TrialData) -> None:
         pass
@@ -229,6 +233,10 @@ class SyntheticExecutor(Executor):
         finished, _, job, outcome = heapq.heappop(self.running)
         self.clock.now = max(self.clock.now, finished)
         observer.finished(job, outcome)
+        self.finished += 1
+        if self.finished % PROGRESS_EVERY == 0:
+            elapsed = time.perf_counter() - self.began
+            print(f"  {self.finished:,} trials stored, {elapsed:.0f} s", flush=True)
 
 
 # The run
@@ -410,6 +418,7 @@ def summary(label: str, made_s: float, decisions: Decisions, status: StatusTimes
 
 
 def bench(path: str, root: Path, args: argparse.Namespace) -> list[str]:
+    """Generate the space's run, measure it, print and return the summary lines."""
     name = Path(path).stem
     folder = root / name
     if (folder / "evo.db").exists():
@@ -418,12 +427,14 @@ def bench(path: str, root: Path, args: argparse.Namespace) -> list[str]:
     label = describe(bench_space(path, args.trials), args.trials)
     print(f"== {path} ({label})", flush=True)
     made_s = generate(path, name, folder, args)
-    print(f"generated in {made_s:.1f} s", flush=True)
+    print(f"generated in {made_s:.1f} s; timing `evo status`", flush=True)
     status = measure_status(name, folder, args.status_runs)
     if args.show_status:
         print(status.output, flush=True)
-    decisions = measure_decisions(path, name, folder, args)
-    return summary(label, made_s, decisions, status)
+    print("restarting the driver, then timing decisions", flush=True)
+    lines = summary(label, made_s, measure_decisions(path, name, folder, args), status)
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def main() -> None:
@@ -436,8 +447,7 @@ def main() -> None:
         else:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evo-scale-")))
         lines = [line for path in args.space for line in bench(path, root, args)]
-    print("== summary")
-    print("\n".join(lines))
+    print("== summary", "\n".join(lines), sep="\n")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

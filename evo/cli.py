@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -116,7 +117,7 @@ def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchS
         with make_view(space, name, quiet=args.quiet) as view:
             summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
     except KeyboardInterrupt:
-        storage.interrupt_active(name)
+        storage.interrupt_active(name, at=datetime.now(timezone.utc))
         storage.set_run_status(name, "interrupted")
         print(f"evo: stopped; resume with `evo resume {name}`", file=sys.stderr)
         return 130

@@ -100,7 +100,7 @@ class _Flight:
     rung: int
     continued_from: int | None
     genes: dict[str, Any]
-    started: float
+    started: float  # when its current attempt started
 
 
 class SteadyStateSearch:
@@ -280,12 +280,15 @@ class SteadyStateSearch:
 
     def started(self, job: TrialJob, attempt: int) -> None:
         flight = self.flights[job.genome_id]
+        flight.started = time.time()
         device = "cuda" if self.space.trial.resources.gpus > 0 else "cpu"
         self.storage.mark_running(flight.trial_id, host="", device=device)
         self.view.trial_started(flight.genes, flight.rung, attempt)
 
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
         flight = self.flights[job.genome_id]
+        # The lost attempt's time was spent; its steps are not known.
+        self.spending.settle(flight.decision, 0, 0, time.time() - flight.started)
         flight.trial_id = self.storage.retry_trial(flight.trial_id, error)
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:

@@ -46,8 +46,8 @@ def rung_rows(frame: pd.DataFrame, space: SearchSpace) -> list[RungRow]:
                 budget=budget,
                 trials=len(here),
                 done=int((status == TrialStatus.DONE.value).sum()),
-                failed=int(status.map(lambda s: TrialStatus(s).is_failure).sum()),
-                active=int(status.map(lambda s: TrialStatus(s).is_active).sum()),
+                failed=sum(TrialStatus(s).is_failure for s in status),
+                active=sum(TrialStatus(s).is_active for s in status),
                 advanced=above["genome_id"].nunique() if rung + 1 < len(budgets) else 0,
             )
         )
@@ -90,21 +90,27 @@ def anytime_curve(frame: pd.DataFrame, space: SearchSpace, objective: Objective)
 
 
 def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:
-    """Busy worker-seconds over available ones, over every session of the run: a
-    session's workers were available from its start to its end (or, for a session
-    that was killed, its last finished trial)."""
+    """Busy worker-seconds over available ones, over every session of the run. A session's
+    workers were available from its start to its end; a session whose driver was killed
+    ends at its last finished trial, or at the next session's start if that is sooner."""
     ran = frame[frame["started_at"].notna() & frame["finished_at"].notna()]
     available = busy = 0.0
-    for session in sessions:
-        ended = session.ended_at or _last_finish(ran, session.started_at)
+    for index, session in enumerate(sessions):
+        following = sessions[index + 1].started_at if index + 1 < len(sessions) else None
+        inside = ran[ran["started_at"] >= session.started_at]
+        if following is not None:
+            inside = inside[inside["started_at"] < following]
+        ended = session.ended_at or _last_finish(inside, following)
         if ended is None:
             continue
-        inside = ran[(ran["started_at"] >= session.started_at) & (ran["finished_at"] <= ended)]
-        busy += (inside["finished_at"] - inside["started_at"]).dt.total_seconds().sum()
+        finished = inside["finished_at"].clip(upper=ended)
+        busy += (finished - inside["started_at"]).dt.total_seconds().clip(lower=0).sum()
         available += session.workers * (ended - session.started_at).total_seconds()
     return None if available <= 0 else min(busy / available, 1.0)
 
 
-def _last_finish(ran: pd.DataFrame, since: datetime) -> datetime | None:
-    after = ran.loc[ran["started_at"] >= since, "finished_at"]
-    return None if after.empty else after.max().to_pydatetime()
+def _last_finish(trials: pd.DataFrame, cutoff: datetime | None) -> datetime | None:
+    if trials.empty:
+        return cutoff
+    last = trials["finished_at"].max().to_pydatetime()
+    return last if cutoff is None else min(last, cutoff)

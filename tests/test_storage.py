@@ -280,9 +280,19 @@ def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
     first = store.add_trial("r", genome, decision=0)
     store.finish_trial(first, "done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5})
     lost = store.add_trial("r", genome, rung=1, decision=1)
+    store.mark_running(lost, host="h", device="cpu")
     retry = store.retry_trial(lost, "worker lost")
     store.finish_trial(retry, "done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0})
-    assert store.spent("r") == Spent(steps=30, tokens=1920, worker_seconds=6.5, trials=2)
+    interrupted = store.add_trial("r", genome, rung=2, decision=2)
+    store.mark_running(interrupted, host="h", device="cpu")
+    (cut,) = store.interrupt_active("r")  # a killed driver: it stopped at the last record
+    spent = store.spent("r")
+    # The lost attempts' time counts (what they had run); their steps are not known.
+    lost_seconds = [t.wall_seconds for t in store.trials("r") if t.id in (lost, interrupted)]
+    assert all(seconds is not None and seconds >= 0 for seconds in lost_seconds)
+    assert cut.finished_at is not None and cut.finished_at >= cut.started_at
+    assert (spent.steps, spent.tokens, spent.trials) == (30, 1920, 3)
+    assert spent.worker_seconds == pytest.approx(6.5 + sum(lost_seconds))
 
 
 def test_checkpoints_and_sessions_are_recorded(store: Storage) -> None:

@@ -141,8 +141,9 @@ class SessionRecord:
 @dataclass(frozen=True)
 class Spent:
     """What a run's trials have used so far: training steps and tokens, worker-seconds
-    (each trial's wall time on the one worker it holds) and trials (decisions: a lost
-    worker's retry is the same trial)."""
+    (each trial's wall time on the one worker it holds, attempts lost to a dead worker or
+    an interruption included) and trials (decisions: a retry is the same trial). The
+    steps and tokens of a lost attempt are not known, and not counted."""
 
     steps: int
     tokens: int
@@ -193,6 +194,14 @@ def _now() -> datetime:
 
 def _no_run(name: str, url: str) -> str:
     return f"no run named {name!r} in {url} (see `evo ls`)"
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    """How long a trial ran by the driver's clock; None if it never started."""
+    if start is None or end is None:
+        return None
+    start, end = (m.replace(tzinfo=m.tzinfo or timezone.utc) for m in (start, end))
+    return max((end - start).total_seconds(), 0.0)
 
 
 def _from_epoch(seconds: float) -> datetime:
@@ -513,6 +522,7 @@ class Storage:
             row.status = TrialStatus.RETRIED.value
             row.error = error
             row.finished_at = _now()
+            row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
             retry = TrialRow(
                 **{
                     key: getattr(row, key)
@@ -589,19 +599,28 @@ class Storage:
             )
             return row.recorded
 
-    def interrupt_active(self, run: str) -> list[TrialRecord]:
+    def interrupt_active(self, run: str, at: datetime | None = None) -> list[TrialRecord]:
         """Mark the trials a stopped driver left queued or running as interrupted (they
-        stay in the history) and return them: the decisions a resumed search runs again."""
+        stay in the history, with the time they ran) and return them: the decisions a
+        resumed search runs again. `at` is when the driver stopped; None when that is not
+        known (it was killed), and the run's last recorded moment stands in for it."""
         with self._sessions.begin() as session:
+            trials = self._trials_query(session, run)
             rows = session.scalars(
-                self._trials_query(session, run)
-                .where(TrialRow.status.in_((TrialStatus.QUEUED.value, TrialStatus.RUNNING.value)))
-                .order_by(TrialRow.id)
+                trials.where(
+                    TrialRow.status.in_((TrialStatus.QUEUED.value, TrialStatus.RUNNING.value))
+                ).order_by(TrialRow.id)
             ).all()
-            now = _now()
+            if at is None:
+                moments = trials.with_only_columns(
+                    func.max(TrialRow.started_at), func.max(TrialRow.finished_at)
+                )
+                known = [m for m in session.execute(moments).one() if m is not None]
+                at = max((m.replace(tzinfo=timezone.utc) for m in known), default=_now())
             for row in rows:
                 row.status = TrialStatus.INTERRUPTED.value
-                row.finished_at = row.finished_at or now
+                row.finished_at = row.finished_at or at
+                row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
             return [_trial_record(row) for row in rows]
 
     def forget_checkpoint(self, trial_id: int) -> None:

@@ -297,8 +297,13 @@ class SteadyStateSearch:
         if outcome.checkpoint is not None:
             name = TrialCheckpoints.name(job.genome_id, flight.rung)
             self.checkpoints.write(name, outcome.checkpoint)
-            self.kept[flight.trial_id] = name
         result = outcome.result
+        values = objective_values(self.space, outcome.status, result)
+        dropped = self.scheduler.result(job.genome_id, flight.rung, flight.trial_id, values)
+        if flight.continued_from is not None:
+            dropped.append(flight.continued_from)  # the genome has moved on from it
+        # The result and the checkpoints it frees are recorded at once: a resumed search
+        # knows which genomes still wait from what is stored.
         self.last_recorded = self.storage.finish_trial(
             flight.trial_id,
             outcome.status,
@@ -308,16 +313,17 @@ class SteadyStateSearch:
             started=outcome.started,
             finished=outcome.finished,
             checkpoint=name,
+            forget=[trial_id for trial_id in dropped if trial_id in self.kept],
         )
+        if name is not None:
+            self.kept[flight.trial_id] = name
+        for trial_id in dropped:
+            name = self.kept.pop(trial_id, None)
+            if name is not None:
+                self.checkpoints.delete(name)
         seconds = outcome.finished - outcome.started
         self.spending.settle(flight.decision, result.steps, result.tokens, seconds)
         self.spending.release(flight.decision)
-        values = objective_values(self.space, outcome.status, result)
-        dropped = self.scheduler.result(job.genome_id, flight.rung, flight.trial_id, values)
-        if flight.continued_from is not None:
-            dropped.append(flight.continued_from)  # the genome has moved on from it
-        for trial_id in dropped:
-            self._delete_checkpoint(trial_id)
         self.trials_run += 1
         self.view.trial_finished(flight.genes, flight.rung, outcome)
 
@@ -335,18 +341,18 @@ class SteadyStateSearch:
         trials = self.storage.trials(self.name)
         events, pending = history(self.space, trials, self.storage.genomes(self.name))
         self.kept = {t.id: t.checkpoint for t in trials if t.checkpoint is not None}
-        dropped = replay(self.scheduler, events)
-        for trial in trials:
-            if trial.status.is_result and trial.continued_from is not None:
-                dropped.add(trial.continued_from)
-        for trial_id in sorted(dropped):
-            self._delete_checkpoint(trial_id)
-        self.checkpoints.keep_only(set(self.kept.values()))
+        replay(self.scheduler, events, set(self.kept))
         for rung, waiting in enumerate(self.scheduler.waiting):
             for genome, trial_id in list(waiting.items()):
-                name = self.kept.get(trial_id)
-                if name is None or not self.checkpoints.exists(name):
-                    self.scheduler.forget(genome, rung)
+                if not self.checkpoints.exists(self.kept[trial_id]):
+                    self.scheduler.forget(genome, rung)  # deleted by hand, perhaps
+        # Checkpoints nothing can continue any more: a genome that has a result at the
+        # rung above (kept by an older evo), or one no longer waiting.
+        waiting = {trial_id for rung in self.scheduler.waiting for trial_id in rung.values()}
+        pending_sources = {t.continued_from for t in pending}
+        for trial_id in sorted(set(self.kept) - waiting - pending_sources):
+            self._delete_checkpoint(trial_id)
+        self.checkpoints.keep_only(set(self.kept.values()))
         self.next_decision = 1 + max((t.decision or 0 for t in trials), default=-1)
         self.last_recorded = max((t.recorded or 0 for t in trials), default=0)
         self.spending = Spending.resumed(

@@ -2,7 +2,7 @@
 its unit. Storage makes a column of each, a search space may optimise any that is an
 objective, and every "which value is better" question is answered here.
 
-A trial's status is `llm.trial.TrialStatus`, re-exported here beside the metrics.
+A trial's status is `llm.status.TrialStatus`, re-exported here beside the metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from llm.trial import RESULT_STATUSES, TrialStatus
+from llm.status import RESULT_STATUSES, TrialStatus
 
 Direction = Literal["min", "max"]
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evo.executor import TrialOutcome
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
+
+if TYPE_CHECKING:
+    from evo.executor import TrialOutcome
 
 
 class SearchView(Protocol):

@@ -158,7 +158,8 @@ def test_a_steady_state_search_on_ray_replays_from_its_recorded_order(
     storage = Storage(f"sqlite:///{tmp_path / 'evo.db'}")
     open_run(storage, "r", space)
     data, vocab = prepare_data(space)
-    executor = RayExecutor(cpus=1, gpus=0, timeout_s=120, retries=1)
+    # A generous timeout: a loaded machine starts Ray workers slowly.
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=900, retries=1)
     SteadyStateSearch(space, "r", storage, executor, data, vocab).run()
     trials = storage.trials("r")
     assert {t.status for t in trials} == {"done"} and len(trials) == 16

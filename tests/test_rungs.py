@@ -84,6 +84,22 @@ def test_multi_objective_ranking_agrees_with_deaps_plain_sort() -> None:
     assert len(order) == 120
 
 
+def test_a_kept_ranking_equals_one_made_afresh_after_every_result() -> None:
+    rng = random.Random(4)
+    kept = RungResults(objectives("bits_per_byte", "params"))
+    points = []
+    for genome in range(300):
+        # Coarse values, so that ties and duplicates occur too.
+        point = None if genome % 17 == 0 else (rng.randint(0, 30), rng.randint(0, 30))
+        points.append(point)
+        kept.add(genome, None if point is None else (float(point[0]), float(point[1])))
+        afresh = RungResults(objectives("bits_per_byte", "params"))
+        for other, value in enumerate(points):
+            afresh.add(other, None if value is None else (float(value[0]), float(value[1])))
+        k = len(points) // 3 + 5
+        assert kept.best(k) == afresh.best(k), genome
+
+
 def test_genomes_far_below_the_top_third_are_dropped_for_good() -> None:
     results = RungResults(objectives("bits_per_byte"))
     for genome, value in enumerate([5.0, 3.0, 4.0, 1.0, 2.0, 6.0]):

@@ -242,11 +242,11 @@ MOMENTS = {
     "in the middle of a trial": ("evo.executor:", "run_trial", "before", 7),
     "after a checkpoint is written": ("evo.checkpoints:TrialCheckpoints", "write", "after", 5),
     "after a result is recorded": ("evo.storage.store:Storage", "finish_trial", "after", 9),
-    "between forgetting a checkpoint and deleting it": (
-        "evo.storage.store:Storage",
-        "forget_checkpoint",
-        "after",
-        2,
+    "between recording a result and deleting the checkpoints it frees": (
+        "evo.checkpoints:TrialCheckpoints",
+        "delete",
+        "before",
+        3,
     ),
 }
 

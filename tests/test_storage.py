@@ -333,6 +333,10 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
     with sqlite3.connect(path) as new:
         assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
         assert new.execute("PRAGMA foreign_key_check").fetchall() == []
+        # Each run counts the results it recorded, so the next one is numbered after them.
+        counts = dict(new.execute("SELECT name, results FROM evo_runs").fetchall())
+        last = {t.genome_id: t.recorded for t in trials if t.recorded is not None}
+        assert sum(counts.values()) > 0 and max(counts.values()) == max(last.values())
     new.close()
     backup = tmp_path / "evo.db.schema-1.bak"
     assert backup.read_bytes()[:16] == b"SQLite format 3\x00"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from deap import tools
 
@@ -24,18 +25,25 @@ from evo.space import Objective
 class _Ranked(list):  # type: ignore[type-arg]
     """A genome id as a DEAP individual, so that DEAP can sort it by its fitness."""
 
-    fitness: object
+    fitness: Any
 
 
 @dataclass
 class RungResults:
-    """The results recorded at one rung, ranked best first."""
+    """The results recorded at one rung, ranked best first.
+
+    With several objectives the ranking is DEAP's (fronts, then crowding within a front)
+    and is kept between results: a newcomer that a member of the last front computed
+    dominates cannot change any of those fronts or their crowding, so only a newcomer
+    that might join one of them (or a request for more of the ranking) ranks again.
+    """
 
     objectives: Sequence[Objective]
     genomes: list[int] = field(default_factory=list)  # in the order they were recorded
     _values: dict[int, tuple[float, ...]] = field(default_factory=dict)
     _sorted: list[tuple[float, int]] = field(default_factory=list)  # one objective: cost, id
-    _order: list[int] | None = None  # several objectives: the ranking, cached until a change
+    _individuals: dict[int, _Ranked] = field(default_factory=dict)  # several objectives
+    _fronts: list[list[int]] | None = None  # the first fronts, whole, each by crowding
 
     def __len__(self) -> int:
         return len(self.genomes)
@@ -48,7 +56,12 @@ class RungResults:
         self._values[genome_id] = values
         if len(self.objectives) == 1:
             bisect.insort(self._sorted, (self.objectives[0].sign * values[0], genome_id))
-        self._order = None
+            return
+        individual = _Ranked([genome_id])
+        individual.fitness = fitness_class(tuple(-o.sign for o in self.objectives))(values)
+        self._individuals[genome_id] = individual
+        if self._fronts is not None and not self._behind_fronts(individual):
+            self._fronts = None
 
     def values(self, genome_id: int) -> tuple[float, ...]:
         return self._values[genome_id]
@@ -62,29 +75,29 @@ class RungResults:
         (one objective), or DEAP's order (several)."""
         if len(self.objectives) == 1:
             return [genome for _, genome in self._sorted[:k]]
-        # The ranking of k is a prefix of the ranking of any larger k: whole fronts are
-        # taken in order and crowding is computed over a whole front.
-        if self._order is None or len(self._order) < min(k, len(self)):
-            self._order = self._rank(k)
-        return self._order[:k]
+        k = min(k, len(self))
+        if self._fronts is None or sum(map(len, self._fronts)) < k:
+            self._fronts = self._rank(k)
+        return [genome for front in self._fronts for genome in front][:k]
 
-    def _rank(self, k: int) -> list[int]:
-        fitness = fitness_class(tuple(-o.sign for o in self.objectives))
-        individuals = []
-        for genome in self.genomes:
-            individual = _Ranked([genome])
-            individual.fitness = fitness(self._values[genome])
-            individuals.append(individual)
-        k = min(k, len(individuals))
-        order: list[int] = []
-        for front in tools.sortLogNondominated(individuals, k):
+    def _behind_fronts(self, individual: _Ranked) -> bool:
+        assert self._fronts is not None
+        return any(
+            self._individuals[genome].fitness.dominates(individual.fitness)
+            for genome in self._fronts[-1]
+        )
+
+    def _rank(self, k: int) -> list[list[int]]:
+        """Whole fronts, best first, until they hold at least k genomes."""
+        fronts: list[list[int]] = []
+        for front in tools.sortLogNondominated(list(self._individuals.values()), k):
             tools.emo.assignCrowdingDist(front)
             # Boundary points of a front get infinite distance: they come first.
             ranked = sorted(front, key=lambda ind: -ind.fitness.crowding_dist)
-            order += [ind[0] for ind in ranked]
-            if len(order) >= k:
+            fronts.append([ind[0] for ind in ranked])
+            if sum(map(len, fronts)) >= k:
                 break
-        return order[:k]
+        return fronts
 
 
 @dataclass(frozen=True)

@@ -111,16 +111,24 @@ class SteadyStateScheduler:
         self.waiting[rung - 1].pop(genome_id, None)
 
     def result(
-        self, genome_id: int, rung: int, trial_id: int, values: tuple[float, ...] | None
+        self,
+        genome_id: int,
+        rung: int,
+        trial_id: int,
+        values: tuple[float, ...] | None,
+        drop: bool = True,
     ) -> list[int]:
         """Record a genome's objective values at a rung (None: it failed). A success below
         the top rung leaves a checkpoint and waits to advance. Returns the trials whose
-        checkpoints are no longer needed: genomes dropped for good at this rung."""
+        checkpoints are no longer needed: genomes dropped for good at this rung (unless
+        `drop` is false: a replay that learns the drops from the stored history)."""
         self.results[rung].add(genome_id, values)
         self.windows[rung].append(genome_id)
         waiting = self.waiting[rung]
         if values is not None and rung < self.ladder.top:
             waiting[genome_id] = trial_id
+        if not drop:
+            return []
         dropped = self.ladder.to_drop(rung, self.results[rung], set(waiting))
         return [waiting.pop(genome) for genome in dropped]
 
@@ -196,10 +204,11 @@ class Event:
     values: tuple[float, ...] | None = None
 
 
-def replay(scheduler: SteadyStateScheduler, events: Sequence[Event]) -> set[int]:
-    """Apply a run's history, in the order it happened, to a fresh scheduler; returns the
-    trials whose checkpoints it dropped on the way."""
-    dropped: set[int] = set()
+def replay(scheduler: SteadyStateScheduler, events: Sequence[Event], kept: set[int]) -> None:
+    """Apply a run's history, in the order it happened, to a fresh scheduler. Which
+    genomes were dropped is not decided again (that would rank a rung once per result):
+    a genome still waits when its trial's checkpoint is in `kept`, as the search recorded
+    each drop with the result that caused it."""
     for event in events:
         if event.kind == "bred":
             assert event.genes is not None
@@ -207,7 +216,8 @@ def replay(scheduler: SteadyStateScheduler, events: Sequence[Event]) -> set[int]
         elif event.kind == "advanced":
             scheduler.advanced(event.genome_id, event.rung)
         else:
-            dropped.update(
-                scheduler.result(event.genome_id, event.rung, event.trial_id, event.values)
-            )
-    return dropped
+            scheduler.result(event.genome_id, event.rung, event.trial_id, event.values, drop=False)
+    for rung, waiting in enumerate(scheduler.waiting):
+        for genome, trial_id in list(waiting.items()):
+            if trial_id not in kept:
+                scheduler.forget(genome, rung)

@@ -75,6 +75,7 @@ class RunRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     version: Mapped[str] = mapped_column(String(64))
     generation: Mapped[int | None] = mapped_column(Integer)
+    results: Mapped[int] = mapped_column(Integer, default=0)  # trial results recorded so far
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -22,14 +22,13 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Select,
@@ -40,6 +39,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
@@ -254,8 +254,11 @@ def _package_version() -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # busy_timeout first: switching a fresh file to WAL may have to wait for a lock.
-    for pragma in ("busy_timeout=30000", "journal_mode=WAL", "foreign_keys=ON"):
+    # busy_timeout first: switching a fresh file to WAL may have to wait for a lock. In WAL
+    # mode, synchronous=NORMAL keeps the database consistent through any crash; a power
+    # cut can only lose the last commits, which a resumed search redoes.
+    pragmas = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON")
+    for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -301,6 +304,10 @@ def _prepare_schema(engine: Engine, shown_url: str) -> None:
 
 
 def _alembic(connection: Connection, verb: str, revision: str) -> None:
+    # Imported here: only a new or an old database needs Alembic, not every reader.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -555,10 +562,13 @@ class Storage:
         started: float | None = None,
         finished: float | None = None,
         checkpoint: str | None = None,
+        forget: Sequence[int] = (),
     ) -> int:
         """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve,
-        and where its stable checkpoint was kept. Returns the result's place in the order
-        results were recorded.
+        and where its stable checkpoint was kept; in the same transaction, record that the
+        checkpoints of the trials in `forget` are no longer kept (the search's decisions
+        that came with this result). Returns the result's place in the order results
+        were recorded.
 
         A result may be partial (a timeout knows only its error); missing fields are stored
         as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
@@ -574,12 +584,10 @@ class Storage:
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
             run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
-            last = session.scalar(
-                select(func.max(TrialRow.recorded))
-                .join(GenomeRow)
-                .where(GenomeRow.run_id == run_id)
-            )
-            row.recorded = (last or 0) + 1
+            run_row = session.get(RunRow, run_id)
+            assert run_row is not None  # a trial's genome belongs to a run
+            run_row.results += 1
+            row.recorded = run_row.results
             row.status = status.value
             row.finished_at = _now() if finished is None else _from_epoch(finished)
             if started is not None:
@@ -597,6 +605,10 @@ class Storage:
                 CurvePointRow(trial_id=trial_id, **{key: _scalar(v) for key, v in point.items()})
                 for point in result.get("curve") or []
             )
+            if forget:
+                session.execute(
+                    update(TrialRow).where(TrialRow.id.in_(forget)).values(checkpoint=None)
+                )
             return row.recorded
 
     def interrupt_active(self, run: str, at: datetime | None = None) -> list[TrialRecord]:
@@ -669,19 +681,26 @@ class Storage:
         METRICS (numeric), then `pretrain.<name>` for every pretraining metric, error,
         host, device, worker, started_at, finished_at and recorded.
         """
+        # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
+        table = TrialRow.__table__.c
+        names = {*_FRAME_HEAD[1:], *METRICS, *_FRAME_TAIL, "pretrain"} - {"trial_id"}
         with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
             rows = session.execute(
-                self._trials_query(session, run).add_columns(GenomeRow.genes).order_by(TrialRow.id)
-            ).all()
+                select(table.id, *(table[name] for name in sorted(names)), GenomeRow.genes)
+                .join(GenomeRow, GenomeRow.id == table.genome_id)
+                .where(GenomeRow.run_id == run_id)
+                .order_by(table.id)
+            ).mappings()
             records = []
-            for trial, genes in rows:
-                record = {key: getattr(trial, key) for key in _FRAME_HEAD[1:]}
-                record["trial_id"] = trial.id
-                record.update((f"gene.{name}", value) for name, value in genes.items())
-                record.update((key, getattr(trial, key)) for key in METRICS)
-                pretrain = trial.pretrain or {}
+            for row in rows:
+                record = {key: row[key] for key in _FRAME_HEAD[1:]}
+                record["trial_id"] = row["id"]
+                record.update((f"gene.{name}", value) for name, value in row["genes"].items())
+                record.update((key, row[key]) for key in METRICS)
+                pretrain = row["pretrain"] or {}
                 record.update((f"pretrain.{name}", value) for name, value in pretrain.items())
-                record.update((key, getattr(trial, key)) for key in _FRAME_TAIL)
+                record.update((key, row[key]) for key in _FRAME_TAIL)
                 records.append(record)
         genes = sorted({key for record in records for key in record if key.startswith("gene.")})
         pretrain = sorted({key for r in records for key in r if key.startswith("pretrain.")})

@@ -5,6 +5,8 @@
   results came in), `budget`, `seed`, `continued_from` and `checkpoint`; `generation`
   may be empty (steady-state searches have none); the statuses `retried` and
   `interrupted` keep lost attempts in the history instead of deleting them.
+- evo_runs: `results`, how many trial results the run has recorded (the last number of
+  the order they were recorded in).
 - evo_sessions: each `evo run` or `evo resume` of a run, with its worker count.
 - Runs made before this version were generational searches: their stored spaces say so,
   since the default mode is now steady_state.
@@ -59,6 +61,12 @@ def upgrade() -> None:
     # Each old trial was its own decision, and results were recorded in trial order.
     op.execute("UPDATE evo_trials SET decision = id")
     op.execute(f"UPDATE evo_trials SET recorded = id WHERE status IN ({_quoted(RESULTS)})")
+    with op.batch_alter_table("evo_runs") as batch:
+        batch.add_column(sa.Column("results", sa.Integer(), nullable=False, server_default="0"))
+    op.execute(
+        "UPDATE evo_runs SET results = COALESCE((SELECT MAX(t.recorded) FROM evo_trials t "
+        "JOIN evo_genomes g ON t.genome_id = g.id WHERE g.run_id = evo_runs.id), 0)"
+    )
     op.create_table(
         "evo_sessions",
         sa.Column("id", sa.Integer(), primary_key=True),

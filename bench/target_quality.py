@@ -34,6 +34,7 @@ from evo.executor import make_executor
 from evo.promote import promote
 from evo.space import SearchSpace, load_space
 from evo.storage import Storage
+from evo.summary import utilization
 from llm.config import load_run_config
 from llm.train import train_run
 
@@ -66,6 +67,7 @@ class Searched:
     tokens: int
     worker_seconds: float
     seconds: float  # wall time of the search alone
+    utilization: float | None  # busy worker-seconds over available ones
 
 
 def search_then_promote(space: SearchSpace, name: str, folder: Path) -> Searched:
@@ -83,6 +85,7 @@ def search_then_promote(space: SearchSpace, name: str, folder: Path) -> Searched
     promotion = storage.promotions(name)[-1]
     assert promotion.metrics is not None, f"the promotion of {name} {promotion.status}"
     spent = storage.spent(name)
+    busy = utilization(storage.trials_frame(name), storage.run_sessions(name))
     return Searched(
         bits_per_byte=promotion.metrics["bits_per_byte"],
         genes=storage.genomes(name)[promotion.genome_id],
@@ -90,6 +93,7 @@ def search_then_promote(space: SearchSpace, name: str, folder: Path) -> Searched
         tokens=spent.tokens,
         worker_seconds=spent.worker_seconds,
         seconds=seconds,
+        utilization=busy,
     )
 
 
@@ -113,7 +117,8 @@ def describe(searched: Searched) -> str:
     return (
         f"{searched.bits_per_byte:.4f}  (search: {searched.trials} trials, "
         f"{searched.tokens:,} tokens, {searched.worker_seconds:,.0f} worker-s, "
-        f"{searched.seconds:.0f} s; genome {genes})"
+        f"{searched.seconds:.0f} s, utilization {100 * (searched.utilization or 0):.0f}%; "
+        f"genome {genes})"
     )
 
 

@@ -12,8 +12,13 @@ scored in bits per byte on the whole validation split:
 - (b): the best genome of a generational search of single-fidelity 150-step trials
   (population 6 × 8 generations, the previous default), promoted the same way.
 
-Prints each model's score and what each search spent, then
-`ratio=<ours / best of (a), (b)>` (the median over seeds; below 1 is better).
+Our promotion trains with the warmup-stable-decay schedule of the rungs, while (a) and
+(b) keep the cosine schedule of their settings; so that the search's share of a gain can
+be told from the schedule's, (a) and (b) are also trained with wsd, as (a') and (b').
+
+Prints each model's score and what each search spent, then the ratio against the best of
+(a') and (b') (same schedule), and last `ratio=<ours / best of (a), (b)>` (the median
+over seeds; below 1 is better).
 
     python bench/target_quality.py --seeds 1
 """
@@ -31,11 +36,11 @@ from pathlib import Path
 from evo.data import prepare_data
 from evo.driver import make_search, open_run
 from evo.executor import make_executor
-from evo.promote import promote
+from evo.promote import promote, promotion_config
 from evo.space import SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import utilization
-from llm.config import load_run_config
+from llm.config import RunConfig, load_run_config
 from llm.train import train_run
 
 GENERATIONAL = [
@@ -97,16 +102,33 @@ def search_then_promote(space: SearchSpace, name: str, folder: Path) -> Searched
     )
 
 
-def hand_picked(space: SearchSpace, config_file: str, seed: int, folder: Path) -> float:
+def hand_picked(
+    space: SearchSpace, config_file: str, seed: int, folder: Path, schedule: str
+) -> float:
     """configs/tiny.yaml's model and training, on the space's data, for the target."""
     config = load_run_config(config_file)
     target = space.target_budget()
     assert target is not None, "the space needs search.target"
     budget = {"max_steps": None, "max_tokens": None, "max_seconds": None, **target}
-    train = dataclasses.replace(config.train, **budget, seed=seed, eval_interval=0)
+    train = dataclasses.replace(
+        config.train, **budget, seed=seed, eval_interval=0, schedule=schedule
+    )
     run = dataclasses.replace(config, data=space.data_config(), train=train)
-    outcome = train_run(run, folder / f"hand-picked-{seed}", progress=False)
-    assert outcome.final is not None, "the hand-picked model diverged"
+    return trained(run, folder / f"hand-picked-{schedule}-{seed}")
+
+
+def with_wsd(space: SearchSpace, genes: dict[str, object], folder: Path) -> float:
+    """A genome promoted as `evo promote` does, but with the wsd schedule."""
+    target = space.target_budget()
+    assert target is not None, "the space needs search.target"
+    config = promotion_config(space, genes, target, None)
+    run = dataclasses.replace(config, train=dataclasses.replace(config.train, schedule="wsd"))
+    return trained(run, folder)
+
+
+def trained(run: RunConfig, folder: Path) -> float:
+    outcome = train_run(run, folder, progress=False)
+    assert outcome.final is not None, f"{folder.name} diverged"
     return outcome.final.bits_per_byte
 
 
@@ -124,7 +146,7 @@ def describe(searched: Searched) -> str:
 
 def main() -> None:
     args = parse_args()
-    ratios = []
+    ratios, same_schedule = [], []
     for seed in range(args.seeds):
         space = load_space(args.space, [*args.overrides, f"search.seed={seed}"])
         single = load_space(args.space, [*args.overrides, *GENERATIONAL, f"search.seed={seed}"])
@@ -133,12 +155,21 @@ def main() -> None:
             folder = Path(tmp)
             ours = search_then_promote(space, f"bench-ours-{seed}", folder)
             print(f"seed {seed} ours: {describe(ours)}", flush=True)
-            a = hand_picked(space, args.baseline, seed, folder)
+            a = hand_picked(space, args.baseline, seed, folder, "cosine")
             print(f"seed {seed} (a) {args.baseline}: {a:.4f}", flush=True)
+            a_wsd = hand_picked(space, args.baseline, seed, folder, "wsd")
+            print(f"seed {seed} (a') {args.baseline} with wsd: {a_wsd:.4f}", flush=True)
             b = search_then_promote(single, f"bench-single-{seed}", folder)
             print(f"seed {seed} (b) 150-step generational search: {describe(b)}", flush=True)
+            b_wsd = with_wsd(single, b.genes, folder / f"single-wsd-{seed}")
+            print(f"seed {seed} (b') its genome with wsd: {b_wsd:.4f}", flush=True)
         ratios.append(ours.bits_per_byte / min(a, b.bits_per_byte))
-        print(f"seed {seed}: ratio {ratios[-1]:.4f}", flush=True)
+        same_schedule.append(ours.bits_per_byte / min(a_wsd, b_wsd))
+        print(
+            f"seed {seed}: ratio {ratios[-1]:.4f}; with the same schedule {same_schedule[-1]:.4f}",
+            flush=True,
+        )
+    print(f"ratio against (a') and (b'), the same schedule: {statistics.median(same_schedule):.4f}")
     print(f"ratio={statistics.median(ratios):.4f}")
 
 

@@ -311,22 +311,26 @@ class Constraints(_Section):
     max_flops_per_token: int | None = Field(None, gt=0)
 
 
-class _Budget(_Section):
+class _Limits(_Section):
     """When a training stage stops: at whichever set limit it reaches first."""
 
     max_steps: int | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0)
     max_seconds: float | None = Field(None, gt=0)
 
+    def budget(self) -> dict[str, float]:
+        """The limits that are set, as TrainConfig fields."""
+        return {key: getattr(self, key) for key in BUDGET_KEYS if getattr(self, key) is not None}
+
+
+class _Budget(_Limits):
+    """Limits of which at least one is set."""
+
     @model_validator(mode="after")
     def _has_budget(self) -> _Budget:
         if not self.budget():
             raise _Problem((), "set a budget: max_steps, max_tokens or max_seconds")
         return self
-
-    def budget(self) -> dict[str, float]:
-        """The limits that are set, as TrainConfig fields."""
-        return {key: getattr(self, key) for key in BUDGET_KEYS if getattr(self, key) is not None}
 
 
 class Target(_Budget):
@@ -381,19 +385,13 @@ class Resources(_Section):
         return self
 
 
-class Trial(_Section):
+class Trial(_Limits):
     """One trial: what it reserves, when it is given up, how often a lost worker is
-    retried, and its budget when the search has no rungs (generational mode)."""
+    retried, and its budget when the search has no rungs."""
 
-    max_steps: int | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, gt=0)
-    max_seconds: float | None = Field(None, gt=0)
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float | None = Field(None, gt=0)  # None: from the budget (see SearchSpace)
     retries: int = Field(2, ge=0)
-
-    def budget(self) -> dict[str, float]:
-        return {key: getattr(self, key) for key in BUDGET_KEYS if getattr(self, key) is not None}
 
 
 class SearchBudget(_Section):

@@ -11,10 +11,18 @@ from rich.table import Table
 from evo.report import pareto_front, run_space
 from evo.space import SearchSpace
 from evo.storage import RunInfo, Storage
-from evo.summary import budget_text, rung_rows, spent_text, top_rung, utilization
+from evo.summary import (
+    anytime_curve,
+    budget_text,
+    rung_rows,
+    spent_text,
+    top_rung,
+    utilization,
+)
 from evo.view import genes_text
 
 FRONT_ROWS = 10
+ANYTIME_POINTS = 5  # the last improvements shown
 
 
 def print_status(storage: Storage, name: str, console: Console) -> None:
@@ -36,6 +44,7 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     if busy is not None:
         console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
     _print_front(frame, space, console)
+    _print_anytime(frame, space, console)
     running = frame[frame["status"] == "running"]
     if len(running):
         console.print(f"running now: {len(running)} trials")
@@ -64,6 +73,21 @@ def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Con
     limits = space.search.budget.limits()
     if limits:
         console.print(f"spent: {spent_text(storage.spent(name), limits)}")
+
+
+def _print_anytime(frame: pd.DataFrame, space: SearchSpace, console: Console) -> None:
+    """Where the best value improved, against the tokens spent until then (the anytime
+    curve, in a line; `evo report` draws it)."""
+    objective = space.search.objectives[0]
+    curve = anytime_curve(frame, space, objective)
+    improved = curve[curve["best"].notna() & (curve["best"] != curve["best"].shift())]
+    if improved.empty:
+        return
+    points = ", ".join(
+        f"{best:.4g} after {tokens:,.0f} tokens"
+        for tokens, best in improved[["tokens", "best"]].tail(ANYTIME_POINTS).to_numpy()
+    )
+    console.print(f"best {objective.metric} against compute: {points}")
 
 
 def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:

@@ -112,6 +112,7 @@ def test_a_steady_state_run_promotes_its_winner_for_the_target(workdir, capsys):
     assert "target: 27 steps; rungs: 3 steps / 9 steps / 27 steps" in status
     assert "spent: 16 of 16 trials (100%)" in status
     assert "best bits_per_byte (min) at the top rung" in status
+    assert "best bits_per_byte against compute: " in status and " tokens" in status
     # With no budget given, promote trains the best top-rung genome for the target, with
     # the genome's seed and schedule: the model the search scored at the top rung.
     assert evo(["promote", "space", "--out", "best", "--storage", url]) == 0

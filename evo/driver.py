@@ -234,18 +234,17 @@ class SteadyStateSearch:
     ) -> TrialJob | None:
         """The trial's job, with the checkpoint it continues; when that checkpoint cannot be
         read, the trial is recorded as failed and None is returned."""
+        self.flights[genome_id] = _Flight(
+            trial_id, decision, rung, continued_from, genes, time.time()
+        )
         resume: Checkpoint | None = None
-        flight = _Flight(trial_id, decision, rung, continued_from, genes, time.time())
-        self.flights[genome_id] = flight
-        job = make_job(self.space, self.vocab_size, genome_id, genes, rung)
         if continued_from is not None:
-            name = self.kept.get(continued_from)
             try:
-                if name is None:
-                    raise FileNotFoundError("it was deleted")
-                resume = self.checkpoints.read(name)
-            except OSError as err:
-                error = f"cannot read the checkpoint of trial {continued_from}: {err}"
+                resume = self.checkpoints.read(self.kept[continued_from])
+            except (KeyError, OSError) as err:
+                reason = "it was deleted" if isinstance(err, KeyError) else str(err)
+                error = f"cannot read the checkpoint of trial {continued_from}: {reason}"
+                job = make_job(self.space, self.vocab_size, genome_id, genes, rung)
                 self.finished(job, failed_outcome(TrialStatus.FAILED, error, time.time()))
                 return None
         return make_job(self.space, self.vocab_size, genome_id, genes, rung, resume)

@@ -189,6 +189,26 @@ def test_paused_checkpoints_stay_few_and_are_deleted_when_no_longer_needed(
     assert max(kept) < len(kept)  # some were deleted on the way
 
 
+def test_an_unreadable_checkpoint_fails_its_trial_and_the_search_goes_on(
+    space: SearchSpace, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+
+    def unreadable(self: TrialCheckpoints, name: str) -> dict[str, bytes]:
+        reads.append(name)
+        raise OSError(f"{name}: disk error")
+
+    monkeypatch.setattr(TrialCheckpoints, "read", unreadable)
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    run_search(space, storage)
+    advances = [t for t in storage.trials("s") if t.rung > 0]
+    assert reads and len(advances) == len(reads)
+    assert all(t.status is TrialStatus.FAILED for t in advances)
+    assert all("cannot read the checkpoint" in (t.error or "") for t in advances)
+    assert storage.get_run("s").status == "finished"
+    assert len({t.decision for t in storage.trials("s")}) == 16
+
+
 def test_a_step_budget_is_never_exceeded(space: SearchSpace, workdir: Path) -> None:
     storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
     budgeted = load_space(workdir / "space.yaml", ["search.budget={steps: 80}"])

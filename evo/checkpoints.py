@@ -10,6 +10,7 @@ from it (the genome advanced, or was dropped for good), which bounds the disk a 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -45,9 +46,13 @@ class TrialCheckpoints:
         return f"genome-{genome_id}/rung-{rung}"
 
     def write(self, name: str, checkpoint: Checkpoint) -> None:
+        """Write a checkpoint whole (each file on disk before the folder gets its name)."""
         with atomic_dir(self.root / name) as tmp:
             for file, content in checkpoint.items():
-                (tmp / file).write_bytes(content)
+                with open(tmp / file, "wb") as f:
+                    f.write(content)
+                    f.flush()
+                    os.fsync(f.fileno())
 
     def read(self, name: str) -> Checkpoint:
         return pack(self.root / name)

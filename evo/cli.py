@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evo.space import SearchSpace
-from evo.storage import DEFAULT_URL, Storage
+from evo.storage import DEFAULT_URL, RunStatus, Storage
 from llm.cli_support import CommandLine, Handler
 
 
@@ -88,7 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
-    if not open_run(storage, name, space) and storage.require_run(name).status == "finished":
+    if (
+        not open_run(storage, name, space)
+        and storage.require_run(name).status == RunStatus.FINISHED
+    ):
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
     return search(args, storage, name, space)
@@ -99,7 +102,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     storage = Storage(args.storage, create=False)
     space = load_run_space(storage, args.name)
-    if storage.require_run(args.name).status == "finished":
+    if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
         return 0
     return search(args, storage, args.name, space)
@@ -118,7 +121,7 @@ def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchS
             summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
     except KeyboardInterrupt:
         storage.interrupt_active(name, at=datetime.now(timezone.utc))
-        storage.set_run_status(name, "interrupted")
+        storage.set_run_status(name, RunStatus.INTERRUPTED)
         print(f"evo: stopped; resume with `evo resume {name}`", file=sys.stderr)
         return 130
     finally:

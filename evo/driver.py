@@ -17,6 +17,7 @@ they started from.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ from evo.schedule.steady_state import (
     replay,
 )
 from evo.space import SearchSpace, space_from_dict
-from evo.storage import Storage, TrialRecord
+from evo.storage import RunStatus, Storage, TrialRecord
 from evo.trials import SearchSummary, make_job, objective_values, trial_seed
 from evo.view import QuietView, SearchView
 from llm.errors import UserError
 from llm.train import planned_steps
+
+log = logging.getLogger(__name__)
 
 
 def space_hash(space: SearchSpace) -> str:
@@ -136,7 +139,7 @@ class SteadyStateSearch:
 
     def run(self) -> SearchSummary:
         self.storage.interrupt_active(self.name)
-        self.storage.set_run_status(self.name, "running")
+        self.storage.set_run_status(self.name, RunStatus.RUNNING)
         pending = self._restore()
         session = self.storage.start_session(self.name, self.executor.capacity)
         try:
@@ -146,7 +149,7 @@ class SteadyStateSearch:
             self.storage.end_session(session)
         for trial_id in list(self.kept):  # nothing will continue a paused genome now
             self._delete_checkpoint(trial_id)
-        self.storage.set_run_status(self.name, "finished")
+        self.storage.set_run_status(self.name, RunStatus.FINISHED)
         return SearchSummary(self.name, self.trials_run, self.best(), self.detail())
 
     # The loop
@@ -205,8 +208,9 @@ class SteadyStateSearch:
 
     def _rerun(self, trial: TrialRecord) -> TrialJob | None:
         """The job of a decision whose trial was interrupted, as a new attempt."""
-        genes = self.scheduler.genes[trial.genome_id]
-        self.spending.commit(trial.decision or 0, self._cost(genes, trial.rung), counted=True)
+        genes, decision = self.scheduler.genes[trial.genome_id], trial.decision
+        assert decision is not None  # every trial of a steady-state search has one
+        self.spending.commit(decision, self._cost(genes, trial.rung), counted=True)
         trial_id = self.storage.add_trial(
             self.name,
             trial.genome_id,
@@ -218,7 +222,6 @@ class SteadyStateSearch:
             seed=trial.seed,
             continued_from=trial.continued_from,
         )
-        decision = trial.decision or 0
         return self._job(
             trial_id, decision, trial.genome_id, genes, trial.rung, trial.continued_from
         )
@@ -251,20 +254,23 @@ class SteadyStateSearch:
 
     def _cost(self, genes: dict[str, Any], rung: int) -> Cost:
         """The training a genome's trial at `rung` will do: from the rung below's stable
-        checkpoint to this rung's budget, plus the adapt stage."""
+        checkpoint to this rung's budget, plus the adapt stage (when it has a step or
+        token budget)."""
         planned = planned_steps(self.space.train_config(genes, self.budgets[rung]))
-        adapt = self.space.adapt_train_config(genes)
-        adapt_planned = planned_steps(adapt) if adapt is not None else (0, 0)
-        if planned is None or adapt_planned is None:
+        if planned is None:
             return Cost(None, None)
         start = 0
         if rung > 0:
             below = planned_steps(self.space.train_config(genes, self.budgets[rung - 1]))
             start = below[0] if below is not None else 0
-        per_step = self.space.train_config(genes).tokens_per_step
-        adapt_tokens = adapt_planned[1] * (adapt.tokens_per_step if adapt is not None else 0)
         steps = planned[1] - start
-        return Cost(steps + adapt_planned[1], steps * per_step + adapt_tokens)
+        tokens = steps * self.space.train_config(genes).tokens_per_step
+        adapt = self.space.adapt_train_config(genes)
+        adapt_planned = planned_steps(adapt) if adapt is not None else None
+        if adapt is not None and adapt_planned is not None:
+            steps += adapt_planned[1]
+            tokens += adapt_planned[1] * adapt.tokens_per_step
+        return Cost(steps, tokens)
 
     def _fits(self, decision: Decision) -> bool:
         if isinstance(decision, Breed):
@@ -287,18 +293,18 @@ class SteadyStateSearch:
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
         flight = self.flights[job.genome_id]
         # The lost attempt's time was spent; its steps are not known.
-        self.spending.settle(flight.decision, 0, 0, time.time() - flight.started)
+        self.spending.settle(0, 0, time.time() - flight.started)
         flight.trial_id = self.storage.retry_trial(flight.trial_id, error)
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         flight = self.flights.pop(job.genome_id)
-        name = None
-        if outcome.checkpoint is not None:
-            name = TrialCheckpoints.name(job.genome_id, flight.rung)
-            self.checkpoints.write(name, outcome.checkpoint)
         result = outcome.result
         values = objective_values(self.space, outcome.status, result)
         dropped = self.scheduler.result(job.genome_id, flight.rung, flight.trial_id, values)
+        name = None
+        if outcome.checkpoint is not None and flight.trial_id not in dropped:
+            name = TrialCheckpoints.name(job.genome_id, flight.rung)
+            self.checkpoints.write(name, outcome.checkpoint)
         if flight.continued_from is not None:
             dropped.append(flight.continued_from)  # the genome has moved on from it
         # The result and the checkpoints it frees are recorded at once: a resumed search
@@ -317,11 +323,11 @@ class SteadyStateSearch:
         if name is not None:
             self.kept[flight.trial_id] = name
         for trial_id in dropped:
-            name = self.kept.pop(trial_id, None)
-            if name is not None:
-                self.checkpoints.delete(name)
-        seconds = outcome.finished - outcome.started
-        self.spending.settle(flight.decision, result.steps, result.tokens, seconds)
+            kept = self.kept.pop(trial_id, None)
+            if kept is not None:
+                self.checkpoints.delete(kept)
+        # What storage counts too, so that a resumed search spends the same.
+        self.spending.settle(result.steps, result.tokens, result.wall_seconds)
         self.spending.release(flight.decision)
         self.trials_run += 1
         self.view.trial_finished(flight.genes, flight.rung, outcome)
@@ -341,10 +347,19 @@ class SteadyStateSearch:
         events, pending = history(self.space, trials, self.storage.genomes(self.name))
         self.kept = {t.id: t.checkpoint for t in trials if t.checkpoint is not None}
         replay(self.scheduler, events, set(self.kept))
+        missing = 0
         for rung, waiting in enumerate(self.scheduler.waiting):
             for genome, trial_id in list(waiting.items()):
                 if not self.checkpoints.exists(self.kept[trial_id]):
-                    self.scheduler.forget(genome, rung)  # deleted by hand, perhaps
+                    self.scheduler.forget(genome, rung)
+                    missing += 1
+        if missing:
+            log.warning(
+                "evo: %d paused trials' checkpoints are missing from %s (moved or deleted, or "
+                "is this another folder than the run's?); those genomes cannot advance",
+                missing,
+                self.checkpoints.root,
+            )
         # Checkpoints nothing can continue any more: a genome that has a result at the
         # rung above (kept by an older evo), or one no longer waiting.
         waiting = {trial_id for rung in self.scheduler.waiting for trial_id in rung.values()}

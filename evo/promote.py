@@ -17,7 +17,7 @@ from typing import Any
 from evo.driver import load_run_space
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
-from evo.storage import Storage, TrialRecord
+from evo.storage import RunStatus, Storage, TrialRecord
 from evo.trials import trial_seed
 from llm.config import RunConfig
 from llm.errors import UserError
@@ -108,11 +108,13 @@ def promote(
     genes = storage.genomes(run)[trial.genome_id]
     config = promotion_config(space, genes, promotion_budget(space, budget), corpus)
     out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{trial.genome_id}"
-    promotion = storage.record_promotion(run, trial.genome_id, str(out_dir), "running", None)
+    promotion = storage.record_promotion(
+        run, trial.genome_id, str(out_dir), RunStatus.RUNNING, None
+    )
     try:
         outcome = train_run(config, out_dir, resume=resume)
     except BaseException:
-        storage.update_promotion(promotion, "failed", None)
+        storage.update_promotion(promotion, RunStatus.FAILED, None)
         raise
     metrics = None
     if outcome.final is not None:
@@ -126,8 +128,8 @@ def promote(
             "steps": outcome.step,
             "tokens": outcome.tokens,
         }
-    status = {"ok": "finished", "diverged": "diverged"}.get(outcome.status, outcome.status)
+    status = RunStatus.FINISHED if outcome.status == "ok" else RunStatus.FAILED
     if outcome.stop_reason == "interrupted":
-        status = "interrupted"
+        status = RunStatus.INTERRUPTED
     storage.update_promotion(promotion, status, metrics)
     return out_dir

@@ -430,22 +430,22 @@ class Objective(_Section):
         return self
 
     @property
-    def way(self) -> Direction:
+    def _direction(self) -> Direction:
         assert self.direction is not None  # set by validation
         return self.direction
 
     @property
     def sign(self) -> float:
         """+1 to minimise, -1 to maximise: sign × value is a cost, lower is better."""
-        return cost_sign(self.way)
+        return cost_sign(self._direction)
 
     def better(self, a: float, b: float) -> bool:
         """Whether value `a` is strictly better than `b`."""
-        return better(self.way, a, b)
+        return better(self._direction, a, b)
 
     def best(self, values: Any) -> float:
         """The best of the finite values; NaN when there is none."""
-        return best(self.way, values)
+        return best(self._direction, values)
 
 
 Mode = Literal["steady_state", "generational"]
@@ -630,9 +630,8 @@ class SearchSpace:
             raise _Problem(
                 ("fixed", "train", "schedule"), "rungs continue trials, which needs schedule: wsd"
             )
-        lowest = self.rung_budgets()[0].get("max_steps")
-        varying = {"warmup_steps", "decay_fraction"} & set(self.genes)
-        if lowest is None or varying:
+        lowest = self._lowest_rung_steps()
+        if lowest is None:
             return
         train = TrainConfig(**{**self.fixed.train, "max_steps": 1})
         stable = (1 - train.decay_fraction) * lowest
@@ -643,6 +642,20 @@ class SearchSpace:
                 f"before warmup ({train.warmup_steps} steps) ends; raise it or lower "
                 "fixed.train.warmup_steps",
             )
+
+    def _lowest_rung_steps(self) -> float | None:
+        """The steps of the lowest rung, when every genome takes the same (no gene sets
+        warmup, the cool-down's share or, for a token budget, the tokens of a step)."""
+        per_step = {"batch_size", "seq_len", "grad_accum"}
+        if {"warmup_steps", "decay_fraction"} & set(self.genes):
+            return None
+        lowest = self.rung_budgets()[0]
+        if "max_steps" in lowest:
+            return lowest["max_steps"]
+        if "max_tokens" in lowest and not per_step & set(self.genes):
+            tokens_per_step = TrainConfig(**{**self.fixed.train, "max_steps": 1}).tokens_per_step
+            return lowest["max_tokens"] / tokens_per_step
+        return None
 
     def _default_timeout(self) -> float:
         """Three times the time budget of the longest trial plus a minute for start-up;

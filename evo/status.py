@@ -8,6 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from evo.metrics import TrialStatus
 from evo.report import pareto_front, run_space
 from evo.space import SearchSpace
 from evo.storage import RunInfo, Storage
@@ -45,7 +46,7 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
     _print_front(frame, space, console)
     _print_anytime(frame, space, console)
-    running = frame[frame["status"] == "running"]
+    running = frame[frame["status"] == TrialStatus.RUNNING.value]
     if len(running):
         console.print(f"running now: {len(running)} trials")
     for promotion in storage.promotions(name):
@@ -92,7 +93,8 @@ def _print_anytime(frame: pd.DataFrame, space: SearchSpace, console: Console) ->
 
 def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
     table = Table(title="rungs", title_justify="left")
-    for column in ("rung", "budget", "trials", "done", "failed", "running", "advanced"):
+    headers = ("rung", "budget", "trials", "done", "failed", "queued or running", "advanced")
+    for column in headers:
         table.add_column(column, justify="left" if column == "budget" else "right")
     rows = rung_rows(frame, space)
     for row in rows:

@@ -71,8 +71,9 @@ def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
 
 def anytime_curve(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> pd.DataFrame:
     """The best top-rung value of `objective` after each result, against the training
-    spent until then (tokens, steps and worker-seconds of every finished or lost trial,
-    in the order results were recorded). Columns: tokens, steps, worker_seconds, best."""
+    spent until then (tokens, steps and worker-seconds of every trial with a result, in
+    the order results were recorded; attempts lost to a dead worker or an interruption
+    are left out). Columns: tokens, steps, worker_seconds, best."""
     finished = frame[frame["recorded"].notna()].sort_values("recorded")
     top = len(space.rung_budgets()) - 1
     values = finished[objective.metric].where(

@@ -1,4 +1,5 @@
-"""Training: AdamW with warmup and cosine decay over a step, token or time budget.
+"""Training: AdamW with warmup, then a cosine decay or a warmup-stable-decay schedule, over
+a step, token or time budget.
 
 The trainer applies everything the model does not know about from outside: the device,
 mixed precision, compilation, gradient accumulation and clipping. It optimises only the
@@ -203,8 +204,8 @@ def cooling_down(config: TrainConfig, progress: float) -> bool:
 
 def planned_steps(config: TrainConfig) -> tuple[int, int] | None:
     """(the step at which the cool-down begins, the steps in all) of a run under `config`;
-    None under a time budget, whose steps depend on the machine. A schedule without a
-    stable phase cools down from the start: its first number is 0."""
+    None under a time budget, whose steps depend on the machine. A cosine schedule
+    decays from the start: its first number is 0."""
     if config.max_seconds is not None:
         return None
     per_step = config.tokens_per_step
@@ -261,6 +262,11 @@ class Trainer:
         self.log = log
         self.progress = progress
         self.stable_dir = Path(stable_dir) if stable_dir is not None else None
+        if stable_dir is not None and config.schedule != "wsd":
+            raise ConfigError(
+                "a stable checkpoint needs train.schedule: wsd (a cosine schedule's rate "
+                "depends on the budget at every step, so no state of it can be continued)"
+            )
         max_seq_len = model.config.max_seq_len
         if config.seq_len > max_seq_len:
             raise ConfigError(

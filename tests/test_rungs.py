@@ -39,6 +39,14 @@ def test_the_top_third_of_a_rung_advances_best_first() -> None:
     assert ladder().to_advance(results, everyone - {3, 4} | {6}) == 6
 
 
+def test_an_empty_top_third_is_asked_for_before_a_rung_has_three_results() -> None:
+    results = RungResults(objectives("bits_per_byte", "params"))
+    for genome, value in enumerate([(2.0, 3.0), (3.0, 2.0), (1.0, 9.0)]):
+        assert results.best(results.quota(3)) == ([] if genome < 3 else [0])
+        results.add(genome, value)
+    assert len(results.best(results.quota(3))) == 1
+
+
 def test_a_maximised_objective_and_failures_rank_the_right_way() -> None:
     results = RungResults(objectives("accuracy"))
     for genome, value in enumerate([0.2, None, 0.9, 0.5]):
@@ -105,10 +113,8 @@ def test_genomes_far_below_the_top_third_are_dropped_for_good() -> None:
     for genome, value in enumerate([5.0, 3.0, 4.0, 1.0, 2.0, 6.0]):
         results.add(genome, (value,))
     # The top two (3, 4) may advance and one more (1) keeps its checkpoint; the rest go.
-    assert ladder(slack=1).to_drop(0, results, set(range(6))) == [0, 2, 5]
-    assert ladder(slack=1).to_drop(0, results, {1, 4}) == []
-    # Nothing continues from the top rung.
-    assert ladder(slack=9).to_drop(2, results, {1, 3}) == [1, 3]
+    assert ladder(slack=1).to_drop(results, set(range(6))) == [0, 2, 5]
+    assert ladder(slack=1).to_drop(results, {1, 4}) == []
 
 
 def test_a_genome_continued_rung_by_rung_equals_one_trained_straight(workdir) -> None:

@@ -175,6 +175,15 @@ RUNG_ERRORS = [
         "before warmup (8 steps) ends",
     ),
     ({"search.rungs": [10, 90], "genes.schedule": {"choice": ["wsd"]}}, "genes.schedule", "vary"),
+    (
+        {
+            "search.target": {"max_tokens": 90 * 2048},
+            "search.rungs": [10 * 2048, 90 * 2048],
+            "fixed.train": {"batch_size": 16, "seq_len": 128, "warmup_steps": 8},
+        },
+        "search.rungs",
+        "the lowest rung (10 steps)",
+    ),
 ]
 
 

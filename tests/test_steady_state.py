@@ -189,6 +189,20 @@ def test_paused_checkpoints_stay_few_and_are_deleted_when_no_longer_needed(
     assert max(kept) < len(kept)  # some were deleted on the way
 
 
+def test_a_search_with_two_objectives_advances_by_front(space: SearchSpace, workdir: Path) -> None:
+    two = load_space(
+        workdir / "space.yaml",
+        ["search.objectives=[bits_per_byte, train_tokens_per_s]", "search.budget.trials=20"],
+    )
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    search = run_search(two, storage)
+    trials = storage.trials("s")
+    assert all(t.status is TrialStatus.DONE for t in trials)
+    assert {t.rung for t in trials} == {0, 1, 2}
+    assert set(search.best()) == {"bits_per_byte", "train_tokens_per_s"}
+    assert replayed_decisions(two, prepare_data(two)[1], storage, "s") == 20
+
+
 def test_an_unreadable_checkpoint_fails_its_trial_and_the_search_goes_on(
     space: SearchSpace, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

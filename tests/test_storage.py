@@ -83,7 +83,7 @@ def test_runs_are_created_listed_and_updated(store: Storage) -> None:
     assert stored.updated_at > stored.created_at
     assert stored.updated_at.tzinfo == timezone.utc
     assert store.get_run("missing") is None
-    with pytest.raises(ValueError, match="run status"):
+    with pytest.raises(ValueError, match="not a valid RunStatus"):
         store.set_run_status("alpha", "paused")
     with pytest.raises(UserError, match="no run named 'missing'"):
         store.set_run_status("missing", "failed")

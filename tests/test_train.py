@@ -25,6 +25,7 @@ from llm.train import (
     budget_progress,
     build_optimizer,
     learning_rate,
+    planned_steps,
     train_run,
 )
 
@@ -60,8 +61,9 @@ def model(config: ModelConfig = MODEL, seed: int = 0) -> Transformer:
 
 
 def fit(config: TrainConfig = TRAIN, **kwargs: Any) -> llm.train.TrainOutcome:
-    resume = kwargs.pop("resume", False)
-    return Trainer(kwargs.pop("net", None) or model(), config, splits(), **kwargs).fit(resume)
+    resume, resume_from = kwargs.pop("resume", False), kwargs.pop("resume_from", None)
+    trainer = Trainer(kwargs.pop("net", None) or model(), config, splits(), **kwargs)
+    return trainer.fit(resume, resume_from=resume_from)
 
 
 # ------------------------------------------------------------------------------ schedule
@@ -107,6 +109,37 @@ def test_seconds_budget_decays_with_time() -> None:
     assert rates[0] == pytest.approx(config.learning_rate)
     assert all(a > b for a, b in itertools.pairwise(rates[:10]))
     assert rates[-1] == pytest.approx(config.learning_rate * config.min_lr_ratio)
+
+
+def test_wsd_holds_the_peak_then_cools_down_over_its_last_share() -> None:
+    config = dataclasses.replace(
+        TRAIN, warmup_steps=10, max_steps=100, schedule="wsd", decay_fraction=0.2
+    )
+    rates = schedule(config, 100)
+    peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
+    assert rates[10:80] == pytest.approx([peak] * 70)
+    assert all(a > b for a, b in itertools.pairwise(rates[80:]))
+    assert floor < rates[99] < rates[81] < rates[80] == pytest.approx(peak)
+    assert planned_steps(config) == (80, 100)
+    # Until the cool-down, the rate does not depend on the budget: a larger budget's run
+    # goes through the same rates, so it can continue from the stable point.
+    longer = dataclasses.replace(config, max_steps=300)
+    assert schedule(longer, 80) == pytest.approx(rates[:80])
+
+
+def test_a_stable_checkpoint_is_continued_exactly_by_a_larger_budget(tmp_path: Path) -> None:
+    short = dataclasses.replace(TRAIN, max_steps=10, schedule="wsd", decay_fraction=0.3)
+    long = dataclasses.replace(short, max_steps=20)
+    stopped = fit(short, stable_dir=tmp_path / "stable")
+    stable_step = planned_steps(short)[0]
+    assert stopped.step == 10 and stable_step == 7
+    continued = fit(long, net=model(seed=99), resume_from=tmp_path / "stable")
+    straight = fit(long)
+    assert (continued.first_step, continued.step) == (7, 20)
+    assert continued.final is not None and straight.final is not None
+    assert continued.final.loss == pytest.approx(straight.final.loss, abs=1e-6)
+    with pytest.raises(ConfigError, match=r"needs train\.schedule: wsd"):
+        Trainer(model(), TRAIN, splits(), stable_dir=tmp_path / "cosine")
 
 
 def test_trainer_uses_the_schedule() -> None:

@@ -34,19 +34,23 @@ class Spending:
 
     def allows(self, cost: Cost, running_seconds: float) -> bool:
         """Whether a new decision of this cost stays within every limit, counting what
-        the trials in flight will spend (their planned training; their seconds so far)."""
+        the trials in flight will spend (their planned training; their seconds so far).
+        An unknown cost (a time budget) counts as nothing: the trial is started while
+        the limit is not yet reached. A trial's seconds are never known beforehand, so a
+        worker_seconds limit can be passed by the trials in flight."""
         committed_steps = sum(c.steps or 0 for c in self._committed.values())
         committed_tokens = sum(c.tokens or 0 for c in self._committed.values())
         checks = {
-            "trials": self.decisions + 1,
-            "steps": self.steps + committed_steps + (cost.steps or 0),
-            "tokens": self.tokens + committed_tokens + (cost.tokens or 0),
+            "trials": (self.decisions, 1),
+            "steps": (self.steps + committed_steps, cost.steps),
+            "tokens": (self.tokens + committed_tokens, cost.tokens),
+            "worker_seconds": (self.worker_seconds + running_seconds, None),
         }
-        for name, needed in checks.items():
-            if name in self.limits and needed > self.limits[name]:
+        for name, (used, more) in checks.items():
+            limit = self.limits.get(name)
+            if limit is not None and (used >= limit or used + (more or 0) > limit):
                 return False
-        seconds = self.limits.get("worker_seconds")
-        return seconds is None or self.worker_seconds + running_seconds < seconds
+        return True
 
     def commit(self, decision: int, cost: Cost, *, counted: bool = False) -> None:
         """A trial of the decision starts; `counted` when the decision was made before (a
@@ -54,8 +58,8 @@ class Spending:
         self.decisions += not counted
         self._committed[decision] = cost
 
-    def settle(self, decision: int, steps: int, tokens: int, seconds: float) -> None:
-        """A trial of the decision ended (or was retried): count what it really used."""
+    def settle(self, steps: int, tokens: int, seconds: float) -> None:
+        """A trial ended (or its worker was lost): count what it really used."""
         self.steps += steps
         self.tokens += tokens
         self.worker_seconds += seconds

@@ -36,7 +36,7 @@ from evo.operators import (
     worst_fitness,
 )
 from evo.space import SearchSpace
-from evo.storage import Storage, TrialRecord
+from evo.storage import RunStatus, Storage, TrialRecord
 from evo.trials import SearchSummary, make_job, objective_values
 from evo.view import QuietView, SearchView
 from llm.trial import TrialResult
@@ -87,13 +87,13 @@ class GenerationalSearch:
 
     def run(self) -> SearchSummary:
         self.storage.interrupt_active(self.name)
-        self.storage.set_run_status(self.name, "running")
+        self.storage.set_run_status(self.name, RunStatus.RUNNING)
         session = self.storage.start_session(self.name, self.executor.capacity)
         try:
             done = self._generations()
         finally:
             self.storage.end_session(session)
-        self.storage.set_run_status(self.name, "finished")
+        self.storage.set_run_status(self.name, RunStatus.FINISHED)
         detail = f"{done} generations"
         return SearchSummary(self.name, self.trials_run, self.best(), detail)
 

@@ -71,17 +71,19 @@ class RungResults:
         return int(len(self) / eta + 1e-9)
 
     def best(self, k: int) -> list[int]:
-        """The k best genomes, best first; ties keep the order they were recorded in
-        (one objective), or DEAP's order (several)."""
+        """The k best genomes, best first; ties go to the genome bred first (one
+        objective), or follow DEAP's order (several)."""
         if len(self.objectives) == 1:
             return [genome for _, genome in self._sorted[:k]]
         k = min(k, len(self))
+        if k <= 0:
+            return []
         if self._fronts is None or sum(map(len, self._fronts)) < k:
             self._fronts = self._rank(k)
         return [genome for front in self._fronts for genome in front][:k]
 
     def _behind_fronts(self, individual: _Ranked) -> bool:
-        assert self._fronts is not None
+        assert self._fronts  # a ranking of at least one genome
         return any(
             self._individuals[genome].fitness.dominates(individual.fitness)
             for genome in self._fronts[-1]
@@ -120,10 +122,8 @@ class Ladder:
                 return genome
         return None
 
-    def to_drop(self, rung: int, results: RungResults, waiting: set[int]) -> list[int]:
+    def to_drop(self, results: RungResults, waiting: set[int]) -> list[int]:
         """The genomes of `waiting` ranked below the top 1/η plus `slack`: they can no
         longer advance, so their checkpoints can go."""
-        if rung == self.top:
-            return sorted(waiting)
         keep = set(results.best(results.quota(self.eta) + self.slack))
         return sorted(genome for genome in waiting if genome not in keep)

@@ -127,9 +127,9 @@ class SteadyStateScheduler:
         waiting = self.waiting[rung]
         if values is not None and rung < self.ladder.top:
             waiting[genome_id] = trial_id
-        if not drop:
+        if not drop or rung == self.ladder.top:
             return []
-        dropped = self.ladder.to_drop(rung, self.results[rung], set(waiting))
+        dropped = self.ladder.to_drop(self.results[rung], set(waiting))
         return [waiting.pop(genome) for genome in dropped]
 
     def forget(self, genome_id: int, rung: int) -> None:

@@ -1,7 +1,7 @@
 """What a search remembers: the results database (`store.Storage`), its tables
 (`models`) and their migrations (`migrations/`). The rest of evo imports from here."""
 
-from evo.storage.models import RUN_STATUSES, SCHEMA_VERSION, TRIAL_STATUSES
+from evo.storage.models import RUN_STATUSES, SCHEMA_VERSION, TRIAL_STATUSES, RunStatus
 from evo.storage.store import (
     DEFAULT_URL,
     GenerationRecord,
@@ -22,6 +22,7 @@ __all__ = [
     "GenerationRecord",
     "PromotionRecord",
     "RunInfo",
+    "RunStatus",
     "SessionRecord",
     "Spent",
     "Storage",

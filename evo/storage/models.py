@@ -7,6 +7,7 @@ A change here needs a migration in `migrations/versions/` and a new SCHEMA_VERSI
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,7 +32,20 @@ from evo.metrics import TrialStatus
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
 SCHEMA_VERSION = 2
 
-RUN_STATUSES = ("running", "interrupted", "finished", "failed")
+
+class RunStatus(str, enum.Enum):
+    """Where a run stands (and a promotion, which is a run of its own)."""
+
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RUN_STATUSES = tuple(status.value for status in RunStatus)
 TRIAL_STATUSES = tuple(status.value for status in TrialStatus)
 
 

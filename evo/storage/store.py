@@ -47,7 +47,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from evo.metrics import METRICS, RESULT_STATUSES, TrialStatus
 from evo.storage.models import (
-    RUN_STATUSES,
     SCHEMA_VERSION,
     Base,
     CurvePointRow,
@@ -56,6 +55,7 @@ from evo.storage.models import (
     MemberRow,
     PromotionRow,
     RunRow,
+    RunStatus,
     SchemaRow,
     SessionRow,
     TrialRow,
@@ -398,7 +398,7 @@ class Storage:
                 space_yaml=space_yaml,
                 space_sha256=hashlib.sha256(space_yaml.encode()).hexdigest(),
                 seed=seed,
-                status="running",
+                status=RunStatus.RUNNING.value,
                 version=_package_version(),
                 generation=None,
                 created_at=now,
@@ -424,12 +424,11 @@ class Storage:
             rows = session.scalars(select(RunRow).order_by(RunRow.created_at, RunRow.id))
             return [_record(RunInfo, row) for row in rows]
 
-    def set_run_status(self, name: str, status: str) -> None:
-        if status not in RUN_STATUSES:
-            raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
+    def set_run_status(self, name: str, status: RunStatus) -> None:
+        status = RunStatus(status)
         with self._sessions.begin() as session:
             row = self._run(session, name)
-            row.status = status
+            row.status = status.value
             row.updated_at = _now()
 
     # Genomes and trials
@@ -789,6 +788,7 @@ class Storage:
     def record_promotion(
         self, run: str, genome_id: int, out_dir: str, status: str, metrics: dict[str, Any] | None
     ) -> int:
+        status = str(status)  # a RunStatus as its value
         now = _now()
         with self._sessions.begin() as session:
             row = PromotionRow(
@@ -808,6 +808,7 @@ class Storage:
         self, promotion_id: int, status: str, metrics: dict[str, Any] | None
     ) -> None:
         """Set the promotion's status, and its metrics unless `metrics` is None."""
+        status = str(status)
         with self._sessions.begin() as session:
             row = session.get(PromotionRow, promotion_id)
             if row is None:

@@ -15,6 +15,8 @@ Revision ID: 0002
 Revises: 0001
 """
 
+import hashlib
+
 import sqlalchemy as sa
 import yaml
 from alembic import op
@@ -83,11 +85,21 @@ def upgrade() -> None:
 
 def _mark_runs_generational() -> None:
     connection = op.get_bind()
-    runs = sa.table("evo_runs", sa.column("id", sa.Integer), sa.column("space_yaml", sa.Text))
+    runs = sa.table(
+        "evo_runs",
+        sa.column("id", sa.Integer),
+        sa.column("space_yaml", sa.Text),
+        sa.column("space_sha256", sa.String),
+    )
     for run_id, text in connection.execute(sa.select(runs.c.id, runs.c.space_yaml)).all():
         space = yaml.safe_load(text)
         if not isinstance(space, dict) or "mode" in space.get("search", {}):
             continue
         space["search"] = {"mode": "generational", **space.get("search", {})}
         new_text = yaml.safe_dump(space, sort_keys=False, default_flow_style=None)
-        connection.execute(runs.update().where(runs.c.id == run_id).values(space_yaml=new_text))
+        digest = hashlib.sha256(new_text.encode()).hexdigest()
+        connection.execute(
+            runs.update()
+            .where(runs.c.id == run_id)
+            .values(space_yaml=new_text, space_sha256=digest)
+        )

@@ -13,8 +13,13 @@ to the space's target budget twice:
 Prints, for each rung and schedule, Spearman's ρ and Kendall's τ between the genomes'
 scores at that rung and at the target under the same schedule; the median target score
 of each schedule (which trains the better final models); and the compute each spent.
+With `--genome` (repeatable) the genomes are the ones given instead, and every genome's
+scores are printed, rung by rung.
 
     python bench/rung_fidelity.py --genomes 16
+    python bench/rung_fidelity.py --schedules wsd \
+        --genome n_layers=4,n_heads=4,d_model=128,d_ff_mult=3,pos_encoding=rope,\
+batch_size=16,learning_rate=0.003 --genome ...
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
+import yaml
 from scipy import stats
 
 from evo.data import prepare_data
@@ -48,15 +54,30 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", help="write every genome's scores here as JSON")
+    p.add_argument(
+        "--genome",
+        dest="genomes_given",
+        action="append",
+        default=[],
+        metavar="GENE=VALUE,...",
+        help="a genome to score (repeatable) instead of a sample of the space",
+    )
+    p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
     return p.parse_args()
 
 
+def parse_genome(text: str, space: SearchSpace) -> dict[str, Any]:
+    """`n_layers=4,learning_rate=0.003,...` as genes, each value read as YAML."""
+    genes = dict(item.split("=", 1) for item in text.split(","))
+    return {name: yaml.safe_load(genes[name]) for name in space.gene_names}
+
+
 def ladder_space(args: argparse.Namespace) -> SearchSpace:
-    """The space with one more rung: the target itself."""
+    """The space with the target as its top rung (one more rung, when the top is below)."""
     space = load_space(args.space, args.overrides)
     target = space.search.target
     assert target is not None and space.search.rung_values is not None, "the space needs rungs"
-    rungs = [*space.search.rung_values, target.value]
+    rungs = [r for r in space.search.rung_values if r < target.value] + [target.value]
     extra = [f"search.rungs={json.dumps(rungs)}", "search.min_budget=null"]
     return load_space(args.space, [*args.overrides, "search.max_budget=null", *extra])
 
@@ -94,14 +115,18 @@ def cosine_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, An
     return {"scores": scores, "tokens": outcome.result.tokens}
 
 
+SCHEDULES = {"wsd": wsd_scores, "cosine": cosine_scores}
+
+
 def run_genome(args: argparse.Namespace, index: int, genes: dict[str, Any]) -> dict:
     space = ladder_space(args)
     data, vocab = prepare_data(space)
     started = time.perf_counter()
-    wsd = wsd_scores(space, vocab, data, genes)
-    cosine = cosine_scores(space, vocab, data, genes)
-    seconds = time.perf_counter() - started
-    return {"index": index, "genes": genes, "wsd": wsd, "cosine": cosine, "seconds": seconds}
+    row: dict[str, Any] = {"index": index, "genes": genes}
+    for schedule in args.schedules:
+        row[schedule] = SCHEDULES[schedule](space, vocab, data, genes)
+    row["seconds"] = time.perf_counter() - started
+    return row
 
 
 def correlations(rows: list[dict], schedule: str, rung: int) -> tuple[float, float, int]:
@@ -120,9 +145,12 @@ def main() -> None:
     args = parse_args()
     space = ladder_space(args)
     _, vocab = prepare_data(space, progress=True)  # fills the cache the workers read
-    random.seed(args.seed)
-    population = initial_population(space, vocab, args.genomes)
-    genomes = [to_genome(space, individual) for individual in population]
+    if args.genomes_given:
+        genomes = [parse_genome(text, space) for text in args.genomes_given]
+    else:
+        random.seed(args.seed)
+        population = initial_population(space, vocab, args.genomes)
+        genomes = [to_genome(space, individual) for individual in population]
     started = time.perf_counter()
     context = get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
@@ -133,25 +161,33 @@ def main() -> None:
     budgets = [next(iter(b.values())) for b in space.rung_budgets()]
     unit = next(iter(space.rung_budgets()[0])).removeprefix("max_")
     print(f"{len(rows)} genomes of {args.space}, {time.perf_counter() - started:.0f} s")
+    if args.genomes_given:
+        for row in rows:
+            for schedule in args.schedules:
+                scores = " ".join(f"{v:.4f}" if v else "-" for v in row[schedule]["scores"])
+                print(f"{schedule} {scores}  {args.genomes_given[row['index']]}")
     print(f"rank agreement with the target ({budgets[-1]:,.0f} {unit}), same schedule:")
-    print(f"{'rung':>12} {'wsd ρ':>8} {'wsd τ':>8} {'cosine ρ':>9} {'cosine τ':>9}")
+    print(f"{'rung':>12} " + " ".join(f"{s + ' ρ':>9} {s + ' τ':>9}" for s in args.schedules))
     for rung, budget in enumerate(budgets[:-1]):
-        wsd = correlations(rows, "wsd", rung)
-        cosine = correlations(rows, "cosine", rung)
-        print(f"{budget:>12,.0f} {wsd[0]:8.3f} {wsd[1]:8.3f} {cosine[0]:9.3f} {cosine[1]:9.3f}")
-    for schedule in ("wsd", "cosine"):
+        cells = []
+        for schedule in args.schedules:
+            rho, tau, _ = correlations(rows, schedule, rung)
+            cells.append(f"{rho:9.3f} {tau:9.3f}")
+        print(f"{budget:>12,.0f} " + " ".join(cells))
+    for schedule in args.schedules:
         finals = [r[schedule]["scores"][-1] for r in rows if r[schedule]["scores"][-1]]
         tokens = statistics.mean(r[schedule]["tokens"] for r in rows)
         print(
             f"{schedule}: median target bits per byte {statistics.median(finals):.4f}, "
             f"mean tokens trained per genome {tokens:,.0f}"
         )
-    wins = sum(
-        r["wsd"]["scores"][-1] < r["cosine"]["scores"][-1]
-        for r in rows
-        if r["wsd"]["scores"][-1] and r["cosine"]["scores"][-1]
-    )
-    print(f"wsd ends below cosine for {wins} of {len(rows)} genomes")
+    if set(SCHEDULES) <= set(args.schedules):
+        wins = sum(
+            r["wsd"]["scores"][-1] < r["cosine"]["scores"][-1]
+            for r in rows
+            if r["wsd"]["scores"][-1] and r["cosine"]["scores"][-1]
+        )
+        print(f"wsd ends below cosine for {wins} of {len(rows)} genomes")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def test_tiny_is_the_documented_default() -> None:
     assert space.search.target is not None and space.search.target.budget() == {
         "max_tokens": 2_000_000
     }
-    assert space.rung_budgets() == [{"max_tokens": t} for t in (75_000, 225_000, 675_000)]
+    rungs = (74_000, 222_000, 666_000, 2_000_000)
+    assert space.rung_budgets() == [{"max_tokens": t} for t in rungs]  # the top is the target
     assert space.trial.resources.cpus == 1 and space.search.budget.limits() == {"tokens": 15e6}
 
 

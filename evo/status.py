@@ -93,7 +93,7 @@ def _print_anytime(frame: pd.DataFrame, space: SearchSpace, console: Console) ->
 
 def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
     table = Table(title="rungs", title_justify="left")
-    headers = ("rung", "budget", "trials", "done", "failed", "queued or running", "advanced")
+    headers = ("rung", "budget", "trials", "done", "failed", "in flight", "advanced")
     for column in headers:
         table.add_column(column, justify="left" if column == "budget" else "right")
     rows = rung_rows(frame, space)

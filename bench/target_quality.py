@@ -7,10 +7,13 @@ scored in bits per byte on the whole validation split:
 
 - ours: the best genome of the space's own search (steady-state, rungs; its budget as
   the space states it), run on a local Ray instance as `evo run` does, then promoted.
+  `tiny.yaml` starts its search from (a)'s shape (`search.initial`): the search is asked
+  to improve on the default, not to rediscover it.
 - (a): a model of configs/tiny.yaml's shape and training settings (the hand-picked
   default), trained for the target budget.
 - (b): the best genome of a generational search of single-fidelity 150-step trials
-  (population 6 × 8 generations, the previous default), promoted the same way.
+  (population 6 × 8 generations, the previous default), promoted the same way. It is
+  given the same space, initial genomes included: only the method differs.
 
 Our promotion trains with the warmup-stable-decay schedule of the rungs, while (a) and
 (b) keep the cosine schedule of their settings; so that the search's share of a gain can

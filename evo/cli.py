@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +14,9 @@ from rich.table import Table
 from evo.space import SearchSpace
 from evo.storage import DEFAULT_URL, RunStatus, Storage
 from llm.cli_support import CommandLine, Handler
+
+if TYPE_CHECKING:
+    from evo.data import TrialData
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +84,16 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from evo.data import prepare_data
     from evo.driver import open_run
+    from evo.operators import check_initial
     from evo.space import load_space
 
     space = load_space(args.space, args.overrides)
+    # The data and the initial genomes are checked before a run is created, so a missing
+    # corpus or an impossible genome leaves nothing behind to clean up.
+    data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
+    check_initial(space, vocab_size)
     storage = Storage(args.storage)
     name = args.name or args.space.stem
     if args.new:
@@ -94,10 +104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
-    return search(args, storage, name, space)
+    return search(args, storage, name, space, (data, vocab_size))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from evo.data import prepare_data
     from evo.driver import load_run_space
 
     storage = Storage(args.storage, create=False)
@@ -105,16 +116,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
         return 0
-    return search(args, storage, args.name, space)
+    return search(args, storage, args.name, space, prepare_data(space, sys.stderr.isatty()))
 
 
-def search(args: argparse.Namespace, storage: Storage, name: str, space: SearchSpace) -> int:
-    from evo.data import prepare_data
+def search(
+    args: argparse.Namespace,
+    storage: Storage,
+    name: str,
+    space: SearchSpace,
+    prepared: tuple[TrialData, int],
+) -> int:
     from evo.driver import make_search
     from evo.executor import make_executor
     from evo.view import make_view
 
-    data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
+    data, vocab_size = prepared
     executor = make_executor(space, local=args.local, address=args.address)
     try:
         with make_view(space, name, quiet=args.quiet) as view:

@@ -274,8 +274,40 @@ def latin_hypercube(space: SearchSpace, n: int) -> list[dict[str, Any]]:
 
 def initial_population(space: SearchSpace, vocab_size: int, n: int) -> list[Individual]:
     """Generation 0: a Latin hypercube of n genomes, each repaired to the valid genome
-    nearest it."""
-    return [repair(to_individual(space, g), space, vocab_size) for g in latin_hypercube(space, n)]
+    nearest it. The space's `search.initial` genomes come first, in place of the design's
+    first rows (all of them are kept, even beyond n); genes they leave out come from those
+    rows."""
+    given = space.search.initial
+    design = latin_hypercube(space, max(n, len(given)))
+    population = [repair(to_individual(space, g), space, vocab_size) for g in design[len(given) :]]
+    return [
+        _completed(space, wanted, fill, vocab_size, f"search.initial[{i}]")
+        for i, (wanted, fill) in enumerate(zip(given, design, strict=False))
+    ] + population
+
+
+def check_initial(space: SearchSpace, vocab_size: int) -> None:
+    """ConfigError when one of the space's initial genomes cannot be made valid; leaves
+    the state of `random` as it was."""
+    state = random.getstate()
+    try:
+        initial_population(space, vocab_size, 0)
+    finally:
+        random.setstate(state)
+
+
+def _completed(
+    space: SearchSpace, wanted: dict[str, Any], fill: dict[str, Any], vocab_size: int, where: str
+) -> Individual:
+    """A valid individual with the `wanted` genes, the others from `fill` where that makes
+    a valid genome, else from random samples; ConfigError naming `where` when none does."""
+    for other in [fill, *(space.sample(random) for _ in range(INIT_TRIES))]:
+        individual = repair(to_individual(space, {**other, **wanted}), space, vocab_size)
+        genome = to_genome(space, individual)
+        if all(genome[name] == value for name, value in wanted.items()):
+            return individual
+    problems = "; ".join(space.problems({**fill, **wanted}, vocab_size))
+    raise ConfigError(f"{where} is not a valid genome: {problems}")
 
 
 def distinct(

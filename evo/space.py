@@ -466,6 +466,10 @@ class SearchSettings(_Section):
     max_budget: float | None = Field(None, gt=0)  # None: the target
     eta: float = Field(3.0, ge=2)
     budget: SearchBudget = Field(default_factory=SearchBudget)
+    # Genomes to try first (Optuna's enqueue_trial, Ray Tune's points_to_evaluate): a
+    # known-good config the search should start from and try to beat. Genes left out are
+    # taken from the initial design.
+    initial: list[dict[str, Any]] = Field(default_factory=list)
     _rungs: list[float] | None = PrivateAttr(None)
     crossover_prob: float = Field(0.9, ge=0, le=1)  # per pair of parents
     mutation_prob: float = Field(1.0, ge=0, le=1)  # per offspring, after crossover
@@ -596,6 +600,7 @@ class SearchSpace:
             )
         if self.search.mutation_gene_prob is None:
             self.search.mutation_gene_prob = 1 / len(self.genes)
+        self._check_initial()
         self._check_trial_budget()
         if len(self.rung_budgets()) > 1:
             self._check_continuable()
@@ -605,6 +610,21 @@ class SearchSpace:
         if infeasible:
             raise _Problem(("genes",), infeasible)
         return self
+
+    def _check_initial(self) -> None:
+        """Every initial genome names genes of the space, with values in their domains."""
+        for i, genome in enumerate(self.search.initial):
+            for name, value in genome.items():
+                path = ("search", "initial", i, name)
+                domain = self.genes.get(name)
+                if domain is None:
+                    raise _Problem(path, f"not a gene of this space ({', '.join(self.genes)})")
+                try:
+                    genome[name] = _adapter(name).validate_python(value)
+                except ValidationError as err:
+                    raise _Problem(path, _type_error(err)) from None
+                if not domain.contains(genome[name]):
+                    raise _Problem(path, f"{value!r} is outside the domain {domain.describe()}")
 
     def _check_trial_budget(self) -> None:
         """A trial's budget comes from the trial section or from the rungs, never both."""

@@ -138,6 +138,31 @@ def test_evo_errors_name_the_key_path_and_exit_2(workdir, space_file, capsys):
 
 
 @pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": {"corpus": "builtin:nope"}}, "builtin:nope"),
+        ({"search": {"initial": [{"n_layers": 2, "d_model": 32}]}}, "initial[0]"),
+    ],
+    ids=["missing corpus", "impossible initial genome"],
+)
+def test_evo_run_checks_data_and_initial_genomes_before_making_a_run(
+    workdir, space_file, capsys, change, message
+):
+    space = yaml.safe_load(space_file.read_text())
+    good = yaml.safe_dump(space)
+    for section, values in change.items():
+        space[section] = {**space[section], **values}
+    space["constraints"] = {"max_params": 8_000}  # 2 layers of width 32 are over it
+    space_file.write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{workdir / 'e.db'}"
+    assert evo(["run", str(space_file), "--local", "--storage", url]) == 2
+    assert message in capsys.readouterr().err
+    assert Storage(url).list_runs() == []
+    space_file.write_text(good)
+    assert evo(["run", str(space_file), "--local", "--quiet", "--storage", url]) == 0
+
+
+@pytest.mark.parametrize(
     "command",
     [["status", "x"], ["report", "x"], ["export", "x"], ["promote", "x"], ["resume", "x"], ["ls"]],
     ids=lambda command: command[0],

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from evo import operators
 from evo.space import SearchSpace, load_space, space_from_dict
+from llm.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"
 VOCAB = 256
@@ -207,6 +208,38 @@ def test_initial_population_covers_every_value_of_small_domains() -> None:
         assert all(free.is_valid(g, VOCAB) for g in genomes)
         assert {g["pos_encoding"] for g in genomes} == set(free.genes["pos_encoding"].values())
         assert {g["d_ff_mult"] for g in genomes} == set(free.genes["d_ff_mult"].values())
+
+
+def test_initial_genomes_come_first_completed_from_the_design() -> None:
+    known = {"n_layers": 2, "d_model": 64, "n_heads": 4, "learning_rate": 3.0e-3}
+    space = make_space(search={"initial": [known, {"pos_encoding": "alibi"}]})
+    random.seed(0)
+    population = operators.initial_population(space, VOCAB, 6)
+    genomes = [operators.to_genome(space, individual) for individual in population]
+    assert len(genomes) == 6 and all(space.is_valid(g, VOCAB) for g in genomes)
+    assert {k: genomes[0][k] for k in known} == known
+    assert genomes[1]["pos_encoding"] == "alibi"
+    # Without initial genomes, the same draws give the same design from the third row on.
+    random.seed(0)
+    design = operators.initial_population(make_space(), VOCAB, 6)
+    assert [list(i) for i in population[2:]] == [list(i) for i in design[2:]]
+
+
+def test_initial_genomes_beyond_the_population_are_all_kept() -> None:
+    given = [{"n_layers": n} for n in range(1, 6)]
+    space = make_space(search={"initial": given})
+    population = operators.initial_population(space, VOCAB, 3)
+    assert [operators.to_genome(space, i)["n_layers"] for i in population] == [1, 2, 3, 4, 5]
+
+
+def test_an_initial_genome_over_the_ceilings_is_refused_by_its_index() -> None:
+    too_big = {"n_layers": 8, "d_model": 96, "d_ff_mult": 4}
+    space = make_space(search={"initial": [{"n_layers": 1}, too_big]})
+    state = random.getstate()
+    with pytest.raises(ConfigError, match=r"search.initial\[1\] is not a valid genome: params"):
+        operators.check_initial(space, VOCAB)
+    assert random.getstate() == state
+    operators.check_initial(make_space(search={"initial": [{"n_layers": 8}]}), VOCAB)
 
 
 def test_latin_hypercube_puts_one_float_in_each_stratum(space: SearchSpace) -> None:

@@ -155,6 +155,9 @@ ERRORS = [
         "above the top rung",
     ),
     ({"search.max_budget": 90}, "search.max_budget", "needs min_budget"),
+    ({"search.initial": [{"n_layers": 2}, {"depth": 2}]}, "search.initial[1].depth", "not a gene"),
+    ({"search.initial": [{"n_layers": 9}]}, "search.initial[0].n_layers", "outside the domain"),
+    ({"search.initial": [{"n_heads": "two"}]}, "search.initial[0].n_heads", "valid integer"),
     (
         {"search.target": {"max_steps": 90}, "search.rungs": [10, 90]},
         "trial.max_steps",

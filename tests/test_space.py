@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from evo.space import SearchSpace, load_space, space_from_dict
+from llm.config import load_run_config
 from llm.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -66,9 +68,19 @@ def test_tiny_is_the_documented_default() -> None:
     assert space.search.target is not None and space.search.target.budget() == {
         "max_tokens": 2_000_000
     }
-    rungs = (74_000, 222_000, 666_000, 2_000_000)
+    rungs = (222_000, 666_000, 2_000_000)
     assert space.rung_budgets() == [{"max_tokens": t} for t in rungs]  # the top is the target
     assert space.trial.resources.cpus == 1 and space.search.budget.limits() == {"tokens": 15e6}
+
+
+def test_tiny_starts_from_the_hand_picked_config() -> None:
+    (start,) = load_space(SHIPPED / "tiny.yaml").search.initial
+    config = load_run_config(SHIPPED.parent / "configs" / "tiny.yaml")
+    settings = {**dataclasses.asdict(config.model), **dataclasses.asdict(config.train)}
+    assert {k: v for k, v in start.items() if k != "d_ff_mult"} == {
+        k: settings[k] for k in start if k != "d_ff_mult"
+    }
+    assert round(config.model.d_ff / config.model.d_model) == start["d_ff_mult"]
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:

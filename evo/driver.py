@@ -61,7 +61,9 @@ def open_run(storage: Storage, name: str, space: SearchSpace) -> bool:
     if run is None:
         storage.create_run(name, space.canonical_yaml(), space.search.seed)
         return True
-    if run.space_sha256 != space_hash(space):
+    # A run stored by an older evo lacks the defaults added since; it is the same space if
+    # it reads back to this one.
+    if run.space_sha256 != space_hash(space) and load_run_space(storage, name) != space:
         raise UserError(
             f"run {name!r} exists with a different search space; resume it with "
             f"`evo resume {name}`, or start a new run with --new or --name"

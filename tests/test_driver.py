@@ -151,6 +151,17 @@ def test_an_existing_run_with_another_space_is_refused(space_file, workdir):
         open_run(storage, "r", other)
 
 
+def test_a_run_stored_before_a_new_default_still_matches_its_space(space_file, workdir):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    older = yaml.safe_load(space.canonical_yaml())
+    del older["search"]["initial"]  # a setting this run's evo did not have yet
+    storage.create_run("r", yaml.safe_dump(older, sort_keys=False), space.search.seed)
+    assert open_run(storage, "r", space) is False
+    with pytest.raises(UserError, match="different search space"):
+        open_run(storage, "r", load_space(space_file, ["search.seed=2"]))
+
+
 def test_resume_after_kill_9_gives_the_same_run_as_no_interruption(workdir):
     corpus = write_corpus(workdir / "corpus")
     space = space_dict(corpus, generations=4)

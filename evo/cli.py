@@ -63,18 +63,31 @@ def build_command_line() -> CommandLine:
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
     export.add_argument("--out", type=Path, help="default: results/NAME/trials.FORMAT")
 
+    validate = command(
+        "validate", cmd_validate, "retrain a run's best genomes with other seeds; compare rankings"
+    )
+    validate.add_argument("name")
+    validate.add_argument("--top", type=int, default=8, help="genomes, the search's best first")
+    validate.add_argument("--seeds", type=int, default=2, help="seeds per genome")
+    add_budget_options(validate, "default: the space's target")
+    add_execution_options(validate)
+
     promote = command("promote", cmd_promote, "pretrain a run's best genome in full")
     promote.add_argument("name")
     promote.add_argument("--genome", type=int, help="genome id (default: the best)")
     promote.add_argument("--objective", help="rank by this objective (default: the first)")
-    budget = promote.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int)
-    budget.add_argument("--tokens", type=int)
-    budget.add_argument("--seconds", type=float)
+    add_budget_options(promote, "default: the space's target")
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
     promote.add_argument("--out", type=Path, help="model directory to write")
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
     return cli
+
+
+def add_budget_options(parser: argparse.ArgumentParser, default: str) -> None:
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help=f"training steps ({default})")
+    budget.add_argument("--tokens", type=int, help="training tokens")
+    budget.add_argument("--seconds", type=float, help="training seconds")
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
@@ -202,15 +215,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    from evo.promote import Budget, promote
+def cmd_validate(args: argparse.Namespace) -> int:
+    from evo.data import prepare_data
+    from evo.driver import load_run_space
+    from evo.executor import make_executor
+    from evo.promote import Budget
+    from evo.status import print_validation
+    from evo.validate import validate, validation_budget, validation_jobs, validation_report
 
     storage = Storage(args.storage, create=False)
-    storage.require_run(args.name)
+    space = load_run_space(storage, args.name)
+    budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
+    data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
+    jobs = validation_jobs(
+        storage, args.name, space, vocab_size, top=args.top, seeds=args.seeds, budget=budget
+    )
+    print(f"evo: {len(jobs)} validation trials to run", file=sys.stderr)
+    executor = make_executor(space, local=args.local, address=args.address)
+    try:
+        executor.load_data(data)
+        validate(storage, args.name, space, executor, jobs, budget)
+    except KeyboardInterrupt:
+        print(f"evo: stopped; run `evo validate {args.name}` again to finish", file=sys.stderr)
+        return 130
+    finally:
+        executor.close()
+    report = validation_report(storage, args.name, space, budget)
+    assert report is not None  # validations were just stored
+    print_validation(report, Console(), table=True)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from evo.driver import load_run_space
+    from evo.promote import Budget, pick_genome, promote
+
+    storage = Storage(args.storage, create=False)
+    space = load_run_space(storage, args.name)
+    genome, reason = pick_genome(storage, args.name, space, args.genome, args.objective)
+    print(f"evo: promoting genome {genome}, {reason}", file=sys.stderr)
     out = promote(
         storage,
         args.name,
-        genome_id=args.genome,
+        genome_id=genome,
         objective=args.objective,
         budget=Budget(args.steps, args.tokens, args.seconds),
         corpus=args.corpus,

@@ -1,10 +1,11 @@
 """Promotion: train a genome of a search properly, as a model directory that `llm eval`
 and `llm generate` accept.
 
-By default the genome is the best at the highest rung the search reached (the rung
-nearest the budget that matters), by the first objective, and the budget is the space's
-`search.target`. The promoted run trains with the genome's own seed and schedule, so
-when the top rung is the target, the promoted model is the one the search scored.
+By default the genome is the best validated one when `evo validate` has run, else the
+best at the highest rung the search reached (the rung nearest the budget that matters),
+by the first objective; the budget is the space's `search.target`. The promoted run
+trains with the genome's own seed and schedule, so when the top rung is the target, the
+promoted model is the one the search scored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from evo.driver import load_run_space
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
+from evo.summary import budget_text
 from evo.trials import trial_seed
+from evo.validate import validation_report
 from llm.config import RunConfig
 from llm.errors import UserError
 from llm.train import train_run
@@ -63,6 +66,33 @@ def pick_trial(
     return min((t for t in scored if t.rung == top), key=lambda t: sign * (t.metric(metric) or 0.0))
 
 
+def pick_genome(
+    storage: Storage, run: str, space: SearchSpace, genome_id: int | None, objective: str | None
+) -> tuple[int, str]:
+    """The genome to promote and why: `genome_id` when given; else the best validated mean
+    when the run has validations (`evo validate`) and no other objective is asked for;
+    else the search's best (see pick_trial)."""
+    first = space.search.objectives[0]
+    if genome_id is None and objective in (None, first.metric):
+        report = validation_report(storage, run, space)
+        if report is not None and report.genomes:
+            best = min(report.genomes, key=lambda g: first.sign * g.mean)
+            seeds = len(best.values)
+            return best.candidate.genome_id, (
+                f"the best of {len(report.genomes)} validated genomes: {first.metric} "
+                f"{best.mean:.4g} (mean of {seeds} seed{'s' * (seeds > 1)} at "
+                f"{budget_text(report.budget)})"
+            )
+    trial = pick_trial(storage, run, space, genome_id, objective)
+    if genome_id is not None:
+        return trial.genome_id, f"genome {genome_id}, as asked"
+    metric = objective or first.metric
+    return trial.genome_id, (
+        f"the search's best at rung {trial.rung + 1}: {metric} {trial.metric(metric):.4g}"
+        " (not validated; see `evo validate`)"
+    )
+
+
 def promotion_budget(space: SearchSpace, budget: Budget) -> dict[str, float]:
     """The budget asked for, else the space's target, else DEFAULT_BUDGET."""
     if budget.is_set():
@@ -104,13 +134,11 @@ def promote(
     resume: bool = False,
 ) -> Path:
     space = load_run_space(storage, run)
-    trial = pick_trial(storage, run, space, genome_id, objective)
-    genes = storage.genomes(run)[trial.genome_id]
+    chosen, _ = pick_genome(storage, run, space, genome_id, objective)
+    genes = storage.genomes(run)[chosen]
     config = promotion_config(space, genes, promotion_budget(space, budget), corpus)
-    out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{trial.genome_id}"
-    promotion = storage.record_promotion(
-        run, trial.genome_id, str(out_dir), RunStatus.RUNNING, None
-    )
+    out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{chosen}"
+    promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)
     try:
         outcome = train_run(config, out_dir, resume=resume)
     except BaseException:

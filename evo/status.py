@@ -20,6 +20,7 @@ from evo.summary import (
     top_rung,
     utilization,
 )
+from evo.validate import ValidationReport, validation_report
 from evo.view import genes_text
 
 FRONT_ROWS = 10
@@ -46,6 +47,9 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
     _print_front(frame, space, console)
     _print_anytime(frame, space, console)
+    report = validation_report(storage, name, space)
+    if report is not None:
+        print_validation(report, console, table=False)
     running = frame[frame["status"] == TrialStatus.RUNNING.value]
     if len(running):
         console.print(f"running now: {len(running)} trials")
@@ -135,3 +139,48 @@ def _print_front(frame: pd.DataFrame, space: SearchSpace, console: Console) -> N
         values = [f"{row[o.metric]:.4g}" for o in objectives]
         table.add_row(str(row["genome_id"]), *values, genes_text(genes))
     console.print(table)
+
+
+def print_validation(report: ValidationReport, console: Console, *, table: bool) -> None:
+    """The search's ranking against the validated one: ρ, τ and the noise floor, and with
+    `table` every validated genome."""
+    seeds = max((len(g.values) for g in report.genomes), default=0)
+    console.print(
+        f"validation at {budget_text(report.budget)}: {len(report.genomes)} genomes, "
+        f"up to {seeds} seeds each"
+        + (f"; {report.pending} unfinished (run `evo validate` again)" if report.pending else "")
+    )
+    if table:
+        console.print(_validation_table(report))
+    if report.spearman is None or report.kendall is None:
+        console.print("rank agreement: needs three validated genomes")
+    else:
+        console.print(
+            f"rank agreement with the search: Spearman ρ {report.spearman:.2f}, "
+            f"Kendall τ {report.kendall:.2f}"
+        )
+    if report.noise is not None and report.gap is not None:
+        console.print(
+            f"noise floor: seed-to-seed spread (std) {report.noise:.4g} {report.metric}, "
+            f"median gap between neighbouring genomes {report.gap:.4g}"
+            + (" — most neighbours are within noise" if report.gap < report.noise else "")
+        )
+
+
+def _validation_table(report: ValidationReport) -> Table:
+    table = Table(title=f"search against validated {report.metric}", title_justify="left")
+    for column in ("genome", "search rank", "search", "rung", "validated", "± std", "rank"):
+        table.add_column(column, justify="right")
+    table.add_column("genes")
+    for g in report.genomes:
+        table.add_row(
+            str(g.candidate.genome_id),
+            str(g.candidate.rank),
+            f"{g.candidate.value:.4g}",
+            str(g.candidate.rung + 1),
+            f"{g.mean:.4g}",
+            "—" if g.spread is None else f"{g.spread:.2g}",
+            str(g.rank),
+            genes_text(g.candidate.genes),
+        )
+    return table

@@ -345,6 +345,17 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
     kept.close()
     Storage(f"sqlite:///{path}", create=False).close()  # a second open changes nothing
     assert not (tmp_path / "evo.db.schema-2.bak").exists()
+    Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
+    assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
+
+
+def _columns(path: Path) -> dict[str, list[str]]:
+    """Each table's column names."""
+    with sqlite3.connect(path) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        columns = {t: sorted(c[1] for c in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    db.close()
+    return columns
 
 
 def test_generation_round_trip_restores_the_rng(store: Storage) -> None:
@@ -466,3 +477,21 @@ def test_unusable_databases_are_user_errors(tmp_path: Path) -> None:
         Storage("nonsense://somewhere")
     with pytest.raises(UserError, match="not a url"):
         Storage("not a url")
+
+
+def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    genome = store.genome_id("r", {"n": 0})
+    first = store.start_validation("r", genome, {"max_tokens": 2e6}, seed=7)
+    other = store.start_validation("r", genome, {"max_tokens": 2_000_000}, seed=8)
+    store.finish_validation(first, TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": []})
+    assert store.interrupt_validations("r") == 1  # `other` was left running
+    records = {v.id: v for v in store.validations("r")}
+    assert records[first].status is TrialStatus.DONE and records[first].metric("bits_per_byte")
+    assert records[first].metrics == {"bits_per_byte": 1.25}  # only metrics are kept
+    assert records[other].status is TrialStatus.INTERRUPTED
+    # Running it again reuses its row: one row per genome, budget and seed.
+    assert store.start_validation("r", genome, {"max_tokens": 2_000_000.0}, seed=8) == other
+    assert [v.budget for v in store.validations("r")] == [{"max_tokens": 2_000_000}] * 2
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.finish_validation(other, TrialStatus.RUNNING, {})

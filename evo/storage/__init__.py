@@ -11,6 +11,8 @@ from evo.storage.store import (
     Spent,
     Storage,
     TrialRecord,
+    ValidationRecord,
+    budget_key,
     genome_hash,
 )
 
@@ -27,5 +29,7 @@ __all__ = [
     "Spent",
     "Storage",
     "TrialRecord",
+    "ValidationRecord",
+    "budget_key",
     "genome_hash",
 ]

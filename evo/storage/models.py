@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RunStatus(str, enum.Enum):
@@ -216,3 +216,28 @@ class PromotionRow(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ValidationRow(Base):
+    """One retraining of a genome at a validation budget with one seed (`evo validate`):
+    a check of the search's ranking, outside the search's own budget and history."""
+
+    __tablename__ = "evo_validations"
+    __table_args__ = (
+        status_check(__tablename__, TRIAL_STATUSES),
+        UniqueConstraint("genome_id", "budget_key", "seed"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"), index=True)
+    genome_id: Mapped[int] = mapped_column(ForeignKey("evo_genomes.id", ondelete="CASCADE"))
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)  # as TrainConfig keys
+    budget_key: Mapped[str] = mapped_column(String(64))  # the budget as text, for uniqueness
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    host: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -59,6 +59,7 @@ from evo.storage.models import (
     SchemaRow,
     SessionRow,
     TrialRow,
+    ValidationRow,
 )
 from llm.errors import UserError
 
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
@@ -174,6 +175,27 @@ class PromotionRecord:
     updated_at: datetime
 
 
+@dataclass(frozen=True)
+class ValidationRecord:
+    """One retraining of a genome by `evo validate`, at a budget with a seed."""
+
+    id: int
+    genome_id: int
+    budget: dict[str, Any]
+    seed: int
+    status: TrialStatus
+    metrics: dict[str, Any] | None
+    host: str | None
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+    def metric(self, name: str) -> float | None:
+        value = (self.metrics or {}).get(name)
+        return None if value is None else float(value)
+
+
 _Record = TypeVar("_Record")
 
 
@@ -186,6 +208,12 @@ def _trial_record(row: TrialRow) -> TrialRecord:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(TrialRecord)}
     values["status"] = TrialStatus(row.status)
     return TrialRecord(**values)
+
+
+def budget_key(budget: dict[str, Any]) -> str:
+    """A budget as canonical text: `{"max_tokens": 2e6}` and `{"max_tokens": 2000000}` agree."""
+    whole = {k: int(v) if float(v).is_integer() else float(v) for k, v in budget.items()}
+    return json.dumps(whole, sort_keys=True)
 
 
 def _now() -> datetime:
@@ -826,6 +854,90 @@ class Storage:
                 .order_by(PromotionRow.id)
             )
             return [_record(PromotionRecord, row) for row in rows]
+
+    # Validation trials
+
+    def start_validation(self, run: str, genome_id: int, budget: dict[str, Any], seed: int) -> int:
+        """Record that a validation of the genome at `budget` with `seed` is running (again,
+        if an earlier attempt was interrupted); returns its id."""
+        key = budget_key(budget)
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            row = session.scalar(
+                select(ValidationRow).where(
+                    ValidationRow.genome_id == genome_id,
+                    ValidationRow.budget_key == key,
+                    ValidationRow.seed == seed,
+                )
+            )
+            if row is None:
+                row = ValidationRow(
+                    run_id=run_id,
+                    genome_id=genome_id,
+                    budget=json.loads(key),
+                    budget_key=key,
+                    seed=seed,
+                )
+                session.add(row)
+            row.status = TrialStatus.RUNNING.value
+            row.metrics = row.error = row.finished_at = None
+            row.started_at = _now()
+            session.flush()
+            return row.id
+
+    def finish_validation(
+        self,
+        validation_id: int,
+        status: TrialStatus,
+        metrics: dict[str, Any],
+        *,
+        host: str | None = None,
+        worker: str | None = None,
+        started: float | None = None,
+        finished: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Store a validation's outcome: its status and metrics (a dict of METRICS names)."""
+        status = TrialStatus(status)
+        if not status.is_result:
+            raise ValueError(f"a finished validation's status must be one of {RESULTS}")
+        with self._sessions.begin() as session:
+            row = session.get(ValidationRow, validation_id)
+            if row is None:
+                raise ValueError(f"no validation with id {validation_id} in {self.url}")
+            row.status = status.value
+            row.metrics = _jsonable({k: v for k, v in metrics.items() if k in METRICS})
+            row.error = error
+            row.host, row.worker = host or row.host, worker or row.worker
+            if started is not None:
+                row.started_at = _from_epoch(started)
+            row.finished_at = _now() if finished is None else _from_epoch(finished)
+
+    def interrupt_validations(self, run: str) -> int:
+        """Mark validations a stopped `evo validate` left running as interrupted; returns
+        how many. They are run again by the next `evo validate`."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(ValidationRow)
+                .where(
+                    ValidationRow.run_id == self._run(session, run).id,
+                    ValidationRow.status == TrialStatus.RUNNING.value,
+                )
+                .values(status=TrialStatus.INTERRUPTED.value, finished_at=_now())
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def validations(self, run: str) -> list[ValidationRecord]:
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(ValidationRow)
+                .where(ValidationRow.run_id == self._run(session, run).id)
+                .order_by(ValidationRow.id)
+            )
+            return [
+                dataclasses.replace(_record(ValidationRecord, row), status=TrialStatus(row.status))
+                for row in rows
+            ]
 
     # Helpers, each used inside a caller's transaction
 

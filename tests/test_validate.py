@@ -1,0 +1,128 @@
+"""`evo validate`: the search's best genomes retrained with other seeds, the two rankings
+compared, and promotion preferring validated results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from conftest import steady_space_dict, write_corpus
+
+from evo import validate as validation
+from evo.cli import main as evo
+from evo.driver import load_run_space
+from evo.metrics import TrialStatus
+from evo.promote import pick_genome
+from evo.storage import Storage
+from evo.validate import Candidate, ValidatedGenome
+
+
+def genome(search_rank: int, values: list[float], validated_rank: int) -> ValidatedGenome:
+    candidate = Candidate(search_rank, {}, rung=0, value=0.0, rank=search_rank)
+    mean = sum(values) / len(values)
+    spread = (
+        None
+        if len(values) == 1
+        else math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    )
+    return ValidatedGenome(candidate, values, mean, spread, validated_rank)
+
+
+def test_rank_agreement_is_one_when_the_order_holds_and_minus_one_when_reversed() -> None:
+    same = [genome(i, [float(i)], i) for i in range(1, 6)]
+    assert validation.rank_agreement(same) == pytest.approx((1.0, 1.0))
+    reversed_ = [genome(i, [float(-i)], 6 - i) for i in range(1, 6)]
+    assert validation.rank_agreement(reversed_) == pytest.approx((-1.0, -1.0))
+    one_swap = [genome(1, [1.0], 2), genome(2, [0.0], 1), genome(3, [3.0], 3)]
+    rho, tau = validation.rank_agreement(one_swap)
+    assert rho == pytest.approx(0.5) and tau == pytest.approx(1 / 3)
+    assert validation.rank_agreement(one_swap[:2]) == (None, None)
+
+
+def test_noise_floor_pools_seed_variances_and_measures_neighbour_gaps() -> None:
+    genomes = [genome(1, [1.0, 3.0], 1), genome(2, [2.0, 4.0, 6.0], 2), genome(3, [10.0], 3)]
+    # Variances 2 (1 degree of freedom) and 4 (2): pooled (2 + 8) / 3.
+    assert validation.pooled_spread(genomes) == pytest.approx(math.sqrt(10 / 3))
+    assert validation.median_gap(genomes) == pytest.approx((2.0 + 6.0) / 2)  # means 2, 4, 10
+    assert validation.pooled_spread(genomes[2:]) is None
+
+
+@pytest.fixture
+def searched(workdir):
+    """A finished steady-state run (rungs of 3, 9 and 27 steps) and its storage URL."""
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    return url
+
+
+def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promote(
+    searched, capsys, monkeypatch
+):
+    storage = Storage(searched)
+    space = load_run_space(storage, "space")
+    ranking = validation.search_ranking(storage, "space", space)
+    assert [c.rank for c in ranking] == list(range(1, len(ranking) + 1))
+    assert ranking[0].rung == 2 and ranking[-1].rung <= ranking[0].rung
+
+    # Stopped after its second validation, as Ctrl-C would.
+    finished = validation._Recorder.finished
+    calls = []
+
+    def stop_after_two(self, job, outcome):
+        finished(self, job, outcome)
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(validation._Recorder, "finished", stop_after_two)
+    args = ["validate", "space", "--top", "3", "--seeds", "2", "--local", "--storage", searched]
+    assert evo(args) == 130
+    stored = storage.validations("space")
+    assert [v.status for v in stored] == [TrialStatus.DONE] * 2
+    kept = {v.id: v.finished_at for v in stored}
+
+    monkeypatch.setattr(validation._Recorder, "finished", finished)
+    capsys.readouterr()
+    assert evo(args) == 0
+    captured = capsys.readouterr()
+    assert "4 validation trials to run" in captured.err
+    stored = storage.validations("space")
+    assert len(stored) == 6 and all(v.status is TrialStatus.DONE for v in stored)
+    assert {v.id: v.finished_at for v in stored if v.id in kept} == kept  # not retrained
+    assert {v.budget["max_steps"] for v in stored} == {27}  # the target
+    top3 = {c.genome_id for c in ranking[:3]}
+    assert {v.genome_id for v in stored} == top3
+    seeds = {(v.genome_id, v.seed) for v in stored}
+    assert len(seeds) == 6
+    assert not seeds & {(t.genome_id, t.seed) for t in storage.trials("space")}
+    assert "Spearman ρ" in captured.out and "Kendall τ" in captured.out
+    assert "noise floor" in captured.out
+
+    assert evo(args) == 0  # all done: nothing to run
+    assert "0 validation trials to run" in capsys.readouterr().err
+
+    report = validation.validation_report(storage, "space", space)
+    assert report is not None and report.pending == 0 and len(report.genomes) == 3
+    assert all(len(g.values) == 2 for g in report.genomes)
+    best = min(report.genomes, key=lambda g: g.mean).candidate.genome_id
+    chosen, reason = pick_genome(storage, "space", space, None, None)
+    assert chosen == best and "validated" in reason
+    assert evo(["status", "space", "--storage", searched]) == 0
+    assert "rank agreement with the search" in capsys.readouterr().out
+
+
+def test_validate_refuses_a_run_with_nothing_to_validate(workdir, capsys):
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    storage = Storage(url)
+    from evo.driver import open_run
+    from evo.space import load_space
+
+    open_run(storage, "space", load_space(workdir / "space.yaml"))
+    assert evo(["validate", "space", "--local", "--storage", url]) == 2
+    assert "no successful trial to validate" in capsys.readouterr().err
+    assert evo(["validate", "space", "--seeds", "0", "--local", "--storage", url]) == 2

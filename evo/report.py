@@ -28,6 +28,7 @@ from evo.metrics import METRICS, TrialStatus
 from evo.space import Domain, Objective, SearchSpace, space_from_dict
 from evo.storage import TRIAL_STATUSES, RunInfo, Storage
 from evo.summary import anytime_curve, budget_text, rung_rows, spent_text, top_rung, utilization
+from evo.validate import ValidationReport, validation_report
 from llm.atomic import atomic_path, write_text
 from llm.errors import ConfigError, UserError
 
@@ -117,6 +118,7 @@ def write_report(storage: Storage, run: str, out_path: str | Path) -> Path:
         _curves(storage, frame, finished, objectives[0]),
         _workers(frame),
         _failures(frame),
+        _validation(validation_report(storage, run, space)),
         _promotions(storage, run, finished, objectives[0]),
     ]
     path = Path(out_path)
@@ -516,6 +518,59 @@ def _failures(frame: pd.DataFrame) -> str:
         "was invalid or diverged, with the first line of its error."
     )
     return _section("failures", "Failures", how, body)
+
+
+def _validation(report: ValidationReport | None) -> str:
+    if report is None or not report.genomes:
+        return ""
+    genomes = report.genomes
+    fig = go.Figure(
+        go.Scatter(
+            x=[g.candidate.rank for g in genomes],
+            y=[g.mean for g in genomes],
+            error_y={"type": "data", "array": [g.spread or 0.0 for g in genomes]},
+            mode="markers",
+            text=[f"genome {g.candidate.genome_id}" for g in genomes],
+            hovertemplate="%{text}<br>search rank %{x}<br>validated %{y:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=360,
+        xaxis_title="rank in the search (1 = its best)",
+        yaxis_title=f"validated {report.metric} ({METRICS[report.metric].unit})",
+        xaxis={"dtick": 1},
+    )
+    agreement = (
+        "fewer than three genomes are validated, too few to compare rankings"
+        if report.spearman is None or report.kendall is None
+        else f"Spearman ρ {report.spearman:.2f}, Kendall τ {report.kendall:.2f}"
+    )
+    noise = (
+        f" Seed-to-seed spread {report.noise:.4g} against a median gap of {report.gap:.4g} "
+        "between neighbouring genomes: where the gap is smaller, their order is noise."
+        if report.noise is not None and report.gap is not None
+        else ""
+    )
+    how = (
+        f"The search's best genomes retrained at {budget_text(report.budget)} with other "
+        f"seeds (`evo validate`): their mean {report.metric} (bars: one standard deviation "
+        f"over seeds) against their rank in the search. {agreement}.{noise}"
+    )
+    rows = [
+        (
+            g.candidate.genome_id,
+            g.candidate.rank,
+            _fmt(g.candidate.value),
+            g.candidate.rung + 1,
+            _fmt(g.mean),
+            "—" if g.spread is None else _fmt(g.spread),
+            len(g.values),
+            g.rank,
+        )
+        for g in genomes
+    ]
+    header = ("genome", "search rank", "search", "rung", "validated", "std", "seeds", "rank")
+    return _section("validation", "Validation", how, _figure(fig) + _table(rows, header))
 
 
 def _promotions(storage: Storage, run: str, finished: pd.DataFrame, objective: Objective) -> str:

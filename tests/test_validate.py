@@ -59,7 +59,7 @@ def searched(workdir):
 
 
 def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promote(
-    searched, capsys, monkeypatch
+    searched, workdir, capsys, monkeypatch
 ):
     storage = Storage(searched)
     space = load_run_space(storage, "space")
@@ -112,6 +112,9 @@ def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promot
     assert chosen == best and "validated" in reason
     assert evo(["status", "space", "--storage", searched]) == 0
     assert "rank agreement with the search" in capsys.readouterr().out
+    assert evo(["report", "space", "--storage", searched, "--out", "report.html"]) == 0
+    page = (workdir / "report.html").read_text()
+    assert 'id="validation"' in page and "Kendall τ" in page
 
 
 def test_validate_refuses_a_run_with_nothing_to_validate(workdir, capsys):

@@ -23,8 +23,9 @@ from evo.summary import budget_text
 from evo.trials import trial_seed
 from evo.validate import validation_report
 from llm.config import RunConfig
+from llm.data import prepare
 from llm.errors import UserError
-from llm.train import train_run
+from llm.train import check_out_dir, train_run
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class Budget:
     max_steps: int | None = None
     max_tokens: int | None = None
     max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if value is not None and not value > 0:
+                flag = name.removeprefix("max_")
+                raise UserError(f"--{flag} must be positive (got {value})")
 
     def is_set(self) -> bool:
         return any(v is not None for v in dataclasses.astuple(self))
@@ -138,6 +145,11 @@ def promote(
     genes = storage.genomes(run)[chosen]
     config = promotion_config(space, genes, promotion_budget(space, budget), corpus)
     out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{chosen}"
+    # Whatever can be refused is refused before the promotion is recorded, so that a typo
+    # leaves no failed promotion behind. The data is prepared here, and found in the cache
+    # by the run.
+    check_out_dir(out_dir, resume)
+    prepare(config.data, progress=False)
     promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)
     try:
         outcome = train_run(config, out_dir, resume=resume)

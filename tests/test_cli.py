@@ -1,6 +1,7 @@
 """Both command-line tools end to end, as a user drives them, and their error exits."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -123,6 +124,15 @@ def test_a_steady_state_run_promotes_its_winner_for_the_target(workdir, capsys):
     top = max(scored, key=lambda t: t.rung)
     assert top.rung == 2
     assert promotion.metrics["bits_per_byte"] == pytest.approx(top.bits_per_byte, rel=1e-4)
+    # Refused arguments record no promotion.
+    for args, message in (
+        (["--steps", "-5"], "--steps must be positive"),
+        (["--corpus", "missing.txt", "--out", "other"], "missing.txt"),
+        (["--out", "best"], "already holds checkpoints"),
+    ):
+        assert evo(["promote", "space", *args, "--storage", url]) == 2
+        assert message in capsys.readouterr().err
+    assert len(storage.promotions("space")) == 1 and not (workdir / "other").exists()
 
 
 def test_evo_errors_name_the_key_path_and_exit_2(workdir, space_file, capsys):
@@ -164,15 +174,38 @@ def test_evo_run_checks_data_and_initial_genomes_before_making_a_run(
 
 @pytest.mark.parametrize(
     "command",
-    [["status", "x"], ["report", "x"], ["export", "x"], ["promote", "x"], ["resume", "x"], ["ls"]],
+    [
+        ["status", "x"],
+        ["report", "x"],
+        ["export", "x"],
+        ["promote", "x"],
+        ["validate", "x"],
+        ["resume", "x"],
+        ["ls"],
+    ],
     ids=lambda command: command[0],
 )
-def test_evo_reading_commands_refuse_a_missing_database(workdir, capsys, command):
+def test_evo_reading_commands_refuse_a_missing_or_foreign_database(workdir, capsys, command):
     missing = workdir / "typo" / "missing.db"
     assert evo([*command, "--storage", f"sqlite:///{missing}"]) == 2
     err = capsys.readouterr().err
     assert f"no evo database at {missing}" in err and err.count("\n") == 1
     assert not missing.exists() and not missing.parent.exists()
+    empty = workdir / "empty.db"
+    empty.touch()
+    assert evo([*command, "--storage", f"sqlite:///{empty}"]) == 2
+    assert "is empty, not an evo database" in capsys.readouterr().err
+    assert empty.stat().st_size == 0 and not (workdir / "empty.db-wal").exists()
+    other = workdir / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    db.close()
+    assert evo([*command, "--storage", f"sqlite:///{other}"]) == 2
+    assert "not an evo database (it has no evo_schema table)" in capsys.readouterr().err
+    with sqlite3.connect(other) as db:
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    db.close()
+    assert tables == [("notes",)]
 
 
 def test_the_console_scripts_are_installed():

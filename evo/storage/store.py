@@ -305,18 +305,24 @@ def _make_engine(url: str, create: bool) -> Engine:
         if not create:
             raise UserError(f"no evo database at {file} (from --storage); `evo run` creates one")
         file.parent.mkdir(parents=True, exist_ok=True)
+    if file is not None and not create and file.stat().st_size == 0:
+        # Opening it would write (WAL mode alone writes a header): refuse it untouched.
+        raise UserError(f"{file} is empty, not an evo database; `evo run` creates one")
     engine = create_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
-def _prepare_schema(engine: Engine, shown_url: str) -> None:
-    """Create the tables of a new database, or upgrade an older one; refuse a newer one."""
+def _prepare_schema(engine: Engine, shown_url: str, create: bool) -> None:
+    """Create the tables of a new database (when `create`), or upgrade an older one;
+    refuse a newer one, and one that is not evo's."""
     with engine.connect() as connection:
         found = None
         if inspect(connection).has_table(SchemaRow.__tablename__):
             found = connection.scalar(select(SchemaRow.version))
+        elif not create:
+            raise UserError(f"{shown_url} is not an evo database (it has no evo_schema table)")
     if found is not None and found > SCHEMA_VERSION:
         raise UserError(
             f"{shown_url} has schema version {found}, newer than this evo understands "
@@ -395,7 +401,7 @@ class Storage:
         self.url = _shown(url)
         try:
             self._engine = _make_engine(url, create)
-            _prepare_schema(self._engine, self.url)
+            _prepare_schema(self._engine, self.url, create)
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)

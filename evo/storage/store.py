@@ -401,7 +401,11 @@ class Storage:
         self.url = _shown(url)
         try:
             self._engine = _make_engine(url, create)
-            _prepare_schema(self._engine, self.url, create)
+            # An in-memory database is always new: it gets its tables either way.
+            in_memory = (
+                self._engine.dialect.name == "sqlite" and _sqlite_file(self._engine.url) is None
+            )
+            _prepare_schema(self._engine, self.url, create or in_memory)
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)

@@ -70,7 +70,7 @@ def build_command_line() -> CommandLine:
     validate.add_argument("--top", type=int, default=8, help="genomes, the search's best first")
     validate.add_argument("--seeds", type=int, default=2, help="seeds per genome")
     add_budget_options(validate, "default: the space's target")
-    add_execution_options(validate)
+    add_execution_options(validate, live_view=False)
 
     promote = command("promote", cmd_promote, "pretrain a run's best genome in full")
     promote.add_argument("name")
@@ -90,10 +90,11 @@ def add_budget_options(parser: argparse.ArgumentParser, default: str) -> None:
     budget.add_argument("--seconds", type=float, help="training seconds")
 
 
-def add_execution_options(parser: argparse.ArgumentParser) -> None:
+def add_execution_options(parser: argparse.ArgumentParser, live_view: bool = True) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or local)")
     parser.add_argument("--local", action="store_true", help="run trials in this process, no Ray")
-    parser.add_argument("--quiet", action="store_true", help="plain progress lines, no live view")
+    if live_view:
+        parser.add_argument("--quiet", action="store_true", help="plain progress lines, no view")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,7 +235,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     executor = make_executor(space, local=args.local, address=args.address)
     try:
         executor.load_data(data)
-        validate(storage, args.name, space, executor, jobs, budget)
+        validate(storage, args.name, space, executor, jobs, budget, say=_progress_line)
     except KeyboardInterrupt:
         print(f"evo: stopped; run `evo validate {args.name}` again to finish", file=sys.stderr)
         return 130
@@ -244,6 +245,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     assert report is not None  # validations were just stored
     print_validation(report, Console(), table=True)
     return 0
+
+
+def _progress_line(line: str) -> None:
+    print(f"evo: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

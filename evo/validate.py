@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,9 +104,19 @@ def validation_seed(space: SearchSpace, genes: dict[str, Any], index: int) -> in
 class _Recorder:
     """Stores each validation as it starts and ends (a TrialObserver)."""
 
-    def __init__(self, storage: Storage, run: str, budget: dict[str, float]) -> None:
-        self.storage, self.run, self.budget = storage, run, budget
+    def __init__(
+        self,
+        storage: Storage,
+        run: str,
+        space: SearchSpace,
+        budget: dict[str, float],
+        say: Callable[[str], None],
+        total: int,
+    ) -> None:
+        self.storage, self.run, self.budget, self.say = storage, run, budget, say
+        self.metric = space.search.objectives[0].metric
         self.ids: dict[tuple[int, int], int] = {}
+        self.total, self.done = total, 0
 
     def started(self, job: TrialJob, attempt: int) -> None:
         self.ids[(job.genome_id, job.seed)] = self.storage.start_validation(
@@ -127,6 +137,13 @@ class _Recorder:
             started=outcome.started,
             finished=outcome.finished,
             error=result.error,
+        )
+        self.done += 1
+        value = result.metric(self.metric)
+        shown = f"{self.metric} {value:.4g}" if value is not None else f"{outcome.status}"
+        self.say(
+            f"validated genome {job.genome_id} with seed {job.seed}: {shown} "
+            f"({self.done}/{self.total}, {result.wall_seconds:.0f} s)"
         )
 
 
@@ -177,12 +194,14 @@ def validate(
     executor: Executor,
     jobs: Sequence[TrialJob],
     budget: dict[str, float],
+    say: Callable[[str], None] = lambda line: None,
 ) -> None:
-    """Run the validation jobs on `executor` (its data already loaded), storing each.
-    Interrupted, it leaves the unfinished ones `interrupted`, to be run again."""
+    """Run the validation jobs on `executor` (its data already loaded), storing each and
+    telling `say` about it. Interrupted, it leaves the unfinished ones `interrupted`, to
+    be run again."""
     storage.interrupt_validations(run)  # what a killed `evo validate` left running
     try:
-        executor.run(jobs, _Recorder(storage, run, budget))
+        executor.run(jobs, _Recorder(storage, run, space, budget, say, len(jobs)))
     finally:
         storage.interrupt_validations(run)
 

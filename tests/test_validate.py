@@ -89,6 +89,7 @@ def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promot
     assert evo(args) == 0
     captured = capsys.readouterr()
     assert "4 validation trials to run" in captured.err
+    assert captured.err.count("validated genome ") == 4 and "(4/4, " in captured.err
     stored = storage.validations("space")
     assert len(stored) == 6 and all(v.status is TrialStatus.DONE for v in stored)
     assert {v.id: v.finished_at for v in stored if v.id in kept} == kept  # not retrained

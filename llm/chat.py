@@ -9,13 +9,14 @@ as many of the latest turns as fit in the context window beside the reply.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
 from llm.generate import SamplingParams, stream_completions
 from llm.model import Transformer
-from llm.tokenizer import Tokenizer
+from llm.tokenizer import Tokenizer, replace_undecodable
 
 HELP = "commands: /reset forgets the conversation, /exit (or end of input) leaves, /help"
 
@@ -99,15 +100,16 @@ class ChatSession:
 
 def run_chat(session: ChatSession, source: TextIO, sink: TextIO, *, interactive: bool) -> None:
     """Read messages line by line from `source` and write each reply to `sink` on its own
-    line, until /exit or the end of input. On a terminal, a prompt and help are shown."""
+    line, until /exit or the end of input. On a terminal, a prompt and help are shown.
+    Bytes that are not UTF-8 become U+FFFD, with a warning."""
     if interactive:
         sink.write(f"{HELP}\n")
-    while True:
+    for number in itertools.count(1):
         if interactive:
             sink.write("> ")
             sink.flush()
         line = source.readline()
-        message = line.strip()
+        message = replace_undecodable(line, f"input line {number}").strip()
         if not line or message == "/exit":
             return
         if message.startswith("/"):

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from llm.atomic import atomic_dir, atomic_path, read_json_object, write_json
+from llm.atomic import (
+    atomic_dir,
+    atomic_path,
+    make_folder,
+    read_json_object,
+    remove_temporaries,
+    write_json,
+)
 from llm.config import ModelConfig, from_dict
 from llm.errors import CheckpointError, UserError
 from llm.model import Transformer
@@ -49,6 +58,9 @@ SUMMARY_FILE = "checkpoint.json"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, SUMMARY_FILE)
 _CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+# What torch.load(weights_only=True) says when a file holds an object other than tensors
+# and plain values: "Unsupported global: GLOBAL datetime.datetime ..." and the like.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -76,8 +88,7 @@ def save_model_dir(
 ) -> None:
     """Write `model` (a Transformer) and `tokenizer` as a model directory, plus each
     `extra` item as a JSON file: {"metrics.json": {...}} writes `metrics.json`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_folder(directory)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_model(model, str(tmp))
     if tokenizer is not None:
@@ -196,18 +207,51 @@ def load_checkpoint(
     load_weights(model, path / WEIGHTS_FILE)
     state_path = path / STATE_FILE
     try:
-        payload = torch.load(state_path, map_location="cpu", weights_only=True)
+        payload = load_state_file(state_path)
         optimizer.load_state_dict(payload.pop("optimizer"))
         scaler_state = payload.pop("scaler")
         if scaler is not None and scaler_state is not None:
             scaler.load_state_dict(scaler_state)
         return TrainState(**payload)
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: missing") from None
+    except CheckpointError:
+        raise
     except Exception as err:
-        # torch.load and load_state_dict raise many types for a damaged file; the
-        # message is what helps.
-        raise CheckpointError(f"{state_path}: corrupt or incompatible: {err}") from None
+        # load_state_dict and TrainState raise many types for a state of another shape;
+        # the message is what helps.
+        raise CheckpointError(f"{state_path}: corrupt or incompatible: {first_line(err)}") from None
+
+
+def load_state_file(path: Path) -> dict[str, Any]:
+    """The payload `save_training_state` wrote to `path`, unpickling nothing but tensors
+    and plain values."""
+    try:
+        # torch warns about pickle protocols and advises weights_only=False, advice a
+        # file from elsewhere must never get: its errors are reported below instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path}: not a plain tensor/state file: it holds a {refused.group(1)} "
+                "(refusing to unpickle arbitrary objects)"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt: not a file torch.save wrote") from None
+    except Exception as err:
+        # torch.load raises many types for a damaged file; the message is what helps.
+        raise CheckpointError(f"{path}: corrupt or incompatible: {first_line(err)}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(
+            f"{path}: expected the training state, found {type(payload).__name__}"
+        )
+    return payload
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().partition("\n")[0] or type(err).__name__
 
 
 def checkpoints(out_dir: str | Path) -> list[Path]:
@@ -222,6 +266,16 @@ def checkpoints(out_dir: str | Path) -> list[Path]:
         if match and all((path / name).is_file() for name in CHECKPOINT_FILES):
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
+
+
+def remove_interrupted_saves(out_dir: str | Path) -> None:
+    """Delete the temporaries that saves killed midway (kill -9) left in a run's output
+    folder: checkpoint folders and model files that were never given their names. Only
+    one run writes to an output folder, so none of them is in use."""
+    out_dir = Path(out_dir)
+    remove_temporaries(out_dir / CHECKPOINTS_DIR, r"step_\d+")
+    model_files = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)
+    remove_temporaries(out_dir, "|".join(re.escape(name) for name in model_files))
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

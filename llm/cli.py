@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from llm.cli_support import CommandLine
 from llm.data import TokenSplits
 from llm.errors import CheckpointError, UserError
-from llm.tokenizer import Tokenizer
+from llm.tokenizer import Tokenizer, replace_undecodable
 
 if TYPE_CHECKING:
     from llm.generate import SamplingParams
@@ -124,7 +125,7 @@ def sampling_params(args: argparse.Namespace, eos_id: int) -> SamplingParams:
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         eos_id=eos_id,
-        stop=tuple(args.stop),
+        stop=tuple(replace_undecodable(stop, "--stop") for stop in args.stop),
         seed=args.seed,
     )
 
@@ -221,13 +222,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_for_generation(args)
     params = sampling_params(args, tokenizer.eos_id)
-    prompts = [tokenizer.encode(prompt) for prompt in args.prompts]
+    texts = [
+        replace_undecodable(text, "--prompt" if len(args.prompts) == 1 else f"--prompt {i}")
+        for i, text in enumerate(args.prompts, start=1)
+    ]
+    prompts = [tokenizer.encode(text) for text in texts]
     if args.truncate:
         context = model.config.max_seq_len
         prompts = [truncate_prompt(ids, context, params.max_new_tokens) for ids in prompts]
     if len(prompts) > 1:
         for prompt, completion in zip(
-            args.prompts, complete(model, tokenizer, prompts, params), strict=True
+            texts, complete(model, tokenizer, prompts, params), strict=True
         ):
             print(json.dumps({"prompt": prompt, **dataclasses.asdict(completion)}))
         return
@@ -263,9 +268,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from llm.chat import ChatSession, ChatTemplate, run_chat
 
     model, tokenizer = load_for_generation(args)
-    session = ChatSession(
-        model, tokenizer, sampling_params(args, tokenizer.eos_id), ChatTemplate(args.system)
-    )
+    # Python decodes stdin strictly in some locales: take undecodable bytes as lone
+    # surrogates in every one, for run_chat to replace with a warning rather than crash.
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    template = ChatTemplate(replace_undecodable(args.system, "--system"))
+    session = ChatSession(model, tokenizer, sampling_params(args, tokenizer.eos_id), template)
     run_chat(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
+from llm.atomic import STORAGE_ERRNOS
 from llm.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -39,7 +41,12 @@ class CommandLine:
 
 def run_command(command: Callable[[], int | None], *, prog: str, debug: bool) -> int:
     """Run a subcommand: a user error becomes one line on stderr and exit code 2 (with the
-    traceback only under --debug); Ctrl-C exits with 130."""
+    traceback only under --debug); Ctrl-C exits with 130.
+
+    A filesystem error that names its path (a folder without permission, a file where a
+    folder should be) or is the disk's (full, read-only) is a user error too: the user
+    named the path, and fixes it there.
+    """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
     try:
         return command() or 0
@@ -48,6 +55,26 @@ def run_command(command: Callable[[], int | None], *, prog: str, debug: bool) ->
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:
+        message = os_error_message(err)
+        if debug or message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def os_error_message(err: OSError) -> str | None:
+    """`err` as one line naming its paths and the problem; None when it names no path and
+    is not the disk's, which makes it a bug (a socket, a pipe) to show with its traceback."""
+    reason = err.strerror or str(err)
+    if err.filename is None:
+        return reason if err.errno in STORAGE_ERRNOS else None
+    names = [
+        os.fsdecode(name) if isinstance(name, bytes) else str(name)
+        for name in (err.filename, err.filename2)
+        if name is not None
+    ]
+    return f"{' -> '.join(names)}: {reason}"

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import sysconfig
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ STDLIB_EXCLUDED = frozenset({"test", "tests", "idle_test", "site-packages", "dis
 # Below this much text, starting worker processes costs more than it saves.
 PARALLEL_MIN_CHARS = 2_000_000
 CHUNK_CHARS = 256_000  # the unit of work (and of progress) when encoding
+# A NUL byte this early means a binary file, as git and grep decide (text never holds one).
+BINARY_PROBE_BYTES = 8192
+NAMED_FILES = 5  # the most files a warning names
 
 
 @dataclass
@@ -67,22 +71,30 @@ class Document:
 
 
 class _Decoder:
-    """UTF-8 decoding that replaces undecodable bytes and counts the replacements."""
+    """UTF-8 decoding that replaces undecodable bytes and counts the replacements of
+    each file."""
 
     def __init__(self) -> None:
-        self.replaced = 0
+        self.replaced: Counter[str] = Counter()
 
-    def __call__(self, raw: bytes) -> str:
+    def __call__(self, raw: bytes, file: Path) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("utf-8", errors="replace")
-            self.replaced += text.count("\ufffd") - raw.count("\ufffd".encode())
+            self.replaced[str(file)] += text.count("\ufffd") - raw.count("\ufffd".encode())
             return text
 
-    def clean(self, text: str) -> str:
+    def clean(self, text: str, file: Path) -> str:
         """Replace lone surrogates (JSON escapes allow them) so the text encodes as UTF-8."""
-        return self(text.encode("utf-8", errors="surrogatepass"))
+        return self(text.encode("utf-8", errors="surrogatepass"), file)
+
+    def summary(self) -> str:
+        """How many characters were replaced, and in which files."""
+        named = [f"{file} ({count})" for file, count in self.replaced.most_common(NAMED_FILES)]
+        more = len(self.replaced) - len(named)
+        files = ", ".join(named) + (f" and {more} more files" if more > 0 else "")
+        return f"replaced {self.replaced.total()} undecodable characters with U+FFFD in {files}"
 
 
 # ---------------------------------------------------------------------------- corpora
@@ -93,9 +105,7 @@ def read_corpus(spec: str) -> list[Document]:
     decode = _Decoder()
     docs = [doc for doc in _read(spec, decode) if doc.text.strip()]
     if decode.replaced:
-        log.warning(
-            "corpus %r: replaced %d undecodable characters with U+FFFD", spec, decode.replaced
-        )
+        log.warning("corpus %r: %s", spec, decode.summary())
     if not docs:
         raise DataError(f"corpus {spec!r}: no non-empty documents")
     return docs
@@ -127,7 +137,7 @@ def _read(spec: str, decode: _Decoder) -> list[Document]:
     if suffix == ".parquet":
         return _read_parquet(path, field or "text", decode)
     if suffix in TEXT_SUFFIXES:
-        return [Document(path.name, decode(_read_bytes(path)))]
+        return [Document(path.name, decode(_read_bytes(path), path))]
     raise DataError(
         f"corpus {spec!r}: unsupported file type {suffix or '(none)'!r}; expected a text file "
         "(.txt, .md, ...), .jsonl, .parquet or a directory"
@@ -143,14 +153,27 @@ def _python_docs() -> list[Document]:
 def _python_code(decode: _Decoder) -> list[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = _find_files(root, {".py"}, lambda folder: folder in STDLIB_EXCLUDED)
-    return [Document(name, decode(_read_bytes(path))) for name, path in files]
+    return _read_text_files(files, decode, "builtin:python-code")
 
 
 def _read_dir(root: Path, decode: _Decoder) -> list[Document]:
     files = _find_files(root, TEXT_SUFFIXES, lambda folder: folder.startswith("."))
     if not files:
         raise DataError(f"corpus {str(root)!r}: no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
-    return [Document(name, decode(_read_bytes(path))) for name, path in files]
+    return _read_text_files(files, decode, str(root))
+
+
+def _read_text_files(files: list[tuple[str, Path]], decode: _Decoder, spec: str) -> list[Document]:
+    """A document for each file of a folder, skipping binary files (an image or an
+    archive named .txt) with a warning: decoded, they would be noise to train on."""
+    docs = []
+    for name, path in files:
+        raw = _read_bytes(path)
+        if b"\0" in raw[:BINARY_PROBE_BYTES]:
+            log.warning("corpus %r: skipping %s: a binary file (it holds NUL bytes)", spec, path)
+            continue
+        docs.append(Document(name, decode(raw, path)))
+    return docs
 
 
 def _find_files(
@@ -172,7 +195,7 @@ def _find_files(
 def _read_jsonl(path: Path, field: str, decode: _Decoder) -> list[Document]:
     docs = []
     # Split on "\n" only: JSON strings may hold other line separators such as U+2028.
-    for number, line in enumerate(decode(_read_bytes(path)).split("\n"), start=1):
+    for number, line in enumerate(decode(_read_bytes(path), path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -182,7 +205,7 @@ def _read_jsonl(path: Path, field: str, decode: _Decoder) -> list[Document]:
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise DataError(f"{path}, line {number}: no string field {field!r}")
-        docs.append(Document(f"{path.name}:{number}", decode.clean(text)))
+        docs.append(Document(f"{path.name}:{number}", decode.clean(text, path)))
     return docs
 
 
@@ -195,7 +218,7 @@ def _read_parquet(path: Path, column: str, decode: _Decoder) -> list[Document]:
     docs = []
     for row, value in enumerate(values):
         if isinstance(value, str):
-            docs.append(Document(f"{path.name}:{row}", decode.clean(value)))
+            docs.append(Document(f"{path.name}:{row}", decode.clean(value, path)))
         elif not _is_missing(value):
             raise DataError(f"{path}: row {row} of column {column!r} is not text")
     return docs
@@ -304,12 +327,15 @@ def prepare(
     directory = Path(config.cache_dir) / key if out is None else Path(out)
     existing = _reusable(directory, key)
     if existing is not None:
+        if tokenizer is None:
+            _check_vocab_size(config, existing.tokenizer)
         return existing
 
     if tokenizer is None:
         tokenizer = train_tokenizer(
             config.tokenizer, (doc.text for doc in train_docs), config.vocab_size
         )
+        _check_vocab_size(config, tokenizer)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -336,6 +362,21 @@ def prepare(
             }
         write_json(tmp / "meta.json", meta)
     return load_prepared(directory)
+
+
+def _check_vocab_size(config: DataConfig, tokenizer: Tokenizer) -> None:
+    """Warn when a trained tokenizer has fewer tokens than asked for: a small corpus has
+    fewer characters (char) or pieces (bpe, unigram) than that. A byte tokenizer's size
+    is fixed, and vocab_size only a minimum for it."""
+    if config.tokenizer != "byte" and tokenizer.vocab_size < config.vocab_size:
+        log.warning(
+            "corpus %r: the %s tokenizer has %d tokens, not the %d asked for (vocab_size): "
+            "the corpus supports no more",
+            config.corpus,
+            config.tokenizer,
+            tokenizer.vocab_size,
+            config.vocab_size,
+        )
 
 
 def load_prepared(directory: str | Path) -> PreparedData:

@@ -18,3 +18,8 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or model directory that is missing, incomplete or corrupt."""
+
+
+class OutputError(UserError):
+    """An output path that cannot be written: no permission, a file where a folder should
+    be, a full or read-only disk."""

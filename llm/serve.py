@@ -25,7 +25,8 @@ never silently dropped. Values must have their JSON type (no "0.5" for 0.5).
 Every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`:
 400 for a malformed or invalid request, 401 for a missing or wrong API key (when the server
 has one; `/health` stays open so that probes need no key), 404 for an unknown route or
-model, 405 for a wrong method, 503 when the queue is full.
+model, 405 for a wrong method, 415 for a POST body not sent as `Content-Type:
+application/json` (as OpenAI's API requires), 503 when the queue is full.
 """
 
 from __future__ import annotations
@@ -543,6 +544,19 @@ def bearer_auth(api_key: str) -> Callable[[str | None], None]:
     return require_api_key
 
 
+def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
+    """A dependency refusing a body that is not declared JSON: a client that sends JSON
+    as text/plain (or as a form) has a bug that parsing it anyway would hide."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            "the request body must be sent as Content-Type: application/json "
+            f"(got {content_type or 'none'})",
+            code="unsupported_media_type",
+        )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_request: Request, err: Exception) -> Response:
         assert isinstance(err, APIError)
@@ -622,7 +636,10 @@ def build_app(
     app.add_api_route("/v1/models", server.list_models, methods=["GET"], dependencies=auth)
     app.add_api_route("/v1/models/{model_id}", server.get_model, methods=["GET"], dependencies=auth)
     app.add_api_route(
-        "/v1/completions", server.create_completion, methods=["POST"], dependencies=auth
+        "/v1/completions",
+        server.create_completion,
+        methods=["POST"],
+        dependencies=[*auth, Depends(require_json)],
     )
     return app
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
@@ -28,6 +29,8 @@ import sentencepiece as spm
 
 from llm.atomic import atomic_dir
 from llm.errors import CheckpointError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "tokenizer.json"
 FORMAT = 1
@@ -49,6 +52,7 @@ SP_TRAIN_THREADS = 4
 
 CHAR_SPECIALS = 4  # pad, bos, eos, unk
 BYTE_VOCAB = 256 + 3  # bytes, then pad, bos, eos
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class Tokenizer(ABC):
@@ -297,6 +301,17 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _extra_files(self) -> dict[str, bytes]:
         return {self.model_file: self.model_proto}
+
+
+def replace_undecodable(text: str, where: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, and a warning naming `where`
+    when there was any. Python hands on the bytes of argv and stdin that are not UTF-8 as
+    lone surrogates (surrogateescape), which no tokenizer can encode."""
+    text, replaced = _SURROGATE.subn(UNKNOWN_TEXT, text)
+    if replaced:
+        unit = "byte" if replaced == 1 else "bytes"
+        log.warning("%s: replaced %d undecodable %s with U+FFFD", where, replaced, unit)
+    return text
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -33,11 +33,12 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import nn
 
-from llm.atomic import read_json_object, write_json
+from llm.atomic import make_folder, output_error, read_json_object, write_json
 from llm.checkpoint import (
     TrainState,
     latest_checkpoint,
     load_checkpoint,
+    remove_interrupted_saves,
     save_checkpoint,
     save_model_dir,
     save_training_state,
@@ -284,13 +285,16 @@ class Trainer:
         `resume` continues from the latest checkpoint in the output folder, `resume_from`
         from the checkpoint folder it names (a larger budget than the checkpoint's run
         had continues that run). The global RNG and thread count are restored afterwards:
-        a run leaves no global state changed.
+        a run leaves no global state changed. What saves killed midway (kill -9) left in
+        the output folder is deleted first.
         """
         if resume_from is None and self.out_dir is not None:
             check_out_dir(self.out_dir, resume)
             resume_from = latest_checkpoint(self.out_dir) if resume else None
         elif resume_from is None and resume:
             raise ConfigError("resuming needs an output folder")
+        if self.out_dir is not None:
+            remove_interrupted_saves(self.out_dir)
         threads = torch.get_num_threads()
         cuda_devices = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
         try:
@@ -560,9 +564,11 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             file: TextIO | None = None
             if self.out_dir is not None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                mode = "a" if resume else "w"
-                file = stack.enter_context(open(self.out_dir / LOG_FILE, mode, encoding="utf-8"))
+                path = make_folder(self.out_dir) / LOG_FILE
+                try:
+                    file = stack.enter_context(open(path, "a" if resume else "w", encoding="utf-8"))
+                except OSError as err:
+                    raise output_error(path, err) from None
             show = self._display(stack)
 
             def emit(record: LogRecord) -> None:

@@ -157,7 +157,13 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         stages.append(("adapt", spec.adapt.train, spec.adapt.data))
     for stage, train, data in stages:
         if stage == "adapt" and spec.adapt is not None and spec.adapt.lora_rank > 0:
-            apply_lora(model, LoRAConfig(rank=spec.adapt.lora_rank, alpha=spec.adapt.lora_alpha))
+            lora = LoRAConfig(rank=spec.adapt.lora_rank, alpha=spec.adapt.lora_alpha)
+            # The adapters' initial A matrices are drawn from the global RNG (CUDA's on a
+            # GPU): seed it, or they depend on what this process drew before (earlier
+            # trials on the same worker).
+            with torch.random.fork_rng():
+                torch.manual_seed(spec.seed)
+                apply_lora(model, lora)
         out_dir = Path(spec.workdir) / stage if spec.workdir else None
         pretrain = stage == "pretrain"
         trainer = Trainer(

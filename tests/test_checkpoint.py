@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import os
 import re
+import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,6 +171,45 @@ def test_corrupt_training_state_raises(tmp_path: Path, damage: str) -> None:
         state_file.unlink()
     with pytest.raises(CheckpointError, match=r"state\.pt"):
         load_checkpoint(path, model=model, optimizer=optimizer_for(model))
+
+
+def test_a_pickled_object_in_the_state_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = tiny_model()
+    path = save_checkpoint(
+        tmp_path, model=model, optimizer=optimizer_for(model), state=TrainState(step=1)
+    )
+    payload = torch.load(path / "state.pt", weights_only=True)
+    torch.save({**payload, "when": datetime.datetime(2024, 1, 1)}, path / "state.pt")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(CheckpointError) as refused:
+        warnings.simplefilter("always")
+        load_checkpoint(path, model=model, optimizer=optimizer_for(model))
+    assert str(refused.value) == (
+        f"{path / 'state.pt'}: not a plain tensor/state file: it holds a datetime.datetime "
+        "(refusing to unpickle arbitrary objects)"
+    )
+    assert caught == []  # nor torch's advice to load it with weights_only=False
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_outputs_follow_the_umask(tmp_path: Path) -> None:
+    # safetensors writes a private temporary file of its own and renames it into place.
+    model = tiny_model()
+    save_model_dir(tmp_path / "model", model, ByteTokenizer())
+    checkpoint = save_checkpoint(
+        tmp_path / "run", model=model, optimizer=optimizer_for(model), state=TrainState(step=1)
+    )
+    files = [*(tmp_path / "model").rglob("*"), checkpoint, *checkpoint.iterdir()]
+    assert {tmp_path / "model" / "model.safetensors", checkpoint / "model.safetensors"} <= set(
+        files
+    )
+    for path in files:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask()
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_retention_keeps_the_last_and_the_best(tmp_path: Path) -> None:

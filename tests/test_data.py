@@ -161,8 +161,25 @@ def test_undecodable_bytes_are_replaced_with_one_warning(tmp_path, caplog):
     assert docs[1].text == "ok \ufffd text \ufffd literal"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "replaced 3 undecodable" in warnings[0].getMessage()
-    assert str(root) in warnings[0].getMessage()
+    assert warnings[0].getMessage() == (
+        f"corpus {str(root)!r}: replaced 3 undecodable characters with U+FFFD in "
+        f"{root / 'a.txt'} (2), {root / 'b.txt'} (1)"
+    )
+
+
+def test_binary_files_in_a_folder_are_skipped_with_a_warning_each(tmp_path, caplog):
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("plain text", encoding="utf-8")
+    (root / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (root / "sub" / "data.csv").write_bytes(b"PK\x03\x04" + b"\x00" * 20)
+    with caplog.at_level(logging.WARNING, logger="llm.data"):
+        docs = read_corpus(str(root))
+    assert [doc.name for doc in docs] == ["a.txt"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"corpus {str(root)!r}: skipping {root / name}: a binary file (it holds NUL bytes)"
+        for name in ("image.txt", "sub/data.csv")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -267,6 +284,24 @@ def test_prepare_stores_splits_tokenizer_and_meta(corpus_dir, tmp_path):
         assert decoded == [d.text for d in split_docs]  # eos between documents, none at the end
     assert splits.val_bytes == meta["splits"]["val"]["bytes"]
     assert load_prepared(prepared.directory).meta == meta
+
+
+def test_a_smaller_vocabulary_than_asked_for_is_a_warning(corpus_dir, tmp_path, caplog):
+    wanted = config(corpus_dir, tmp_path, tokenizer="char", vocab_size=1_000_000)
+    with caplog.at_level(logging.WARNING, logger="llm.data"):
+        prepared = prepare(wanted, progress=False)
+        prepare(wanted, progress=False)  # the cached preparation says so too
+    actual = prepared.tokenizer.vocab_size
+    assert actual < 100
+    message = (
+        f"corpus {str(corpus_dir)!r}: the char tokenizer has {actual} tokens, not the 1000000 "
+        "asked for (vocab_size): the corpus supports no more"
+    )
+    assert [r.getMessage() for r in caplog.records] == [message, message]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llm.data"):
+        prepare(config(corpus_dir, tmp_path, tokenizer="char", vocab_size=actual), progress=False)
+    assert caplog.records == []
 
 
 def test_prepare_again_trains_and_encodes_nothing(corpus_dir, tmp_path, monkeypatch):

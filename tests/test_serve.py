@@ -233,6 +233,9 @@ def body(**fields: Any) -> bytes:
     return json.dumps({"prompt": "hello", **fields}).encode()
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 BAD_REQUESTS = [
     pytest.param(b'{"prompt": "hello",', 400, None, id="malformed-json"),
     pytest.param(b"[1, 2]", 400, None, id="not-an-object"),
@@ -275,7 +278,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("content", "status", "param"), BAD_REQUESTS)
 def test_bad_requests_get_an_openai_error_and_the_server_goes_on(client, content, status, param):
-    response = client.post("/v1/completions", content=content)
+    response = client.post("/v1/completions", content=content, headers=JSON)
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -285,9 +288,25 @@ def test_bad_requests_get_an_openai_error_and_the_server_goes_on(client, content
 
 
 def test_a_prompt_over_the_context_says_how_to_truncate(client):
-    response = client.post("/v1/completions", content=body(prompt="a" * (CONTEXT + 1)))
+    response = client.post(
+        "/v1/completions", content=body(prompt="a" * (CONTEXT + 1)), headers=JSON
+    )
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded" and '"truncate": true' in error["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonl"]
+)
+def test_a_body_not_sent_as_json_is_refused_with_415(client, content_type):
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = client.post("/v1/completions", content=body(max_tokens=1), headers=headers)
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
+    charset = {"Content-Type": "Application/JSON; charset=utf-8"}
+    accepted = client.post("/v1/completions", content=body(max_tokens=1), headers=charset)
+    assert accepted.status_code == 200
 
 
 def test_unknown_routes_and_wrong_methods(client):

@@ -268,6 +268,16 @@ def test_malformed_yaml_reports_line(tmp_path: Path) -> None:
         load_space(file)
 
 
+def test_a_gene_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    file = write(tmp_path, BASE)
+    text = file.read_text().replace("genes:\n", "genes:\n  n_layers: {int: [1, 9]}\n", 1)
+    file.write_text(text)
+    with pytest.raises(
+        ConfigError, match=r"space\.yaml: key 'n_layers' is given twice, at lines 2 and 3"
+    ):
+        load_space(file)
+
+
 def test_impossible_space_is_refused_naming_the_constraint() -> None:
     genes = {"d_model": {"choice": [66]}, "n_heads": {"choice": [4]}}
     with pytest.raises(ConfigError) as caught:

@@ -334,6 +334,24 @@ def test_stop_and_resume_matches_a_straight_run(tmp_path: Path) -> None:
     assert kinds.count("resume") == 1 and kinds[-1] == "end"
 
 
+def test_resuming_removes_what_a_killed_save_left(tmp_path: Path) -> None:
+    fit(dataclasses.replace(TRAIN, max_steps=2), out_dir=tmp_path)
+    # kill -9 while saving: atomic_dir's folder and atomic_path's file, never renamed.
+    stale = [
+        tmp_path / "checkpoints" / ".step_00000003.x1y2z3_a.tmp",
+        tmp_path / ".model.json.q9.tmp",
+    ]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    stale[1].write_text("{")
+    other = tmp_path / ".notes.tmp"  # not a temporary of ours
+    other.write_text("mine")
+    resumed = fit(dataclasses.replace(TRAIN, max_steps=3), out_dir=tmp_path, resume=True)
+    assert (resumed.stop_reason, resumed.step) == ("max_steps", 3)
+    assert not any(path.exists() for path in stale) and other.read_text() == "mine"
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_00000003"
+
+
 def test_ctrl_c_during_the_update_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,6 +95,21 @@ def test_the_adapt_stage_reports_its_own_validation_set():
         assert result.steps == 24
 
 
+def test_a_lora_adapt_stage_is_a_pure_function_of_its_inputs_and_seed():
+    adapt = AdaptSpec(data=splits(5), train=spec(max_steps=4).train, lora_rank=4)
+    lora = TrialSpec(**{**spec(max_steps=4).__dict__, "adapt": adapt})
+    rng = torch.get_rng_state()
+    first = run_trial(lora)
+    assert torch.equal(torch.get_rng_state(), rng)  # the trial draws nothing from it
+    torch.manual_seed(1234)  # and what the process drew before does not matter
+    second = run_trial(lora)
+    assert first.status == second.status == "done", first.error
+    metrics = ("val_loss", "perplexity", "bits_per_byte", "accuracy")
+    assert [first.metric(m) for m in metrics] == [second.metric(m) for m in metrics]
+    assert first.pretrain == second.pretrain
+    assert [p.train_loss for p in first.curve] == [p.train_loss for p in second.curve]
+
+
 def test_ctrl_c_during_training_reaches_the_caller(monkeypatch):
     import llm.train
 

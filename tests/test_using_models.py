@@ -106,6 +106,26 @@ def test_llm_chat_through_a_pipe(model_dir):
     assert ">" not in result.stdout.split("\n")[0][:2]  # no terminal prompt on a pipe
 
 
+def test_llm_chat_replaces_bytes_that_are_not_utf8_with_one_warning(model_dir):
+    args = ["llm", "chat", str(model_dir), "--temperature", "0", "--max-new-tokens", "10"]
+    result = subprocess.run(
+        [*args, "--stop", "\n"], input=b"hi \xff there\n", capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"input line 1: replaced 1 undecodable byte with U+FFFD\n"
+    assert result.stdout.count(b"\n") == 1  # the reply
+
+
+def test_llm_generate_replaces_bytes_that_are_not_utf8_with_one_warning(model_dir, capsys, caplog):
+    # Python passes argv bytes that are not UTF-8 on as lone surrogates: b"\xff" as "\udcff".
+    common = ["--temperature", "0", "--max-new-tokens", "4", "--stop", "\n"]
+    assert llm(["generate", str(model_dir), "--prompt", "hi \udcff", *common]) == 0
+    assert capsys.readouterr().out.startswith("hi \ufffd")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--prompt: replaced 1 undecodable byte with U+FFFD"
+    ]
+
+
 def test_llm_generate_streams_one_prompt_and_batches_several(model_dir, capsys):
     common = ["--temperature", "0", "--max-new-tokens", "6", "--stop", "\n"]
     assert llm(["generate", str(model_dir), "--prompt", "abc", *common]) == 0

@@ -22,6 +22,7 @@ from evo.storage import RunStatus, Storage, TrialRecord
 from evo.summary import budget_text
 from evo.trials import trial_seed
 from evo.validate import validation_report
+from llm.atomic import make_folder
 from llm.config import RunConfig
 from llm.data import prepare
 from llm.errors import UserError
@@ -150,6 +151,7 @@ def promote(
     # by the run.
     check_out_dir(out_dir, resume)
     prepare(config.data, progress=False)
+    make_folder(out_dir)
     promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)
     try:
         outcome = train_run(config, out_dir, resume=resume)

@@ -129,6 +129,7 @@ def test_a_steady_state_run_promotes_its_winner_for_the_target(workdir, capsys):
         (["--steps", "-5"], "--steps must be positive"),
         (["--corpus", "missing.txt", "--out", "other"], "missing.txt"),
         (["--out", "best"], "already holds checkpoints"),
+        (["--out", "space.yaml/model"], "space.yaml is a file, not a folder"),
     ):
         assert evo(["promote", "space", *args, "--storage", url]) == 2
         assert message in capsys.readouterr().err

@@ -165,6 +165,9 @@ def test_a_run_stored_before_a_new_default_still_matches_its_space(space_file, w
 def test_resume_after_kill_9_gives_the_same_run_as_no_interruption(workdir):
     corpus = write_corpus(workdir / "corpus")
     space = space_dict(corpus, generations=4)
+    # LoRA genomes too: their adapters' initialisation must depend on the trial alone.
+    space["genes"]["lora_rank"] = {"choice": [0, 2]}
+    space["data"]["adapt"] = {"corpus": str(corpus), "max_steps": 2}
     (workdir / "space.yaml").write_text(yaml.safe_dump(space), encoding="utf-8")
     straight = storage_url(workdir / "straight.db")
     killed = storage_url(workdir / "killed.db")

@@ -362,11 +362,20 @@ def test_ctrl_c_during_the_update_waits_for_it(
         nonlocal calls
         calls += 1
         if calls == 3:
-            signal.raise_signal(signal.SIGINT)  # Python would raise KeyboardInterrupt here
+            # What Python does when Ctrl-C arrives: call the handler now installed (the
+            # default one would raise KeyboardInterrupt here). Called directly rather than
+            # through the OS, so that the test does not hang on when a signal is delivered.
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_signal)
-    outcome = fit(out_dir=tmp_path)
+    # As in `llm train`: Python's own Ctrl-C handler, whatever an earlier test installed
+    # (the trainer leaves anyone else's handler alone, and then cannot defer the signal).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        outcome = fit(out_dir=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (outcome.stop_reason, outcome.step) == ("interrupted", 3)  # the update finished
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_00000003"
 

@@ -152,6 +152,8 @@ def print_validation(report: ValidationReport, console: Console, *, table: bool)
     )
     if table:
         console.print(_validation_table(report))
+        for g in report.genomes:
+            console.print(f"genome {g.candidate.genome_id}: {genes_text(g.candidate.genes)}")
     if report.spearman is None or report.kendall is None:
         console.print("rank agreement: needs three validated genomes")
     else:
@@ -169,9 +171,17 @@ def print_validation(report: ValidationReport, console: Console, *, table: bool)
 
 def _validation_table(report: ValidationReport) -> Table:
     table = Table(title=f"search against validated {report.metric}", title_justify="left")
-    for column in ("genome", "search rank", "search", "rung", "validated", "± std", "rank"):
+    for column in (
+        "genome",
+        "search rank",
+        "search",
+        "rung",
+        "validated",
+        "± std",
+        "seeds",
+        "rank",
+    ):
         table.add_column(column, justify="right")
-    table.add_column("genes")
     for g in report.genomes:
         table.add_row(
             str(g.candidate.genome_id),
@@ -180,7 +190,7 @@ def _validation_table(report: ValidationReport) -> Table:
             str(g.candidate.rung + 1),
             f"{g.mean:.4g}",
             "—" if g.spread is None else f"{g.spread:.2g}",
+            str(len(g.values)),
             str(g.rank),
-            genes_text(g.candidate.genes),
         )
     return table

@@ -136,7 +136,6 @@ class _Recorder:
             worker=outcome.worker,
             started=outcome.started,
             finished=outcome.finished,
-            error=result.error,
         )
         self.done += 1
         value = result.metric(self.metric)

@@ -484,7 +484,9 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     genome = store.genome_id("r", {"n": 0})
     first = store.start_validation("r", genome, {"max_tokens": 2e6}, seed=7)
     other = store.start_validation("r", genome, {"max_tokens": 2_000_000}, seed=8)
-    store.finish_validation(first, TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": []})
+    store.finish_validation(
+        first, TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": [], "error": None}
+    )
     assert store.interrupt_validations("r") == 1  # `other` was left running
     records = {v.id: v for v in store.validations("r")}
     assert records[first].status is TrialStatus.DONE and records[first].metric("bits_per_byte")

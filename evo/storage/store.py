@@ -216,6 +216,24 @@ def budget_key(budget: dict[str, Any]) -> str:
     return json.dumps(whole, sort_keys=True)
 
 
+def _mark_finished(
+    row: TrialRow | ValidationRow,
+    status: TrialStatus,
+    host: str | None,
+    worker: str | None,
+    started: float | None,
+    finished: float | None,
+) -> None:
+    """Set a finished training's status, and where and when it ran: the worker's own
+    epoch times when given (not the driver's dispatch time)."""
+    row.status = status.value
+    row.finished_at = _now() if finished is None else _from_epoch(finished)
+    if started is not None:
+        row.started_at = _from_epoch(started)
+    row.host = host or row.host
+    row.worker = worker or row.worker
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -625,12 +643,7 @@ class Storage:
             assert run_row is not None  # a trial's genome belongs to a run
             run_row.results += 1
             row.recorded = run_row.results
-            row.status = status.value
-            row.finished_at = _now() if finished is None else _from_epoch(finished)
-            if started is not None:
-                row.started_at = _from_epoch(started)
-            row.host = host or row.host
-            row.worker = worker or row.worker
+            _mark_finished(row, status, host, worker, started, finished)
             row.checkpoint = checkpoint
             for name in METRICS:
                 setattr(row, name, _scalar(result.get(name)))
@@ -899,15 +912,15 @@ class Storage:
         self,
         validation_id: int,
         status: TrialStatus,
-        metrics: dict[str, Any],
+        result: dict[str, Any],
         *,
         host: str | None = None,
         worker: str | None = None,
         started: float | None = None,
         finished: float | None = None,
-        error: str | None = None,
     ) -> None:
-        """Store a validation's outcome: its status and metrics (a dict of METRICS names)."""
+        """Store a validation's outcome from a `TrialResult.to_dict()`: its status, its
+        metrics and its error (the curve is not kept); where and when as in finish_trial."""
         status = TrialStatus(status)
         if not status.is_result:
             raise ValueError(f"a finished validation's status must be one of {RESULTS}")
@@ -915,13 +928,9 @@ class Storage:
             row = session.get(ValidationRow, validation_id)
             if row is None:
                 raise ValueError(f"no validation with id {validation_id} in {self.url}")
-            row.status = status.value
-            row.metrics = _jsonable({k: v for k, v in metrics.items() if k in METRICS})
-            row.error = error
-            row.host, row.worker = host or row.host, worker or row.worker
-            if started is not None:
-                row.started_at = _from_epoch(started)
-            row.finished_at = _now() if finished is None else _from_epoch(finished)
+            _mark_finished(row, status, host, worker, started, finished)
+            row.metrics = _jsonable({k: v for k, v in result.items() if k in METRICS})
+            row.error = result.get("error")
 
     def interrupt_validations(self, run: str) -> int:
         """Mark validations a stopped `evo validate` left running as interrupted; returns

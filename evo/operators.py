@@ -12,6 +12,7 @@ reproducible and `random.getstate()` captures it.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 import statistics
@@ -301,7 +302,8 @@ def _completed(
 ) -> Individual:
     """A valid individual with the `wanted` genes, the others from `fill` where that makes
     a valid genome, else from random samples; ConfigError naming `where` when none does."""
-    for other in [fill, *(space.sample(random) for _ in range(INIT_TRIES))]:
+    samples = (space.sample(random) for _ in range(INIT_TRIES))  # drawn only when needed
+    for other in itertools.chain([fill], samples):
         individual = repair(to_individual(space, {**other, **wanted}), space, vocab_size)
         genome = to_genome(space, individual)
         if all(genome[name] == value for name, value in wanted.items()):

@@ -244,7 +244,7 @@ def new_individual(space: SearchSpace, vocab_size: int) -> Individual:
     return repair(to_individual(space, genome), space, vocab_size)
 
 
-def _stratum_value(domain: Domain, position: float) -> Any:
+def value_at(domain: Domain, position: float) -> Any:
     """The domain's value at `position` in [0, 1) along its (log) axis or its list of values."""
     if domain.kind == "float":
         low, high = domain.bounds
@@ -265,7 +265,7 @@ def latin_hypercube(space: SearchSpace, n: int) -> list[dict[str, Any]]:
     necessarily valid."""
     columns = []
     for domain in space.genes.values():
-        column = [_stratum_value(domain, (k + random.random()) / n) for k in range(n)]
+        column = [value_at(domain, (k + random.random()) / n) for k in range(n)]
         random.shuffle(column)
         columns.append(column)
     return [

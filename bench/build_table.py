@@ -266,6 +266,7 @@ def main() -> None:
         "evo.space": space.canonical_yaml(),
         "evo.command": " ".join(sys.argv),
         "evo.worker_seconds": f"{worker_seconds:.0f}",
+        "evo.vocab_size": str(vocab),
     }
     write_parquet(frame, Path(args.out), meta)
     size = Path(args.out).stat().st_size

@@ -15,9 +15,11 @@ rungs use the space's rungs, continuing each genome from its checkpoint:
 - nsga2: Optuna's NSGAIISampler with a population of a quarter of the trials the budget
   buys at the top rung, each trial trained straight to the top rung (it cannot prune).
 
-Optuna cannot express the space's constraints, so its proposals are repaired with evo's
-own repair before training, and Optuna is told the repaired genome's value. Each
-(method, seed) runs in its own process on one core; `--workers` of them at a time.
+Every method starts from the space's `search.initial` genomes (Optuna's through
+`enqueue_trial`). Optuna cannot express the space's constraints, so its proposals are
+repaired with evo's own repair before training, and Optuna is told the repaired genome's
+value. Each (method, seed) runs in its own process on one core; `--workers` of them at a
+time.
 
 Prints each method's final best over the seeds (median, interquartile mean with a
 bootstrap 95% interval), a Wilcoxon signed-rank test of evo against each, writes the
@@ -52,7 +54,7 @@ from evo.data import TrialData, prepare_data
 from evo.driver import SteadyStateSearch, open_run
 from evo.executor import LocalExecutor, execute_job
 from evo.metrics import TrialStatus
-from evo.operators import repair, to_genome, to_individual
+from evo.operators import initial_population, repair, to_genome, to_individual
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import anytime_curve
@@ -181,6 +183,13 @@ class Trainer:
         return trial, to_genome(self.space, repair(individual, self.space, self.vocab))
 
 
+def enqueue_initial(study: Any, space: SearchSpace, vocab: int) -> None:
+    """The space's initial genomes are Optuna's first trials, as they are evo's: every
+    method starts from the same given point (Optuna's `enqueue_trial`)."""
+    for individual in initial_population(space, vocab, 0):
+        study.enqueue_trial(to_genome(space, individual))
+
+
 def tpe_hyperband(space: SearchSpace, folder: Path, name: str) -> Curve:
     import optuna
 
@@ -190,9 +199,14 @@ def tpe_hyperband(space: SearchSpace, folder: Path, name: str) -> Curve:
         min_resource=1, max_resource=rungs, reduction_factor=int(space.search.eta)
     )
     sampler = optuna.samplers.TPESampler(seed=space.search.seed)
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+    # Hyperband picks a trial's bracket from a hash of the study's name: fixed, so that a
+    # seed is reproducible.
+    study = optuna.create_study(
+        study_name=name, direction="minimize", sampler=sampler, pruner=pruner
+    )
     distributions = {name: optuna_distribution(d) for name, d in space.genes.items()}
     trainer = Trainer(space)
+    enqueue_initial(study, space, trainer.vocab)
     while True:
         trial, genes = trainer.proposal(study, distributions)
         if not trainer.fits(genes, 0):
@@ -238,8 +252,9 @@ def nsga2(space: SearchSpace, folder: Path, name: str) -> Curve:
     )
     population = max(4, int(trainer.limit / typical) // 4)
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=space.search.seed)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study = optuna.create_study(study_name=name, direction="minimize", sampler=sampler)
     distributions = {name: optuna_distribution(d) for name, d in space.genes.items()}
+    enqueue_initial(study, space, trainer.vocab)
     while True:
         trial, genes = trainer.proposal(study, distributions)
         if not trainer.fits(genes, top, continued=False):

@@ -30,7 +30,7 @@ from evo.checkpoints import Checkpoint, TrialCheckpoints
 from evo.data import TrialData
 from evo.executor import Executor, TrialJob, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
-from evo.schedule.budget import Cost, Spending
+from evo.schedule.budget import Spending, trial_cost
 from evo.schedule.generational import GenerationalSearch
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import (
@@ -46,7 +46,6 @@ from evo.storage import RunStatus, Storage, TrialRecord
 from evo.trials import SearchSummary, make_job, objective_values, trial_seed
 from evo.view import QuietView, SearchView
 from llm.errors import UserError
-from llm.train import planned_steps
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class SteadyStateSearch:
                 )
                 self.scheduler.advanced(genome_id, rung)
                 genes = self.scheduler.genes[genome_id]
-            self.spending.commit(number, self._cost(genes, rung))
+            self.spending.commit(number, trial_cost(self.space, genes, rung))
             trial_id = self.storage.add_trial(
                 self.name,
                 genome_id,
@@ -212,7 +211,7 @@ class SteadyStateSearch:
         """The job of a decision whose trial was interrupted, as a new attempt."""
         genes, decision = self.scheduler.genes[trial.genome_id], trial.decision
         assert decision is not None  # every trial of a steady-state search has one
-        self.spending.commit(decision, self._cost(genes, trial.rung), counted=True)
+        self.spending.commit(decision, trial_cost(self.space, genes, trial.rung), counted=True)
         trial_id = self.storage.add_trial(
             self.name,
             trial.genome_id,
@@ -254,31 +253,11 @@ class SteadyStateSearch:
                 return None
         return make_job(self.space, self.vocab_size, genome_id, genes, rung, resume)
 
-    def _cost(self, genes: dict[str, Any], rung: int) -> Cost:
-        """The training a genome's trial at `rung` will do: from the rung below's stable
-        checkpoint to this rung's budget, plus the adapt stage (when it has a step or
-        token budget)."""
-        planned = planned_steps(self.space.train_config(genes, self.budgets[rung]))
-        if planned is None:
-            return Cost(None, None)
-        start = 0
-        if rung > 0:
-            below = planned_steps(self.space.train_config(genes, self.budgets[rung - 1]))
-            start = below[0] if below is not None else 0
-        steps = planned[1] - start
-        tokens = steps * self.space.train_config(genes).tokens_per_step
-        adapt = self.space.adapt_train_config(genes)
-        adapt_planned = planned_steps(adapt) if adapt is not None else None
-        if adapt is not None and adapt_planned is not None:
-            steps += adapt_planned[1]
-            tokens += adapt_planned[1] * adapt.tokens_per_step
-        return Cost(steps, tokens)
-
     def _fits(self, decision: Decision) -> bool:
         if isinstance(decision, Breed):
-            cost = self._cost(decision.genes, 0)
+            cost = trial_cost(self.space, decision.genes, 0)
         else:
-            cost = self._cost(self.scheduler.genes[decision.genome_id], decision.rung)
+            cost = trial_cost(self.space, self.scheduler.genes[decision.genome_id], decision.rung)
         now = time.time()
         running = sum(now - flight.started for flight in self.flights.values())
         return self.spending.allows(cost, running)

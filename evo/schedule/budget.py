@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from evo.storage import Spent
+from llm.train import planned_steps
+
+if TYPE_CHECKING:
+    from evo.space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -14,6 +19,30 @@ class Cost:
 
     steps: int | None
     tokens: int | None
+
+
+def trial_cost(
+    space: SearchSpace, genes: dict[str, Any], rung: int, *, continued: bool = True
+) -> Cost:
+    """The training a genome's trial at `rung` will do: from the rung below's stable
+    checkpoint (from scratch when not `continued`) to this rung's budget, plus the adapt
+    stage (when it has a step or token budget)."""
+    budgets = space.rung_budgets()
+    planned = planned_steps(space.train_config(genes, budgets[rung]))
+    if planned is None:
+        return Cost(None, None)
+    start = 0
+    if rung > 0 and continued:
+        below = planned_steps(space.train_config(genes, budgets[rung - 1]))
+        start = below[0] if below is not None else 0
+    steps = planned[1] - start
+    tokens = steps * space.train_config(genes).tokens_per_step
+    adapt = space.adapt_train_config(genes)
+    adapt_planned = planned_steps(adapt) if adapt is not None else None
+    if adapt is not None and adapt_planned is not None:
+        steps += adapt_planned[1]
+        tokens += adapt_planned[1] * adapt.tokens_per_step
+    return Cost(steps, tokens)
 
 
 @dataclass

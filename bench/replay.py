@@ -1,0 +1,664 @@
+"""Replay search methods against a table of real results, 50 times each, in minutes.
+
+`bench/build_table.py` trains configurations of a space for real at every rung with
+several seeds. Here every method searches that space as it would for real, with the
+same budget of training tokens, but a trial is answered from the table instead of
+trained, and time is simulated: `--workers` workers, each busy for the seconds the
+table says the trial took, results arriving in the order they would finish.
+
+- A configuration in the table is answered with one of its seeds, drawn once per
+  (repetition, configuration) so that its later rungs continue the same run.
+- One that is not is answered by its `K` nearest configurations (genes on their own
+  axes, scaled to [0, 1]; a choice without an order counts 1 for a mismatch), their
+  values at the drawn seed weighted by inverse squared distance. How far that surrogate
+  is from the truth is measured by leaving each configuration out in turn and printed
+  beside the seed-to-seed noise it has to be judged against.
+
+The methods are those of `bench/search_efficiency.py`, plus evo's generational mode:
+evo's own drivers (`SteadyStateSearch`, `GenerationalSearch`) run unchanged on a
+simulated executor, and Optuna's samplers and pruner through ask and tell.
+
+What each method is worth at any moment is the true quality of its incumbent (the
+genome with its best top-rung result so far): the mean over seeds of that genome's
+top-rung bits per byte (the surrogate's mean for a genome outside the table), so a
+lucky seed earns nothing. Printed and plotted against tokens spent:
+
+- normalized regret: (incumbent − best in the table) / (median − best in the table),
+  0 for the table's best configuration, 1 for a median one;
+- mean rank of the methods, repetition by repetition;
+- at the end: the interquartile mean of the regret with a bootstrap 95% interval, the
+  median observed best (what `bench/search_efficiency.py` reports), and which
+  methods' intervals separate from evo's.
+
+    python bench/replay.py --table bench/data/tiny_table.parquet --repetitions 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import plotly.graph_objects as go
+import pyarrow.parquet as pq
+import yaml
+from plotly.subplots import make_subplots
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_efficiency import (
+    bootstrap_interval,
+    enqueue_initial,
+    iqm,
+    on_grid,
+    optuna_distribution,
+)
+
+from evo.checkpoints import Checkpoint, TrialCheckpoints
+from evo.data import TrialData
+from evo.driver import SteadyStateSearch, open_run
+from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
+from evo.metrics import TrialStatus
+from evo.operators import repair, to_genome, to_individual
+from evo.schedule.budget import trial_cost
+from evo.schedule.generational import GenerationalSearch
+from evo.space import Domain, SearchSpace, space_from_dict
+from evo.storage import Storage, genome_hash
+from llm.trial import TrialResult
+
+METHODS = ["evo", "evo-generational", "random", "random+asha", "tpe+hyperband", "nsga2"]
+NEIGHBOURS = 3
+# After each result: (tokens spent, the incumbent's true value, the best value observed)
+Curve = list[tuple[float, float, float]]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--table", default="bench/data/tiny_table.parquet")
+    p.add_argument("--repetitions", type=int, default=50)
+    p.add_argument("--workers", type=int, default=1, help="simulated workers per search")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--budget", type=float, help="training tokens per search (default: the space's)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--html", default="results/replay.html")
+    return p.parse_args()
+
+
+# The table and its surrogate
+
+
+def axis_position(domain: Domain, value: Any) -> list[float]:
+    """A gene's value as coordinates in [0, 1]: its place on the (log) axis or in the
+    ordered values, or one coordinate per unordered choice (1/√2 each, so that two
+    different choices are 1 apart)."""
+    if domain.kind == "float":
+        low, high = domain.bounds
+        if high == low:
+            return [0.0]
+        if domain.log:
+            return [(math.log(value) - math.log(low)) / (math.log(high) - math.log(low))]
+        return [(value - low) / (high - low)]
+    values = domain.values()
+    if domain.kind == "int" or domain.is_numeric_choice:
+        return [values.index(value) / max(len(values) - 1, 1)]
+    return [(value == choice) / math.sqrt(2) for choice in values]
+
+
+def from_table(domain: Domain, value: Any) -> Any:
+    """A value read from the table, in the type the domain gives it (parquet stores a
+    numeric choice as float when a column mixes int and float)."""
+    if domain.kind == "float":
+        return float(value)
+    return next(choice for choice in domain.values() if choice == value)
+
+
+@dataclass
+class Table:
+    """Every configuration's value and seconds per token at each (seed, rung)."""
+
+    space: SearchSpace
+    keys: dict[str, int]  # genome hash → configuration
+    genes: list[dict[str, Any]]
+    points: np.ndarray  # (configurations, coordinates)
+    values: np.ndarray  # (configurations, seeds, rungs); NaN: failed or never reached
+    per_token: np.ndarray  # (configurations, seeds, rungs): wall seconds per token
+    vocab_size: int  # the tokenizer's, for repairing genomes as the search does
+
+    @property
+    def top_mean(self) -> np.ndarray:
+        """Each configuration's mean top-rung value over seeds (inf: a seed failed)."""
+        top = self.values[:, :, -1]
+        return np.where(np.isnan(top).any(axis=1), np.inf, np.nan_to_num(top).mean(axis=1))
+
+    @classmethod
+    def load(cls, path: str) -> Table:
+        file = pq.read_table(path)
+        meta = file.schema.metadata or {}
+        space = space_from_dict(yaml.safe_load(meta[b"evo.space"].decode()), where=path)
+        frame = file.to_pandas()
+        configs = sorted(frame["config"].unique())
+        seeds = sorted(frame["seed"].unique())
+        rungs = len(space.rung_budgets())
+        values = np.full((len(configs), len(seeds), rungs), np.nan)
+        per_token = np.full_like(values, np.nan)
+        genes, keys = [], {}
+        for c, (_, rows) in enumerate(frame.groupby("config", sort=True)):
+            first = rows.iloc[0]
+            config = {n: from_table(d, first[n]) for n, d in space.genes.items()}
+            genes.append(config)
+            keys[genome_hash(config)] = c
+            for row in rows.itertuples():
+                s = seeds.index(row.seed)
+                if row.status == TrialStatus.DONE.value:
+                    values[c, s, row.rung] = row.bits_per_byte
+                per_token[c, s, row.rung] = row.wall_seconds / max(row.tokens, 1)
+        points = np.array([cls.coordinates(space, g) for g in genes])
+        vocab = int(meta.get(b"evo.vocab_size", space.data.vocab_size))
+        return cls(space, keys, genes, points, values, per_token, vocab)
+
+    @staticmethod
+    def coordinates(space: SearchSpace, genes: dict[str, Any]) -> list[float]:
+        return [x for name, d in space.genes.items() for x in axis_position(d, genes[name])]
+
+    @property
+    def seeds(self) -> int:
+        return self.values.shape[1]
+
+    def neighbours(
+        self, genes: dict[str, Any], leave_out: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The configurations that answer for `genes` and their weights: itself when it is
+        in the table, else its K nearest."""
+        exact = self.keys.get(genome_hash(genes))
+        if exact is not None and exact != leave_out:
+            return np.array([exact]), np.array([1.0])
+        point = np.array(self.coordinates(self.space, genes))
+        distance = np.linalg.norm(self.points - point, axis=1)
+        if leave_out is not None:
+            distance[leave_out] = np.inf
+        nearest = np.argsort(distance)[:NEIGHBOURS]
+        return nearest, 1.0 / np.maximum(distance[nearest], 1e-6) ** 2
+
+    def answer(self, genes: dict[str, Any], rung: int, seed: int) -> tuple[float | None, float]:
+        """A trial's value (None: it failed) and wall seconds per token."""
+        configs, weights = self.neighbours(genes)
+        values = self.values[configs, seed, rung]
+        per_token = float(np.nanmean(self.per_token[configs, seed, rung]))
+        ok = ~np.isnan(values)
+        if weights[ok].sum() < weights.sum() / 2:  # most of the weight failed there
+            return None, per_token
+        return float(np.average(values[ok], weights=weights[ok])), per_token
+
+    def true_value(self, genes: dict[str, Any], leave_out: int | None = None) -> float:
+        """The mean over seeds of the top-rung value (inf where it mostly fails)."""
+        configs, weights = self.neighbours(genes, leave_out)
+        means = self.top_mean[configs]
+        ok = np.isfinite(means)
+        if weights[ok].sum() < weights.sum() / 2:
+            return math.inf
+        return float(np.average(means[ok], weights=weights[ok]))
+
+
+def surrogate_error(table: Table) -> dict[str, float]:
+    """Leave each configuration out, answer it from the others: the error of the mean
+    top-rung value, beside the seed-to-seed noise and the spread between configurations."""
+    truth = table.top_mean
+    ok = np.isfinite(truth)
+    predicted = np.array([table.true_value(table.genes[c], leave_out=c) for c in range(len(truth))])
+    both = ok & np.isfinite(predicted)
+    top = table.values[ok, :, -1]
+    return {
+        "configurations": float(len(truth)),
+        "mae": float(np.abs(predicted[both] - truth[both]).mean()),
+        "spearman": float(stats.spearmanr(predicted[both], truth[both]).statistic),
+        "seed_std": float(np.nanmean(np.nanstd(top, axis=1, ddof=1))),
+        "spread_std": float(np.std(truth[ok], ddof=1)),
+    }
+
+
+# A simulated executor for evo's own drivers
+
+
+def seed_of(repetition: int, genes: dict[str, Any], seeds: int) -> int:
+    digest = hashlib.sha256(f"{repetition}:{genome_hash(genes)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % seeds
+
+
+class MemoryCheckpoints(TrialCheckpoints):
+    """Checkpoints kept in a dict: a replayed trial leaves an empty one."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("unused"))
+        self.kept: dict[str, Checkpoint] = {}
+
+    def write(self, name: str, checkpoint: Checkpoint) -> None:
+        self.kept[name] = checkpoint
+
+    def read(self, name: str) -> Checkpoint:
+        return self.kept[name]
+
+    def exists(self, name: str) -> bool:
+        return name in self.kept
+
+    def delete(self, name: str) -> None:
+        self.kept.pop(name, None)
+
+    def keep_only(self, names: set[str]) -> None:
+        self.kept = {n: c for n, c in self.kept.items() if n in names}
+
+    def disk_bytes(self) -> int:
+        return 0
+
+
+class TableExecutor(Executor):
+    """`workers` simulated workers whose trials are answered from the table."""
+
+    def __init__(
+        self,
+        table: Table,
+        space: SearchSpace,
+        genes_of: Callable[[int], dict[str, Any]],
+        workers: int,
+        repetition: int,
+    ) -> None:
+        self.table, self.space, self.genes_of = table, space, genes_of
+        self.capacity, self.repetition = workers, repetition
+        self.clock = 0.0
+        self._events: list[tuple[float, int, TrialJob, TrialOutcome]] = []
+        self._submitted = 0
+
+    def load_data(self, data: TrialData) -> None:
+        pass
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._events)
+
+    def submit(self, job: TrialJob, observer: TrialObserver) -> None:
+        genes = self.genes_of(job.genome_id)
+        outcome = simulated_outcome(
+            self.table, self.space, genes, job.rung, self.repetition, self.clock
+        )
+        if outcome.status is TrialStatus.DONE and job.keep_stable:
+            outcome = replace(outcome, checkpoint={})
+        self._submitted += 1
+        heapq.heappush(self._events, (outcome.finished, self._submitted, job, outcome))
+        observer.started(job, 0)
+
+    def wait(self, observer: TrialObserver) -> None:
+        finished, _, job, outcome = heapq.heappop(self._events)
+        self.clock = finished
+        observer.finished(job, outcome)
+
+    def cancel(self) -> None:
+        self._events.clear()
+
+
+def simulated_outcome(
+    table: Table,
+    space: SearchSpace,
+    genes: dict[str, Any],
+    rung: int,
+    repetition: int,
+    now: float,
+    continued: bool = True,
+) -> TrialOutcome:
+    cost = trial_cost(space, genes, rung, continued=continued)
+    assert cost.tokens is not None and cost.steps is not None, "replay needs token rungs"
+    # A method with fewer rungs (random search, the generational mode) trains to the
+    # table's rung of the same budget.
+    at = table.space.rung_budgets().index(space.rung_budgets()[rung])
+    value, per_token = table.answer(genes, at, seed_of(repetition, genes, table.seeds))
+    seconds = per_token * cost.tokens
+    status = TrialStatus.DONE if value is not None else TrialStatus.FAILED
+    result = TrialResult(
+        status=status,
+        bits_per_byte=value,
+        tokens=cost.tokens,
+        steps=cost.steps,
+        wall_seconds=seconds,
+    )
+    return TrialOutcome(result, status, "replay", "simulated", now, now + seconds)
+
+
+def no_data() -> TrialData:
+    """What the drivers hand a simulated executor, which trains nothing."""
+    return cast(TrialData, None)
+
+
+def driver_run(table: Table, space: SearchSpace, mode: str, workers: int, repetition: int) -> Curve:
+    storage = Storage("sqlite://")
+    name = f"replay-{repetition}"
+    open_run(storage, name, space)
+    genomes: dict[int, dict[str, Any]] = {}
+
+    def genes_of(genome_id: int) -> dict[str, Any]:
+        if genome_id not in genomes:
+            genomes.update(storage.genomes(name))
+        return genomes[genome_id]
+
+    executor = TableExecutor(table, space, genes_of, workers, repetition)
+    vocab = table.vocab_size
+    if mode == "generational":
+        GenerationalSearch(space, name, storage, executor, no_data(), vocab).run()
+    else:
+        SteadyStateSearch(
+            space,
+            name,
+            storage,
+            executor,
+            no_data(),
+            vocab,
+            proposer=mode,  # type: ignore[arg-type]
+            checkpoints=MemoryCheckpoints(),
+        ).run()
+    frame = storage.trials_frame(name)
+    finished = frame[frame["recorded"].notna()].sort_values("recorded")
+    genomes.update(storage.genomes(name))
+    tokens = finished["tokens"].fillna(0).cumsum().to_numpy()
+    top = len(space.rung_budgets()) - 1
+    tracker = Incumbent(table)
+    curve: Curve = []
+    for spent, row in zip(tokens, finished.itertuples(), strict=True):
+        done = row.status == TrialStatus.DONE.value and row.rung == top
+        tracker.offer(genomes[row.genome_id], row.bits_per_byte if done else None)
+        curve.append((float(spent), tracker.true, tracker.observed))
+    return curve
+
+
+class Incumbent:
+    """The genome with the best top-rung result so far, and its true value."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.observed = self.true = math.inf
+
+    def offer(self, genes: dict[str, Any], value: float | None) -> None:
+        if value is not None and math.isfinite(value) and value < self.observed:
+            self.observed, self.true = value, self.table.true_value(genes)
+
+
+# Optuna, through ask and tell on simulated workers
+
+
+def optuna_run(
+    table: Table, space: SearchSpace, method: str, workers: int, repetition: int, limit: float
+) -> Curve:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rungs = len(space.rung_budgets())
+    seed = repetition
+    if method == "nsga2":
+        population = max(4, int(limit / typical_top_cost(space, table.vocab_size)) // 4)
+        sampler: Any = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        pruner: Any = optuna.pruners.NopPruner()
+        first = rungs - 1  # trained straight to the top rung: it cannot prune
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=rungs, reduction_factor=int(space.search.eta)
+        )
+        first = 0
+    # Hyperband picks a trial's bracket from a hash of the study's name: fixed, so that a
+    # repetition is reproducible.
+    study = optuna.create_study(
+        study_name=f"{method}-{repetition}", direction="minimize", sampler=sampler, pruner=pruner
+    )
+    distributions = {n: optuna_distribution(d) for n, d in space.genes.items()}
+    vocab = table.vocab_size
+    enqueue_initial(study, space, vocab)
+    committed = spent = 0.0
+    tracker = Incumbent(table)
+    curve: Curve = []
+    events: list[tuple[float, int, Any, dict[str, Any], int, TrialOutcome]] = []
+    count = 0
+
+    def start(trial: Any, genes: dict[str, Any], rung: int, now: float) -> bool:
+        nonlocal committed, count
+        continued = rung > first
+        cost = trial_cost(space, genes, rung, continued=continued).tokens or 0
+        if committed + cost > limit:
+            return False
+        committed += cost
+        outcome = simulated_outcome(table, space, genes, rung, repetition, now, continued)
+        count += 1
+        heapq.heappush(events, (outcome.finished, count, trial, genes, rung, outcome))
+        return True
+
+    def new_trial(now: float) -> bool:
+        trial = study.ask(distributions)
+        individual = repair(to_individual(space, trial.params), space, vocab)
+        genes = to_genome(space, individual)
+        if start(trial, genes, first, now):
+            return True
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+
+    for _ in range(workers):
+        if not new_trial(0.0):
+            break
+    while events:
+        now, _, trial, genes, rung, outcome = heapq.heappop(events)
+        spent += outcome.result.tokens
+        value = outcome.result.bits_per_byte
+        tracker.offer(genes, value if rung == rungs - 1 else None)
+        curve.append((spent, tracker.true, tracker.observed))
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif rung == rungs - 1:
+            study.tell(trial, value)
+        else:
+            trial.report(value, rung + 1)
+            if not trial.should_prune() and start(trial, genes, rung + 1, now):
+                continue
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        new_trial(now)
+    return curve
+
+
+def typical_top_cost(space: SearchSpace, vocab: int) -> float:
+    """The mean tokens of training a random genome straight to the top rung."""
+    import random
+
+    rng = random.Random(0)
+    top = len(space.rung_budgets()) - 1
+    return statistics.mean(
+        trial_cost(
+            space,
+            to_genome(space, repair(to_individual(space, space.sample(rng)), space, vocab)),
+            top,
+            continued=False,
+        ).tokens
+        or 0
+        for _ in range(20)
+    )
+
+
+# The methods
+
+
+def method_space(table: Table, method: str, repetition: int, limit: float) -> SearchSpace:
+    """The table's space as `method` searches it, with the repetition's seed."""
+    data = yaml.safe_load(table.space.canonical_yaml())
+    search = data["search"]
+    search["seed"] = repetition
+    search["budget"] = {"tokens": int(limit)}
+    top = table.space.rung_budgets()[-1]
+    if method == "random":  # the top rung only
+        search["rungs"] = [next(iter(top.values()))]
+        search.pop("min_budget", None), search.pop("max_budget", None)
+    if method == "evo-generational":  # no rungs: every trial trains at the top budget
+        for key in ("rungs", "min_budget", "max_budget", "target"):
+            search.pop(key, None)
+        data["trial"].update({k: int(v) for k, v in top.items()})
+    if method == "evo-generational":
+        search["mode"] = "generational"
+        search["generations"] = 10_000  # the budget ends it
+    return space_from_dict(data, where=method)
+
+
+@cache
+def load_table(path: str) -> Table:
+    return Table.load(path)
+
+
+def run_one(path: str, method: str, repetition: int, workers: int, limit: float) -> Curve:
+    table = load_table(path)
+    space = method_space(table, method, repetition, limit)
+    if method in ("tpe+hyperband", "nsga2"):
+        return optuna_run(table, space, method, workers, repetition, limit)
+    mode = {"evo": "evolution", "evo-generational": "generational"}.get(method, "random")
+    return driver_run(table, space, mode, workers, repetition)
+
+
+# Statistics and the report
+
+
+def main() -> None:
+    args = parse_args()
+    table = load_table(args.table)
+    limit = args.budget or float(table.space.search.budget.tokens or 0)
+    error = surrogate_error(table)
+    print(
+        f"table: {error['configurations']:.0f} configurations x {table.seeds} seeds; surrogate "
+        f"(each configuration left out, answered by its {NEIGHBOURS} nearest): mean abs error "
+        f"{error['mae']:.4f} bits per byte, Spearman {error['spearman']:.2f}; seed-to-seed std "
+        f"{error['seed_std']:.4f}, std between configurations {error['spread_std']:.4f}"
+    )
+    started = time.perf_counter()
+    context = get_context("spawn")
+    curves: dict[str, list[Curve]] = {m: [] for m in args.methods}
+    with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+        jobs = {
+            (m, r): pool.submit(run_one, args.table, m, r, args.workers, limit)
+            for r in range(args.repetitions)
+            for m in args.methods
+        }
+        for (method, _), job in jobs.items():
+            curves[method].append(job.result())
+    seconds = time.perf_counter() - started
+    print(
+        f"{len(args.methods)} methods x {args.repetitions} repetitions, {args.workers} simulated "
+        f"worker(s), {limit:,.0f} tokens each: {seconds:.0f} s on {args.processes} processes"
+    )
+    report(args, table, curves, limit)
+
+
+def report(
+    args: argparse.Namespace, table: Table, curves: dict[str, list[Curve]], limit: float
+) -> None:
+    finite = table.top_mean[np.isfinite(table.top_mean)]
+    best, median = float(finite.min()), float(np.median(finite))
+    grid = np.linspace(limit / 50, limit, 50)
+    rng = np.random.default_rng(0)
+    regret = {  # (repetitions, grid): training past the budget (a generation's tail) is cut
+        m: (np.array([on_grid([(t, q) for t, q, _ in c if t <= limit], grid) for c in runs]) - best)
+        / (median - best)
+        for m, runs in curves.items()
+    }
+    observed = {
+        m: np.array([min((o for t, _, o in c if t <= limit), default=math.inf) for c in runs])
+        for m, runs in curves.items()
+    }
+    methods = list(curves)
+    stacked = np.stack([regret[m] for m in methods])  # (methods, repetitions, grid)
+    ranks = stats.rankdata(np.where(np.isfinite(stacked), stacked, 1e9), axis=0).mean(axis=1)
+    print(
+        f"normalized regret of the incumbent's true value after {limit:,.0f} tokens "
+        f"(0: the table's best, {best:.4f}; 1: its median, {median:.4f}); "
+        f"{args.repetitions} repetitions"
+    )
+    print(
+        f"{'method':>17} {'IQM':>7} {'95% interval':>16} {'median':>7} {'mean rank':>9}"
+        f" {'observed best':>13}"
+    )
+    intervals = {}
+    for i, method in enumerate(methods):
+        final = regret[method][:, -1]
+        low, high = bootstrap_interval(final[np.isfinite(final)], rng)
+        intervals[method] = (low, high)
+        print(
+            f"{method:>17} {iqm(final):7.3f} [{low:6.3f}, {high:6.3f}] {np.median(final):7.3f}"
+            f" {ranks[i, -1]:9.2f} {np.median(observed[method]):13.4f}"
+        )
+    if "evo" in intervals:
+        low, high = intervals["evo"]
+        apart = [m for m, (lo, hi) in intervals.items() if m != "evo" and (lo > high or hi < low)]
+        print(f"intervals apart from evo's: {', '.join(apart) or 'none'}")
+        others = [float(np.median(observed[m])) for m in methods if m != "evo"]
+        if others:
+            ratio = float(np.median(observed["evo"])) / min(others)
+            print(f"ratio={ratio:.4f} (median observed best, as bench/search_efficiency.py)")
+    write_figure(Path(args.html), grid, regret, ranks, methods, rng)
+    print(f"anytime curves: {args.html}")
+
+
+def write_figure(
+    path: Path,
+    grid: np.ndarray,
+    regret: dict[str, np.ndarray],
+    ranks: np.ndarray,
+    methods: list[str],
+    rng: np.random.Generator,
+) -> None:
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("normalized regret (IQM, 95% interval)", "mean rank")
+    )
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    for i, method in enumerate(methods):
+        colour = colours[i % len(colours)]
+        middle, low, high = [], [], []
+        for column in regret[method].T:
+            finite = column[np.isfinite(column)]
+            if len(finite) < len(column):  # not every repetition has an incumbent yet
+                middle.append(None), low.append(None), high.append(None)
+                continue
+            lo, hi = bootstrap_interval(finite, rng)
+            middle.append(iqm(finite)), low.append(lo), high.append(hi)
+        line = {"color": colour}
+        fig.add_trace(go.Scatter(x=grid, y=middle, name=method, line=line), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([grid, grid[::-1]]),
+                y=high + low[::-1],
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.15,
+                line={"width": 0},
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(x=grid, y=ranks[i], name=method, line=line, showlegend=False),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="training tokens spent")
+    fig.update_yaxes(title_text="regret (0 = best in table, 1 = median)", row=1, col=1)
+    fig.update_yaxes(title_text="rank (1 = best)", row=1, col=2)
+    fig.update_layout(title="Search methods replayed against the table", template="plotly_white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    fig.write_html(temporary, include_plotlyjs=True)
+    temporary.replace(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,8 @@ table says the trial took, results arriving in the order they would finish.
   is from the truth is measured by leaving each configuration out in turn and printed
   beside the seed-to-seed noise it has to be judged against.
 
-The methods are those of `bench/search_efficiency.py`, plus evo's generational mode:
+The methods are those of `bench/search_efficiency.py`, plus evo's generational mode and
+TPE without a pruner:
 evo's own drivers (`SteadyStateSearch`, `GenerationalSearch`) run unchanged on a
 simulated executor, and Optuna's samplers and pruner through ask and tell.
 
@@ -79,7 +80,10 @@ from evo.space import Domain, SearchSpace, space_from_dict
 from evo.storage import Storage, genome_hash
 from llm.trial import TrialResult
 
-METHODS = ["evo", "evo-generational", "random", "random+asha", "tpe+hyperband", "nsga2"]
+METHODS = [
+    "evo", "evo-generational", "random", "random+asha", "tpe", "tpe+hyperband", "nsga2"
+]  # fmt: skip
+OPTUNA = ("tpe", "tpe+hyperband", "nsga2")
 NEIGHBOURS = 3
 # After each result: (tokens spent, the incumbent's true value, the best value observed)
 Curve = list[tuple[float, float, float]]
@@ -402,13 +406,14 @@ def optuna_run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rungs = len(space.rung_budgets())
     seed = repetition
+    pruner: Any = optuna.pruners.NopPruner()
+    first = rungs - 1  # without a pruner, every trial trains straight to the top rung
     if method == "nsga2":
         population = max(4, int(limit / typical_top_cost(space, table.vocab_size)) // 4)
         sampler: Any = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-        pruner: Any = optuna.pruners.NopPruner()
-        first = rungs - 1  # trained straight to the top rung: it cannot prune
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
+    if method == "tpe+hyperband":
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=rungs, reduction_factor=int(space.search.eta)
         )
@@ -519,7 +524,7 @@ def load_table(path: str) -> Table:
 def run_one(path: str, method: str, repetition: int, workers: int, limit: float) -> Curve:
     table = load_table(path)
     space = method_space(table, method, repetition, limit)
-    if method in ("tpe+hyperband", "nsga2"):
+    if method in OPTUNA:
         return optuna_run(table, space, method, workers, repetition, limit)
     mode = {"evo": "evolution", "evo-generational": "generational"}.get(method, "random")
     return driver_run(table, space, mode, workers, repetition)
@@ -618,7 +623,7 @@ def write_figure(
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("normalized regret (IQM, 95% interval)", "mean rank")
     )
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     for i, method in enumerate(methods):
         colour = colours[i % len(colours)]
         middle, low, high = [], [], []

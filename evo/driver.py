@@ -30,7 +30,7 @@ from evo.checkpoints import Checkpoint, TrialCheckpoints
 from evo.data import TrialData
 from evo.executor import Executor, TrialJob, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
-from evo.schedule.budget import Spending, trial_cost
+from evo.schedule.budget import Spending, cost_to_top, trial_cost
 from evo.schedule.generational import GenerationalSearch
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import (
@@ -254,10 +254,13 @@ class SteadyStateSearch:
         return make_job(self.space, self.vocab_size, genome_id, genes, rung, resume)
 
     def _fits(self, decision: Decision) -> bool:
+        """Whether the budget left can carry the decision's genome to the top rung: a trial
+        that cannot lead to a top-rung result would spend the budget on nothing."""
         if isinstance(decision, Breed):
-            cost = trial_cost(self.space, decision.genes, 0)
+            cost = cost_to_top(self.space, decision.genes, 0)
         else:
-            cost = trial_cost(self.space, self.scheduler.genes[decision.genome_id], decision.rung)
+            genes = self.scheduler.genes[decision.genome_id]
+            cost = cost_to_top(self.space, genes, decision.rung)
         now = time.time()
         running = sum(now - flight.started for flight in self.flights.values())
         return self.spending.allows(cost, running)

@@ -23,6 +23,7 @@ from evo.driver import SteadyStateSearch, open_run, trials_folder
 from evo.executor import LocalExecutor
 from evo.metrics import TrialStatus
 from evo.operators import to_individual
+from evo.schedule.budget import cost_to_top
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler, min_members
 from evo.space import SearchSpace, load_space, space_from_dict
@@ -85,6 +86,25 @@ def test_a_paused_genome_in_the_top_third_advances_before_anything_is_bred(
     sched.result(genomes[1], 1, 5, (2.0,))
     assert isinstance(sched.decide(5, lambda d: isinstance(d, Breed)), Breed)
     assert sched.decide(5, lambda d: False) is None
+
+
+def test_at_the_budgets_end_the_best_paused_genomes_advance_quota_or_not(
+    space: SearchSpace,
+) -> None:
+    sched = scheduler(space)
+    genomes = [breed(sched, n)[0] for n in range(3)]
+    for trial, (genome, value) in enumerate(zip(genomes, [4.0, 3.0, 5.0], strict=True)):
+        sched.result(genome, 0, trial, (value,))
+    sched.advanced(genomes[1], 1)  # the top third went on
+    sched.result(genomes[1], 1, 3, (2.5,))
+    # No new genome fits the budget any more (it could not reach the top rung), so the
+    # budget goes to the paused genome nearest the top first, then to the best below.
+    no_breeding = lambda d: isinstance(d, Advance)  # noqa: E731
+    assert sched.decide(4, no_breeding) == Advance(genomes[1], rung=2, trial_id=3)
+    sched.advanced(genomes[1], 2)
+    assert sched.decide(5, no_breeding) == Advance(genomes[0], rung=1, trial_id=0)
+    assert sched.decide(5, lambda d: d == Advance(genomes[2], 1, 2)) == Advance(genomes[2], 1, 2)
+    assert isinstance(sched.decide(5, always), Breed)  # while breeding fits, the quota holds
 
 
 def test_a_decision_depends_only_on_the_state_and_its_number(space: SearchSpace) -> None:
@@ -169,6 +189,25 @@ def test_a_search_advances_the_top_third_and_stops_at_its_budget(
     assert search.best() == {"bits_per_byte": min(top_rung)}
     assert not trials_folder("s").exists()
     assert all(t.checkpoint is None for t in storage.trials("s"))
+
+
+def test_a_budget_of_one_genomes_ladder_takes_that_genome_to_the_top_rung(
+    space: SearchSpace, workdir: Path
+) -> None:
+    first = {"n_layers": 1, "d_model": 16, "n_heads": 1, "learning_rate": 0.01}
+    ladder = cost_to_top(space, first, 0).tokens
+    assert ladder is not None
+    one = load_space(
+        workdir / "space.yaml",
+        [f"search.budget={{tokens: {ladder + 100}}}", f"search.initial=[{first}]"],
+    )
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    run_search(one, storage)
+    trials = storage.trials("s")
+    # Before, the budget went to new genomes at the lowest rung, and none reached the top.
+    assert [(t.genome_id, t.rung) for t in trials] == [(trials[0].genome_id, r) for r in range(3)]
+    assert storage.genomes("s")[trials[0].genome_id] == first
+    assert storage.spent("s").tokens == ladder
 
 
 def test_paused_checkpoints_stay_few_and_are_deleted_when_no_longer_needed(

@@ -45,6 +45,15 @@ def trial_cost(
     return Cost(steps, tokens)
 
 
+def cost_to_top(space: SearchSpace, genes: dict[str, Any], rung: int) -> Cost:
+    """The training that takes a genome from the rung below `rung` through the top rung:
+    its trials at `rung` and at every rung above."""
+    costs = [trial_cost(space, genes, r) for r in range(rung, len(space.rung_budgets()))]
+    if any(c.steps is None or c.tokens is None for c in costs):
+        return Cost(None, None)
+    return Cost(sum(c.steps or 0 for c in costs), sum(c.tokens or 0 for c in costs))
+
+
 @dataclass
 class Spending:
     """Compute spent by finished trials, committed to the ones in flight, and the limits

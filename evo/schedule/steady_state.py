@@ -140,7 +140,10 @@ class SteadyStateScheduler:
 
     def decide(self, number: int, fits: Callable[[Decision], bool]) -> Decision | None:
         """Decision `number`: the first advance that `fits` the budget, highest rung
-        first, else a new genome if that fits; None when neither does."""
+        first, else a new genome if that fits. When none does, the budget's end is near:
+        what is left goes to the paused genomes nearest the top, best first, in the top
+        1/η or not, as a new genome could no longer reach the top rung. None when
+        nothing fits."""
         for rung in reversed(range(self.ladder.top)):
             waiting = self.waiting[rung]
             genome = self.ladder.to_advance(self.results[rung], set(waiting))
@@ -149,9 +152,16 @@ class SteadyStateScheduler:
                 if fits(advance):
                     return advance
         child = self.breed(random.Random(f"{self.space.search.seed}:{number}"))
-        if child is None or not fits(child):
-            return None
-        return child
+        if child is not None and fits(child):
+            return child
+        for rung in reversed(range(self.ladder.top)):
+            waiting = self.waiting[rung]
+            for genome in self.results[rung].best(len(self.results[rung])):
+                if genome in waiting:
+                    advance = Advance(genome, rung + 1, waiting[genome])
+                    if fits(advance):
+                        return advance
+        return None
 
     def breed(self, stream: random.Random) -> Breed | None:
         """A genome never bred before; None when none could be found (a small space is

@@ -52,7 +52,15 @@ def build_command_line() -> CommandLine:
 
     evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
     evaluate.add_argument("model_dir", type=Path)
-    evaluate.add_argument("--corpus", help="evaluate on this corpus (default: the training one)")
+    evaluate.add_argument(
+        "--corpus", help="evaluate on this corpus, all of it (default: the training corpus)"
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=["all", "val"],
+        help="all of the corpus, or its validation split as training would hold it out "
+        "(default: all with --corpus, else val)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--device", default="auto")
 
@@ -187,24 +195,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, tokenizer, config = load_model_dir(args.model_dir, device=device)
     if tokenizer is None:
         raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a corpus)")
-    splits = validation_data(args.model_dir, tokenizer, args.corpus)
-    seq_len = config.max_seq_len
+    split = args.split or ("all" if args.corpus is not None else "val")
+    splits = evaluation_data(args.model_dir, tokenizer, args.corpus, split)
     result = evaluate(
         model,
         splits.val,
         splits.val_bytes,
-        seq_len=seq_len,
+        seq_len=config.max_seq_len,
         batch_size=args.batch_size,
         device=device,
     )
-    print(json.dumps(dataclasses.asdict(result), indent=2))
+    source = args.corpus if args.corpus is not None else "training corpus"
+    print(json.dumps({"corpus": source, "split": split, **dataclasses.asdict(result)}, indent=2))
 
 
-def validation_data(model_dir: Path, tokenizer: Tokenizer, corpus: str | None) -> TokenSplits:
-    """The validation split of `corpus`, or of the corpus the model was trained on,
-    tokenized with the model's own tokenizer."""
+def evaluation_data(
+    model_dir: Path, tokenizer: Tokenizer, corpus: str | None, split: str
+) -> TokenSplits:
+    """What to score, as the `val` of a TokenSplits, tokenized with the model's own
+    tokenizer: all of `corpus` (split "all"), or the validation split of `corpus` or of
+    the corpus the model was trained on (split "val")."""
     from llm.config import DataConfig, RunConfig, from_dict
-    from llm.data import prepare
+    from llm.data import encode_corpus, prepare
+
+    if split == "all":
+        if corpus is None:
+            raise UserError("--split all needs --corpus (scoring the training text says little)")
+        return encode_corpus(corpus, tokenizer, progress=sys.stderr.isatty())
 
     run_file = model_dir / RUN_FILE
     data = DataConfig()

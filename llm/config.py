@@ -143,6 +143,9 @@ class DataConfig:
     vocab_size: int = 2048
     val_fraction: float = 0.1
     split_seed: int = 0
+    # A document longer than this is cut into pieces at line boundaries before the split,
+    # so that one long file trains and validates like a folder (see llm.data).
+    chunk_chars: int = 65_536
     cache_dir: str = "results/cache"
 
 

@@ -53,6 +53,10 @@ CHUNK_CHARS = 256_000  # the unit of work (and of progress) when encoding
 # A NUL byte this early means a binary file, as git and grep decide (text never holds one).
 BINARY_PROBE_BYTES = 8192
 NAMED_FILES = 5  # the most files a warning names
+# A corpus of one document is cut into at least this many pieces (of MIN_PIECE_CHARS or
+# more), so that a validation split of 10% or less holds a share near what was asked for.
+SINGLE_DOCUMENT_PIECES = 20
+MIN_PIECE_CHARS = 1024
 
 
 @dataclass
@@ -235,6 +239,33 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
+def chunk_documents(docs: list[Document], chunk_chars: int) -> list[Document]:
+    """The documents with every one longer than `chunk_chars` cut into consecutive pieces
+    of at most that many characters, each ending at a line break where the piece has
+    one (`name#1`, `name#2`, …; joined, the pieces are the document again). A corpus of
+    one document is cut into SINGLE_DOCUMENT_PIECES pieces or more where it is long
+    enough. Deterministic: the pieces depend only on the text."""
+    if chunk_chars < 1:
+        raise ConfigError(f"chunk_chars must be at least 1 (got {chunk_chars})")
+    if len(docs) == 1:
+        piece = max(-(-len(docs[0].text) // SINGLE_DOCUMENT_PIECES), MIN_PIECE_CHARS)
+        chunk_chars = min(chunk_chars, piece)
+    out = []
+    for doc in docs:
+        if len(doc.text) <= chunk_chars:
+            out.append(doc)
+            continue
+        start, number = 0, 1
+        while start < len(doc.text):
+            end = min(start + chunk_chars, len(doc.text))
+            if end < len(doc.text):
+                line_end = doc.text.rfind("\n", start, end)
+                end = line_end + 1 if line_end >= start else end
+            out.append(Document(f"{doc.name}#{number}", doc.text[start:end]))
+            start, number = end, number + 1
+    return out
+
+
 def corpus_fingerprint(docs: list[Document]) -> str:
     digest = hashlib.sha256()
     for doc in docs:
@@ -302,13 +333,13 @@ def prepare(
 
     The tokenizer is trained on the train split unless one is given.
     """
-    docs = read_corpus(config.corpus)
+    docs = chunk_documents(read_corpus(config.corpus), config.chunk_chars)
     train_docs, val_docs = split_documents(docs, config.val_fraction, config.split_seed)
     if not val_docs:
         raise DataError(
-            f"corpus {config.corpus!r}: {len(docs)} document, so nothing is left for validation; "
-            "use a corpus of several documents (a directory of files or a .jsonl file) or a "
-            "different val_fraction"
+            f"corpus {config.corpus!r}: {len(docs)} document of {len(docs[0].text)} characters,"
+            " too short to hold out a validation part; use a longer text, a corpus of several"
+            " documents (a directory of files or a .jsonl file) or a different val_fraction"
         )
     corpus_fp = corpus_fingerprint(docs)
     if tokenizer is not None:
@@ -441,6 +472,16 @@ def _hash_json(obj: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- encoding
+
+
+def encode_corpus(spec: str, tokenizer: Tokenizer, progress: bool = False) -> TokenSplits:
+    """All of corpus `spec`, not split, as the `val` of a TokenSplits (train empty): what
+    a model is scored on when the corpus is held-out text."""
+    docs = read_corpus(spec)
+    tokens = _encode_split(tokenizer, docs, "corpus", None, progress)
+    size = sum(len(doc.text.encode("utf-8")) for doc in docs)
+    return TokenSplits(train=np.zeros(0, dtype=tokens.dtype), val=tokens, val_bytes=size)
+
 
 _worker_tokenizer: Tokenizer | None = None
 

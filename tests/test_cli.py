@@ -43,6 +43,31 @@ def test_llm_prepare_train_eval_generate(workdir, capsys):
     assert capsys.readouterr().out == first  # the same seed samples the same text
 
 
+def test_one_text_file_trains_and_a_held_out_file_is_scored_whole(workdir, capsys):
+    text = "".join(f"{i}: the model reads tokens and predicts the next one\n" for i in range(1500))
+    (workdir / "input.txt").write_text(text, encoding="utf-8")
+    held_out = "".join(f"{i}: a file the model never saw in training\n" for i in range(300))
+    (workdir / "held.txt").write_text(held_out, encoding="utf-8")
+    assert llm(["prepare", "--corpus", "input.txt", "--tokenizer", "char", "--vocab-size", "64",
+                "--out", "prep"]) == 0  # fmt: skip
+    splits = json.loads(capsys.readouterr().out)["splits"]
+    assert splits["val"]["documents"] >= 2 and splits["train"]["documents"] >= 18
+
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(workdir / "input.txt")))
+    assert llm(["train", "tiny.yaml", "--out", "model"]) == 0
+    capsys.readouterr()
+    assert llm(["eval", "model", "--corpus", "held.txt"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert llm(["eval", "model", "--corpus", "held.txt", "--split", "val"]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert (whole["corpus"], whole["split"], part["split"]) == ("held.txt", "all", "val")
+    # every character of the file but the first is predicted (one token each: char)
+    assert whole["tokens"] == len(held_out) - 1
+    assert part["tokens"] < whole["tokens"] / 5
+    assert llm(["eval", "model", "--split", "all"]) == 2
+    assert "needs --corpus" in capsys.readouterr().err
+
+
 def test_llm_train_resume_continues_from_the_checkpoint(workdir, capsys):
     corpus = write_corpus(workdir / "corpus")
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(corpus, checkpoint_interval=3)))

@@ -13,6 +13,7 @@ import llm.data
 from llm.config import DataConfig
 from llm.data import (
     Document,
+    chunk_documents,
     corpus_fingerprint,
     eval_batches,
     load_prepared,
@@ -394,11 +395,49 @@ def test_large_vocabulary_is_stored_as_uint32(tmp_path):
     assert prepared.splits().train.max() > 65_535
 
 
-def test_one_document_corpus_is_a_data_error(tmp_path):
+def test_a_corpus_too_short_to_split_is_a_data_error(tmp_path):
     path = tmp_path / "single.txt"
     path.write_text("just one document")
-    with pytest.raises(DataError, match="nothing is left for validation"):
+    with pytest.raises(DataError, match="1 document of 17 characters, too short to hold out"):
         prepare(config(path, tmp_path), progress=False)
+
+
+WORDS = ["the", "model", "reads", "tokens", "and", "predicts", "the", "next", "one"]
+
+
+def long_text(lines: int) -> str:
+    return "".join(f"line {i}: {' '.join(WORDS[i % 7 :])}\n" for i in range(lines))
+
+
+def test_one_text_file_is_cut_into_pieces_at_line_breaks_and_split(tmp_path):
+    path = tmp_path / "input.txt"
+    text = long_text(2000)
+    path.write_text(text, encoding="utf-8")
+    prepared = prepare(config(path, tmp_path, tokenizer="char", vocab_size=64), progress=False)
+    splits = prepared.meta["splits"]
+    pieces = splits["train"]["documents"] + splits["val"]["documents"]
+    assert pieces >= 20
+    assert splits["val"]["documents"] == math.ceil(0.1 * pieces)
+    assert splits["train"]["bytes"] + splits["val"]["bytes"] == len(text.encode())
+    assert 0.05 < splits["val"]["bytes"] / len(text.encode()) < 0.15
+    docs = chunk_documents(read_corpus(str(path)), 65_536)
+    assert "".join(doc.text for doc in docs) == text
+    assert all(doc.text.endswith("\n") for doc in docs)
+    assert [doc.name for doc in docs[:2]] == ["input.txt#1", "input.txt#2"]
+    # The same split on another run (and machine): it depends only on the text.
+    again = prepare(config(path, tmp_path / "other", tokenizer="char", vocab_size=64))
+    assert np.array_equal(again.splits().val, prepared.splits().val)
+
+
+def test_only_documents_longer_than_the_chunk_size_are_cut():
+    short, long = Document("a", "x\n" * 10), Document("b", "y" * 2500 + "\n" + "z" * 10)
+    docs = chunk_documents([short, long], 1000)
+    assert docs[0] is short
+    assert [len(doc.text) for doc in docs[1:]] == [1000, 1000, 511]  # no line break to cut at
+    assert "".join(doc.text for doc in docs[1:]) == long.text
+    assert chunk_documents([short, long], 100_000) == [short, long]
+    with pytest.raises(ConfigError, match="chunk_chars"):
+        chunk_documents([short], 0)
 
 
 def test_prepare_python_docs_with_bpe(tmp_path):

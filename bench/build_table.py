@@ -246,6 +246,7 @@ def main() -> None:
     journal = Journal(Path(args.journal), space_hash(space))
     seen: set[str] = set()
     configs: list[tuple[str, dict[str, Any]]] = []
+    random.seed(0)  # repair draws from the global stream: a resumed build gets the same set
     initial = [to_genome(space, i) for i in initial_population(space, vocab, 0)]
     sobol = sobol_configs(space, vocab, args.sobol)
     for origin, genes_list in (("initial", initial), ("sobol", sobol)):

@@ -39,8 +39,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import heapq
+import json
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -74,7 +76,7 @@ from evo.driver import SteadyStateSearch, open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
 from evo.metrics import TrialStatus
 from evo.operators import repair, to_genome, to_individual
-from evo.schedule.budget import trial_cost
+from evo.schedule.budget import cost_to_top, trial_cost
 from evo.schedule.generational import GenerationalSearch
 from evo.space import Domain, SearchSpace, space_from_dict
 from evo.storage import Storage, genome_hash
@@ -84,7 +86,6 @@ METHODS = [
     "evo", "evo-generational", "random", "random+asha", "tpe", "tpe+hyperband", "nsga2"
 ]  # fmt: skip
 OPTUNA = ("tpe", "tpe+hyperband", "nsga2")
-NEIGHBOURS = 3
 # After each result: (tokens spent, the incumbent's true value, the best value observed)
 Curve = list[tuple[float, float, float]]
 
@@ -97,7 +98,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     p.add_argument("--budget", type=float, help="training tokens per search (default: the space's)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=3,
+        help="configurations that answer for one outside the table (1: the nearest only, "
+        "so every method searches the table's configurations)",
+    )
     p.add_argument("--html", default="results/replay.html")
+    p.add_argument("--json", help="also write every run's curve here")
     return p.parse_args()
 
 
@@ -129,6 +138,15 @@ def from_table(domain: Domain, value: Any) -> Any:
     return next(choice for choice in domain.values() if choice == value)
 
 
+def fill_missing_times(per_token: np.ndarray) -> np.ndarray:
+    """Seconds per token where a chain stopped early (a failed rung trains nothing after
+    it): the configuration's own mean, else the table's median at that rung."""
+    own = np.nanmean(per_token, axis=(1, 2), keepdims=True)
+    at_rung = np.nanmedian(per_token, axis=(0, 1), keepdims=True)
+    filled = np.where(np.isnan(per_token), own, per_token)
+    return np.where(np.isnan(filled), at_rung, filled)
+
+
 @dataclass
 class Table:
     """Every configuration's value and seconds per token at each (seed, rung)."""
@@ -140,12 +158,18 @@ class Table:
     values: np.ndarray  # (configurations, seeds, rungs); NaN: failed or never reached
     per_token: np.ndarray  # (configurations, seeds, rungs): wall seconds per token
     vocab_size: int  # the tokenizer's, for repairing genomes as the search does
+    neighbours_k: int = 3
+    # Trials answered since the counts were reset, and how many of them from the table.
+    answered: int = 0
+    exact: int = 0
 
     @property
     def top_mean(self) -> np.ndarray:
-        """Each configuration's mean top-rung value over seeds (inf: a seed failed)."""
+        """Each configuration's mean top-rung value over seeds, a seed that failed (or
+        never got there) counted as the worst value seen at the top rung: a genome that
+        fails one run in three is worth less than one that never fails, not nothing."""
         top = self.values[:, :, -1]
-        return np.where(np.isnan(top).any(axis=1), np.inf, np.nan_to_num(top).mean(axis=1))
+        return np.where(np.isnan(top), np.nanmax(top), top).mean(axis=1)
 
     @classmethod
     def load(cls, path: str) -> Table:
@@ -168,7 +192,9 @@ class Table:
                 s = seeds.index(row.seed)
                 if row.status == TrialStatus.DONE.value:
                     values[c, s, row.rung] = row.bits_per_byte
-                per_token[c, s, row.rung] = row.wall_seconds / max(row.tokens, 1)
+                if row.tokens > 0:
+                    per_token[c, s, row.rung] = row.wall_seconds / row.tokens
+        per_token = fill_missing_times(per_token)
         points = np.array([cls.coordinates(space, g) for g in genes])
         vocab = int(meta.get(b"evo.vocab_size", space.data.vocab_size))
         return cls(space, keys, genes, points, values, per_token, vocab)
@@ -193,11 +219,13 @@ class Table:
         distance = np.linalg.norm(self.points - point, axis=1)
         if leave_out is not None:
             distance[leave_out] = np.inf
-        nearest = np.argsort(distance)[:NEIGHBOURS]
+        nearest = np.argsort(distance, kind="stable")[: self.neighbours_k]
         return nearest, 1.0 / np.maximum(distance[nearest], 1e-6) ** 2
 
     def answer(self, genes: dict[str, Any], rung: int, seed: int) -> tuple[float | None, float]:
         """A trial's value (None: it failed) and wall seconds per token."""
+        self.answered += 1
+        self.exact += genome_hash(genes) in self.keys
         configs, weights = self.neighbours(genes)
         values = self.values[configs, seed, rung]
         per_token = float(np.nanmean(self.per_token[configs, seed, rung]))
@@ -207,13 +235,9 @@ class Table:
         return float(np.average(values[ok], weights=weights[ok])), per_token
 
     def true_value(self, genes: dict[str, Any], leave_out: int | None = None) -> float:
-        """The mean over seeds of the top-rung value (inf where it mostly fails)."""
+        """The mean over seeds of the top-rung value (see `top_mean`)."""
         configs, weights = self.neighbours(genes, leave_out)
-        means = self.top_mean[configs]
-        ok = np.isfinite(means)
-        if weights[ok].sum() < weights.sum() / 2:
-            return math.inf
-        return float(np.average(means[ok], weights=weights[ok]))
+        return float(np.average(self.top_mean[configs], weights=weights))
 
 
 def surrogate_error(table: Table) -> dict[str, float]:
@@ -343,7 +367,9 @@ def no_data() -> TrialData:
     return cast(TrialData, None)
 
 
-def driver_run(table: Table, space: SearchSpace, mode: str, workers: int, repetition: int) -> Curve:
+def driver_run(
+    table: Table, space: SearchSpace, mode: str, workers: int, repetition: int, limit: float
+) -> Curve:
     storage = Storage("sqlite://")
     name = f"replay-{repetition}"
     open_run(storage, name, space)
@@ -370,7 +396,13 @@ def driver_run(table: Table, space: SearchSpace, mode: str, workers: int, repeti
             checkpoints=MemoryCheckpoints(),
         ).run()
     frame = storage.trials_frame(name)
-    finished = frame[frame["recorded"].notna()].sort_values("recorded")
+    finished = frame[frame["recorded"].notna()]
+    # A generation is trained whole once started, past the budget if need be: a trial
+    # started after the budget was committed (a steady-state search never starts one)
+    # does not count.
+    by_start = finished.sort_values(["started_at", "trial_id"])
+    committed = by_start["tokens"].fillna(0).cumsum()
+    finished = by_start[committed <= limit].sort_values("recorded")
     genomes.update(storage.genomes(name))
     tokens = finished["tokens"].fillna(0).cumsum().to_numpy()
     top = len(space.rung_budgets()) - 1
@@ -448,7 +480,10 @@ def optuna_run(
         trial = study.ask(distributions)
         individual = repair(to_individual(space, trial.params), space, vocab)
         genes = to_genome(space, individual)
-        if start(trial, genes, first, now):
+        # As in evo's driver, a trial starts only when the budget left can carry it to
+        # the top rung.
+        to_top = cost_to_top(space, genes, first).tokens or 0
+        if committed + to_top <= limit and start(trial, genes, first, now):
             return True
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
@@ -477,8 +512,6 @@ def optuna_run(
 
 def typical_top_cost(space: SearchSpace, vocab: int) -> float:
     """The mean tokens of training a random genome straight to the top rung."""
-    import random
-
     rng = random.Random(0)
     top = len(space.rung_budgets()) - 1
     return statistics.mean(
@@ -521,13 +554,20 @@ def load_table(path: str) -> Table:
     return Table.load(path)
 
 
-def run_one(path: str, method: str, repetition: int, workers: int, limit: float) -> Curve:
+def run_one(
+    path: str, method: str, repetition: int, workers: int, limit: float, neighbours: int = 3
+) -> tuple[Curve, float]:
+    """One search; its curve and the share of its trials answered from the table itself."""
+    random.seed(repetition)  # what draws from the global stream (repair) is reproducible
     table = load_table(path)
+    table.neighbours_k, table.answered, table.exact = neighbours, 0, 0
     space = method_space(table, method, repetition, limit)
     if method in OPTUNA:
-        return optuna_run(table, space, method, workers, repetition, limit)
-    mode = {"evo": "evolution", "evo-generational": "generational"}.get(method, "random")
-    return driver_run(table, space, mode, workers, repetition)
+        curve = optuna_run(table, space, method, workers, repetition, limit)
+    else:
+        mode = {"evo": "evolution", "evo-generational": "generational"}.get(method, "random")
+        curve = driver_run(table, space, mode, workers, repetition, limit)
+    return curve, table.exact / max(table.answered, 1)
 
 
 # Statistics and the report
@@ -536,52 +576,70 @@ def run_one(path: str, method: str, repetition: int, workers: int, limit: float)
 def main() -> None:
     args = parse_args()
     table = load_table(args.table)
+    table.neighbours_k = args.neighbours
     limit = args.budget or float(table.space.search.budget.tokens or 0)
     error = surrogate_error(table)
     print(
         f"table: {error['configurations']:.0f} configurations x {table.seeds} seeds; surrogate "
-        f"(each configuration left out, answered by its {NEIGHBOURS} nearest): mean abs error "
-        f"{error['mae']:.4f} bits per byte, Spearman {error['spearman']:.2f}; seed-to-seed std "
-        f"{error['seed_std']:.4f}, std between configurations {error['spread_std']:.4f}"
+        f"(each configuration left out, answered by its {args.neighbours} nearest): mean abs "
+        f"error {error['mae']:.4f} bits per byte, Spearman {error['spearman']:.2f}; "
+        f"seed-to-seed std {error['seed_std']:.4f}, std between configurations "
+        f"{error['spread_std']:.4f}"
     )
     started = time.perf_counter()
     context = get_context("spawn")
     curves: dict[str, list[Curve]] = {m: [] for m in args.methods}
+    exact: dict[str, list[float]] = {m: [] for m in args.methods}
     with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
         jobs = {
-            (m, r): pool.submit(run_one, args.table, m, r, args.workers, limit)
+            (m, r): pool.submit(run_one, args.table, m, r, args.workers, limit, args.neighbours)
             for r in range(args.repetitions)
             for m in args.methods
         }
         for (method, _), job in jobs.items():
-            curves[method].append(job.result())
+            curve, share = job.result()
+            curves[method].append(curve)
+            exact[method].append(share)
     seconds = time.perf_counter() - started
     print(
         f"{len(args.methods)} methods x {args.repetitions} repetitions, {args.workers} simulated "
         f"worker(s), {limit:,.0f} tokens each: {seconds:.0f} s on {args.processes} processes"
     )
-    report(args, table, curves, limit)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"curves": curves, "exact": exact}))
+    report(args, table, curves, limit, {m: float(np.mean(v)) for m, v in exact.items()})
+
+
+def regret_on_grid(
+    curve: Curve, grid: np.ndarray, best: float, median: float, worst: float
+) -> np.ndarray:
+    """Normalized regret of the incumbent at each grid point; before the first top-rung
+    result (or with none at all) the regret of the table's worst configuration."""
+    quality = on_grid([(t, q) for t, q, _ in curve], grid) if curve else np.full(len(grid), np.inf)
+    return (np.where(np.isfinite(quality), quality, worst) - best) / (median - best)
 
 
 def report(
-    args: argparse.Namespace, table: Table, curves: dict[str, list[Curve]], limit: float
+    args: argparse.Namespace,
+    table: Table,
+    curves: dict[str, list[Curve]],
+    limit: float,
+    exact: dict[str, float] | None = None,
 ) -> None:
-    finite = table.top_mean[np.isfinite(table.top_mean)]
-    best, median = float(finite.min()), float(np.median(finite))
+    means = table.top_mean
+    best, median, worst = float(means.min()), float(np.median(means)), float(means.max())
     grid = np.linspace(limit / 50, limit, 50)
     rng = np.random.default_rng(0)
-    regret = {  # (repetitions, grid): training past the budget (a generation's tail) is cut
-        m: (np.array([on_grid([(t, q) for t, q, _ in c if t <= limit], grid) for c in runs]) - best)
-        / (median - best)
+    regret = {
+        m: np.array([regret_on_grid(c, grid, best, median, worst) for c in runs])
         for m, runs in curves.items()
     }
     observed = {
-        m: np.array([min((o for t, _, o in c if t <= limit), default=math.inf) for c in runs])
+        m: np.array([min((o for _, _, o in c), default=math.inf) for c in runs])
         for m, runs in curves.items()
     }
     methods = list(curves)
-    stacked = np.stack([regret[m] for m in methods])  # (methods, repetitions, grid)
-    ranks = stats.rankdata(np.where(np.isfinite(stacked), stacked, 1e9), axis=0).mean(axis=1)
+    ranks = stats.rankdata(np.stack([regret[m] for m in methods]), axis=0).mean(axis=1)
     print(
         f"normalized regret of the incumbent's true value after {limit:,.0f} tokens "
         f"(0: the table's best, {best:.4f}; 1: its median, {median:.4f}); "
@@ -589,16 +647,24 @@ def report(
     )
     print(
         f"{'method':>17} {'IQM':>7} {'95% interval':>16} {'median':>7} {'mean rank':>9}"
-        f" {'observed best':>13}"
+        f" {'p vs evo':>8} {'no result':>9} {'observed':>9} {'exact':>6}"
     )
     intervals = {}
     for i, method in enumerate(methods):
         final = regret[method][:, -1]
-        low, high = bootstrap_interval(final[np.isfinite(final)], rng)
+        low, high = bootstrap_interval(final, rng)
         intervals[method] = (low, high)
+        p = math.nan
+        if method != "evo" and "evo" in regret and len(final) > 1:
+            differences = regret["evo"][:, -1] - final
+            if np.any(differences != 0):
+                p = stats.wilcoxon(regret["evo"][:, -1], final).pvalue
+        finite = observed[method][np.isfinite(observed[method])]
         print(
             f"{method:>17} {iqm(final):7.3f} [{low:6.3f}, {high:6.3f}] {np.median(final):7.3f}"
-            f" {ranks[i, -1]:9.2f} {np.median(observed[method]):13.4f}"
+            f" {ranks[i, -1]:9.2f} {p:8.3f} {int(np.isinf(observed[method]).sum()):9d}"
+            f" {np.median(finite) if len(finite) else math.nan:9.4f}"
+            f" {(exact or {}).get(method, math.nan):6.0%}"
         )
     if "evo" in intervals:
         low, high = intervals["evo"]

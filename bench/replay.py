@@ -666,6 +666,12 @@ def report(
             f" {np.median(finite) if len(finite) else math.nan:9.4f}"
             f" {(exact or {}).get(method, math.nan):6.0%}"
         )
+    marks = [len(grid) // 4 - 1, len(grid) // 2 - 1, 3 * len(grid) // 4 - 1, len(grid) - 1]
+    print("regret IQM (mean rank) as the budget is spent:")
+    print(f"{'method':>17} " + " ".join(f"{grid[k] / limit:>14.0%}" for k in marks))
+    for i, method in enumerate(methods):
+        cells = [f"{iqm(regret[method][:, k]):6.3f} ({ranks[i, k]:4.2f})" for k in marks]
+        print(f"{method:>17} " + " ".join(f"{cell:>14}" for cell in cells))
     if "evo" in intervals:
         low, high = intervals["evo"]
         apart = [m for m, (lo, hi) in intervals.items() if m != "evo" and (lo > high or hi < low)]

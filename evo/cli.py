@@ -101,13 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import open_run
     from evo.operators import check_initial
+    from evo.schedule.budget import check_budget
     from evo.space import load_space
 
     space = load_space(args.space, args.overrides)
-    # The data and the initial genomes are checked before a run is created, so a missing
-    # corpus or an impossible genome leaves nothing behind to clean up.
+    # The data, the initial genomes and the budget are checked before a run is created,
+    # so a missing corpus or an impossible genome leaves nothing behind to clean up.
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
-    check_initial(space, vocab_size)
+    check_budget(space, check_initial(space, vocab_size))
     storage = Storage(args.storage)
     name = args.name or args.space.stem
     if args.new:

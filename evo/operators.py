@@ -287,12 +287,14 @@ def initial_population(space: SearchSpace, vocab_size: int, n: int) -> list[Indi
     ] + population
 
 
-def check_initial(space: SearchSpace, vocab_size: int) -> None:
-    """ConfigError when one of the space's initial genomes cannot be made valid; leaves
-    the state of `random` as it was."""
+def check_initial(space: SearchSpace, vocab_size: int) -> list[dict[str, Any]]:
+    """The first genomes a search trains (its initial ones, or a Latin hypercube's first
+    rows); ConfigError when one of the space's initial genomes cannot be made valid.
+    Leaves the state of `random` as it was."""
     state = random.getstate()
     try:
-        initial_population(space, vocab_size, 0)
+        first = initial_population(space, vocab_size, space.search.population)
+        return [to_genome(space, individual) for individual in first]
     finally:
         random.setstate(state)
 

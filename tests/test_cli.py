@@ -11,6 +11,8 @@ import yaml
 from conftest import steady_space_dict, write_corpus
 
 from evo.cli import main as evo
+from evo.schedule.budget import cost_to_top
+from evo.space import space_from_dict
 from evo.storage import Storage
 from llm.cli import main as llm
 
@@ -240,3 +242,17 @@ def test_the_console_scripts_are_installed():
         assert "usage" in out
     bad = subprocess.run([sys.executable, "-m", "evo.cli", "frobnicate"], capture_output=True)
     assert bad.returncode == 2
+
+
+def test_evo_run_refuses_a_budget_that_cannot_carry_a_genome_to_the_top(workdir, capsys):
+    corpus = write_corpus(workdir / "corpus")
+    space = steady_space_dict(corpus, budget={"tokens": 1000})
+    genes = {"n_layers": 1, "d_model": 16, "n_heads": 1, "learning_rate": 0.01}
+    ladder = cost_to_top(space_from_dict(space), genes, 0).tokens  # every genome's: 64 per step
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{workdir / 'e.db'}"
+    assert evo(["run", "space.yaml", "--local", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "search.budget.tokens: 1,000 cannot carry one genome through the rungs" in err
+    assert f"{ladder:,} tokens each" in err
+    assert Storage(url).list_runs() == []

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from evo.storage import Spent
+from llm.errors import ConfigError
 from llm.train import planned_steps
 
 if TYPE_CHECKING:
@@ -52,6 +53,23 @@ def cost_to_top(space: SearchSpace, genes: dict[str, Any], rung: int) -> Cost:
     if any(c.steps is None or c.tokens is None for c in costs):
         return Cost(None, None)
     return Cost(sum(c.steps or 0 for c in costs), sum(c.tokens or 0 for c in costs))
+
+
+def check_budget(space: SearchSpace, genomes: list[dict[str, Any]]) -> None:
+    """ConfigError when a steady-state search's budget cannot carry even the cheapest of
+    `genomes` (its first ones) to the top rung: no trial would ever start."""
+    limits = space.search.budget.limits()
+    if space.search.mode != "steady_state" or not genomes:
+        return
+    costs = [cost_to_top(space, genes, 0) for genes in genomes]
+    for unit, limit in (("steps", limits.get("steps")), ("tokens", limits.get("tokens"))):
+        known = [getattr(c, unit) for c in costs if getattr(c, unit) is not None]
+        needed = min(known, default=None)
+        if limit is not None and needed is not None and needed > limit:
+            raise ConfigError(
+                f"search.budget.{unit}: {limit:,.0f} cannot carry one genome through the rungs "
+                f"(the first genomes need {needed:,} {unit} each); raise it or lower the rungs"
+            )
 
 
 @dataclass

@@ -54,6 +54,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
 
+import moocore
 import numpy as np
 import plotly.graph_objects as go
 import pyarrow.parquet as pq
@@ -104,6 +105,14 @@ def parse_args() -> argparse.Namespace:
         default=3,
         help="configurations that answer for one outside the table (1: the nearest only, "
         "so every method searches the table's configurations)",
+    )
+    p.add_argument(
+        "--objectives",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="1: bits per byte; 2: bits per byte and parameters, scored by hypervolume "
+        "(tpe+hyperband is left out: Optuna cannot prune a multi-objective study)",
     )
     p.add_argument("--html", default="results/replay.html")
     p.add_argument("--json", help="also write every run's curve here")
@@ -234,6 +243,23 @@ class Table:
             return None, per_token
         return float(np.average(values[ok], weights=weights[ok])), per_token
 
+    def params(self, genes: dict[str, Any]) -> int:
+        return self.space.model_config(genes, self.vocab_size).param_count().total
+
+    def reference_point(self) -> np.ndarray:
+        """The fixed point hypervolumes are measured from: the table's worst mean value,
+        and the space's parameter ceiling (else 10% over the table's largest model)."""
+        ceiling = self.space.constraints.max_params
+        if ceiling is None:
+            ceiling = 1.1 * max(self.params(g) for g in self.genes)
+        return np.array([float(self.top_mean.max()), float(ceiling)])
+
+    def table_hypervolume(self) -> float:
+        """The hypervolume of every configuration's (mean value, parameters): a method
+        that found all of the table's front scores 0 regret."""
+        points = [(m, self.params(g)) for m, g in zip(self.top_mean, self.genes, strict=True)]
+        return hypervolume(points, self.reference_point())
+
     def true_value(self, genes: dict[str, Any], leave_out: int | None = None) -> float:
         """The mean over seeds of the top-rung value (see `top_mean`)."""
         configs, weights = self.neighbours(genes, leave_out)
@@ -355,6 +381,7 @@ def simulated_outcome(
     result = TrialResult(
         status=status,
         bits_per_byte=value,
+        params=table.params(genes),
         tokens=cost.tokens,
         steps=cost.steps,
         wall_seconds=seconds,
@@ -406,13 +433,42 @@ def driver_run(
     genomes.update(storage.genomes(name))
     tokens = finished["tokens"].fillna(0).cumsum().to_numpy()
     top = len(space.rung_budgets()) - 1
-    tracker = Incumbent(table)
+    tracker = tracker_for(table, space)
     curve: Curve = []
     for spent, row in zip(tokens, finished.itertuples(), strict=True):
         done = row.status == TrialStatus.DONE.value and row.rung == top
         tracker.offer(genomes[row.genome_id], row.bits_per_byte if done else None)
         curve.append((float(spent), tracker.true, tracker.observed))
     return curve
+
+
+def hypervolume(points: list[tuple[float, float]], reference: np.ndarray) -> float:
+    """The area dominated by `points` (both objectives minimised) up to `reference`."""
+    inside = [p for p in points if p[0] < reference[0] and p[1] < reference[1]]
+    return float(moocore.hypervolume(np.array(inside), ref=reference)) if inside else 0.0
+
+
+class Front:
+    """Two objectives (bits per byte, parameters): after each result, how much of the
+    table's hypervolume the top-rung results so far leave out, by their true values
+    (`true`) and by the values observed (`observed`); 0 when the table's whole front
+    is matched, 1 when nothing is found."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.reference, self.whole = table.reference_point(), table.table_hypervolume()
+        self.true_points: list[tuple[float, float]] = []
+        self.observed_points: list[tuple[float, float]] = []
+        self.observed = self.true = 1.0
+
+    def offer(self, genes: dict[str, Any], value: float | None) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        params = self.table.params(genes)
+        self.true_points.append((self.table.true_value(genes), params))
+        self.observed_points.append((value, params))
+        self.true = 1 - hypervolume(self.true_points, self.reference) / self.whole
+        self.observed = 1 - hypervolume(self.observed_points, self.reference) / self.whole
 
 
 class Incumbent:
@@ -425,6 +481,10 @@ class Incumbent:
     def offer(self, genes: dict[str, Any], value: float | None) -> None:
         if value is not None and math.isfinite(value) and value < self.observed:
             self.observed, self.true = value, self.table.true_value(genes)
+
+
+def tracker_for(table: Table, space: SearchSpace) -> Incumbent | Front:
+    return Front(table) if len(space.search.objectives) == 2 else Incumbent(table)
 
 
 # Optuna, through ask and tell on simulated workers
@@ -452,14 +512,18 @@ def optuna_run(
         first = 0
     # Hyperband picks a trial's bracket from a hash of the study's name: fixed, so that a
     # repetition is reproducible.
+    two = len(space.search.objectives) == 2
     study = optuna.create_study(
-        study_name=f"{method}-{repetition}", direction="minimize", sampler=sampler, pruner=pruner
+        study_name=f"{method}-{repetition}",
+        directions=["minimize"] * (2 if two else 1),
+        sampler=sampler,
+        pruner=pruner,
     )
     distributions = {n: optuna_distribution(d) for n, d in space.genes.items()}
     vocab = table.vocab_size
     enqueue_initial(study, space, vocab)
     committed = spent = 0.0
-    tracker = Incumbent(table)
+    tracker = tracker_for(table, space)
     curve: Curve = []
     events: list[tuple[float, int, Any, dict[str, Any], int, TrialOutcome]] = []
     count = 0
@@ -500,7 +564,7 @@ def optuna_run(
         if value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif rung == rungs - 1:
-            study.tell(trial, value)
+            study.tell(trial, [value, table.params(genes)] if two else value)
         else:
             trial.report(value, rung + 1)
             if not trial.should_prune() and start(trial, genes, rung + 1, now):
@@ -529,11 +593,15 @@ def typical_top_cost(space: SearchSpace, vocab: int) -> float:
 # The methods
 
 
-def method_space(table: Table, method: str, repetition: int, limit: float) -> SearchSpace:
+def method_space(
+    table: Table, method: str, repetition: int, limit: float, objectives: int = 1
+) -> SearchSpace:
     """The table's space as `method` searches it, with the repetition's seed."""
     data = yaml.safe_load(table.space.canonical_yaml())
     search = data["search"]
     search["seed"] = repetition
+    search["objectives"] = ["bits_per_byte", "params"][:objectives]
+    search["selection"] = "auto"
     search["budget"] = {"tokens": int(limit)}
     top = table.space.rung_budgets()[-1]
     if method == "random":  # the top rung only
@@ -555,13 +623,19 @@ def load_table(path: str) -> Table:
 
 
 def run_one(
-    path: str, method: str, repetition: int, workers: int, limit: float, neighbours: int = 3
+    path: str,
+    method: str,
+    repetition: int,
+    workers: int,
+    limit: float,
+    neighbours: int = 3,
+    objectives: int = 1,
 ) -> tuple[Curve, float]:
     """One search; its curve and the share of its trials answered from the table itself."""
     random.seed(repetition)  # what draws from the global stream (repair) is reproducible
     table = load_table(path)
     table.neighbours_k, table.answered, table.exact = neighbours, 0, 0
-    space = method_space(table, method, repetition, limit)
+    space = method_space(table, method, repetition, limit, objectives)
     if method in OPTUNA:
         curve = optuna_run(table, space, method, workers, repetition, limit)
     else:
@@ -575,6 +649,8 @@ def run_one(
 
 def main() -> None:
     args = parse_args()
+    if args.objectives == 2 and "tpe+hyperband" in args.methods:
+        args.methods.remove("tpe+hyperband")
     table = load_table(args.table)
     table.neighbours_k = args.neighbours
     limit = args.budget or float(table.space.search.budget.tokens or 0)
@@ -592,7 +668,9 @@ def main() -> None:
     exact: dict[str, list[float]] = {m: [] for m in args.methods}
     with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
         jobs = {
-            (m, r): pool.submit(run_one, args.table, m, r, args.workers, limit, args.neighbours)
+            (m, r): pool.submit(
+                run_one, args.table, m, r, args.workers, limit, args.neighbours, args.objectives
+            )
             for r in range(args.repetitions)
             for m in args.methods
         }
@@ -607,7 +685,8 @@ def main() -> None:
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"curves": curves, "exact": exact}))
-    report(args, table, curves, limit, {m: float(np.mean(v)) for m, v in exact.items()})
+    shares = {m: float(np.mean(v)) for m, v in exact.items()}
+    report(args, table, curves, limit, shares, args.objectives)
 
 
 def regret_on_grid(
@@ -625,9 +704,12 @@ def report(
     curves: dict[str, list[Curve]],
     limit: float,
     exact: dict[str, float] | None = None,
+    objectives: int = 1,
 ) -> None:
     means = table.top_mean
     best, median, worst = float(means.min()), float(np.median(means)), float(means.max())
+    if objectives == 2:  # the curves hold the hypervolume left out, already in [0, 1]
+        best, median, worst = 0.0, 1.0, 1.0
     grid = np.linspace(limit / 50, limit, 50)
     rng = np.random.default_rng(0)
     regret = {
@@ -640,11 +722,19 @@ def report(
     }
     methods = list(curves)
     ranks = stats.rankdata(np.stack([regret[m] for m in methods]), axis=0).mean(axis=1)
-    print(
-        f"normalized regret of the incumbent's true value after {limit:,.0f} tokens "
-        f"(0: the table's best, {best:.4f}; 1: its median, {median:.4f}); "
-        f"{args.repetitions} repetitions"
-    )
+    if objectives == 2:
+        print(
+            f"hypervolume regret after {limit:,.0f} tokens: the share of the table's "
+            f"hypervolume (bits per byte and parameters, reference point "
+            f"{table.reference_point().tolist()}) that the top-rung results' true values "
+            f"leave out; {args.repetitions} repetitions"
+        )
+    else:
+        print(
+            f"normalized regret of the incumbent's true value after {limit:,.0f} tokens "
+            f"(0: the table's best, {best:.4f}; 1: its median, {median:.4f}); "
+            f"{args.repetitions} repetitions"
+        )
     print(
         f"{'method':>17} {'IQM':>7} {'95% interval':>16} {'median':>7} {'mean rank':>9}"
         f" {'p vs evo':>8} {'no result':>9} {'observed':>9} {'exact':>6}"
@@ -677,7 +767,7 @@ def report(
         apart = [m for m, (lo, hi) in intervals.items() if m != "evo" and (lo > high or hi < low)]
         print(f"intervals apart from evo's: {', '.join(apart) or 'none'}")
         others = [float(np.median(observed[m])) for m in methods if m != "evo"]
-        if others:
+        if others and objectives == 1:
             ratio = float(np.median(observed["evo"])) / min(others)
             print(f"ratio={ratio:.4f} (median observed best, as bench/search_efficiency.py)")
     write_figure(Path(args.html), grid, regret, ranks, methods, rng)

@@ -229,3 +229,28 @@ def test_a_method_with_one_rung_is_scored_at_the_tables_top_rung(tmp_path, metho
     seed = replay.seed_of(0, genes, table.seeds)
     assert outcome.result.bits_per_byte == pytest.approx(smooth_value(genes, 2, seed))
     assert outcome.result.tokens == trial_cost(space, genes, 0).tokens
+
+
+def test_hypervolume_of_a_known_front():
+    reference = np.array([3.0, 3.0])
+    assert replay.hypervolume([(1.0, 2.0), (2.0, 1.0)], reference) == pytest.approx(3.0)
+    assert replay.hypervolume([(1.0, 2.0), (1.5, 2.5)], reference) == pytest.approx(2.0)
+    assert replay.hypervolume([(4.0, 1.0)], reference) == 0.0  # beyond the reference
+
+
+def test_the_front_regret_is_zero_with_every_configuration_and_one_with_none(table):
+    front = replay.Front(table)
+    assert front.true == 1.0
+    for genes in table.genes:
+        front.offer(genes, 0.0)  # observed values do not count towards `true`
+    assert front.true == pytest.approx(0.0)
+    assert front.observed < 0  # observed values better than the truth: negative regret
+
+
+@pytest.mark.parametrize("method", [m for m in replay.METHODS if m != "tpe+hyperband"])
+def test_every_method_searches_two_objectives(tmp_path, method):
+    path = write_table(tmp_path, make_space(tmp_path))
+    curve, _ = replay.run_one(path, method, 1, workers=2, limit=40_000, objectives=2)
+    true = [point[1] for point in curve]
+    assert true[-1] < 1.0  # some of the front was found
+    assert true == sorted(true, reverse=True)  # a front only grows

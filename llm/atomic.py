@@ -76,16 +76,37 @@ def _writing(path: Path) -> Iterator[None]:
         raise output_error(path, err) from None
 
 
+# Below this much free space, a writer's failure is taken for a full disk: torch.save
+# then reports only "unexpected pos 576 vs 534", safetensors "I/O error … (os error 28)".
+FULL_DISK_BYTES = 1 << 20
+
+
+def _disk_full(path: Path, err: Exception) -> bool:
+    """Whether a writer library's error (not an OSError) means the disk at `path` is full."""
+    found = re.search(r"os error (\d+)", str(err))
+    if found is not None and int(found.group(1)) in STORAGE_ERRNOS:
+        return True
+    try:
+        return shutil.disk_usage(path if path.is_dir() else path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _writer(path: Path) -> Iterator[None]:
     """Report a full or read-only disk met by the caller's writer as an OutputError naming
-    `path` (a failed write() names no file). Other errors of the writer stay as they are:
-    they may come from reading its inputs."""
+    `path` (a failed write() names no file; torch and safetensors raise errors of their
+    own). Other errors of the writer stay as they are: they may come from reading its
+    inputs."""
     try:
         yield
     except OSError as err:
         if err.filename is None and err.errno in STORAGE_ERRNOS:
             raise output_error(path, err) from None
+        raise
+    except Exception as err:
+        if not isinstance(err, UserError) and _disk_full(path, err):
+            raise OutputError(f"cannot write {path}: no space left on device") from None
         raise
 
 

@@ -4,6 +4,7 @@ in YAML. Each is one line naming the input, and exit code 2 from a command."""
 from __future__ import annotations
 
 import errno
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,23 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, make):
     with full, make(tmp_path / "out"):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", [atomic_path, atomic_dir])
+def test_a_full_disk_met_by_torch_or_safetensors_is_an_output_error(tmp_path, make, monkeypatch):
+    # safetensors names the errno; torch.save only says "unexpected pos …", so the disk's
+    # free space decides.
+    full = r"cannot write .*out: no space left on device"
+    with pytest.raises(OutputError, match=full), make(tmp_path / "out"):
+        raise RuntimeError("Error while serializing: I/O error: (os error 28)")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=4096))
+    with pytest.raises(OutputError, match=full), make(tmp_path / "out"):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1 << 30))
+    with pytest.raises(RuntimeError, match="a bug"), make(tmp_path / "out"):
+        raise RuntimeError("a bug, with room on the disk")
 
 
 @pytest.fixture

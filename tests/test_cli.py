@@ -15,6 +15,7 @@ from evo.schedule.budget import cost_to_top
 from evo.space import space_from_dict
 from evo.storage import Storage
 from llm.cli import main as llm
+from llm.data import read_corpus
 
 
 def tiny_config(corpus, **train) -> dict:
@@ -45,17 +46,32 @@ def test_llm_prepare_train_eval_generate(workdir, capsys):
     assert capsys.readouterr().out == first  # the same seed samples the same text
 
 
+def megabyte_of_text() -> str:
+    """About 1 MB of real text from the builtin corpora, as one string."""
+    parts, size = [], 0
+    for corpus in ("builtin:python-docs", "builtin:python-code"):
+        for doc in read_corpus(corpus):
+            parts.append(doc.text)
+            size += len(doc.text)
+            if size >= 1_000_000:
+                return "\n".join(parts)
+    raise AssertionError("the builtin corpora hold less than 1 MB")
+
+
 def test_one_text_file_trains_and_a_held_out_file_is_scored_whole(workdir, capsys):
-    text = "".join(f"{i}: the model reads tokens and predicts the next one\n" for i in range(1500))
+    text = megabyte_of_text()
     (workdir / "input.txt").write_text(text, encoding="utf-8")
     held_out = "".join(f"{i}: a file the model never saw in training\n" for i in range(300))
     (workdir / "held.txt").write_text(held_out, encoding="utf-8")
-    assert llm(["prepare", "--corpus", "input.txt", "--tokenizer", "char", "--vocab-size", "64",
+    assert llm(["prepare", "--corpus", "input.txt", "--tokenizer", "char", "--vocab-size", "256",
                 "--out", "prep"]) == 0  # fmt: skip
     splits = json.loads(capsys.readouterr().out)["splits"]
-    assert splits["val"]["documents"] >= 2 and splits["train"]["documents"] >= 18
+    assert splits["val"]["documents"] >= 2 and splits["train"]["documents"] >= 14
+    assert 0.05 < splits["val"]["bytes"] / len(text.encode()) < 0.2
 
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(workdir / "input.txt")))
+    config = tiny_config(workdir / "input.txt")
+    config["data"]["vocab_size"] = 256
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
     assert llm(["train", "tiny.yaml", "--out", "model"]) == 0
     capsys.readouterr()
     assert llm(["eval", "model", "--corpus", "held.txt"]) == 0
@@ -66,6 +82,8 @@ def test_one_text_file_trains_and_a_held_out_file_is_scored_whole(workdir, capsy
     # every character of the file but the first is predicted (one token each: char)
     assert whole["tokens"] == len(held_out) - 1
     assert part["tokens"] < whole["tokens"] / 5
+    assert llm(["eval", "model", "--corpus", "input.txt", "--batch-size", "256"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] > 900_000  # all of the megabyte
     assert llm(["eval", "model", "--split", "all"]) == 2
     assert "needs --corpus" in capsys.readouterr().err
 

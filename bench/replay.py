@@ -81,6 +81,7 @@ from evo.schedule.budget import cost_to_top, trial_cost
 from evo.schedule.generational import GenerationalSearch
 from evo.space import Domain, SearchSpace, space_from_dict
 from evo.storage import Storage, genome_hash
+from llm.config import apply_overrides
 from llm.trial import TrialResult
 
 METHODS = [
@@ -113,6 +114,13 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="1: bits per byte; 2: bits per byte and parameters, scored by hypervolume "
         "(tpe+hyperband is left out: Optuna cannot prune a multi-objective study)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="key.path=value applied to every method's space (e.g. search.population=16)",
     )
     p.add_argument("--html", default="results/replay.html")
     p.add_argument("--json", help="also write every run's curve here")
@@ -594,10 +602,15 @@ def typical_top_cost(space: SearchSpace, vocab: int) -> float:
 
 
 def method_space(
-    table: Table, method: str, repetition: int, limit: float, objectives: int = 1
+    table: Table,
+    method: str,
+    repetition: int,
+    limit: float,
+    objectives: int = 1,
+    overrides: tuple[str, ...] = (),
 ) -> SearchSpace:
     """The table's space as `method` searches it, with the repetition's seed."""
-    data = yaml.safe_load(table.space.canonical_yaml())
+    data = apply_overrides(yaml.safe_load(table.space.canonical_yaml()), list(overrides))
     search = data["search"]
     search["seed"] = repetition
     search["objectives"] = ["bits_per_byte", "params"][:objectives]
@@ -630,12 +643,13 @@ def run_one(
     limit: float,
     neighbours: int = 3,
     objectives: int = 1,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[Curve, float]:
     """One search; its curve and the share of its trials answered from the table itself."""
     random.seed(repetition)  # what draws from the global stream (repair) is reproducible
     table = load_table(path)
     table.neighbours_k, table.answered, table.exact = neighbours, 0, 0
-    space = method_space(table, method, repetition, limit, objectives)
+    space = method_space(table, method, repetition, limit, objectives, overrides)
     if method in OPTUNA:
         curve = optuna_run(table, space, method, workers, repetition, limit)
     else:
@@ -669,7 +683,15 @@ def main() -> None:
     with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
         jobs = {
             (m, r): pool.submit(
-                run_one, args.table, m, r, args.workers, limit, args.neighbours, args.objectives
+                run_one,
+                args.table,
+                m,
+                r,
+                args.workers,
+                limit,
+                args.neighbours,
+                args.objectives,
+                tuple(args.overrides),
             )
             for r in range(args.repetitions)
             for m in args.methods

@@ -254,3 +254,9 @@ def test_every_method_searches_two_objectives(tmp_path, method):
     true = [point[1] for point in curve]
     assert true[-1] < 1.0  # some of the front was found
     assert true == sorted(true, reverse=True)  # a front only grows
+
+
+def test_overrides_reach_every_methods_space(table):
+    space = replay.method_space(table, "evo", 0, 40_000, overrides=("search.population=6",))
+    assert space.search.population == 6
+    assert replay.method_space(table, "tpe", 0, 40_000).search.population == 4

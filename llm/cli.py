@@ -38,7 +38,12 @@ def build_command_line() -> CommandLine:
     prepare.add_argument("--out", type=Path, required=True)
 
     train = command("train", cmd_train, "train a model from a YAML config")
-    train.add_argument("config", type=Path, help="e.g. configs/tiny.yaml")
+    train.add_argument("config", type=Path, nargs="?", help="e.g. configs/tiny.yaml")
+    train.add_argument(
+        "--preset",
+        help="train a preset of configs/ instead (nano, tiny, small, base), or auto: the "
+        "largest this machine trains at a useful speed",
+    )
     train.add_argument(
         "--set",
         dest="overrides",
@@ -47,7 +52,9 @@ def build_command_line() -> CommandLine:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
     )
-    train.add_argument("--out", type=Path, help="output folder (default: results/CONFIG_STEM)")
+    train.add_argument(
+        "--out", type=Path, help="output folder (default: results/CONFIG_STEM or PRESET)"
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
@@ -167,8 +174,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from llm.config import load_run_config
     from llm.train import train_run
 
-    config = load_run_config(args.config, args.overrides)
-    out = args.out or Path("results") / args.config.stem
+    config_path = training_config_path(args.config, args.preset)
+    config = load_run_config(config_path, args.overrides)
+    out = args.out or Path("results") / config_path.stem
     outcome = train_run(config, out, resume=args.resume, progress=sys.stderr.isatty())
     if outcome.stop_reason == "interrupted":
         print(f"llm: interrupted at step {outcome.step}; continue with --resume", file=sys.stderr)
@@ -184,6 +192,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary += f"; val loss {final.loss:.4f}, bits per byte {final.bits_per_byte:.4f}"
     print(f"{out}: {summary}")
     return 0
+
+
+def training_config_path(config: Path | None, preset: str | None) -> Path:
+    """The config file `llm train` reads: the one given, or a preset's (for `auto`, the
+    one chosen for this machine, saying why)."""
+    from llm.presets import choose_preset, preset_path, this_machine
+
+    if (config is None) == (preset is None):
+        raise UserError("llm train: give a config file or --preset NAME, not both or neither")
+    if config is not None:
+        return config
+    assert preset is not None
+    if preset == "auto":
+        preset, why = choose_preset(this_machine())
+        print(why, file=sys.stderr)
+    return preset_path(preset)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

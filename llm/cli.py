@@ -32,7 +32,9 @@ def build_command_line() -> CommandLine:
 
     prepare = command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
     prepare.add_argument("--corpus", required=True, help="builtin:python-docs, a file, a folder…")
-    prepare.add_argument("--tokenizer", choices=["bpe", "unigram", "char", "byte"], default="bpe")
+    prepare.add_argument(
+        "--tokenizer", choices=["bpe", "unigram", "wordpiece", "char", "byte"], default="bpe"
+    )
     prepare.add_argument("--vocab-size", type=int, default=2048)
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--out", type=Path, required=True)

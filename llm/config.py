@@ -22,7 +22,7 @@ from llm.errors import ConfigError
 PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm"]
 Mlp = Literal["swiglu", "gelu"]
-TokenizerKind = Literal["bpe", "unigram", "char", "byte"]
+TokenizerKind = Literal["bpe", "unigram", "wordpiece", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
 # the peak rate until the last `decay_fraction` of the budget, then a cool-down to the floor.

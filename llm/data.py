@@ -305,7 +305,8 @@ class PreparedData:
 
     `meta` holds the corpus spec and fingerprint, the tokenizer kind and fingerprint,
     vocab_size, dtype, val_fraction, split_seed and, under `splits.train` and
-    `splits.val`, the documents, tokens and UTF-8 bytes of each split.
+    `splits.val`, the documents, tokens and UTF-8 bytes of each split, and how many of
+    its tokens are the tokenizer's unknown id (`unknown`).
     """
 
     directory: Path
@@ -386,10 +387,18 @@ def prepare(
         for name, split in (("train", train_docs), ("val", val_docs)):
             tokens = _encode_split(tokenizer, split, name, workers, progress)
             np.save(tmp / f"{name}.npy", tokens.astype(dtype))
+            unknown = 0 if tokenizer.unk_id is None else int((tokens == tokenizer.unk_id).sum())
+            if unknown:
+                log.warning(
+                    "corpus %r: %d tokens of the %s split stand for text the %s tokenizer "
+                    "cannot represent (they decode to U+FFFD)",
+                    config.corpus, unknown, name, tokenizer.kind,
+                )  # fmt: skip
             meta["splits"][name] = {
                 "documents": len(split),
                 "tokens": len(tokens),
                 "bytes": sum(len(doc.text.encode("utf-8")) for doc in split),
+                "unknown": unknown,
             }
         write_json(tmp / "meta.json", meta)
     return load_prepared(directory)

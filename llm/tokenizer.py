@@ -3,8 +3,11 @@
 `bpe` and `unigram` are SentencePiece models trained in-process. They are set up so
 that `decode(encode(text)) == text` for any Unicode text: no normalization, no dummy
 prefix, whitespace kept as written, and byte fallback so no character is ever unknown.
-`char` maps the corpus's most frequent characters to ids (the rest to an unknown id)
-and `byte` uses the 256 UTF-8 byte values.
+`wordpiece` is a WordPiece model of Hugging Face's `tokenizers` over the 256 UTF-8 byte
+values (GPT-2's byte-level alphabet), every byte both as a word start and as a `##`
+continuation, so no word is unknown unless it is longer than WP_MAX_WORD_CHARS; it too
+decodes back to the exact text. `char` maps the corpus's most frequent characters to ids
+(the rest to an unknown id) and `byte` uses the 256 UTF-8 byte values.
 
 A tokenizer is saved as a folder holding a JSON manifest `tokenizer.json` that names
 its kind, plus the SentencePiece model bytes where there is one; its fingerprint hashes
@@ -51,6 +54,10 @@ SP_SENTENCE_CHARS = 1024  # longer lines are cut; SentencePiece drops sentences 
 SP_TRAIN_THREADS = 4
 
 CHAR_SPECIALS = 4  # pad, bos, eos, unk
+WP_SPECIALS = ("[UNK]", "<s>", "</s>", "<pad>")  # ids 0-3
+WP_CONTINUATION = "##"
+WP_MIN_VOCAB = len(WP_SPECIALS) + 2 * 256  # every byte as a start and as a continuation
+WP_MAX_WORD_CHARS = 1000  # longer words (runs of one symbol) become the unknown id
 BYTE_VOCAB = 256 + 3  # bytes, then pad, bos, eos
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -59,6 +66,7 @@ class Tokenizer(ABC):
     """Text to token ids and back; special ids decode to nothing."""
 
     kind: str
+    unk_id: int | None = None  # the id of text the tokenizer cannot represent, if it has one
 
     @property
     @abstractmethod
@@ -207,11 +215,114 @@ class CharTokenizer(Tokenizer):
         return {"alphabet": self.alphabet}
 
 
+class WordPieceTokenizer(Tokenizer):
+    """A byte-level WordPiece model: ids 0-3 are unknown, bos, eos and pad, then the 256
+    bytes as `##` continuations, then as word starts, then the learned pieces."""
+
+    kind = "wordpiece"
+    model_file = "wordpiece.json"
+    unk_id = 0
+
+    def __init__(self, model_json: str) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders
+
+        self.model_json = model_json
+        self._hf = HFTokenizer.from_str(model_json)
+        self._bytes = decoders.ByteLevel()
+        self._pieces = [self._hf.id_to_token(i) for i in range(self._hf.get_vocab_size())]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers, trainers
+
+        if vocab_size < WP_MIN_VOCAB:
+            raise ConfigError(
+                f"vocab_size {vocab_size} is too small for a wordpiece tokenizer: the minimum "
+                f"is {WP_MIN_VOCAB} (every byte as a word start and as a continuation, and "
+                f"{len(WP_SPECIALS)} special pieces)"
+            )
+        sentences = _training_sentences(texts)
+        if not sentences:
+            raise DataError("cannot train a wordpiece tokenizer: the training text is empty")
+        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+        # Every byte as a continuation piece, given up front in a fixed order: the trainer
+        # would otherwise create the ones it meets in hash-map order, which changes their
+        # ids and so the merges that tie-break on them from run to run (tokenizers #1794).
+        continuations = [WP_CONTINUATION + c for c in alphabet]
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[*WP_SPECIALS, *continuations],
+            initial_alphabet=alphabet,
+            continuing_subword_prefix=WP_CONTINUATION,
+            show_progress=False,
+        )
+        learner = HFTokenizer(models.WordPiece(unk_token=WP_SPECIALS[0]))
+        learner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        learner.train_from_iterator(sentences, trainer)
+        # A fresh tokenizer with the learned vocabulary: in the learner the continuation
+        # pieces are special tokens, which text would match literally.
+        model = HFTokenizer(
+            models.WordPiece(
+                learner.get_vocab(),
+                unk_token=WP_SPECIALS[0],
+                continuing_subword_prefix=WP_CONTINUATION,
+                max_input_chars_per_word=WP_MAX_WORD_CHARS,
+            )
+        )
+        model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        return cls(model.to_str())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    @property
+    def pad_id(self) -> int:
+        return 3
+
+    @property
+    def bos_id(self) -> int:
+        return 1
+
+    @property
+    def eos_id(self) -> int:
+        return 2
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encodings = self._hf.encode_batch(list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        _check_ids(ids, self.vocab_size)
+        text, pieces = [], []
+        for i in ids:
+            if i == self.unk_id:
+                text.append(self._bytes.decode(pieces) + UNKNOWN_TEXT)
+                pieces = []
+            elif i >= len(WP_SPECIALS):
+                piece = self._pieces[i]
+                pieces.append(piece.removeprefix(WP_CONTINUATION))
+        return "".join(text) + self._bytes.decode(pieces)
+
+    def _manifest(self) -> dict[str, Any]:
+        return {"model_file": self.model_file}
+
+    def _extra_files(self) -> dict[str, bytes]:
+        return {self.model_file: self.model_json.encode("utf-8")}
+
+
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model: ids 0-3 are unknown, bos, eos and pad, then newline and
     tab, then the 256 byte-fallback pieces, then the learned pieces."""
 
     model_file = "tokenizer.model"
+    unk_id = 0  # byte fallback: never produced
 
     def __init__(self, kind: str, model_proto: bytes) -> None:
         self.kind = kind
@@ -320,6 +431,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
         return SentencePieceTokenizer.train(kind, texts, vocab_size)
     if kind == "char":
         return CharTokenizer.train(texts, vocab_size)
+    if kind == "wordpiece":
+        return WordPieceTokenizer.train(texts, vocab_size)
     if kind == "byte":
         if vocab_size < BYTE_VOCAB:
             raise ConfigError(
@@ -327,7 +440,9 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
                 f"{BYTE_VOCAB} (256 bytes, pad, bos, eos)"
             )
         return ByteTokenizer()
-    raise ConfigError(f"unknown tokenizer kind {kind!r}: expected bpe, unigram, char or byte")
+    raise ConfigError(
+        f"unknown tokenizer kind {kind!r}: expected bpe, unigram, wordpiece, char or byte"
+    )
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
@@ -346,6 +461,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             return SentencePieceTokenizer(kind, model_path.read_bytes())
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"{model_path}: unreadable SentencePiece model: {err}") from None
+    if kind == "wordpiece":
+        model_path = directory / WordPieceTokenizer.model_file
+        try:
+            return WordPieceTokenizer(model_path.read_text(encoding="utf-8"))
+        except Exception as err:  # tokenizers raises plain Exceptions for a bad file
+            raise CheckpointError(f"{model_path}: unreadable WordPiece model: {err}") from None
     if kind == "char":
         alphabet = manifest.get("alphabet")
         if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet):

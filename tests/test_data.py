@@ -542,3 +542,16 @@ def test_require_windows():
         require_windows(np.zeros(16), 16, "validation split")
     with pytest.raises(DataError, match="training split: 5 tokens"):
         train_batch(np.zeros(5, dtype=np.uint16), 2, 8, torch.Generator())
+
+
+def test_meta_counts_the_tokens_a_tokenizer_cannot_represent(tmp_path, caplog):
+    path = tmp_path / "mixed.jsonl"
+    docs = [f"doc {i}: plain words, then rare ones: {chr(0x3B1 + i)}" for i in range(12)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        small = prepare(config(path, tmp_path, tokenizer="char", vocab_size=24), progress=False)
+    unknown = small.meta["splits"]["train"]["unknown"] + small.meta["splits"]["val"]["unknown"]
+    assert unknown > 0 and "cannot represent" in caplog.text
+    whole = prepare(config(path, tmp_path, tokenizer="wordpiece", vocab_size=600), progress=False)
+    assert whole.meta["tokenizer"] == "wordpiece"
+    assert whole.meta["splits"]["train"]["unknown"] == whole.meta["splits"]["val"]["unknown"] == 0

@@ -33,10 +33,14 @@ SPECIAL_TEXT = st.text(alphabet=st.sampled_from(list(" \t\n\r\u2581ab😀東\x00
 
 @pytest.fixture(scope="module")
 def tokenizers() -> dict[str, Tokenizer]:
-    return {kind: train_tokenizer(kind, CORPUS, 400) for kind in ("bpe", "unigram", "byte", "char")}
+    kinds = ("bpe", "unigram", "byte", "char")
+    return {
+        **{kind: train_tokenizer(kind, CORPUS, 400) for kind in kinds},
+        "wordpiece": train_tokenizer("wordpiece", CORPUS, 600),
+    }
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram", "byte"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "byte"])
 @settings(max_examples=150, deadline=None)
 @given(text=st.text() | SPECIAL_TEXT)
 @example(text="\u2581")
@@ -73,7 +77,7 @@ def test_unknown_character_maps_to_the_unknown_id():
     assert tokenizer.decode(ids) == "a\ufffdc"
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram", "byte", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "byte", "char"])
 def test_decode_skips_special_ids(tokenizers, kind):
     tokenizer = tokenizers[kind]
     ids = tokenizer.encode("def add")
@@ -82,7 +86,7 @@ def test_decode_skips_special_ids(tokenizers, kind):
     assert tokenizer.decode(wrapped) == "def add"
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram", "byte", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "byte", "char"])
 def test_decode_rejects_ids_outside_the_vocabulary(tokenizers, kind):
     tokenizer = tokenizers[kind]
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -101,7 +105,7 @@ def test_small_corpus_reports_its_real_vocabulary_size(kind):
 
 def test_sentencepiece_learns_pieces_that_compress_the_corpus(tokenizers):
     text = CORPUS[2]
-    for kind in ("bpe", "unigram"):
+    for kind in ("bpe", "unigram", "wordpiece"):
         assert len(tokenizers[kind].encode(text)) < len(text.encode("utf-8")) * 2 / 3
 
 
@@ -111,7 +115,7 @@ def test_encode_batch_matches_encode(tokenizers):
         assert tokenizer.encode_batch(texts) == [tokenizer.encode(t) for t in texts]
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram", "byte", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "byte", "char"])
 def test_save_and_load_give_identical_encodings_and_fingerprint(tokenizers, kind, tmp_path):
     tokenizer = tokenizers[kind]
     tokenizer.save(tmp_path / "tok")
@@ -127,9 +131,9 @@ def test_save_and_load_give_identical_encodings_and_fingerprint(tokenizers, kind
     assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no temporary folders left
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "char"])
 def test_training_is_deterministic(tokenizers, kind):
-    again = train_tokenizer(kind, CORPUS, 400)
+    again = train_tokenizer(kind, CORPUS, 600 if kind == "wordpiece" else 400)
     assert again.fingerprint() == tokenizers[kind].fingerprint()
 
 
@@ -165,6 +169,7 @@ def test_fingerprint_tells_tokenizers_apart(tokenizers):
         ("unigram", 262, SP_MIN_VOCAB),
         ("byte", 258, 259),
         ("char", 4, 5),
+        ("wordpiece", 515, 516),
     ],
 )
 def test_too_small_vocabulary_names_the_minimum(kind, vocab_size, minimum):
@@ -183,8 +188,21 @@ def test_corpus_with_many_characters_needs_a_larger_vocabulary():
 
 
 def test_unknown_kind_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown tokenizer kind 'wordpiece'"):
-        train_tokenizer("wordpiece", CORPUS, 1000)
+    with pytest.raises(ConfigError, match="unknown tokenizer kind 'bbpe'"):
+        train_tokenizer("bbpe", CORPUS, 1000)
+
+
+def test_wordpiece_has_every_byte_and_fills_the_vocabulary(tokenizers):
+    tokenizer = tokenizers["wordpiece"]
+    assert tokenizer.vocab_size == 600
+    unseen = "Ωμέγα 🚀 ᚠᛇᚻ\x7f"  # characters absent from the training text
+    assert tokenizer.unk_id not in tokenizer.encode(unseen)
+    assert tokenizer.decode(tokenizer.encode(unseen)) == unseen
+    # Only a word longer than WP_MAX_WORD_CHARS is unknown, and it says so on decoding.
+    long = "ab " + "=" * 1500 + " cd"
+    ids = tokenizer.encode(long)
+    assert ids.count(tokenizer.unk_id) == 1
+    assert tokenizer.decode(ids) == "ab\ufffd cd"  # the word " ===…" with its space
 
 
 def test_missing_directory_is_a_checkpoint_error(tmp_path):
@@ -196,7 +214,8 @@ def test_missing_directory_is_a_checkpoint_error(tmp_path):
     ("content", "problem"),
     [
         ("{not json", "unreadable tokenizer manifest"),
-        ('{"kind": "wordpiece"}', "unknown tokenizer kind 'wordpiece'"),
+        ('{"kind": "bbpe"}', "unknown tokenizer kind 'bbpe'"),
+        ('{"kind": "wordpiece"}', "wordpiece.json: unreadable WordPiece model"),
         ("[1, 2]", "unknown tokenizer kind None"),
         ('{"kind": "char", "alphabet": "aab"}', "distinct characters"),
     ],
@@ -209,12 +228,17 @@ def test_corrupt_manifest_is_a_checkpoint_error(tmp_path, content, problem):
 
 
 @pytest.mark.parametrize("damage", ["delete", "garble"])
-def test_missing_or_corrupt_sentencepiece_model_is_a_checkpoint_error(tokenizers, tmp_path, damage):
-    tokenizers["bpe"].save(tmp_path)
-    model = tmp_path / "tokenizer.model"
+@pytest.mark.parametrize(
+    ("kind", "file"), [("bpe", "tokenizer.model"), ("wordpiece", "wordpiece.json")]
+)
+def test_missing_or_corrupt_model_file_is_a_checkpoint_error(
+    tokenizers, tmp_path, damage, kind, file
+):
+    tokenizers[kind].save(tmp_path)
+    model = tmp_path / file
     if damage == "delete":
         model.unlink()
     else:
         model.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match=r"tokenizer\.model"):
+    with pytest.raises(CheckpointError, match=file.replace(".", r"\.")):
         load_tokenizer(tmp_path)

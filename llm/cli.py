@@ -17,6 +17,7 @@ from llm.tokenizer import Tokenizer, replace_undecodable
 
 if TYPE_CHECKING:
     from llm.generate import SamplingParams
+    from llm.generation_metrics import GenerationScores
     from llm.model import Transformer
 
 RUN_FILE = "run.json"
@@ -69,6 +70,19 @@ def build_command_line() -> CommandLine:
         choices=["all", "val"],
         help="all of the corpus, or its validation split as training would hold it out "
         "(default: all with --corpus, else val)",
+    )
+    evaluate.add_argument(
+        "--generation",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="instead: generate greedily from each record's prompt and score against its "
+        "reference (BLEU, ROUGE-L, exact match)",
+    )
+    evaluate.add_argument(
+        "--max-new-tokens", type=int, default=64, help="with --generation (default 64)"
+    )
+    evaluate.add_argument(
+        "--stop", action="append", default=[], help="with --generation: stop before this text"
     )
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--device", default="auto")
@@ -221,6 +235,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, tokenizer, config = load_model_dir(args.model_dir, device=device)
     if tokenizer is None:
         raise CheckpointError(f"{args.model_dir}: no tokenizer/ (needed to read a corpus)")
+    if args.generation is not None:
+        scores = score_generations(args, model, tokenizer)
+        print(json.dumps({"generation": str(args.generation), **dataclasses.asdict(scores)}))
+        return
     split = args.split or ("all" if args.corpus is not None else "val")
     splits = evaluation_data(args.model_dir, tokenizer, args.corpus, split)
     result = evaluate(
@@ -233,6 +251,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     source = args.corpus if args.corpus is not None else "training corpus"
     print(json.dumps({"corpus": source, "split": split, **dataclasses.asdict(result)}, indent=2))
+
+
+def score_generations(
+    args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer
+) -> GenerationScores:
+    """Greedy completions of the file's prompts, `--batch-size` at a time, scored."""
+    from llm.generate import SamplingParams, complete, truncate_prompt
+    from llm.generation_metrics import read_cases, score
+
+    cases = read_cases(args.generation)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0,
+        eos_id=tokenizer.eos_id,
+        stop=tuple(replace_undecodable(stop, "--stop") for stop in args.stop),
+    )
+    context = model.config.max_seq_len
+    generations: list[str] = []
+    for start in range(0, len(cases), args.batch_size):
+        batch = cases[start : start + args.batch_size]
+        prompts = [
+            truncate_prompt(tokenizer.encode(case.prompt), context, args.max_new_tokens)
+            for case in batch
+        ]
+        generations += [c.text for c in complete(model, tokenizer, prompts, params)]
+    return score(generations, [case.reference for case in cases])
 
 
 def evaluation_data(

@@ -66,7 +66,7 @@ from evo.metrics import TrialStatus
 from evo.space import SearchSpace, load_space
 from evo.status import print_status
 from evo.storage import Storage
-from llm.train import planned_steps
+from llm.optim import planned_steps
 from llm.trial import CurvePoint, TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,7 +59,7 @@ from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import anytime_curve
 from evo.trials import make_job
-from llm.train import planned_steps
+from llm.optim import planned_steps
 
 METHODS = ["evo", "random+asha", "random", "tpe+hyperband", "nsga2"]
 Curve = list[tuple[float, float]]  # (tokens spent, best value so far), after each result

@@ -44,7 +44,7 @@ from evo.space import SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import utilization
 from llm.config import RunConfig, load_run_config
-from llm.train import train_run
+from llm.run import train_run
 
 GENERATIONAL = [
     "search.mode=generational",

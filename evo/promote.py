@@ -23,10 +23,11 @@ from evo.summary import budget_text
 from evo.trials import trial_seed
 from evo.validate import validation_report
 from llm.atomic import make_folder
+from llm.checkpoint import check_out_dir
 from llm.config import RunConfig
 from llm.data import prepare
 from llm.errors import UserError
-from llm.train import check_out_dir, train_run
+from llm.run import train_run
 
 
 @dataclass(frozen=True)

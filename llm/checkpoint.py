@@ -46,7 +46,7 @@ from llm.atomic import (
     write_json,
 )
 from llm.config import ModelConfig, from_dict
-from llm.errors import CheckpointError, UserError
+from llm.errors import CheckpointError, ConfigError, UserError
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer, load_tokenizer
 
@@ -300,3 +300,15 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     for path in found:
         if path not in kept:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """A fresh run must not mix its checkpoints with another run's; a resume needs one."""
+    has_checkpoint = latest_checkpoint(out_dir) is not None
+    if resume and not has_checkpoint:
+        raise ConfigError(f"nothing to resume in {out_dir}: it holds no checkpoint")
+    if not resume and has_checkpoint:
+        raise ConfigError(
+            f"{out_dir} already holds checkpoints of a run: continue it with --resume, "
+            "or choose another --out"
+        )

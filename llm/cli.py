@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from llm.generation_metrics import GenerationScores
     from llm.model import Transformer
 
-RUN_FILE = "run.json"
-
 
 def main(argv: list[str] | None = None) -> int:
     return build_command_line().main(argv)
@@ -163,7 +161,7 @@ def sampling_params(args: argparse.Namespace, eos_id: int) -> SamplingParams:
 
 def load_for_generation(args: argparse.Namespace) -> tuple[Transformer, Tokenizer]:
     from llm.checkpoint import load_model_dir
-    from llm.train import resolve_device
+    from llm.device import resolve_device
 
     device = resolve_device(args.device, "--device")
     model, tokenizer, _ = load_model_dir(args.model_dir, device=device)
@@ -188,7 +186,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from llm.config import load_run_config
-    from llm.train import train_run
+    from llm.run import train_run
 
     config_path = training_config_path(args.config, args.preset)
     config = load_run_config(config_path, args.overrides)
@@ -228,8 +226,8 @@ def training_config_path(config: Path | None, preset: str | None) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from llm.checkpoint import load_model_dir
+    from llm.device import resolve_device
     from llm.evaluate import evaluate
-    from llm.train import resolve_device
 
     device = resolve_device(args.device, "--device")
     model, tokenizer, config = load_model_dir(args.model_dir, device=device)
@@ -287,6 +285,7 @@ def evaluation_data(
     the corpus the model was trained on (split "val")."""
     from llm.config import DataConfig, RunConfig, from_dict
     from llm.data import encode_corpus, prepare
+    from llm.run import RUN_FILE
 
     if split == "all":
         if corpus is None:

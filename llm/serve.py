@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from llm.checkpoint import load_model_dir
+from llm.device import resolve_device
 from llm.errors import CheckpointError, ConfigError, UserError
 from llm.generate import (
     SamplingParams,
@@ -65,7 +66,6 @@ from llm.generate import (
 )
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer
-from llm.train import resolve_device
 
 log = logging.getLogger(__name__)
 

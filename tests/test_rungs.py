@@ -15,7 +15,7 @@ from evo.operators import FAILED, fitness_class
 from evo.schedule.rungs import Ladder, RungResults
 from evo.space import Objective, load_space
 from evo.trials import make_job
-from llm.train import planned_steps
+from llm.optim import planned_steps
 
 
 def objectives(*metrics: str) -> list[Objective]:

@@ -28,7 +28,7 @@ from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler, min_members
 from evo.space import SearchSpace, load_space, space_from_dict
 from evo.storage import Storage, TrialRecord
-from llm.train import planned_steps
+from llm.optim import planned_steps
 
 VOCAB = 40
 

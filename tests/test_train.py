@@ -14,20 +14,16 @@ import pytest
 import torch
 from torch import Tensor
 
+import llm.run
 import llm.train
 from llm.checkpoint import checkpoints, latest_checkpoint, load_model_dir
 from llm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from llm.data import TokenSplits
 from llm.errors import ConfigError
 from llm.model import Transformer
-from llm.train import (
-    Trainer,
-    budget_progress,
-    build_optimizer,
-    learning_rate,
-    planned_steps,
-    train_run,
-)
+from llm.optim import budget_progress, build_optimizer, learning_rate, planned_steps
+from llm.run import train_run
+from llm.train import Trainer
 
 MODEL = ModelConfig(
     vocab_size=64, n_layers=2, d_model=32, n_heads=2, d_ff=64, max_seq_len=16, dropout=0.1
@@ -488,7 +484,7 @@ def test_resume_names_a_missing_or_broken_run_file(
     if content is not None:
         (tmp_path / "run.json").write_bytes(content)
     with pytest.raises(ConfigError, match=re.escape(message.format(out=tmp_path))):
-        llm.train.check_same_run(tmp_path, {"train": {"max_steps": 4}})
+        llm.run.check_same_run(tmp_path, {"train": {"max_steps": 4}})
 
 
 def test_train_run_refuses_a_vocab_size_the_tokenizer_does_not_have(tmp_path: Path) -> None:

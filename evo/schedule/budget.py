@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from evo.storage import Spent
 from llm.errors import ConfigError
-from llm.train import planned_steps
+from llm.optim import planned_steps
 
 if TYPE_CHECKING:
     from evo.space import SearchSpace

@@ -1,5 +1,10 @@
-"""Shared fixtures: a small local corpus and a search space sized to run in seconds."""
+"""Shared fixtures: a small local corpus and a search space sized to run in seconds.
 
+`TEST_ORDER_SEED=N pytest` runs the tests in an order shuffled by N, to show that no
+test depends on what ran before it."""
+
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,12 @@ TEXT = (
     "gradient of the loss down towards a better fit of the training text"
 )
 WORDS = TEXT.split()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = os.environ.get("TEST_ORDER_SEED")
+    if seed is not None:
+        random.Random(seed).shuffle(items)
 
 
 def write_corpus(folder: Path, documents: int = 24) -> Path:

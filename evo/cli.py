@@ -95,6 +95,13 @@ def add_execution_options(parser: argparse.ArgumentParser, live_view: bool = Tru
     parser.add_argument("--local", action="store_true", help="run trials in this process, no Ray")
     if live_view:
         parser.add_argument("--quiet", action="store_true", help="plain progress lines, no view")
+        parser.add_argument(
+            "--tracker",
+            choices=["none", "tensorboard"],
+            default="none",
+            help="also write each trial's curves for TensorBoard, one run per trial, under "
+            "results/NAME/tensorboard/",
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -143,12 +150,17 @@ def search(
 ) -> int:
     from evo.driver import make_search
     from evo.executor import make_executor
-    from evo.view import make_view
+    from evo.view import TrackedView, make_view
+    from llm.tracking import TRACKER_FOLDER
 
     data, vocab_size = prepared
     executor = make_executor(space, local=args.local, address=args.address)
     try:
-        with make_view(space, name, quiet=args.quiet) as view:
+        with make_view(space, name, quiet=args.quiet) as shown:
+            view = shown
+            if args.tracker != "none":
+                folder = Path("results") / name / TRACKER_FOLDER
+                view = TrackedView(shown, args.tracker, folder)
             summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
     except KeyboardInterrupt:
         storage.interrupt_active(name, at=datetime.now(timezone.utc))

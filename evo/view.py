@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
@@ -17,6 +18,8 @@ from rich.table import Table
 
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
+from evo.storage import genome_hash
+from llm.tracking import open_tracker
 
 if TYPE_CHECKING:
     from evo.executor import TrialOutcome
@@ -185,3 +188,39 @@ def make_view(space: SearchSpace, name: str, quiet: bool = False) -> LiveView | 
     if not quiet and sys.stderr.isatty():
         return LiveView(space, name)
     return LineView(space, name)
+
+
+class TrackedView:
+    """`view`, which also writes each finished trial's learning curve as a run of its own
+    for a tracker (`evo run --tracker tensorboard`), under `folder`/GENOME-rung-N: the
+    genome's hash, so a resumed search adds to the same runs."""
+
+    def __init__(self, view: SearchView, tracker: str, folder: Path) -> None:
+        self.view, self.tracker, self.folder = view, tracker, folder
+
+    def progress(self, description: str, done: float, total: float) -> None:
+        self.view.progress(description, done, total)
+
+    def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None:
+        self.view.trial_started(genes, rung, attempt)
+
+    def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
+        self.view.trial_finished(genes, rung, outcome)
+        name = f"{genome_hash(genes)[:12]}-rung-{rung + 1}"
+        tracking = open_tracker(self.tracker, self.folder / name)
+        try:
+            tracking.text("genes", genes_text(genes))
+            for point in outcome.result.curve:
+                tracking.record({"kind": "train", "step": point.step, "loss": point.train_loss})
+                if point.val_loss is not None:
+                    tracking.record(
+                        {"kind": "eval", "step": point.step, "val_loss": point.val_loss}
+                    )
+            result = outcome.result
+            final = {"bits_per_byte": result.bits_per_byte, "accuracy": result.accuracy}
+            tracking.record({"kind": "eval", "step": result.steps, **final})
+        finally:
+            tracking.close()
+
+    def note(self, text: str) -> None:
+        self.view.note(text)

@@ -57,6 +57,12 @@ def build_command_line() -> CommandLine:
         "--out", type=Path, help="output folder (default: results/CONFIG_STEM or PRESET)"
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--tracker",
+        choices=["none", "tensorboard"],
+        default="none",
+        help="also write the curves for TensorBoard under OUT/tensorboard/",
+    )
 
     evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
     evaluate.add_argument("model_dir", type=Path)
@@ -191,7 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path = training_config_path(args.config, args.preset)
     config = load_run_config(config_path, args.overrides)
     out = args.out or Path("results") / config_path.stem
-    outcome = train_run(config, out, resume=args.resume, progress=sys.stderr.isatty())
+    outcome = train_run(
+        config, out, resume=args.resume, progress=sys.stderr.isatty(), tracker=args.tracker
+    )
     if outcome.stop_reason == "interrupted":
         print(f"llm: interrupted at step {outcome.step}; continue with --resume", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from llm.config import ModelConfig, RunConfig, to_dict
 from llm.data import prepare
 from llm.errors import ConfigError
 from llm.model import Transformer
+from llm.tracking import TRACKER_FOLDER, open_tracker
 from llm.train import Trainer, TrainOutcome
 
 RUN_FILE = "run.json"
@@ -23,11 +24,17 @@ METRICS_FILE = "metrics.json"
 
 
 def train_run(
-    run_config: RunConfig, out_dir: Path, *, resume: bool = False, progress: bool = True
+    run_config: RunConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tracker: str = "none",
 ) -> TrainOutcome:
     """`llm train`: prepare the data, build the model, train it, and leave in `out_dir` a
     model directory plus `run.json` (the run config), `metrics.json` (the final
-    evaluation and how the run ended), `log.jsonl` and `checkpoints/`.
+    evaluation and how the run ended), `log.jsonl` and `checkpoints/` (and the curves
+    for `tracker` under `tensorboard/`).
 
     A diverged run writes `metrics.json` but no model; an interrupted one only its
     checkpoint, to be continued with `resume`.
@@ -43,12 +50,21 @@ def train_run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.train.seed)
         model = Transformer(model_config)
+    tracking = open_tracker(tracker, out_dir / TRACKER_FOLDER)
     trainer = Trainer(
-        model, run_config.train, prepared.splits(), out_dir=out_dir, progress=progress
+        model,
+        run_config.train,
+        prepared.splits(),
+        out_dir=out_dir,
+        progress=progress,
+        log=tracking.record,
     )
     if not resume:
         write_json(out_dir / RUN_FILE, run_dict)
-    outcome = trainer.fit(resume=resume)
+    try:
+        outcome = trainer.fit(resume=resume)
+    finally:
+        tracking.close()
     if outcome.stop_reason == "interrupted":
         return outcome
     metrics = run_metrics(outcome, model_config)

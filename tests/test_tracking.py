@@ -1,0 +1,63 @@
+"""`--tracker tensorboard` on `llm train` and `evo run`: the curves land where TensorBoard
+reads them, one run per trial for a search."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import steady_space_dict, write_corpus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from evo.cli import main as evo
+from evo.storage import Storage
+from llm.cli import main as llm
+from llm.errors import UserError
+from llm.tracking import open_tracker
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_llm_train_writes_its_curves_for_tensorboard(workdir):
+    corpus = write_corpus(workdir / "corpus")
+    config = {
+        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
+        "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
+        "train": {"batch_size": 4, "seq_len": 32, "max_steps": 6, "eval_interval": 3,
+                  "log_interval": 2},
+    }  # fmt: skip
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert llm(["train", "tiny.yaml", "--out", "model", "--tracker", "tensorboard"]) == 0
+    curves = scalars(workdir / "model" / "tensorboard")
+    assert [step for step, _ in curves["train/loss"]] == [2, 4, 6]
+    assert [step for step, _ in curves["val/bits_per_byte"]] == [3, 6]
+    assert {"train/learning_rate", "train/tokens_per_s", "val/loss"} <= set(curves)
+
+
+def test_evo_run_writes_one_tensorboard_run_per_trial(workdir):
+    corpus = write_corpus(workdir / "corpus")
+    space = steady_space_dict(corpus, budget={"trials": 6})
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    args = ["run", "space.yaml", "--local", "--quiet", "--tracker", "tensorboard"]
+    assert evo([*args, "--storage", url]) == 0
+    trials = [t for t in Storage(url).trials("space") if t.status.is_result]
+    runs = sorted((workdir / "results" / "space" / "tensorboard").iterdir())
+    assert len(runs) == len(trials) == 6
+    assert {run.name.rsplit("-rung-", 1)[1] for run in runs} <= {"1", "2", "3"}
+    curves = scalars(runs[0])
+    assert curves["train/loss"] and curves["val/bits_per_byte"]
+
+
+def test_a_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(UserError, match="needs the tensorboard package"):
+        open_tracker("tensorboard", tmp_path)

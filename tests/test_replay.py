@@ -260,3 +260,19 @@ def test_overrides_reach_every_methods_space(table):
     space = replay.method_space(table, "evo", 0, 40_000, overrides=("search.population=6",))
     assert space.search.population == 6
     assert replay.method_space(table, "tpe", 0, 40_000).search.population == 4
+
+
+def test_the_table_configurations_are_valid_new_and_reproducible(tmp_path):
+    space = make_space(tmp_path)
+    sobol = build_table.sobol_configs(space, 64, 8)
+    assert sobol == build_table.sobol_configs(space, 64, 8)
+    assert all(space.is_valid(genes, 64) for genes in sobol)
+    assert len({genome_hash(g) for g in sobol}) >= 6  # a few may repair to the same genome
+    seen = {genome_hash(g) for g in sobol}
+    best = sobol[:2]
+    neighbours = build_table.neighbour_configs(space, 64, best, 4, set(seen))
+    assert neighbours == build_table.neighbour_configs(space, 64, best, 4, set(seen))
+    assert len(neighbours) == 4 and not {genome_hash(g) for g in neighbours} & seen
+    assert all(space.is_valid(genes, 64) for genes in neighbours)
+    for genes in neighbours:  # one mutation away from a parent: most genes kept
+        assert max(sum(genes[k] == p[k] for k in genes) for p in best) >= len(genes) - 2

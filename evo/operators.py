@@ -305,12 +305,17 @@ def _completed(
     """A valid individual with the `wanted` genes, the others from `fill` where that makes
     a valid genome, else from random samples; ConfigError naming `where` when none does."""
     samples = (space.sample(random) for _ in range(INIT_TRIES))  # drawn only when needed
+    closest = {**fill, **wanted}
     for other in itertools.chain([fill], samples):
         individual = repair(to_individual(space, {**other, **wanted}), space, vocab_size)
         genome = to_genome(space, individual)
         if all(genome[name] == value for name, value in wanted.items()):
             return individual
-    problems = "; ".join(space.problems({**fill, **wanted}, vocab_size))
+        if other is fill:
+            # The other genes as repair left them: what is still wrong is the wanted genes'
+            # doing, not the filler's.
+            closest = {**genome, **wanted}
+    problems = "; ".join(space.problems(closest, vocab_size))
     raise ConfigError(f"{where} is not a valid genome: {problems}")
 
 

@@ -196,16 +196,22 @@ def _find_files(
     return sorted(files)
 
 
-def _read_jsonl(path: Path, field: str, decode: _Decoder) -> list[Document]:
-    docs = []
+def jsonl_records(text: str, path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line of the JSON-lines `text` read
+    from `path`; a DataError naming the line for one that is not JSON."""
     # Split on "\n" only: JSON strings may hold other line separators such as U+2028.
-    for number, line in enumerate(decode(_read_bytes(path), path).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}, line {number}: malformed JSON: {err.msg}") from None
+
+
+def _read_jsonl(path: Path, field: str, decode: _Decoder) -> list[Document]:
+    docs = []
+    for number, record in jsonl_records(decode(_read_bytes(path), path), path):
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise DataError(f"{path}, line {number}: no string field {field!r}")

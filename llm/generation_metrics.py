@@ -9,10 +9,10 @@ equal to their reference once surrounding whitespace is stripped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm.data import jsonl_records
 from llm.errors import DataError
 
 KEYS = ("prompt", "reference")
@@ -36,17 +36,11 @@ def read_cases(path: str | Path) -> list[GenerationCase]:
     """The records of `path`; a malformed one is a DataError naming its line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from None
     cases = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: malformed JSON: {err.msg}") from None
+    for number, record in jsonl_records(text, path):
         fields = [record.get(key) if isinstance(record, dict) else None for key in KEYS]
         if not all(isinstance(value, str) for value in fields):
             raise DataError(f"{path}, line {number}: needs string fields 'prompt' and 'reference'")

@@ -57,6 +57,13 @@ def build_command_line() -> CommandLine:
     report = command("report", cmd_report, "write a self-contained HTML report of a run")
     report.add_argument("name")
     report.add_argument("--out", type=Path, help="default: results/NAME/report.html")
+    report.add_argument(
+        "--plotly",
+        choices=["inline", "file"],
+        default="inline",
+        help="inline (default): plotly.js inside the page, one file that opens anywhere "
+        "offline; file: plotly.js written once beside the page, which then stays small",
+    )
 
     export = command("export", cmd_export, "write one row per trial as CSV or Parquet")
     export.add_argument("name")
@@ -185,11 +192,13 @@ def fresh_name(storage: Storage, name: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from evo.summary import generations_complete
+
     storage = Storage(args.storage, create=False)
-    table = Table("name", "status", "generation", "trials", "created", "updated")
+    table = Table("name", "status", "generations", "trials", "created", "updated")
     for run in storage.list_runs():
         trials = len(storage.trials(run.name))
-        generation = "-" if run.generation is None else str(run.generation)
+        generation = "-" if run.generation is None else str(generations_complete(run))
         table.add_row(
             run.name,
             run.status,
@@ -214,7 +223,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     storage = Storage(args.storage, create=False)
     storage.require_run(args.name)
-    path = write_report(storage, args.name, args.out or Path("results") / args.name / "report.html")
+    out = args.out or Path("results") / args.name / "report.html"
+    path = write_report(storage, args.name, out, plotly=args.plotly)
     print(path)
     return 0
 
@@ -231,7 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import load_run_space
+    from evo.driver import load_run_space, record_unigram_baseline
     from evo.executor import make_executor
     from evo.promote import Budget
     from evo.status import print_validation
@@ -241,6 +251,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     space = load_run_space(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
+    record_unigram_baseline(storage, args.name, data)  # for a run made before it was stored
     jobs = validation_jobs(
         storage, args.name, space, vocab_size, top=args.top, seeds=args.seeds, budget=budget
     )

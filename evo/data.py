@@ -50,3 +50,21 @@ def in_memory(splits: TokenSplits, tokenizer: Tokenizer, max_val_tokens: int | N
         val = val[:max_val_tokens]
         val_bytes = len(tokenizer.decode(val.tolist()).encode("utf-8"))
     return TokenSplits(np.array(splits.train), np.array(val), val_bytes)
+
+
+def unigram_bits_per_byte(splits: TokenSplits) -> float:
+    """Bits per byte of the best unigram model of the validation split: each token
+    predicted by its own frequency in the split, ignoring context. No model that ignores
+    context can score better on this text, so a trial that scores no better has learned
+    nothing that counts beyond token frequencies.
+
+    Scored like llm.evaluate does a model: over the tokens that have a predecessor (the
+    first token is never predicted), in bits per byte of the split's text.
+    """
+    predicted = np.asarray(splits.val)[1:]
+    if not len(predicted):
+        raise ValueError("the validation split is too short to predict a token")
+    counts = np.bincount(predicted)
+    counts = counts[counts > 0]
+    bits = -float(np.sum(counts * np.log2(counts / len(predicted))))
+    return bits / splits.val_bytes

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from evo.checkpoints import Checkpoint, TrialCheckpoints
-from evo.data import TrialData
+from evo.data import TrialData, unigram_bits_per_byte
 from evo.executor import Executor, TrialJob, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
 from evo.schedule.budget import Spending, cost_to_top, trial_cost
@@ -89,10 +89,18 @@ def make_search(
     vocab_size: int,
     view: SearchView | None = None,
 ) -> GenerationalSearch | SteadyStateSearch:
-    """The search loop of the space's mode."""
+    """The search loop of the space's mode, once the run's unigram baseline is stored."""
+    record_unigram_baseline(storage, name, data)
     if space.search.mode == "generational":
         return GenerationalSearch(space, name, storage, executor, data, vocab_size, view)
     return SteadyStateSearch(space, name, storage, executor, data, vocab_size, view)
+
+
+def record_unigram_baseline(storage: Storage, name: str, data: TrialData) -> None:
+    """Store the run's unigram baseline (see evo.summary.stalled), of the validation text
+    a trial's final metrics are scored on: the adapt corpus's when there is one."""
+    scored = data.adapt if data.adapt is not None else data.pretrain
+    storage.set_unigram_baseline(name, unigram_bits_per_byte(scored))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from llm.status import RESULT_STATUSES, TrialStatus
 Direction = Literal["min", "max"]
 
 __all__ = [
+    "EVAL_TOKENS",
     "METRICS",
     "OBJECTIVE_METRICS",
     "RESULT_STATUSES",
@@ -37,6 +38,7 @@ class Metric:
     description: str
     integer: bool = False
     objective: bool = True  # whether a search may optimise it
+    gpu_only: bool = False  # measured only when a trial trains on a GPU; else None
 
 
 METRICS: dict[str, Metric] = {
@@ -64,7 +66,14 @@ METRICS: dict[str, Metric] = {
         Metric(
             "flops_per_token", "min", "FLOPs", "forward FLOPs per token (analytic)", integer=True
         ),
-        Metric("peak_memory_bytes", "min", "bytes", "peak memory while training", integer=True),
+        Metric(
+            "peak_memory_bytes",
+            "min",
+            "bytes",
+            "peak GPU memory while training (the CUDA allocator's); not measured on a CPU",
+            integer=True,
+            gpu_only=True,
+        ),
         Metric("wall_seconds", "min", "s", "the trial's wall-clock time"),
         Metric(
             "steps",
@@ -86,6 +95,10 @@ METRICS: dict[str, Metric] = {
 }
 
 OBJECTIVE_METRICS = tuple(name for name, metric in METRICS.items() if metric.objective)
+
+# A promotion stores the metrics above that its run measured (`tokens` and `steps` are
+# what it trained) and, under this name, how many validation tokens it was scored on.
+EVAL_TOKENS = "eval_tokens"
 
 
 def cost_sign(direction: Direction) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evo.driver import load_run_space
-from evo.metrics import TrialStatus
+from evo.metrics import EVAL_TOKENS, TrialStatus
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
 from evo.summary import budget_text
@@ -167,7 +167,7 @@ def promote(
             "perplexity": final.perplexity,
             "bits_per_byte": final.bits_per_byte,
             "accuracy": final.accuracy,
-            "eval_tokens": final.tokens,
+            EVAL_TOKENS: final.tokens,
             "steps": outcome.step,
             "tokens": outcome.tokens,
         }

@@ -1,16 +1,20 @@
-"""The report of a search run: one self-contained HTML page, and exports of its trials.
+"""The report of a search run: one HTML page, and exports of its trials.
 
-The page embeds plotly's JavaScript, so it opens offline and can be archived or mailed
-as a single file. It only reads the results database, so it can be made while the
-search is still running. A search with rungs is judged at its top rung (the budget
-nearest the target): the summary, the front and the learning curves are of top-rung
-trials; the rungs section and the anytime curve show how the search got there.
+By default the page embeds plotly's JavaScript, so it opens offline and can be archived
+or mailed as a single file; `plotly="file"` writes the script once beside the page
+instead (most of an inline page's size is that script). It only reads the results
+database, so it can be made while the search is still running. A search with rungs is
+judged at its top rung (the budget nearest the target): the summary, the front and the
+learning curves are of top-rung trials; the rungs section and the anytime curve show how
+the search got there. Stalled trials (see evo.summary.stalled) are listed, in the
+trials and failures sections, but left out of the charts.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +25,26 @@ import plotly.express as px
 import plotly.graph_objects as go
 import yaml
 from plotly.colors import qualitative
-from plotly.offline import get_plotlyjs
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from plotly.subplots import make_subplots
 
-from evo.metrics import METRICS, TrialStatus
+from evo.metrics import EVAL_TOKENS, METRICS, TrialStatus
 from evo.space import Domain, Objective, SearchSpace, space_from_dict
-from evo.storage import TRIAL_STATUSES, RunInfo, Storage
-from evo.summary import anytime_curve, budget_text, rung_rows, spent_text, top_rung, utilization
+from evo.storage import TRIAL_STATUSES, PromotionRecord, RunInfo, Storage
+from evo.summary import (
+    STALLED,
+    STALLED_RULE,
+    SearchScore,
+    anytime_curve,
+    budget_text,
+    generations_complete,
+    rung_rows,
+    search_scores,
+    spent_text,
+    stalled,
+    top_rung,
+    utilization,
+)
 from evo.validate import ValidationReport, validation_report
 from llm.atomic import atomic_path, write_text
 from llm.errors import ConfigError, UserError
@@ -39,15 +56,62 @@ LOST = (TrialStatus.RETRIED.value, TrialStatus.INTERRUPTED.value)
 TOP_CURVES = 5
 NO_SUCCESS = "No successful trials yet."
 MISSING = "(missing)"  # the category of a gene a genome lacks
+NOT_MEASURED = "n/a (CPU)"  # a GPU-only metric of a trial that trained elsewhere
+PlotlyMode = Literal["inline", "file"]
+PLOTLY_MODES: tuple[PlotlyMode, ...] = ("inline", "file")
+# Parallel coordinates: the best line alone is dark red; the rest dark (better) to pale blue.
+BEST_RED, DARK_BLUE, PALE_BLUE = "#b2182b", "#08306b", "#c6dbef"
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
+  padding: 0 1em; }
 section { margin-bottom: 2.5em; }
 p.how { color: #555; font-style: italic; }
+.wide { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 """
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the sections read: the run, its space and every trial, with which stalled."""
+
+    info: RunInfo
+    space: SearchSpace
+    frame: pd.DataFrame  # Storage.trials_frame
+    stalled: pd.Series  # aligned with frame
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.space.search.objectives
+
+    @property
+    def rungs(self) -> bool:
+        return len(self.space.rung_budgets()) > 1
+
+    @property
+    def learned(self) -> pd.DataFrame:
+        """Every trial but the stalled ones: what the charts draw."""
+        return self.frame[~self.stalled]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """The successful, not stalled trials at the top rung: the scores that matter."""
+        return successful_trials(top_rung(self.learned, self.space), self.objectives)
+
+    @property
+    def empty(self) -> str:
+        """What a chart says when it has no trial to draw: why, when every success stalled."""
+        count = int(self.stalled.sum())
+        if not count or (self.learned["status"] == SUCCESS).any():
+            return NO_SUCCESS
+        return f"No trial has learned yet: {count} succeeded but stalled (see Failures)."
+
+    @property
+    def where(self) -> str:
+        return " at the top rung" if self.rungs else ""
 
 
 def run_space(info: RunInfo) -> SearchSpace:
@@ -100,45 +164,55 @@ def export_trials(
     return path
 
 
-def write_report(storage: Storage, run: str, out_path: str | Path) -> Path:
-    """Write the run's report as one HTML page that needs no network to open."""
+def write_report(
+    storage: Storage, run: str, out_path: str | Path, plotly: PlotlyMode = "inline"
+) -> Path:
+    """Write the run's report as one HTML page that needs no network to open: with
+    plotly.js inside it ("inline"), or beside it in a file the page names ("file")."""
+    if plotly not in PLOTLY_MODES:
+        raise UserError(f"unknown plotly mode {plotly!r}; expected inline or file")
     info = storage.require_run(run)
-    space = run_space(info)
-    objectives = space.search.objectives
     frame = storage.trials_frame(run)
-    finished = successful_trials(top_rung(frame, space), objectives)
-    rungs = len(space.rung_budgets()) > 1
+    data = _Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte))
+    validated = validation_report(storage, run, data.space)
     sections = [
-        _summary(info, space, storage, frame, finished),
-        _rungs(frame, space, objectives[0]) if rungs else "",
-        _progress(frame, space) if space.search.mode == "generational" else "",
-        _anytime(frame, space, objectives[0]),
-        _pareto(finished, objectives, rungs),
-        _genes(successful_trials(frame[frame["rung"] == 0], objectives), space, objectives),
-        _curves(storage, frame, finished, objectives[0]),
-        _workers(frame),
-        _failures(frame),
-        _validation(validation_report(storage, run, space)),
-        _promotions(storage, run, finished, objectives[0]),
+        _summary(data, storage),
+        _rungs(data) if data.rungs else "",
+        _progress(data) if data.space.search.mode == "generational" else "",
+        _anytime(data),
+        _history(data) if len(data.objectives) == 1 else _pareto(data),
+        _genes(data),
+        _curves(data, storage),
+        _trials(data),
+        _workers(data.frame),
+        _failures(data),
+        _validation(validated),
+        _promotions(data, storage.promotions(run), storage.genomes(run), validated),
     ]
     path = Path(out_path)
-    generated = f"made {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-    write_text(path, _page(f"evo run {info.name}", generated, sections))
+    script = _plotly_script(path, plotly)
+    generated = f"generated at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    write_text(path, _page(f"evo run {info.name}", generated, script, sections))
     return path
+
+
+def _plotly_script(page: Path, mode: PlotlyMode) -> str:
+    """The page's plotly.js: inline, or a file beside the page written once per plotly.js
+    version (so that a page made by another version keeps the script it was made with)."""
+    if mode == "inline":
+        return f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    name = f"plotly-{get_plotlyjs_version()}.min.js"
+    script = page.parent / name
+    if not script.exists():
+        write_text(script, get_plotlyjs())
+    return f'<script type="text/javascript" src="{html.escape(name)}" charset="utf-8"></script>'
 
 
 # Sections
 
 
-def _summary(
-    info: RunInfo,
-    space: SearchSpace,
-    storage: Storage,
-    frame: pd.DataFrame,
-    finished: pd.DataFrame,
-) -> str:
-    objectives = space.search.objectives
-    statuses = frame["status"]
+def _summary(run: _Run, storage: Storage) -> str:
+    info, space = run.info, run.space
     rows: list[tuple[str, str]] = [
         ("run", info.name),
         ("status", info.status),
@@ -155,29 +229,22 @@ def _summary(
     if limits:
         rows.append(("spent", spent_text(storage.spent(info.name), limits)))
     if space.search.mode == "generational":
-        saved = "none yet" if info.generation is None else str(info.generation + 1)
-        rows.append(("generations complete", saved))
-    lost = statuses.isin(LOST)
-    rows.append(
-        (
-            "trials",
-            f"{int((statuses == SUCCESS).sum())} done, {int(statuses.isin(FAILURES).sum())} "
-            f"failed, {int(statuses.isin(ACTIVE).sum())} queued or running, {int(lost.sum())}"
-            " lost to a dead worker or an interruption and run again",
+        rows.append(
+            ("generations complete", f"{generations_complete(info)} of {space.search.generations}")
         )
-    )
-    busy = utilization(frame, storage.run_sessions(info.name))
+    rows.append(("trials", _trial_counts(run)))
+    rows.append(("unigram baseline", _baseline_text(info.unigram_bits_per_byte)))
+    busy = utilization(run.frame, storage.run_sessions(info.name))
     if busy is not None:
         rows.append(("worker utilization", f"{100 * busy:.0f}% (busy worker-seconds / available)"))
-    rows.append(("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in objectives)))
-    where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
-    for objective in objectives:
+    rows.append(("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in run.objectives)))
+    for objective in run.objectives:
         best = "—"
-        if not finished.empty:
-            row = _ranked(finished, objective).iloc[0]
+        if not run.finished.empty:
+            row = _ranked(run.finished, objective).iloc[0]
             genes = ", ".join(_gene_lines(row))
             best = f"{_fmt(row[objective.metric])} (trial {row['trial_id']}: {genes})"
-        rows.append((f"best {objective.metric}{where}", best))
+        rows.append((f"best {objective.metric}{run.where}", best))
     return _section(
         "summary",
         "Summary",
@@ -187,13 +254,36 @@ def _summary(
     )
 
 
-def _rungs(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> str:
+def _trial_counts(run: _Run) -> str:
+    statuses, stuck = run.frame["status"], int(run.stalled.sum())
+    done = f"{int((statuses == SUCCESS).sum())} done"
+    if stuck:
+        done += f" ({stuck} of them stalled)"
+    return (
+        f"{done}, {int(statuses.isin(FAILURES).sum())} failed, "
+        f"{int(statuses.isin(ACTIVE).sum())} queued or running, {int(statuses.isin(LOST).sum())}"
+        " lost to a dead worker or an interruption and run again"
+    )
+
+
+def _baseline_text(baseline: float | None) -> str:
+    if baseline is None:
+        return (
+            "not recorded (a run made before evo stored it; `evo resume` or `evo validate` "
+            "stores it), so no trial is judged stalled"
+        )
+    return f"{baseline:.4g} bits/byte (a trial no better than this stalled; see Failures)"
+
+
+def _rungs(run: _Run) -> str:
+    objective, space = run.objectives[0], run.space
     how = (
         "How many genomes each rung trained, and how many of them advanced to the next "
         f"(the best 1/{space.search.eta:g} of a rung's results advance, continuing from their "
-        f"checkpoints); below, every {objective.metric} scored at each rung."
+        f"checkpoints); below, every {objective.metric} scored at each rung, stalled "
+        "trials left out."
     )
-    rows = rung_rows(frame, space)
+    rows = rung_rows(run.frame, space)
     table = _table(
         [
             (
@@ -209,9 +299,9 @@ def _rungs(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> str
         ],
         ("rung", "budget", "trials", "done", "failed", "queued or running", "advanced"),
     )
-    done = frame[frame["status"] == SUCCESS]
+    done = run.learned[run.learned["status"] == SUCCESS]
     if done.empty:
-        return _section("rungs", "Rungs", how, table + _note(NO_SUCCESS))
+        return _section("rungs", "Rungs", how, table + _note(run.empty))
     fig = go.Figure()
     for row in rows:
         values = done.loc[done["rung"] == row.rung, objective.metric]
@@ -229,48 +319,57 @@ def _rungs(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> str
     return _section("rungs", "Rungs", how, table + _figure(fig))
 
 
-def _progress(frame: pd.DataFrame, space: SearchSpace) -> str:
-    objectives = space.search.objectives
-    finished = successful_trials(frame, objectives)
+def _progress(run: _Run) -> str:
+    finished = successful_trials(run.learned, run.objectives)
     how = (
-        "For each generation, the best value so far and the median of the trials created "
-        "in that generation, for each objective; a falling gap means the population converges."
+        "For each generation, the best value found up to and including it, and the median "
+        "of the trials created in it, for each objective (stalled trials left out); a "
+        "falling gap means the population converges."
     )
     if finished.empty:
-        return _section("progress", "Objectives per generation", how, _note(NO_SUCCESS))
-    fig = make_subplots(rows=len(objectives), cols=1, shared_xaxes=True)
-    colors = {"best so far": qualitative.Plotly[0], "median": qualitative.Plotly[1]}
-    for row, objective in enumerate(objectives, start=1):
-        values = finished.groupby("generation")[objective.metric]
-        best = (values.agg(objective.best) * objective.sign).cummin() * objective.sign
-        for name, series in (("best so far", best), ("median", values.median())):
+        return _section("progress", "Objectives per generation", how, _note(run.empty))
+    fig = make_subplots(rows=len(run.objectives), cols=1, shared_xaxes=True)
+    colors = {
+        "best so far": qualitative.Plotly[0],
+        "median of the generation": qualitative.Plotly[1],
+    }
+    for row, objective in enumerate(run.objectives, start=1):
+        for name, series in _generation_lines(finished, objective).items():
             trace = go.Scatter(
                 x=series.index,
                 y=series.to_numpy(),
                 name=name,
                 mode="lines+markers",
-                line={"color": colors[name], "dash": "solid" if name == "median" else "dot"},
+                line={"color": colors[name], "dash": "dot" if name == "best so far" else "solid"},
                 legendgroup=name,
                 showlegend=row == 1,
             )
             fig.add_trace(trace, row=row, col=1)
         fig.update_yaxes(title_text=_axis_title(objective), row=row, col=1)
-    fig.update_xaxes(title_text="generation", dtick=1, row=len(objectives), col=1)
-    fig.update_layout(height=120 + 260 * len(objectives))
+    fig.update_xaxes(title_text="generation", dtick=1, row=len(run.objectives), col=1)
+    fig.update_layout(height=120 + 260 * len(run.objectives))
     return _section("progress", "Objectives per generation", how, _figure(fig))
 
 
-def _anytime(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> str:
-    top = " at the top rung" if len(space.rung_budgets()) > 1 else ""
+def _generation_lines(finished: pd.DataFrame, objective: Objective) -> dict[str, pd.Series]:
+    """Per generation: the best value up to it (a line that never gets worse, unlike the
+    best of each generation alone) and the generation's median."""
+    values = finished.groupby("generation")[objective.metric]
+    best = (values.agg(objective.best) * objective.sign).cummin() * objective.sign
+    return {"best so far": best, "median of the generation": values.median()}
+
+
+def _anytime(run: _Run) -> str:
+    objective = run.objectives[0]
     how = (
-        f"The best {objective.metric}{top} found so far against the training the search "
-        "had spent until then (every trial's tokens, cool-downs and failed trials "
-        "included): how much a better model costs."
+        f"The best {objective.metric}{run.where} found so far against the training the "
+        "search had spent until then (every trial's tokens, cool-downs, failed and stalled "
+        "trials included): how much a better model costs."
     )
-    curve = anytime_curve(frame, space, objective)
+    curve = anytime_curve(run.frame, run.space, objective, run.info.unigram_bits_per_byte)
     curve = curve[curve["best"].notna()]
     if curve.empty:
-        return _section("anytime", "Best against compute", how, _note(NO_SUCCESS))
+        return _section("anytime", "Best against compute", how, _note(run.empty))
     fig = go.Figure(
         go.Scatter(x=curve["tokens"], y=curve["best"], mode="lines+markers", line_shape="hv")
     )
@@ -280,49 +379,64 @@ def _anytime(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> s
     return _section("anytime", "Best against compute", how, _figure(fig))
 
 
-def _pareto(finished: pd.DataFrame, objectives: Sequence[Objective], rungs: bool) -> str:
-    where = " at the top rung" if rungs else ""
-    first = objectives[0]
-    if len(objectives) == 1:
-        how = (
-            f"Each successful trial's {first.metric}{where}, in the order trials were made, "
-            "and the best so far; the best trial is circled. Hover for genome and metrics."
-        )
-        if finished.empty:
-            return _section("history", "History", how, _note(NO_SUCCESS))
-        ordered = finished.sort_values("trial_id")
-        best = (ordered[first.metric] * first.sign).cummin() * first.sign
-        trials = go.Scatter(
-            x=ordered["trial_id"],
-            y=ordered[first.metric],
-            mode="markers",
-            name="trial",
-            hovertext=_hover_texts(ordered),
-            hovertemplate="%{hovertext}<extra></extra>",
-        )
-        line = go.Scatter(
-            x=ordered["trial_id"], y=best, mode="lines", line_shape="hv", name="best so far"
-        )
-        top = _ranked(finished, first).head(1)
-        circle = go.Scatter(
-            x=top["trial_id"],
-            y=top[first.metric],
-            mode="markers",
-            name="best",
-            marker={"size": 16, "symbol": "circle-open", "color": "crimson", "line": {"width": 2}},
-        )
-        fig = go.Figure([trials, line, circle])
-        fig.update_layout(height=480, xaxis_title="trial", yaxis_title=_axis_title(first))
-        return _section("history", "History", how, _figure(fig))
+def _history(run: _Run) -> str:
+    """With one objective there is no front to draw: its values in trial order, and the
+    best so far."""
+    first, finished = run.objectives[0], run.finished
     how = (
-        f"Every successful trial{where} on the first two objectives; the circled, connected "
-        "trials are the Pareto front over all objectives: none is beaten in every objective "
-        "by another. Hover for genome and metrics."
+        f"The optimisation history: each successful trial's {first.metric}{run.where} in "
+        "the order trials were made (stalled trials left out), and the best so far; the "
+        "best trial is circled. Hover for genome and metrics."
     )
     if finished.empty:
-        return _section("pareto", "Pareto front", how, _note(NO_SUCCESS))
-    front = pareto_front(finished, objectives)
-    second = objectives[1]
+        return _section("history", "Optimisation history", how, _note(run.empty))
+    ordered = finished.sort_values("trial_id")
+    trials = go.Scatter(
+        x=ordered["trial_id"],
+        y=ordered[first.metric],
+        mode="markers",
+        name="trial",
+        marker={"color": qualitative.Plotly[0]},
+        hovertext=_hover_texts(ordered),
+        hovertemplate="%{hovertext}<extra></extra>",
+    )
+    line = go.Scatter(
+        x=ordered["trial_id"],
+        y=(ordered[first.metric] * first.sign).cummin() * first.sign,
+        mode="lines",
+        line={"shape": "hv", "color": qualitative.Plotly[1]},
+        name="best so far",
+    )
+    top = _ranked(finished, first).head(1)
+    circle = go.Scatter(
+        x=top["trial_id"],
+        y=top[first.metric],
+        mode="markers",
+        name="best trial",
+        marker={"size": 16, "symbol": "circle-open", "color": "crimson", "line": {"width": 2}},
+    )
+    fig = go.Figure([trials, line, circle])
+    fig.update_layout(
+        height=480,
+        xaxis_title="trial",
+        yaxis_title=_axis_title(first),
+        legend=_LEGEND_ABOVE,
+    )
+    return _section("history", "Optimisation history", how, _figure(fig))
+
+
+def _pareto(run: _Run) -> str:
+    first, second = run.objectives[:2]
+    how = (
+        f"Every successful trial{run.where} on the first two objectives (stalled trials "
+        "left out); the circled, connected trials are the Pareto front over all "
+        "objectives: none is beaten in every objective by another. Hover for genome and "
+        "metrics."
+    )
+    finished = run.finished
+    if finished.empty:
+        return _section("pareto", "Pareto front", how, _note(run.empty))
+    front = pareto_front(finished, run.objectives)
     trials = go.Scatter(
         x=finished[first.metric],
         y=finished[second.metric],
@@ -343,37 +457,59 @@ def _pareto(finished: pd.DataFrame, objectives: Sequence[Objective], rungs: bool
         hovertemplate="%{hovertext}<extra></extra>",
     )
     fig = go.Figure([trials, best])
-    fig.update_layout(height=560, xaxis_title=_axis_title(first), yaxis_title=_axis_title(second))
+    fig.update_layout(
+        height=560,
+        xaxis_title=_axis_title(first),
+        yaxis_title=_axis_title(second),
+        legend=_LEGEND_ABOVE,
+    )
     return _section("pareto", "Pareto front", how, _figure(fig))
 
 
-def _genes(finished: pd.DataFrame, space: SearchSpace, objectives: Sequence[Objective]) -> str:
-    first = objectives[0]
+def _genes(run: _Run) -> str:
+    first, space = run.objectives[0], run.space
     lowest = " at the lowest rung (every genome has one, all at the same budget)"
     how = (
-        f"One line per successful trial{lowest if len(space.rung_budgets()) > 1 else ''} "
-        f"across its gene values (then its objectives), coloured by {first.metric}, the "
-        "best in dark red; drag along an axis to select."
+        f"One line per successful trial{lowest if run.rungs else ''} across its gene "
+        f"values (then its objectives; stalled trials left out), coloured by {first.metric}: "
+        "the best in red, the others from dark (better) to pale blue. Log-scaled genes are "
+        "labelled with their values. Drag along an axis to select."
     )
+    finished = successful_trials(run.learned[run.learned["rung"] == 0], run.objectives)
     if finished.empty:
-        return _section("genes", "Genes", how, _note(NO_SUCCESS))
-    names = [n for n in space.gene_names if f"gene.{n}" in finished]
-    names += [c[5:] for c in finished if c.startswith("gene.") and c[5:] not in names]
+        return _section("genes", "Genes", how, _note(run.empty))
+    finished = _ranked(finished, first).iloc[::-1]  # the best drawn last, on top
+    names = [c.removeprefix("gene.") for c in _gene_columns(run)]
     dimensions = [_dimension(n, finished[f"gene.{n}"], space.genes.get(n)) for n in names]
     dimensions += [
-        {"label": o.metric, "values": finished[o.metric].to_numpy(dtype=float)} for o in objectives
+        {"label": o.metric, "values": finished[o.metric].to_numpy(dtype=float)}
+        for o in run.objectives
     ]
+    values = finished[first.metric].to_numpy(dtype=float)
     line = {
-        "color": finished[first.metric].to_numpy(dtype=float),
-        # The best end of the scale is dark red, the rest from dark to pale blue.
-        "colorscale": [[0.0, "#8b0000"], [0.02, "#08306b"], [0.5, "#6baed6"], [1.0, "#deebf7"]],
-        "reversescale": first.sign < 0,
+        "color": values,
+        "colorscale": _best_colorscale(values, first),
         "showscale": True,
-        "colorbar": {"title": {"text": first.metric}},
+        "colorbar": {"title": {"text": _unit_title(first.metric)}},
     }
-    fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line))
-    fig.update_layout(height=520, margin={"l": 90, "r": 90, "t": 90})
+    # Angled axis titles: level ones overlap once the axes are narrower than their names.
+    fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line, labelangle=-25))
+    fig.update_layout(height=560, margin={"l": 70, "r": 90, "t": 140})
     return _section("genes", "Genes", how, _figure(fig))
+
+
+def _best_colorscale(values: np.ndarray, objective: Objective) -> list[list[Any]]:
+    """A colour scale over `values` on which only the best value (and its ties) is red:
+    the others run from dark blue (better) to pale blue (worse). The red band ends half
+    way to the next best value, so no other line can fall in it."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if high == low:
+        return [[0.0, BEST_RED], [1.0, BEST_RED]]
+    costs = np.unique(values * objective.sign)  # best first
+    edge = (costs[1] - costs[0]) / (high - low) / 2
+    if objective.sign > 0:  # the best is the lowest value
+        return [[0.0, BEST_RED], [edge, BEST_RED], [edge, DARK_BLUE], [1.0, PALE_BLUE]]
+    return [[0.0, PALE_BLUE], [1.0 - edge, DARK_BLUE], [1.0 - edge, BEST_RED], [1.0, BEST_RED]]
 
 
 def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str, Any]:
@@ -405,30 +541,43 @@ def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str,
     }
 
 
-def _curves(
-    storage: Storage, frame: pd.DataFrame, finished: pd.DataFrame, objective: Objective
-) -> str:
-    adapt = "; dashed while adapting" if "pretrain.bits_per_byte" in frame else ""
-    how = (
-        f"Training loss against tokens trained for the {TOP_CURVES} best genomes by "
-        f"{objective.metric}: solid while pretraining{adapt}; dots are validation losses. "
-        "A genome that advanced has one segment per rung, each continuing the last from "
-        "where its cool-down began."
-    )
+def _curves(run: _Run, storage: Storage) -> str:
+    objective, finished = run.objectives[0], run.finished
     fig = go.Figure()
     top = _ranked(finished, objective).head(TOP_CURVES)
     ranked = top[["genome_id", objective.metric]].itertuples(index=False, name=None)
     for i, (genome_id, value) in enumerate(ranked):
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
         name = f"genome {genome_id} ({objective.metric} {_fmt(value)})"
-        trials = frame[(frame["genome_id"] == genome_id) & (frame["status"] == SUCCESS)]
+        trials = run.frame[(run.frame["genome_id"] == genome_id) & (run.frame["status"] == SUCCESS)]
         for trial_id in trials.sort_values("rung")["trial_id"]:
             _add_curve(fig, pd.DataFrame(storage.curve(int(trial_id))), name, color)
+    how = _curves_text(fig, len(top), objective, run.rungs)
     if not fig.data:
-        message = NO_SUCCESS if finished.empty else "No learning curves were recorded."
+        message = run.empty if finished.empty else "No learning curves were recorded."
         return _section("curves", "Learning curves", how, _note(message))
     fig.update_layout(height=520, xaxis_title="tokens trained", yaxis_title="loss (nats per token)")
     return _section("curves", "Learning curves", how, _figure(fig))
+
+
+def _curves_text(fig: go.Figure, genomes: int, objective: Objective, rungs: bool) -> str:
+    """How to read the learning curves, naming only what `fig` draws."""
+    lines = [t for t in fig.data if t.mode == "lines"]
+    parts = [
+        f"Training loss (nats per token: the mean cross-entropy of the next token) against "
+        f"tokens trained, for the {genomes} best genomes by {objective.metric}, one colour each"
+    ]
+    if any(t.line.dash == "dash" for t in lines):
+        parts.append("solid while pretraining, dashed while adapting")
+    if any(t.mode == "markers" for t in fig.data):
+        parts.append("dots are validation losses, in the same unit")
+    text = "; ".join(parts) + "."
+    if rungs:
+        text += (
+            " A genome that advanced has one segment per rung, each continuing the last "
+            "from where its cool-down began."
+        )
+    return text
 
 
 def _add_curve(fig: go.Figure, points: pd.DataFrame, name: str, color: str) -> None:
@@ -474,6 +623,47 @@ def _tokens_trained(points: pd.DataFrame) -> pd.Series:
     return points["tokens"] + np.where(points["stage"] == "adapt", offset, 0)
 
 
+def _trials(run: _Run) -> str:
+    first = run.objectives[0]
+    how = (
+        f"Every trial, best {first.metric} first (trials without a value last): its genome, "
+        "rung, status (stalled for a success that learned nothing; see Failures), "
+        "objectives and genes."
+    )
+    if run.frame.empty:
+        return _section("trials", "Trials", how, _note("No trials yet."))
+    genes = _gene_columns(run)
+    generational = run.space.search.mode == "generational"
+    header = [
+        "trial",
+        "genome",
+        "rung",
+        *(["generation"] if generational else []),
+        "status",
+        *(_unit_title(o.metric) for o in run.objectives),
+        *(c.removeprefix("gene.") for c in genes),
+    ]
+    rows = [
+        [
+            row["trial_id"],
+            row["genome_id"],
+            row["rung"] + 1,
+            *([_fmt(row["generation"])] if generational else []),
+            STALLED if run.stalled[index] else row["status"],
+            *(_metric_text(row, o.metric) for o in run.objectives),
+            *(_fmt(row[c]) for c in genes),
+        ]
+        for index, row in _ranked(run.frame, first).iterrows()
+    ]
+    return _section("trials", "Trials", how, f'<div class="wide">{_table(rows, header)}</div>')
+
+
+def _gene_columns(run: _Run) -> list[str]:
+    """The frame's gene columns in the space's order, then genes the space no longer has."""
+    columns = [f"gene.{n}" for n in run.space.gene_names if f"gene.{n}" in run.frame]
+    return columns + [c for c in run.frame if c.startswith("gene.") and c not in columns]
+
+
 def _workers(frame: pd.DataFrame) -> str:
     how = (
         "What each worker did over time: one bar per trial, from its start to its end on "
@@ -498,26 +688,47 @@ def _workers(frame: pd.DataFrame) -> str:
     return _section("workers", "Workers", how, _figure(fig))
 
 
-def _failures(frame: pd.DataFrame) -> str:
+def _failures(run: _Run) -> str:
+    frame, baseline = run.frame, run.info.unigram_bits_per_byte
     counts = frame["status"].value_counts()
     count_rows = [(s, int(counts[s])) for s in TRIAL_STATUSES if s in counts]
-    failed = frame.loc[
-        frame["status"].isin(FAILURES), ["trial_id", "generation", "status", "error"]
-    ]
-    failed_rows = [
-        (trial, generation, status, _first_line(error))
-        for trial, generation, status, error in failed.itertuples(index=False, name=None)
-    ]
+    if run.stalled.any():
+        count_rows.append((f"{STALLED} (of the done)", int(run.stalled.sum())))
     body = _table(count_rows, ("status", "trials")) if count_rows else _note("No trials yet.")
-    if failed_rows:
-        body += _table(failed_rows, ("trial", "generation", "status", "error"))
+    listed = frame[frame["status"].isin(FAILURES) | run.stalled]
+    rows = [
+        (
+            row["trial_id"],
+            _fmt(row["generation"]),
+            row["rung"] + 1,
+            STALLED if run.stalled[index] else row["status"],
+            _stalled_reason(row, baseline) if run.stalled[index] else _first_line(row["error"]),
+        )
+        for index, row in listed.iterrows()
+    ]
+    if rows:
+        body += _table(rows, ("trial", "generation", "rung", "status", "error or reason"))
     else:
-        body += _note("No trial has failed.")
+        body += _note("No trial has failed or stalled.")
     how = (
         "How many trials ended in each status, then every trial that failed, timed out, "
-        "was invalid or diverged, with the first line of its error."
+        "was invalid or diverged, with the first line of its error, and every trial that "
+        f"stalled. {STALLED_RULE} Stalled trials stay in the search; the charts leave them "
+        "out. "
+        + (
+            f"This run's unigram baseline is {baseline:.4g} bits/byte."
+            if baseline is not None
+            else "This run has no unigram baseline recorded, so none is judged stalled."
+        )
     )
     return _section("failures", "Failures", how, body)
+
+
+def _stalled_reason(row: pd.Series, baseline: float | None) -> str:
+    return (
+        f"bits per byte {_fmt(row['bits_per_byte'])}, no better than the unigram baseline "
+        f"{_fmt(baseline)}"
+    )
 
 
 def _validation(report: ValidationReport | None) -> str:
@@ -537,7 +748,7 @@ def _validation(report: ValidationReport | None) -> str:
     fig.update_layout(
         height=360,
         xaxis_title="rank in the search (1 = its best)",
-        yaxis_title=f"validated {report.metric} ({METRICS[report.metric].unit})",
+        yaxis_title=f"validated {_unit_title(report.metric)}",
         xaxis={"dtick": 1},
     )
     agreement = (
@@ -573,37 +784,58 @@ def _validation(report: ValidationReport | None) -> str:
     return _section("validation", "Validation", how, _figure(fig) + _table(rows, header))
 
 
-def _promotions(storage: Storage, run: str, finished: pd.DataFrame, objective: Objective) -> str:
-    promotions = storage.promotions(run)
+def _promotions(
+    run: _Run,
+    promotions: list[PromotionRecord],
+    genomes: dict[int, dict[str, Any]],
+    validated: ValidationReport | None,
+) -> str:
     if not promotions:
         return ""
-    genomes = storage.genomes(run)
-    searched = finished.set_index("genome_id")[objective.metric].to_dict()
+    metric = run.objectives[0].metric
+    searched = search_scores(run.frame, run.objectives[0])
+    means = {g.candidate.genome_id: g for g in validated.genomes} if validated else {}
     rows = [
         (
+            p.genome_id,
             ", ".join(_gene_text(k, v) for k, v in genomes.get(p.genome_id, {}).items()),
-            _fmt(searched.get(p.genome_id)),
-            _fmt((p.metrics or {}).get(objective.metric)),
-            p.out_dir,
+            _search_text(searched.get(p.genome_id), len(run.space.rung_budgets())),
+            _fmt(means[p.genome_id].mean) if p.genome_id in means else "—",
+            _fmt((p.metrics or {}).get(metric)),
+            _fmt((p.metrics or {}).get("tokens")),
+            _fmt((p.metrics or {}).get("steps")),
+            _fmt((p.metrics or {}).get(EVAL_TOKENS)),
             p.status,
-            ", ".join(f"{k}: {_fmt(v)}" for k, v in (p.metrics or {}).items()),
+            p.out_dir,
         )
         for p in promotions
     ]
     how = (
-        f"Genomes trained further after the search: their {objective.metric} in the search "
-        "(at the top rung) beside the promoted model's, where the model went, and its "
-        "metrics (tokens and steps trained; eval_tokens scored)."
+        f"Genomes trained further after the search (`evo promote`): the genome's {metric} "
+        "in the search, at the highest rung it reached, and its mean over seeds where `evo "
+        "validate` retrained it, beside the promoted model's; then the tokens and steps "
+        "the promoted model trained, and the validation tokens it was scored on."
     )
     header = (
         "genome",
-        f"search {objective.metric}",
-        f"promoted {objective.metric}",
-        "out dir",
+        "genes",
+        f"search {metric} (rung)",
+        f"validated {metric}",
+        f"promoted {metric}",
+        "tokens trained",
+        "steps",
+        "tokens evaluated",
         "status",
-        "metrics",
+        "out dir",
     )
-    return _section("promotions", "Promotions", how, _table(rows, header))
+    body = f'<div class="wide">{_table(rows, header)}</div>'
+    return _section("promotions", "Promotions", how, body)
+
+
+def _search_text(score: SearchScore | None, rungs: int) -> str:
+    if score is None:
+        return "—"
+    return f"{_fmt(score.value)} (rung {score.rung + 1} of {rungs})"
 
 
 # Pieces
@@ -655,14 +887,42 @@ def _hover_texts(frame: pd.DataFrame) -> list[str]:
             when = f"generation {row['generation']:.0f}"
         lines = [f"trial {row['trial_id']} ({when})"]
         lines += _gene_lines(row)
-        lines += [f"{m}: {_fmt(row[m])}" for m in METRICS if not _missing(row[m])]
+        lines += [f"{m}: {_metric_text(row, m)}" for m in METRICS if _shown(row, m)]
         texts.append("<br>".join(html.escape(line) for line in lines))
     return texts
 
 
+def _shown(row: pd.Series, metric: str) -> bool:
+    """Whether a trial's hover text lists `metric`: when measured, or when it could not be
+    (a GPU-only metric of a trial that trained elsewhere says so)."""
+    return not _missing(row[metric]) or _metric_text(row, metric) == NOT_MEASURED
+
+
+def _metric_text(row: pd.Series, metric: str) -> str:
+    """A trial's value of `metric`, or why it has none: a GPU-only metric is not measured
+    for a trial that trained on another device."""
+    device = row.get("device")
+    elsewhere = not _missing(device) and not str(device).startswith("cuda")
+    if _missing(row[metric]) and METRICS[metric].gpu_only and elsewhere:
+        return NOT_MEASURED
+    return _fmt(row[metric])
+
+
+def _unit_title(metric: str) -> str:
+    """The metric's name with its unit, where it has one."""
+    unit = METRICS[metric].unit
+    return f"{metric} ({unit})" if unit else metric
+
+
 def _axis_title(objective: Objective) -> str:
+    """The objective's name and unit, and on a second line (one would not fit beside a
+    short subplot) which way is better."""
     better = "lower" if objective.sign > 0 else "higher"
-    return f"{objective.metric} ({better} is better)"
+    return f"{_unit_title(objective.metric)}<br>{better} is better"
+
+
+# A legend in a row above the plot, clear of the plot, its axes and any colour bar.
+_LEGEND_ABOVE = {"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"}
 
 
 def _when(moment: datetime) -> str:
@@ -696,12 +956,12 @@ def _section(anchor: str, title: str, how_to_read: str, body: str) -> str:
     )
 
 
-def _page(title: str, subtitle: str, sections: Sequence[str]) -> str:
-    # plotly.js inline in the head, once, so that the page opens offline.
+def _page(title: str, subtitle: str, script: str, sections: Sequence[str]) -> str:
+    # plotly.js in the head, once, before any figure that needs it.
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>\n"
-        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
+        f"{script}\n</head>\n<body>\n"
         f'<h1>{html.escape(title)}</h1>\n<p class="how">{html.escape(subtitle)}</p>\n'
         f"{''.join(sections)}</body></html>\n"
     )

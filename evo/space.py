@@ -602,6 +602,7 @@ class SearchSpace:
             self.search.mutation_gene_prob = 1 / len(self.genes)
         self._check_initial()
         self._check_trial_budget()
+        self._check_measured()
         if len(self.rung_budgets()) > 1:
             self._check_continuable()
         if self.trial.timeout_s is None:
@@ -640,6 +641,17 @@ class SearchSpace:
                 ("trial",),
                 "set a budget: max_steps, max_tokens or max_seconds (or search.target)",
             )
+
+    def _check_measured(self) -> None:
+        """No objective that trials on a CPU leave unmeasured: none would have a value."""
+        if self.fixed.train.get("device") != "cpu":
+            return
+        for i, objective in enumerate(self.search.objectives):
+            if METRICS[objective.metric].gpu_only:
+                raise _Problem(
+                    ("search", "objectives", i),
+                    f"{objective.metric} is measured on a GPU only, and fixed.train.device is cpu",
+                )
 
     def _check_continuable(self) -> None:
         """Rungs continue a genome from the checkpoint where its cool-down began, which

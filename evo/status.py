@@ -13,10 +13,14 @@ from evo.report import pareto_front, run_space
 from evo.space import SearchSpace
 from evo.storage import RunInfo, Storage
 from evo.summary import (
+    STALLED,
     anytime_curve,
     budget_text,
+    generations_complete,
     rung_rows,
+    search_scores,
     spent_text,
+    stalled,
     top_rung,
     utilization,
 )
@@ -31,41 +35,55 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     run = storage.require_run(name)
     space = run_space(run)
     frame = storage.trials_frame(name)
-    console.print(f"[bold]{name}[/]: {run.status}, {_progress(storage, run, space)}")
+    stuck = stalled(frame, run.unigram_bits_per_byte)
+    console.print(f"[bold]{name}[/]: {run.status}, {_progress(run, space)}")
     console.print(f"updated {run.updated_at:%Y-%m-%d %H:%M:%S} UTC")
     _print_budgets(storage, space, name, console)
     counts = Counter(frame["status"])
+    if stuck.any():
+        counts[f"{STALLED} (of the done; see evo report)"] = int(stuck.sum())
     console.print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if len(space.rung_budgets()) > 1:
         console.print(_rung_table(frame, space))
     busy = utilization(frame, storage.run_sessions(name))
     if busy is None:  # a run from before sessions were recorded
-        per_generation = [g.stats["utilization"] for g in storage.generations(name)]
+        per_generation = [g.stats.get("utilization") for g in storage.generations(name)]
         known = [u for u in per_generation if u]
         busy = sum(known) / len(known) if known else None
     if busy is not None:
         console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
-    _print_front(frame, space, console)
-    _print_anytime(frame, space, console)
+    _print_front(frame[~stuck], space, console, stalled_count=int(stuck.sum()))
+    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)
     if report is not None:
         print_validation(report, console, table=False)
     running = frame[frame["status"] == TrialStatus.RUNNING.value]
     if len(running):
         console.print(f"running now: {len(running)} trials")
+    _print_promotions(storage, name, frame, space, console)
+
+
+def _progress(run: RunInfo, space: SearchSpace) -> str:
+    if space.search.mode == "generational":
+        done = generations_complete(run)
+        return f"{done} of {space.search.generations} generations complete"
+    return "steady-state search"
+
+
+def _print_promotions(
+    storage: Storage, name: str, frame: pd.DataFrame, space: SearchSpace, console: Console
+) -> None:
+    """Each promotion's first objective beside the genome's score in the search."""
+    objective = space.search.objectives[0]
+    searched = search_scores(frame, objective)
     for promotion in storage.promotions(name):
-        metrics = promotion.metrics or {}
-        bpb = metrics.get("bits_per_byte")
-        detail = f", bits per byte {bpb:.4g}" if bpb is not None else ""
+        value = (promotion.metrics or {}).get(objective.metric)
+        detail = f", {objective.metric} {value:.4g}" if value is not None else ""
+        score = searched.get(promotion.genome_id)
+        if score is not None:
+            detail += f" (search: {score.value:.4g} at rung {score.rung + 1})"
         genome, where = promotion.genome_id, promotion.out_dir
         console.print(f"promoted genome {genome}: {promotion.status}{detail} -> {where}")
-
-
-def _progress(storage: Storage, run: RunInfo, space: SearchSpace) -> str:
-    if space.search.mode == "generational":
-        saved = len(storage.generations(run.name))
-        return f"{saved} of {space.search.generations} generations complete"
-    return "steady-state search"
 
 
 def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Console) -> None:
@@ -80,11 +98,13 @@ def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Con
         console.print(f"spent: {spent_text(storage.spent(name), limits)}")
 
 
-def _print_anytime(frame: pd.DataFrame, space: SearchSpace, console: Console) -> None:
+def _print_anytime(
+    frame: pd.DataFrame, space: SearchSpace, baseline: float | None, console: Console
+) -> None:
     """Where the best value improved, against the tokens spent until then (the anytime
     curve, in a line; `evo report` draws it)."""
     objective = space.search.objectives[0]
-    curve = anytime_curve(frame, space, objective)
+    curve = anytime_curve(frame, space, objective, baseline)
     improved = curve[curve["best"].notna() & (curve["best"] != curve["best"].shift())]
     if improved.empty:
         return
@@ -115,14 +135,23 @@ def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
     return table
 
 
-def _print_front(frame: pd.DataFrame, space: SearchSpace, console: Console) -> None:
-    """The best trials at the top rung: the Pareto front for several objectives."""
+def _print_front(
+    frame: pd.DataFrame, space: SearchSpace, console: Console, *, stalled_count: int
+) -> None:
+    """The best trials at the top rung among `frame`, which leaves out the run's
+    `stalled_count` stalled trials: the Pareto front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(frame, space)
     front = pareto_front(top, objectives)
     where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
     if not len(front):
-        console.print(f"no successful trial{where} yet")
+        if stalled_count:
+            console.print(
+                f"no trial{where} has learned yet ({stalled_count} succeeded but stalled; "
+                "see evo report)"
+            )
+        else:
+            console.print(f"no successful trial{where} yet")
         return
     for objective in objectives:
         best = objective.best(front[objective.metric])

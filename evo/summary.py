@@ -1,6 +1,7 @@
 """The numbers `evo status` and `evo report` both show: trials and advances per rung,
 the budget spent, the anytime curve (the best value at the top rung against compute
-spent), and how busy the workers were."""
+spent), how busy the workers were, how many generations are complete, each genome's
+score in the search, and which trials stalled."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import pandas as pd
 
 from evo.metrics import TrialStatus
 from evo.space import Objective, SearchSpace
-from evo.storage import SessionRecord, Spent
+from evo.storage import RunInfo, SessionRecord, Spent
 
 UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
+STALLED = "stalled"  # what a stalled trial is called where its status is shown
+STALLED_RULE = (
+    "A trial is stalled when it finished but its bits per byte is no better than (at or "
+    "above) that of the best unigram model of the validation text, which predicts each "
+    "token by its frequency there and ignores context: such a model learned nothing that "
+    "counts beyond token frequencies."
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,14 @@ class RungRow:
     failed: int
     active: int  # queued or running now
     advanced: int  # genomes that went on from here to the next rung
+
+
+@dataclass(frozen=True)
+class SearchScore:
+    """A genome's score in the search: its result at the highest rung it reached."""
+
+    value: float
+    rung: int  # 0-based
 
 
 def budget_text(budget: dict[str, float]) -> str:
@@ -69,15 +85,50 @@ def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
     return frame[frame["rung"] == len(space.rung_budgets()) - 1]
 
 
-def anytime_curve(frame: pd.DataFrame, space: SearchSpace, objective: Objective) -> pd.DataFrame:
+def generations_complete(run: RunInfo) -> int:
+    """How many generations a generational run has completed. Generations are numbered
+    from 0 and saved in order, so this is the number of the last one saved plus one."""
+    return 0 if run.generation is None else run.generation + 1
+
+
+def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:
+    """Which trials of `frame` stalled (STALLED_RULE), given the run's unigram baseline
+    in bits per byte (`RunInfo.unigram_bits_per_byte`; a run without one judges none).
+    Stalled trials stay successes for the search; reports list them apart and leave
+    them out of the charts, whose axes they would stretch."""
+    if baseline is None:
+        return pd.Series(False, index=frame.index)
+    done = frame["status"] == TrialStatus.DONE.value
+    return done & (frame["bits_per_byte"] >= baseline)
+
+
+def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, SearchScore]:
+    """Each scored genome's value of `objective` in the search, from its successful trial
+    at the highest rung it reached (the trial `evo promote --genome` starts from)."""
+    done = frame[(frame["status"] == TrialStatus.DONE.value) & frame[objective.metric].notna()]
+    last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
+    rows = last[["genome_id", objective.metric, "rung"]].itertuples(index=False, name=None)
+    return {int(genome): SearchScore(float(value), int(rung)) for genome, value, rung in rows}
+
+
+def anytime_curve(
+    frame: pd.DataFrame,
+    space: SearchSpace,
+    objective: Objective,
+    baseline: float | None = None,
+) -> pd.DataFrame:
     """The best top-rung value of `objective` after each result, against the training
     spent until then (tokens, steps and worker-seconds of every trial with a result, in
     the order results were recorded; attempts lost to a dead worker or an interruption
-    are left out). Columns: tokens, steps, worker_seconds, best."""
+    are left out). Stalled trials (see `stalled`, with the run's `baseline`) count for
+    the compute they spent but not for the best value. Columns: tokens, steps,
+    worker_seconds, best."""
     finished = frame[frame["recorded"].notna()].sort_values("recorded")
     top = len(space.rung_budgets()) - 1
     values = finished[objective.metric].where(
-        (finished["rung"] == top) & (finished["status"] == TrialStatus.DONE.value)
+        (finished["rung"] == top)
+        & (finished["status"] == TrialStatus.DONE.value)
+        & ~stalled(finished, baseline)
     )
     best = (values * objective.sign).cummin().ffill() * objective.sign
     return pd.DataFrame(

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +110,8 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     try:
         with memory_peak() as peak:
             result = _run_stages(spec)
-        result.peak_memory_bytes = peak()
+        # Only a trial trained on the GPU has an allocator peak of its own to report.
+        result.peak_memory_bytes = peak() if result.device.startswith("cuda") else None
     except torch.cuda.OutOfMemoryError as err:
         error = f"out of memory: {first_line(err)}"
         result = TrialResult(status=TrialStatus.FAILED, error=error)
@@ -236,33 +237,16 @@ def thread_count(threads: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def memory_peak() -> Iterator[Any]:
-    """Yields a function that returns the peak memory used since entry, in bytes: the
-    CUDA allocator's peak on a GPU, else the growth of this process's peak resident size."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        yield torch.cuda.max_memory_allocated
+def memory_peak() -> Iterator[Callable[[], int | None]]:
+    """Yields a function that returns the CUDA allocator's peak since entry, in bytes, or
+    None without CUDA. A CPU trial has no peak of its own that can be measured: its
+    worker's resident size also holds the interpreter, torch and what earlier trials
+    left, and the kernel's peak of it cannot always be reset."""
+    if not torch.cuda.is_available():
+        yield lambda: None
         return
-    reset_resident_peak()
-    baseline = resident_bytes("VmRSS")
-    yield lambda: max(0, resident_bytes("VmHWM") - baseline)
-
-
-def reset_resident_peak() -> None:
-    """Linux resets a process's peak resident size (VmHWM) when 5 is written here."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def resident_bytes(field_name: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    torch.cuda.reset_peak_memory_stats()
+    yield torch.cuda.max_memory_allocated
 
 
 def first_line(err: BaseException) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import random
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,9 +20,12 @@ from conftest import steady_space_dict, write_corpus
 from plotly.offline import get_plotlyjs
 
 from evo.cli import main as evo
-from evo.report import NO_SUCCESS, export_trials, pareto_front, write_report
-from evo.space import Objective, space_from_dict
+from evo.data import prepare_data, unigram_bits_per_byte
+from evo.metrics import EVAL_TOKENS
+from evo.report import NO_SUCCESS, NOT_MEASURED, export_trials, pareto_front, write_report
+from evo.space import Objective, load_space, space_from_dict
 from evo.storage import Storage
+from evo.summary import STALLED_RULE
 from llm.errors import UserError
 
 # The shipped tiny space as a generational search, with a speed objective, whose best
@@ -40,10 +47,13 @@ HEADINGS = (
     "Pareto front",
     "Genes",
     "Learning curves",
+    "Trials",
     "Workers",
     "Failures",
     "Promotions",
 )
+# What evo promote stores: the tokens and steps trained, and the tokens scored.
+PROMOTED = {"bits_per_byte": 1.9, "steps": 921, "tokens": 3_771_648, EVAL_TOKENS: 50_678}
 ERROR = "RuntimeError: shape <b>&mismatch</b> in layer 2\nTraceback (most recent call last)"
 
 
@@ -53,10 +63,12 @@ def store(tmp_path: Path) -> Iterator[Storage]:
         yield storage
 
 
-def curve(steps: int, loss: float) -> list[dict[str, object]]:
-    """A pretraining then adapt curve whose last point of each stage has a validation loss."""
+def curve(steps: int, loss: float, adapt: bool = True) -> list[dict[str, object]]:
+    """A pretraining curve, then with `adapt` an adapt one; the last point of each stage
+    has a validation loss."""
     points = []
-    for stage, n in (("pretrain", steps), ("adapt", steps // 2)):
+    stages = (("pretrain", steps), ("adapt", steps // 2)) if adapt else (("pretrain", steps),)
+    for stage, n in stages:
         for step in range(10, n + 1, 10):
             points.append(
                 {
@@ -71,7 +83,8 @@ def curve(steps: int, loss: float) -> list[dict[str, object]]:
     return points
 
 
-def result(bits_per_byte: float, tokens_per_s: float) -> dict[str, object]:
+def result(bits_per_byte: float, tokens_per_s: float, adapt: bool = True) -> dict[str, object]:
+    """A CPU trial's result (no peak memory measured); with `adapt`, of two stages."""
     loss = bits_per_byte * 0.9
     return {
         "status": "ok",
@@ -87,8 +100,10 @@ def result(bits_per_byte: float, tokens_per_s: float) -> dict[str, object]:
         "steps": 100,
         "tokens": 102_400,
         "device": "cpu",
-        "curve": curve(100, loss),
-        "pretrain": {"val_loss": loss + 0.3, "bits_per_byte": bits_per_byte + 0.2},
+        "curve": curve(100, loss, adapt),
+        "pretrain": {"val_loss": loss + 0.3, "bits_per_byte": bits_per_byte + 0.2}
+        if adapt
+        else None,
     }
 
 
@@ -121,13 +136,54 @@ def run(store: Storage) -> dict[str, object]:
                 store.finish_trial(trial, "done", result(*value))
                 metrics[trial] = value
         store.save_generation(RUN, generation, population, rng.getstate(), {"evaluated": 5})
-    store.record_promotion(RUN, population[1], "runs/promoted-1", "done", {"bits_per_byte": 1.9})
-    return {"metrics": metrics}
+    store.record_promotion(RUN, population[1], "runs/promoted-1", "done", PROMOTED)
+    return {"metrics": metrics, "promoted": population[1]}
 
 
 def section(page: str, heading: str) -> str:
     start = page.index(f"<h2>{heading}</h2>")
     return page[start : page.index("</section>", start)]
+
+
+def figures(part: str) -> list[dict[str, Any]]:
+    """The plotly figures in part of a page, as {"data": [...], "layout": {...}}, read
+    from the JSON arguments of their Plotly.newPlot calls."""
+    decoder, comma = json.JSONDecoder(), re.compile(r"\s*,\s*")
+    found = []
+    for call in re.finditer(r"Plotly\.newPlot\(\s*", part):
+        position, arguments = call.end(), []
+        for _ in range(3):  # the element's id, the data, the layout
+            value, end = decoder.raw_decode(part, position)
+            arguments.append(value)
+            position = comma.match(part, end).end()  # type: ignore[union-attr]
+        found.append({"data": arguments[1], "layout": arguments[2]})
+    return found
+
+
+def values(array: Any) -> list[Any]:
+    """A plotted array as a list: plotly writes numpy arrays as base64 typed arrays."""
+    if isinstance(array, dict):
+        raw = base64.b64decode(array["bdata"])
+        return np.frombuffer(raw, dtype=np.dtype(array["dtype"])).tolist()
+    return list(array)
+
+
+def trace(figure: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [t for t in figure["data"] if t.get("name") == name]
+    return found
+
+
+def tables(part: str) -> list[list[dict[str, str]]]:
+    """The HTML tables with a header row in part of a page, each as its rows by header."""
+    found = []
+    for table in re.findall(r"<table>(.*?)</table>", part, flags=re.S):
+        rows = [
+            [html.unescape(cell) for cell in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table)
+        ]
+        if table.startswith("<tr><th>"):
+            found.append([dict(zip(rows[0], row, strict=True)) for row in rows[1:]])
+    return found
 
 
 def test_report_is_one_self_contained_page(
@@ -152,6 +208,10 @@ def test_report_is_one_self_contained_page(
     curves = section(page, "Learning curves")
     assert curves.count(', pretrain validation"') == 5  # the top five genomes
     assert curves.count(', adapt"') == 5 and '"dash":"dash"' in curves
+    assert "solid while pretraining, dashed while adapting" in curves
+    assert "dots are validation losses" in curves
+    (drawn,) = figures(curves)
+    assert drawn["layout"]["yaxis"]["title"]["text"] == "loss (nats per token)"
 
     summary = section(page, "Summary")
     metrics: dict[int, tuple[float, float]] = run["metrics"]  # type: ignore[assignment]
@@ -171,7 +231,10 @@ def test_report_is_one_self_contained_page(
     promotions = section(page, "Promotions")
     assert "runs/promoted-1" in promotions and "search bits_per_byte" in promotions
     assert NO_SUCCESS not in page
-    assert "made 20" in page  # when the report was made
+    made = re.search(r"generated at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", page)
+    assert made is not None
+    when = datetime.strptime(made.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    assert abs(datetime.now(timezone.utc) - when) < timedelta(minutes=5)
 
 
 def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> None:
@@ -204,9 +267,230 @@ def test_report_with_one_objective(store: Storage, tmp_path: Path) -> None:
     assert "val_loss (min)" in section(page, "Summary")
     # One objective has no front: the history of its values, with the best so far.
     assert "<h2>Pareto front</h2>" not in page
-    assert "best so far" in section(page, "History")
+    assert "best so far" in section(page, "Optimisation history")
     assert "No learning curves were recorded." in section(page, "Learning curves")
     assert page.count("Plotly.newPlot(") == 4
+
+
+# One objective, three generations; generation 1's best (2.6) is worse than generation
+# 0's (2.5), so the best so far stays level where the best of each generation rises.
+# Against a unigram baseline of 4 bits per byte, 4.7 and 4.75 stalled.
+BASELINE = 4.0
+VALUES = [[2.5, 3.1, 4.7, 2.9], [2.6, 4.75, 3.0, 2.8], [2.2, 2.4, 2.7, 3.3]]
+GPU_PEAK = 123_456_789  # the one trial that trained on a GPU
+
+
+@pytest.fixture
+def one(store: Storage) -> dict[int, float]:
+    """A generational run with one objective, two stalled trials and a failure; returns
+    the successes' bits per byte by trial id."""
+    space = yaml.safe_load(SPACE_YAML)
+    space["search"].update(objectives=["bits_per_byte"], generations=3)
+    store.create_run(RUN, yaml.safe_dump(space), seed=0)
+    store.set_unigram_baseline(RUN, BASELINE)
+    sampler, rng = space_from_dict(space), random.Random(2)
+    scores: dict[int, float] = {}
+    for generation, row in enumerate(VALUES):
+        population = []
+        for value in row:
+            population.append(store.genome_id(RUN, sampler.sample(rng)))
+            trial = store.add_trial(RUN, population[-1], generation=generation)
+            device = "cuda:0" if not scores else "cpu"
+            store.mark_running(trial, host="box", device=device)
+            measured = {"device": device, "peak_memory_bytes": GPU_PEAK} if not scores else {}
+            store.finish_trial(trial, "done", {**result(value, 1000.0, adapt=False), **measured})
+            scores[trial] = value
+        store.save_generation(RUN, generation, population, rng.getstate(), {})
+    failed = store.add_trial(RUN, population[0], generation=2)
+    store.finish_trial(failed, "diverged", {"error": "pretrain: loss became NaN"})
+    return scores
+
+
+def test_one_objective_is_drawn_as_an_optimisation_history(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Pareto front</h2>" not in page
+    (history,) = figures(section(page, "Optimisation history"))
+    learned = {t: v for t, v in one.items() if v < BASELINE}
+    trials = trace(history, "trial")
+    assert values(trials["x"]) == sorted(learned)  # stalled trials are not drawn
+    assert values(trials["y"]) == pytest.approx([learned[t] for t in sorted(learned)])
+    best = trace(history, "best so far")
+    assert best["line"]["shape"] == "hv"
+    assert values(best["y"]) == pytest.approx(np.minimum.accumulate(values(trials["y"])))
+    assert values(trace(history, "best trial")["y"]) == [min(one.values())]
+    layout = history["layout"]
+    assert layout["yaxis"]["title"]["text"] == "bits_per_byte (bits/byte)<br>lower is better"
+    assert layout["xaxis"]["title"]["text"] == "trial"
+    # The legend is a row above the plot: it cannot cover the plot, an axis or a colour bar.
+    assert layout["legend"]["orientation"] == "h"
+    assert layout["legend"]["y"] >= 1 and layout["legend"]["yanchor"] == "bottom"
+
+
+def test_objectives_per_generation_plot_the_best_so_far(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    (progress,) = figures(section(page, "Objectives per generation"))
+    assert values(trace(progress, "best so far")["y"]) == [2.5, 2.5, 2.2]
+    learned = [[v for v in row if v < BASELINE] for row in VALUES]
+    medians = [float(np.median(row)) for row in learned]
+    assert values(trace(progress, "median of the generation")["y"]) == pytest.approx(medians)
+    assert progress["layout"]["yaxis"]["title"]["text"] == (
+        "bits_per_byte (bits/byte)<br>lower is better"
+    )
+    assert progress["layout"]["xaxis"]["title"]["text"] == "generation"
+
+
+def test_stalled_trials_are_listed_as_failures_and_kept_out_of_the_charts(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    stuck = sorted(t for t, v in one.items() if v >= BASELINE)
+    assert len(stuck) == 2
+    summary = section(page, "Summary")
+    assert "12 done (2 of them stalled), 1 failed" in summary
+    assert "4 bits/byte (a trial no better than this stalled; see Failures)" in summary
+
+    failures = section(page, "Failures")
+    assert html.escape(STALLED_RULE) in failures  # the rule is stated where they are listed
+    counts, listed = tables(failures)
+    assert {"status": "stalled (of the done)", "trials": "2"} in counts
+    assert [(r["trial"], r["status"]) for r in listed] == [
+        *((str(t), "stalled") for t in stuck),
+        (str(max(one) + 1), "diverged"),
+    ]
+    reasons = {r["trial"]: r["error or reason"] for r in listed}
+    assert reasons[str(stuck[0])] == (
+        f"bits per byte {one[stuck[0]]:.4g}, no better than the unigram baseline 4"
+    )
+    assert reasons[str(max(one) + 1)] == "pretrain: loss became NaN"
+
+    (genes,) = figures(section(page, "Genes"))
+    (dimension,) = [d for d in genes["data"][0]["dimensions"] if d["label"] == "bits_per_byte"]
+    assert max(values(dimension["values"])) < BASELINE  # no stretched axis
+    (anytime,) = figures(section(page, "Best against compute"))
+    assert max(values(anytime["data"][0]["y"])) < BASELINE
+
+
+def test_learning_curves_say_what_they_draw(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    curves = section(page, "Learning curves")
+    (drawn,) = figures(curves)
+    assert {t["line"]["dash"] for t in drawn["data"] if t["mode"] == "lines"} == {"solid"}
+    how = re.search(r'<p class="how">(.*?)</p>', curves).group(1)  # type: ignore[union-attr]
+    assert "dash" not in how  # no adapt stage here, so no dashed lines to explain
+    assert "Training loss (nats per token" in how and "dots are validation losses" in how
+    assert drawn["layout"]["yaxis"]["title"]["text"] == "loss (nats per token)"
+
+
+def test_the_trials_table_lists_every_trial_best_first(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    (rows,) = tables(section(page, "Trials"))
+    ranked = sorted(one, key=lambda t: (one[t], t))
+    assert [r["trial"] for r in rows] == [str(t) for t in ranked] + [str(max(one) + 1)]
+    assert [r["bits_per_byte (bits/byte)"] for r in rows[:2]] == ["2.2", "2.4"]
+    assert rows[-1]["status"] == "diverged" and rows[-1]["bits_per_byte (bits/byte)"] == "—"
+    stuck = {str(t) for t, v in one.items() if v >= BASELINE}
+    assert {r["trial"] for r in rows if r["status"] == "stalled"} == stuck
+    genes = store.genomes(RUN)
+    first = rows[0]
+    genome = genes[int(first["genome"])]
+    assert first["n_layers"] == str(genome["n_layers"])
+    assert first["pos_encoding"] == genome["pos_encoding"]
+    assert (first["rung"], first["generation"]) == ("1", "2")
+
+
+def test_peak_memory_is_not_available_on_a_cpu(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    (history,) = figures(section(page, "Optimisation history"))
+    trials = trace(history, "trial")
+    hover = dict(zip(values(trials["x"]), trials["hovertext"], strict=True))
+    gpu = min(one)  # the first trial trained on a GPU, the others on a CPU
+    assert f"peak_memory_bytes: {GPU_PEAK:,}" in hover[gpu]
+    assert all(f"peak_memory_bytes: {NOT_MEASURED}" in hover[t] for t in hover if t != gpu)
+    frame = store.trials_frame(RUN)
+    assert frame.loc[frame["device"] == "cpu", "peak_memory_bytes"].isna().all()
+
+
+def test_parallel_coordinates_label_log_genes_with_values_and_single_out_the_best(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    (genes,) = figures(section(page, "Genes"))
+    (parcoords,) = genes["data"]
+    assert parcoords["labelangle"] != 0  # titles angled, so narrow axes do not overlap
+    rate = next(d for d in parcoords["dimensions"] if d["label"] == "learning_rate")
+    ticks = [float(t) for t in rate["ticktext"]]
+    assert ticks[0] == pytest.approx(3e-4) and ticks[-1] == pytest.approx(2e-2)
+    assert [10**v for v in rate["tickvals"]] == pytest.approx(ticks, rel=0.05)
+
+    line = parcoords["line"]
+    scores = values(line["color"])
+    assert scores[-1] == min(scores)  # the best is drawn last, on top
+    low, high = min(scores), max(scores)
+    red = [position for position, color in line["colorscale"] if color == "#b2182b"]
+    runner_up = (sorted(set(scores))[1] - low) / (high - low)
+    assert min(red) == 0 and 0 < max(red) < runner_up  # no other line is red
+    assert line["colorbar"]["title"]["text"] == "bits_per_byte (bits/byte)"
+
+
+def test_promotions_show_tokens_trained_and_scored_beside_the_search_score(
+    store: Storage, run: dict[str, object], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    (row,) = tables(section(page, "Promotions"))[0]
+    genome = run["promoted"]
+    frame = store.trials_frame(RUN)
+    (searched,) = frame.loc[frame["genome_id"] == genome, "bits_per_byte"]
+    assert row["genome"] == str(genome)
+    assert row["search bits_per_byte (rung)"] == f"{searched:.4g} (rung 1 of 1)"
+    assert row["promoted bits_per_byte"] == "1.9"
+    assert row["tokens trained"] == "3,771,648"
+    assert row["tokens evaluated"] == "50,678"
+    assert row["steps"] == "921"
+    assert row["validated bits_per_byte"] == "—"
+
+
+def test_generations_complete_agree_in_ls_status_and_report(
+    store: Storage, run: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'evo.db'}"
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<td>generations complete</td><td>2 of 2</td>" in section(page, "Summary")
+    assert evo(["status", RUN, "--storage", url]) == 0
+    assert "2 of 2 generations complete" in capsys.readouterr().out
+    assert evo(["ls", "--storage", url]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if f" {RUN} " in line]
+    assert re.search(rf"{RUN}\s*│\s*\w+\s*│\s*2\s*│", line), line
+
+
+def test_plotly_can_be_written_once_beside_the_page(
+    store: Storage, run: dict[str, object], tmp_path: Path
+) -> None:
+    inline = write_report(store, RUN, tmp_path / "inline" / "report.html")
+    beside = write_report(store, RUN, tmp_path / "file" / "report.html", plotly="file")
+    (script,) = (tmp_path / "file").glob("plotly-*.min.js")
+    assert script.read_text(encoding="utf-8") == get_plotlyjs()
+    page = beside.read_text(encoding="utf-8")
+    assert re.search(rf'<script type="text/javascript" src="{script.name}"', page)
+    assert get_plotlyjs() not in page
+    assert inline.stat().st_size - beside.stat().st_size > 0.9 * script.stat().st_size
+    written = script.stat().st_mtime_ns
+    url = f"sqlite:///{tmp_path / 'evo.db'}"
+    out = tmp_path / "file" / "again.html"
+    assert evo(["report", RUN, "--plotly", "file", "--out", str(out), "--storage", url]) == 0
+    assert script.stat().st_mtime_ns == written  # written once, not again per report
+    assert sorted(p.name for p in (tmp_path / "file").iterdir()) == sorted(
+        ["again.html", "report.html", script.name]
+    )
 
 
 def test_unknown_run_is_a_user_error(store: Storage, tmp_path: Path) -> None:
@@ -281,7 +565,17 @@ def test_report_of_a_steady_state_search_shows_its_rungs(workdir: Path) -> None:
     (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
     url = f"sqlite:///{workdir / 'evo.db'}"
     assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
-    page = write_report(Storage(url), "space", workdir / "r.html").read_text(encoding="utf-8")
+    storage = Storage(url)
+    data, _ = prepare_data(load_space(workdir / "space.yaml"))  # from the run's cache
+    baseline = storage.require_run("space").unigram_bits_per_byte
+    assert baseline == pytest.approx(unigram_bits_per_byte(data.pretrain))
+    frame = storage.trials_frame("space")
+    top = frame[(frame["rung"] == 2) & (frame["status"] == "done")].iloc[0]
+    storage.record_promotion("space", int(top["genome_id"]), "p", "finished", PROMOTED)
+    page = write_report(storage, "space", workdir / "r.html").read_text(encoding="utf-8")
+    (promoted,) = tables(section(page, "Promotions"))[0]
+    score = promoted["search bits_per_byte (rung)"]
+    assert score == f"{top['bits_per_byte']:.4g} (rung 3 of 3)"
     rungs = section(page, "Rungs")
     assert "<td>3 steps</td>" in rungs and "<td>27 steps</td>" in rungs
     assert "Objectives per generation" not in page

@@ -329,7 +329,20 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
         assert all(t.rung == 0 and t.decision == t.id for t in trials)
         assert all((t.recorded == t.id) == t.status.is_result for t in trials)
         assert sum(len(store.curve(t.id)) for t in trials) == old_curves
-        assert store.promotions("two")[0].status == "finished"
+        (promotion,) = store.promotions("two")
+        assert promotion.status == "finished"
+        # evo-llm 0.1 named the validation loss `loss` and the tokens it scored `tokens`.
+        assert promotion.metrics == {
+            "val_loss": pytest.approx(2.9455858),
+            "perplexity": pytest.approx(19.0218028),
+            "bits_per_byte": pytest.approx(4.2517186),
+            "accuracy": pytest.approx(0.1783920),
+            "eval_tokens": 1990,
+            "steps": 3,
+        }
+        # Those trials trained on a CPU, where no peak memory of a trial is measured.
+        assert all(t.device == "cpu" and t.peak_memory_bytes is None for t in trials)
+        assert all(run.unigram_bits_per_byte is None for run in runs.values())
     with sqlite3.connect(path) as new:
         assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
         assert new.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -347,6 +360,13 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
     assert not (tmp_path / "evo.db.schema-2.bak").exists()
     Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
     assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
+
+
+def test_a_run_keeps_its_unigram_baseline(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    assert store.require_run("r").unigram_bits_per_byte is None
+    store.set_unigram_baseline("r", 4.7)
+    assert store.require_run("r").unigram_bits_per_byte == 4.7
 
 
 def _columns(path: Path) -> dict[str, list[str]]:

@@ -1,15 +1,29 @@
-"""The figures status and report share: rung counts, the anytime curve, utilization."""
+"""The figures status and report share: rung counts, the anytime curve, utilization,
+generations complete, search scores and stalled trials; and the unigram baseline."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from evo.data import unigram_bits_per_byte
 from evo.space import Objective, space_from_dict
-from evo.storage import SessionRecord
-from evo.summary import anytime_curve, rung_rows, utilization
+from evo.storage import RunInfo, SessionRecord
+from evo.summary import (
+    SearchScore,
+    anytime_curve,
+    generations_complete,
+    rung_rows,
+    search_scores,
+    stalled,
+    utilization,
+)
+from llm.data import TokenSplits
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPACE = space_from_dict(
@@ -78,3 +92,52 @@ def test_utilization_ends_a_killed_session_where_the_next_began() -> None:
     # First session: 10 + 8 + 10 busy of 2 × 20; second: 10 + 8 of 2 × 10.
     assert utilization(trials, [killed, resumed]) == pytest.approx((28 + 18) / (40 + 20))
     assert utilization(trials, []) is None
+
+
+def test_a_stalled_trial_leaves_the_best_value_but_not_the_compute() -> None:
+    results = frame(
+        trial(1, 2, "done", 0, 1, recorded=1, bits_per_byte=4.8, tokens=100, steps=1),
+        trial(2, 2, "done", 0, 1, recorded=2, bits_per_byte=3.0, tokens=100, steps=1),
+    ).assign(wall_seconds=1.0)
+    curve = anytime_curve(results, SPACE, Objective(metric="bits_per_byte"), baseline=4.7)
+    assert curve["tokens"].tolist() == [100, 200]
+    assert math.isnan(curve["best"][0]) and curve["best"][1] == 3.0
+
+
+def test_stalled_means_done_and_no_better_than_the_unigram_baseline() -> None:
+    results = frame(
+        trial(1, 0, "done", 0, 1, bits_per_byte=4.69),
+        trial(2, 0, "done", 0, 1, bits_per_byte=4.7),  # equal is no better
+        trial(3, 0, "done", 0, 1, bits_per_byte=4.78),
+        trial(4, 0, "diverged", 0, 1, bits_per_byte=None),
+        trial(5, 0, "failed", 0, 1, bits_per_byte=5.0),
+    )
+    assert stalled(results, 4.7).tolist() == [False, True, True, False, False]
+    assert not stalled(results, None).any()  # a run without a baseline judges none
+
+
+def test_the_unigram_baseline_is_the_entropy_of_the_predicted_tokens_per_byte() -> None:
+    # The first token is never predicted; the rest are 1, 1, 2, 3: p = 1/2, 1/4, 1/4.
+    splits = TokenSplits(train=np.array([0]), val=np.array([9, 1, 1, 2, 3]), val_bytes=3)
+    assert unigram_bits_per_byte(splits) == pytest.approx((2 * 1 + 2 + 2) / 3)
+    single = TokenSplits(train=np.array([0]), val=np.array([5, 5, 5]), val_bytes=2)
+    assert unigram_bits_per_byte(single) == 0.0  # one token: nothing to learn beyond it
+
+
+def test_generations_complete_count_the_generation_numbered_from_zero() -> None:
+    run = RunInfo("r", "", "", 0, "running", "0", None, T0, T0, None)
+    assert generations_complete(run) == 0
+    assert generations_complete(replace(run, generation=5)) == 6
+
+
+def test_a_genome_is_scored_at_the_highest_rung_it_reached() -> None:
+    results = frame(
+        trial(1, 0, "done", 0, 1, bits_per_byte=3.0),
+        trial(2, 1, "done", 0, 1, bits_per_byte=2.5),
+        trial(3, 2, "failed", 0, 1, bits_per_byte=None),
+        trial(4, 0, "done", 0, 1, bits_per_byte=2.9),
+    ).assign(genome_id=[7, 7, 7, 8])
+    assert search_scores(results, Objective(metric="bits_per_byte")) == {
+        7: SearchScore(2.5, 1),
+        8: SearchScore(2.9, 0),
+    }

@@ -46,7 +46,11 @@ def test_a_trial_reports_every_metric():
     assert result.train_tokens_per_s > 0 and result.decode_tokens_per_s > 0
     assert result.params == spec().model.param_count().total
     assert result.flops_per_token == spec().model.flops_per_token(32)
-    assert result.peak_memory_bytes is not None and result.wall_seconds > 0
+    assert result.wall_seconds > 0
+    if result.device == "cpu":  # peak memory is measured on a GPU only: see memory_peak
+        assert result.peak_memory_bytes is None
+    else:
+        assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 0
     assert [p.step for p in result.curve] == sorted(p.step for p in result.curve)
     assert result.curve[-1].step == 12
 

@@ -4,6 +4,7 @@ compared, and promotion preferring validated results."""
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import pytest
 import yaml
@@ -102,8 +103,15 @@ def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promot
     assert "Spearman ρ" in captured.out and "Kendall τ" in captured.out
     assert "noise floor" in captured.out
 
+    # A run made before baselines were stored gets one from `evo validate`.
+    baseline = storage.require_run("space").unigram_bits_per_byte
+    assert baseline is not None
+    with sqlite3.connect(searched.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE evo_runs SET unigram_bits_per_byte = NULL")
+    db.close()
     assert evo(args) == 0  # all done: nothing to run
     assert "0 validation trials to run" in capsys.readouterr().err
+    assert storage.require_run("space").unigram_bits_per_byte == baseline
 
     report = validation.validation_report(storage, "space", space)
     assert report is not None and report.pending == 0 and len(report.genomes) == 3

@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class RunStatus(str, enum.Enum):
@@ -90,6 +90,9 @@ class RunRow(Base):
     version: Mapped[str] = mapped_column(String(64))
     generation: Mapped[int | None] = mapped_column(Integer)
     results: Mapped[int] = mapped_column(Integer, default=0)  # trial results recorded so far
+    # Bits per byte of the best unigram model of the validation text trials are scored on
+    # (evo.data.unigram_bits_per_byte); NULL until a search of the run prepared its data.
+    unigram_bits_per_byte: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

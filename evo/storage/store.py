@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
@@ -88,6 +88,9 @@ class RunInfo:
     generation: int | None  # the last generation saved; None before the first
     created_at: datetime
     updated_at: datetime
+    # What a trial that learned nothing beyond token frequencies scores (see
+    # evo.summary.stalled); None for a run no search has prepared data for since schema 4.
+    unigram_bits_per_byte: float | None
 
 
 @dataclass(frozen=True)
@@ -486,6 +489,11 @@ class Storage:
             row = self._run(session, name)
             row.status = status.value
             row.updated_at = _now()
+
+    def set_unigram_baseline(self, name: str, bits_per_byte: float) -> None:
+        """Record the bits per byte of the best unigram model of the run's validation text."""
+        with self._sessions.begin() as session:
+            self._run(session, name).unigram_bits_per_byte = bits_per_byte
 
     # Genomes and trials
 

@@ -1,0 +1,58 @@
+"""`evo status` on a small hand-made results database: generations, stalled trials, the
+best trials and promotions beside their search scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import space_dict, write_corpus
+from rich.console import Console
+
+from evo.metrics import EVAL_TOKENS
+from evo.status import print_status
+from evo.storage import Storage
+
+RUN = "s"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Storage]:
+    """A generational run of 3 generations with 2 complete: 2.9, a stalled 4.8 (against a
+    baseline of 4.7) and 2.4 bits per byte; the 2.4 genome was promoted."""
+    space = space_dict(write_corpus(tmp_path / "corpus"))
+    with Storage(f"sqlite:///{tmp_path / 'evo.db'}") as storage:
+        storage.create_run(RUN, yaml.safe_dump(space), seed=0)
+        storage.set_unigram_baseline(RUN, 4.7)
+        for generation, (layers, value) in enumerate([(1, 2.9), (2, 4.8), (1, 2.4)]):
+            rate = 0.001 * (generation + 1)
+            genes = {"n_layers": layers, "d_model": 16, "n_heads": 1, "learning_rate": rate}
+            genome = storage.genome_id(RUN, genes)
+            trial = storage.add_trial(RUN, genome, generation=generation)
+            storage.finish_trial(trial, "done", {"bits_per_byte": value, "device": "cpu"})
+            if generation < 2:
+                storage.save_generation(RUN, generation, [genome], None, {})
+        metrics = {"bits_per_byte": 2.31, "tokens": 3_771_648, EVAL_TOKENS: 50_678}
+        storage.record_promotion(RUN, genome, "out/promoted", "finished", metrics)
+        yield storage
+
+
+def status_text(storage: Storage) -> str:
+    console = Console(record=True, width=120)
+    print_status(storage, RUN, console)
+    return console.export_text()
+
+
+def test_status_counts_generations_from_one_and_lists_stalled_trials(store: Storage) -> None:
+    text = status_text(store)
+    assert f"{RUN}: running, 2 of 3 generations complete" in text
+    assert "trials: 3 done, 1 stalled (of the done; see evo report)" in text
+    assert "best bits_per_byte (min): 2.4" in text
+    assert "4.8" not in text  # the stalled trial is not among the best
+
+
+def test_status_shows_a_promotion_beside_its_search_score(store: Storage) -> None:
+    text = status_text(store)
+    assert "promoted genome 3: finished, bits_per_byte 2.31 (search: 2.4 at rung 1)" in text

@@ -21,7 +21,8 @@ from llm.errors import ConfigError
 
 PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm"]
-Mlp = Literal["swiglu", "gelu"]
+Mlp = Literal["swiglu", "gelu", "moe"]
+ExpertMlp = Literal["swiglu", "gelu"]
 TokenizerKind = Literal["bpe", "unigram", "wordpiece", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
@@ -34,6 +35,7 @@ _STRICT = ConfigDict(extra="forbid")
 class ParamCount(NamedTuple):
     total: int
     non_embedding: int
+    active: int  # the parameters one token passes through: total less the experts it skips
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,23 @@ class ModelConfig:
     pos_encoding: PosEncoding = "rope"
     norm: Norm = "rmsnorm"
     mlp: Mlp = "swiglu"
+    # Mixture of experts (mlp: moe): n_experts MLPs of kind mlp_expert, each d_ff wide; a
+    # router sends every token to experts_per_token of them. The auxiliary losses, weighted
+    # thus, keep the experts evenly loaded (moe_aux_loss) and the router's logits small
+    # (moe_z_loss).
+    n_experts: int = 8
+    experts_per_token: int = 2
+    mlp_expert: ExpertMlp = "swiglu"
+    moe_aux_loss: float = 0.01
+    moe_z_loss: float = 0.0
     tie_embeddings: bool = True
     dropout: float = 0.0
     bias: bool = False
     max_seq_len: int = 256
     rope_theta: float = 10000.0
+    # Sliding-window attention: each query sees at most the last attn_window positions
+    # (itself included); None sees the whole context.
+    attn_window: int | None = None
     norm_eps: float = 1e-5
     init_std: float = 0.02
     gradient_checkpointing: bool = False
@@ -90,6 +104,17 @@ class ModelConfig:
             out.append(f"sinusoidal positions need an even d_model (got {self.d_model})")
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.n_experts < 1:
+            out.append(f"n_experts must be at least 1 (got {self.n_experts})")
+        elif not 1 <= self.experts_per_token <= self.n_experts:
+            out.append(
+                f"experts_per_token must be between 1 and n_experts ({self.n_experts}) "
+                f"(got {self.experts_per_token})"
+            )
+        if self.moe_aux_loss < 0 or self.moe_z_loss < 0:
+            out.append("moe_aux_loss and moe_z_loss must not be negative")
+        if self.attn_window is not None and self.attn_window < 1:
+            out.append(f"attn_window must be at least 1 (got {self.attn_window})")
         if self.rope_theta <= 0:
             out.append(f"rope_theta must be positive (got {self.rope_theta})")
         if self.init_std <= 0:
@@ -104,32 +129,52 @@ class ModelConfig:
 
     def param_count(self) -> ParamCount:
         """Analytic parameter count; equals the built model's (a test checks it)."""
-        d, f, hd = self.d_model, self.d_ff, self.head_dim
+        d, hd = self.d_model, self.head_dim
         vocab = self.vocab_size or 0
         bias = int(self.bias)
         norm = d * (2 if self.norm == "layernorm" and self.bias else 1)
         attn = d * (d + 2 * self.kv_heads * hd) + bias * (d + 2 * self.kv_heads * hd)
         attn += d * d + bias * d
-        mlp_matrices = 3 if self.mlp == "swiglu" else 2
-        mlp = mlp_matrices * d * f + bias * ((mlp_matrices - 1) * f + d)
-        per_layer = attn + mlp + 2 * norm
+        expert = self._expert_params()
+        experts, active = self._experts()
+        router = d * self.n_experts if self.mlp == "moe" else 0
+        per_layer = attn + experts * expert + router + 2 * norm
         non_embedding = self.n_layers * per_layer + norm  # blocks + final norm
         embedding = vocab * d
         if self.pos_encoding == "learned":
             embedding += self.max_seq_len * d
         head = 0 if self.tie_embeddings else vocab * d
-        return ParamCount(non_embedding + embedding + head, non_embedding)
+        total = non_embedding + embedding + head
+        return ParamCount(total, non_embedding, total - self.n_layers * (experts - active) * expert)
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token: 6 per weight in a matrix multiply (forward and
-        backward, the output head included) plus 6·n_layers·seq_len·d_model for the
-        attention scores and weighted values."""
-        seq_len = seq_len or self.max_seq_len
+        backward, the output head included; of a mixture, the router and the experts the
+        token is sent to) plus 6·n_layers·context·d_model for the attention scores and
+        weighted values, where the context is the sequence, or the attention window when
+        that is shorter."""
+        seq_len = min(seq_len or self.max_seq_len, self.attn_window or self.max_seq_len)
         d, f, hd = self.d_model, self.d_ff, self.head_dim
         attn_weights = d * (d + 2 * self.kv_heads * hd) + d * d
-        mlp_weights = (3 if self.mlp == "swiglu" else 2) * d * f
+        _, active = self._experts()
+        mlp_weights = active * self._mlp_matrices() * d * f
+        if self.mlp == "moe":
+            mlp_weights += d * self.n_experts
         matmul_weights = self.n_layers * (attn_weights + mlp_weights) + (self.vocab_size or 0) * d
         return 6 * matmul_weights + 6 * self.n_layers * seq_len * d
+
+    def _experts(self) -> tuple[int, int]:
+        """(MLPs per layer, MLPs a token passes through): (1, 1) without a mixture."""
+        return (self.n_experts, self.experts_per_token) if self.mlp == "moe" else (1, 1)
+
+    def _mlp_matrices(self) -> int:
+        kind = self.mlp_expert if self.mlp == "moe" else self.mlp
+        return 3 if kind == "swiglu" else 2
+
+    def _expert_params(self) -> int:
+        """One MLP's parameters (of a mixture, one expert's)."""
+        d, f, matrices = self.d_model, self.d_ff, self._mlp_matrices()
+        return matrices * d * f + int(self.bias) * ((matrices - 1) * f + d)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from llm.atomic import atomic_dir, write_json
 from llm.config import ModelConfig, from_dict
 from llm.errors import CheckpointError, ConfigError
+from llm.quant import NF4Linear
 
 ATTENTION_TARGETS = ("attn.qkv", "attn.proj")
 MLP_TARGETS = ("mlp.gate_up", "mlp.up", "mlp.down")  # swiglu has gate_up, gelu has up
@@ -67,7 +68,9 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update of its weight."""
 
-    def __init__(self, base: nn.Linear, rank: int, scaling: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Linear | NF4Linear, rank: int, scaling: float, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.base = base
         self.rank = rank
@@ -91,7 +94,10 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into the base weight, so inference costs one matrix multiply."""
+        """Fold the update into the base weight, so inference costs one matrix multiply.
+        A 4-bit base is dequantized first: the merged weight is no longer on its grid."""
+        if isinstance(self.base, NF4Linear):
+            self.base = self.base.dequantized()
         if not self.merged:
             self.base.weight += self.delta_weight()
             self.merged = True
@@ -153,6 +159,16 @@ def merge_lora(model: M) -> M:
     return model
 
 
+def fold_lora(model: M) -> M:
+    """Merge every adapter and put each layer's base back in its place: the model is then
+    a plain model again (its state dict loads into a fresh one of the same config)."""
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base)
+    return model
+
+
 def unmerge_lora(model: M) -> M:
     for layer in lora_layers(model).values():
         layer.unmerge()
@@ -176,11 +192,22 @@ def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     """(in, out) features of every linear layer of `Transformer(config)`, by module path."""
     d, f = config.d_model, config.d_ff
     qkv = (d, (config.n_heads + 2 * config.kv_heads) * config.head_dim)
-    mlp = {"mlp.gate_up": (d, 2 * f)} if config.mlp == "swiglu" else {"mlp.up": (d, f)}
-    layer = {"attn.qkv": qkv, "attn.proj": (d, d), **mlp, "mlp.down": (f, d)}
+    layer = {"attn.qkv": qkv, "attn.proj": (d, d)}
+    if config.mlp == "moe":
+        layer["mlp.router"] = (d, config.n_experts)
+        expert = _mlp_shapes(config.mlp_expert, d, f)
+        for e in range(config.n_experts):
+            layer |= {f"mlp.experts.{e}.{name}": shape for name, shape in expert.items()}
+    else:
+        layer |= {f"mlp.{name}": shape for name, shape in _mlp_shapes(config.mlp, d, f).items()}
     shapes = {f"blocks.{i}.{name}": s for i in range(config.n_layers) for name, s in layer.items()}
     shapes["lm_head"] = (d, config.vocab_size or 0)
     return shapes
+
+
+def _mlp_shapes(kind: str, d: int, f: int) -> dict[str, tuple[int, int]]:
+    up = {"gate_up": (d, 2 * f)} if kind == "swiglu" else {"up": (d, f)}
+    return {**up, "down": (f, d)}
 
 
 def lora_param_count(model_config: ModelConfig, lora_config: LoRAConfig) -> int:

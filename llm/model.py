@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from llm.config import ModelConfig
-from llm.positions import AttentionPositions, build_position_encoding, causal_mask
+from llm.config import ModelConfig, ParamCount
+from llm.positions import (
+    AttentionPositions,
+    build_position_encoding,
+    causal_mask,
+    window_mask,
+)
 
 
 def layer_norm(config: ModelConfig) -> nn.Module:
@@ -99,7 +104,54 @@ class GeluMLP(nn.Module):
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
-MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+class MixtureOfExperts(nn.Module):
+    """Top-k routed experts (as in Switch Transformer and Mixtral): a linear router scores
+    every expert for each token, the token goes through its k best, and their outputs are
+    summed with the router's softmax probabilities renormalized over those k.
+
+    Routing is discrete, so two auxiliary losses keep it healthy; each training forward
+    leaves their weighted sum in `aux_loss` for the trainer to add:
+
+        balance = n_experts · Σ_e f_e · P_e   (f_e: the share of routed slots expert e got,
+                                               P_e: its mean router probability; 1 when even)
+        z       = mean over tokens of logsumexp(router logits)²
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.k = config.experts_per_token
+        self.weights = config.moe_aux_loss, config.moe_z_loss
+        self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
+        self.experts = nn.ModuleList(
+            EXPERTS[config.mlp_expert](config) for _ in range(config.n_experts)
+        )
+        self.aux_loss: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        logits = self.router(flat).float()
+        probs = logits.softmax(-1)
+        top, chosen = probs.topk(self.k, dim=-1)
+        gates = (top / top.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            if len(token):
+                out.index_add_(0, token, expert(flat[token]) * gates[token, slot, None])
+        if self.training:
+            self.aux_loss = self._aux_loss(logits, probs, chosen)
+        return out.view_as(x)
+
+    def _aux_loss(self, logits: Tensor, probs: Tensor, chosen: Tensor) -> Tensor:
+        n_experts = probs.shape[-1]
+        routed = torch.bincount(chosen.flatten(), minlength=n_experts).to(probs.dtype)
+        balance = n_experts * (routed / chosen.numel() * probs.mean(0)).sum()
+        z = logits.logsumexp(-1).square().mean()
+        return self.weights[0] * balance + self.weights[1] * z
+
+
+EXPERTS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+MLPS: dict[str, type[nn.Module]] = {**EXPERTS, "moe": MixtureOfExperts}
 
 
 def dropout(config: ModelConfig) -> nn.Module:
@@ -108,8 +160,14 @@ def dropout(config: ModelConfig) -> nn.Module:
 
 
 class KVCache:
-    """Keys and values of every layer, pre-allocated for `max_len` positions, so decoding
-    writes one slot per step instead of concatenating tensors."""
+    """Keys and values of every layer, pre-allocated, so decoding writes one slot per step
+    instead of concatenating tensors.
+
+    It holds `max_len` positions, or with sliding-window attention only the last
+    `attn_window` of them: a ring buffer in which position p lives in slot p mod window, so
+    memory does not grow with the length generated. Attention does not care in which order
+    it reads the keys, only at which positions they are (`key_positions`).
+    """
 
     def __init__(
         self,
@@ -121,21 +179,42 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.max_len = max_len or config.max_seq_len
-        shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
+        self.slots = min(self.max_len, config.attn_window or self.max_len)
+        shape = (config.n_layers, batch_size, config.kv_heads, self.slots, config.head_dim)
         # One allocation each, seen as a view per layer.
         self.keys = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
         self.values = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
-        self.length = 0  # positions filled so far
+        self.length = 0  # positions seen so far
+
+    def key_positions(self, new: int) -> Tensor:
+        """The positions of the keys `update` returns when `new` more arrive, in its order:
+        the cached slots, then the new positions."""
+        if self.length + new > self.max_len:
+            raise ValueError(
+                f"KV cache overflow: {self.length + new} positions, capacity {self.max_len}"
+            )
+        kept = torch.arange(max(0, self.length - self.slots), self.length)
+        by_slot = kept[torch.argsort(kept % self.slots)]
+        return torch.cat((by_slot, torch.arange(self.length, self.length + new)))
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new keys/values at the current length; return all of them so far."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions, capacity {self.max_len}")
+        """Store the new keys/values; return the cached ones followed by the new ones."""
+        new, end = k.shape[2], self.length + k.shape[2]
         keys, values = self.keys[layer], self.values[layer]
-        keys.narrow(2, self.length, k.shape[2]).copy_(k)
-        values.narrow(2, self.length, v.shape[2]).copy_(v)
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        if end <= self.slots:  # nothing wraps: position p is slot p, and a view suffices
+            keys.narrow(2, self.length, new).copy_(k)
+            values.narrow(2, self.length, new).copy_(v)
+            return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        filled = min(self.length, self.slots)
+        out = (
+            torch.cat((keys.narrow(2, 0, filled), k), 2),
+            torch.cat((values.narrow(2, 0, filled), v), 2),
+        )
+        kept = min(new, self.slots)  # only the newest positions stay in the ring
+        slots = torch.arange(end - kept, end, device=k.device) % self.slots
+        keys.index_copy_(2, slots, k[:, :, new - kept :])
+        values.index_copy_(2, slots, v[:, :, new - kept :])
+        return out
 
 
 class Attention(nn.Module):
@@ -208,7 +287,7 @@ class Transformer(nn.Module):
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                residual = name.endswith(("attn.proj", "mlp.down"))
+                residual = name.endswith(("attn.proj", ".down"))
                 scale = 1 / math.sqrt(2 * self.config.n_layers) if residual else 1.0
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if getattr(module, "bias", None) is not None:
@@ -235,10 +314,11 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}"
             )
-        k_pos = torch.arange(start + T, device=tokens.device)[None]
+        k_pos = cache.key_positions(T) if cache is not None else torch.arange(T)
+        k_pos = k_pos.to(tokens.device)[None]
         if pad is not None:
             k_pos = k_pos - pad[:, None]
-        q_pos = k_pos[:, start:]
+        q_pos = k_pos[:, -T:]
         positions = self.attention_positions(q_pos, k_pos, padded=pad is not None)
         x = self.dropout(self.positions.embed(self.embed(tokens), q_pos))
         for block in self.blocks:
@@ -257,7 +337,9 @@ class Transformer(nn.Module):
     ) -> AttentionPositions:
         """What attention needs for queries at `q_pos` over keys at `k_pos`, both (B|1, ·)."""
         positions = self.positions.attention_inputs(q_pos, k_pos)
-        if positions.mask is None and (padded or q_pos.shape[1] > 1):
+        if self.config.attn_window is not None:
+            positions.restrict(window_mask(q_pos, k_pos, self.config.attn_window))
+        elif positions.mask is None and (padded or q_pos.shape[1] > 1):
             # Plain causal attention lets SDPA use its fused kernels; padding, or a query
             # block that starts part-way through a cache, needs the mask spelled out.
             if q_pos.shape[1] == k_pos.shape[1] and not padded:
@@ -266,11 +348,21 @@ class Transformer(nn.Module):
                 positions.mask = causal_mask(q_pos, k_pos)
         return positions
 
-    def param_count(self) -> tuple[int, int]:
-        """(total, non-embedding) parameters, tied weights counted once."""
+    def aux_loss(self) -> Tensor | float:
+        """The weighted auxiliary losses of the last training forward (a mixture of
+        experts' load balancing); 0 for a dense model."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, MixtureOfExperts)]
+        return sum((loss for loss in losses if loss is not None), 0.0)
+
+    def param_count(self) -> ParamCount:
+        """Total, non-embedding and active parameters, tied weights counted once."""
         total = sum(p.numel() for p in self.parameters())
         embedding = self.embed.weight.numel()
         embedding += sum(p.numel() for p in self.positions.parameters())
         if not self.config.tie_embeddings:
             embedding += self.lm_head.weight.numel()
-        return total, total - embedding
+        skipped = 0
+        for moe in (m for m in self.modules() if isinstance(m, MixtureOfExperts)):
+            idle = len(moe.experts) - moe.k
+            skipped += idle * sum(p.numel() for p in moe.experts[0].parameters())
+        return ParamCount(total, total - embedding, total - skipped)

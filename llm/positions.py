@@ -31,6 +31,16 @@ class AttentionPositions:
     mask: Tensor | None = None  # bool (True = may attend) or float bias: (B|1, heads|1, T, S)
     is_causal: bool = False  # plain causal attention over T == S: lets SDPA pick its fast kernels
 
+    def restrict(self, allowed: Tensor) -> None:
+        """Attend only where `allowed` (bool, broadcast like `mask`; causal itself) says."""
+        if self.mask is None:
+            self.mask = allowed
+        elif self.mask.dtype == torch.bool:
+            self.mask = self.mask & allowed
+        else:
+            self.mask = self.mask.masked_fill(~allowed, float("-inf"))
+        self.is_causal = False
+
     def rotate(self, heads: Tensor) -> Tensor:
         """Queries and keys (B, T, heads, head_dim) rotated to their positions."""
         if self.rope is None:
@@ -79,6 +89,12 @@ def causal_mask(q_pos: Tensor, k_pos: Tensor) -> Tensor:
     used, but a row with nothing to attend to would fill the whole batch with NaNs."""
     q, k = q_pos[:, :, None], k_pos[:, None, :]
     return ((k <= q) & ((k >= 0) | (q < 0)))[:, None]
+
+
+def window_mask(q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
+    """`causal_mask`, and a query sees no key `window` or more positions before it."""
+    near = (q_pos[:, :, None] - k_pos[:, None, :] < window)[:, None]
+    return causal_mask(q_pos, k_pos) & near
 
 
 def table_index(pos: Tensor) -> Tensor:

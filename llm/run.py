@@ -102,7 +102,7 @@ def check_same_run(out_dir: Path, run_dict: dict[str, Any]) -> None:
 
 
 def run_metrics(outcome: TrainOutcome, config: ModelConfig) -> dict[str, Any]:
-    total, non_embedding = config.param_count()
+    total, non_embedding, _ = config.param_count()
     times = sorted(outcome.step_times)
     median_step = times[len(times) // 2] if times else None
     metrics: dict[str, Any] = {

@@ -236,12 +236,21 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for _ in range(config.grad_accum):
-            x, y = train_batch(self.data.train, config.batch_size, config.seq_len, generator)
+            x, y = train_batch(
+                self.data.train,
+                config.batch_size,
+                config.seq_len,
+                generator,
+                self.data.train_scored,
+            )
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = forward(x)
             loss = next_token_loss(logits, y) / config.grad_accum
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            # The model's own regularizers (a mixture's load balancing) are trained on, but
+            # the loss reported is the language model's alone, comparable across models.
+            objective = loss + self.model.aux_loss() / config.grad_accum
+            (scaler.scale(objective) if scaler is not None else objective).backward()
             total += loss.detach()
         value = total.item()
         if not math.isfinite(value):
@@ -331,6 +340,7 @@ class Trainer:
             device=self.device,
             autocast=self.autocast_dtype,
             max_batches=config.eval_max_batches,
+            scored=self.data.val_scored,
         )
         state = self.state
         if state.best_val_loss is None or result.loss < state.best_val_loss:

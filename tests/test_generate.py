@@ -193,6 +193,21 @@ def test_decode_throughput_fits_a_short_context() -> None:
         decode_tokens_per_second(tiny_model(max_seq_len=2))
 
 
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope", "alibi"])
+def test_sliding_window_generation_past_several_windows_equals_uncached(pos_encoding: str) -> None:
+    model = tiny_model(pos_encoding=pos_encoding, n_kv_heads=2, attn_window=5)
+    params = SamplingParams(max_new_tokens=30, temperature=0.0)
+    cached = generate_batch(model, [PROMPT, [9, 2]], params)
+    assert [len(tokens) for tokens in cached] == [30, 30]
+    assert cached == generate_batch(model, [PROMPT, [9, 2]], params, use_cache=False)
+
+
+def test_a_mixture_of_experts_generates_the_same_with_and_without_the_cache() -> None:
+    model = tiny_model(mlp="moe", n_experts=4, experts_per_token=2)
+    batch = generate_batch(model, [PROMPT, [9, 2]], GREEDY)
+    assert batch == generate_batch(model, [PROMPT, [9, 2]], GREEDY, use_cache=False)
+
+
 PROMPTS = [PROMPT, [9, 2], list(range(20, 33)), [7]]
 
 

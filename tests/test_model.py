@@ -1,14 +1,16 @@
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from llm.config import ModelConfig
 from llm.errors import ConfigError
-from llm.model import KVCache, RMSNorm, RMSNormFunction, Transformer
+from llm.export import check_llama_compatible
+from llm.model import KVCache, MixtureOfExperts, RMSNorm, RMSNormFunction, SwiGLU, Transformer
 from llm.positions import Rotate, alibi_slopes
 
 POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
@@ -33,7 +35,11 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(pos):
 
 
 @pytest.mark.parametrize(
-    "pos,norm,mlp", list(itertools.product(POSITIONS, ["rmsnorm", "layernorm"], ["swiglu", "gelu"]))
+    "pos,norm,mlp",
+    [
+        *itertools.product(POSITIONS, ["rmsnorm", "layernorm"], ["swiglu", "gelu"]),
+        ("rope", "rmsnorm", "moe"),
+    ],
 )
 def test_every_variant_trains_with_falling_loss(pos, norm, mlp):
     torch.manual_seed(0)
@@ -140,6 +146,8 @@ def test_multi_query_attention_has_one_key_value_head():
         {"bias": True, "norm": "layernorm"},
         {"tie_embeddings": False, "pos_encoding": "learned"},
         {"mlp": "gelu", "n_kv_heads": 2, "bias": True},
+        {"mlp": "moe", "n_experts": 4, "experts_per_token": 2},
+        {"mlp": "moe", "mlp_expert": "gelu", "bias": True, "n_experts": 3, "experts_per_token": 1},
     ],
 )
 def test_param_count_matches_the_built_model(overrides):
@@ -147,7 +155,21 @@ def test_param_count_matches_the_built_model(overrides):
     model = Transformer(config)
     unique = {id(p): p.numel() for p in model.parameters()}
     assert config.param_count().total == sum(unique.values())
-    assert tuple(config.param_count()) == model.param_count()
+    assert config.param_count() == model.param_count()
+    # The parameters one token passes through, counted from the modules themselves.
+    active = sum(unique.values())
+    for module in model.modules():
+        if isinstance(module, MixtureOfExperts):
+            idle = module.experts[module.k :]
+            active -= sum(p.numel() for p in idle.parameters())
+    assert config.param_count().active == active
+
+
+def test_flops_per_token_counts_only_the_experts_a_token_visits():
+    dense, moe = tiny(), tiny(mlp="moe", n_experts=4, experts_per_token=2)
+    router = 6 * moe.n_layers * moe.d_model * 4
+    one_mlp = 6 * moe.n_layers * 3 * moe.d_model * moe.d_ff
+    assert moe.flops_per_token(16) == dense.flops_per_token(16) + one_mlp + router
 
 
 def test_flops_per_token_counts_every_matrix_multiply_and_attention():
@@ -229,3 +251,139 @@ def test_rmsnorm_matches_torch_and_its_backward_matches_finite_differences():
     x64 = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(16, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(RMSNormFunction.apply, (x64, weight, 0.1))
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_a_window_hides_every_key_that_many_positions_back(pos):
+    torch.manual_seed(0)
+    model = Transformer(tiny(pos_encoding=pos, n_layers=1, attn_window=3)).eval()
+    tokens = torch.randint(0, 64, (2, 12))
+    changed = tokens.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 64
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    # One layer sees positions 4, 5 and 6 through token 4; from 7 on it is out of sight.
+    torch.testing.assert_close(a[:, 7:], b[:, 7:], rtol=0, atol=0)
+    for t in (4, 5, 6):
+        assert not torch.allclose(a[:, t], b[:, t])
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_a_window_as_long_as_the_sequence_changes_nothing(pos):
+    torch.manual_seed(0)
+    full = Transformer(tiny(pos_encoding=pos)).eval()
+    windowed = Transformer(tiny(pos_encoding=pos, attn_window=12)).eval()
+    windowed.load_state_dict(full.state_dict())
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(windowed(tokens), full(tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_a_windowed_cache_is_a_bounded_ring_that_decodes_like_the_full_forward(pos):
+    torch.manual_seed(0)
+    config = tiny(pos_encoding=pos, n_kv_heads=2, attn_window=4, max_seq_len=40)
+    model = Transformer(config).eval()
+    long, short = torch.randint(0, 64, (30,)), torch.randint(0, 64, (27,))
+    batch = torch.stack([long, torch.cat([torch.randint(0, 64, (3,)), short])])
+    pad = torch.tensor([0, 3])
+    cache = KVCache(config, batch_size=2)
+    with torch.no_grad():
+        full, alone = model(batch, pad=pad), model(short[None])
+        # A prefill longer than the window, a chunk that wraps, then single steps.
+        stepped = [model(batch[:, :7], cache, pad=pad), model(batch[:, 7:10], cache, pad=pad)]
+        stepped += [model(batch[:, t : t + 1], cache, pad=pad) for t in range(10, 30)]
+    assert cache.length == 30
+    assert cache.keys[0].shape[2] == 4  # the window, not the 40 positions of the context
+    stepped = torch.cat(stepped, 1)
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stepped[1, 3:], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_shortens_the_attention_flops_but_not_the_parameters():
+    full, windowed = tiny(), tiny(attn_window=8)
+    assert windowed.param_count() == full.param_count()
+    attention = 6 * full.n_layers * full.d_model
+    assert full.flops_per_token(32) - windowed.flops_per_token(32) == attention * (32 - 8)
+    assert windowed.flops_per_token(4) == full.flops_per_token(4)
+
+
+def test_a_window_must_be_positive_and_cannot_be_exported_as_llama():
+    with pytest.raises(ConfigError, match="attn_window must be at least 1"):
+        Transformer(tiny(attn_window=0))
+    with pytest.raises(ConfigError, match="attn_window is 8"):
+        check_llama_compatible(tiny(attn_window=8), Path("model"))
+
+
+def test_a_mixture_is_refused_by_the_llama_export_and_its_routing_checked():
+    with pytest.raises(ConfigError, match="mlp is 'moe'"):
+        check_llama_compatible(tiny(mlp="moe"), Path("model"))
+    with pytest.raises(ConfigError, match="experts_per_token must be between 1 and n_experts"):
+        Transformer(tiny(mlp="moe", n_experts=2, experts_per_token=3))
+
+
+def moe_layer(**overrides) -> MixtureOfExperts:
+    return MixtureOfExperts(tiny(mlp="moe", **overrides))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_routing_sends_each_token_to_exactly_k_experts(k):
+    torch.manual_seed(0)
+    layer = moe_layer(n_experts=4, experts_per_token=k)
+    x = torch.randn(2, 9, 32)
+    seen: list[Tensor] = []
+    for expert in layer.experts:
+        expert.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    layer(x)
+    rows = x.reshape(-1, 32)
+    # Which token each routed row is: every token appears k times, never twice in one expert.
+    owners = [[int((rows == row).all(-1).nonzero()) for row in batch] for batch in seen]
+    assert all(len(set(tokens)) == len(tokens) for tokens in owners)
+    routed = torch.tensor([t for tokens in owners for t in tokens])
+    counts = torch.bincount(routed, minlength=len(rows))
+    assert counts.tolist() == [k] * len(rows)
+
+
+def test_one_expert_chosen_always_is_the_plain_mlp():
+    torch.manual_seed(0)
+    layer = moe_layer(n_experts=1, experts_per_token=1)
+    plain = SwiGLU(tiny())
+    plain.load_state_dict(layer.experts[0].state_dict())
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
+
+
+def test_the_balancing_loss_falls_when_the_router_learns_to_spread_skewed_tokens():
+    torch.manual_seed(0)
+    layer = moe_layer(n_experts=4, experts_per_token=1, moe_aux_loss=1.0).train()
+    shared = torch.randn(32)
+    x = torch.randn(256, 32) + shared  # tokens with a direction in common
+    with torch.no_grad():  # a router that sends nearly all of them to expert 0
+        layer.router.weight.mul_(0.1)
+        layer.router.weight[0] += shared / 4
+    optimizer = torch.optim.Adam(layer.router.parameters(), lr=0.01)
+    losses = []
+    for _ in range(100):
+        layer(x[None])
+        assert layer.aux_loss is not None
+        losses.append(layer.aux_loss.item())
+        optimizer.zero_grad()
+        layer.aux_loss.backward()
+        optimizer.step()
+    # All on one expert: n_experts · 1 · P_0 ≈ 4; evenly spread: 1.
+    assert losses[0] > 3.5
+    assert losses[-1] < 1.5
+    busiest = layer.router(x).argmax(-1).bincount(minlength=4).max().item()
+    assert busiest < 0.5 * len(x)
+
+
+def test_a_mixture_reports_its_auxiliary_loss_to_the_trainer_and_a_dense_model_none():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 64, (2, 8))
+    assert Transformer(tiny()).train().aux_loss() == 0.0
+    model = Transformer(tiny(mlp="moe", n_experts=4, moe_z_loss=1e-3)).train()
+    model(tokens)
+    aux = model.aux_loss()
+    assert isinstance(aux, Tensor) and aux.requires_grad and aux.item() > 0
+    aux.backward()
+    assert model.blocks[0].mlp.router.weight.grad is not None

@@ -69,7 +69,7 @@ def test_space_has_invalid_genomes(space: SearchSpace) -> None:
     assert sum(space.is_valid(g, VOCAB) for g in samples) < 150  # repair has work to do
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", "small", "architectures"])
 def test_population_is_valid_for_shipped_spaces(name: str) -> None:
     shipped = load_space(SHIPPED / f"{name}.yaml")
     toolbox = operators.make_toolbox(shipped, shipped.data.vocab_size)
@@ -80,6 +80,23 @@ def test_population_is_valid_for_shipped_spaces(name: str) -> None:
         genome = operators.to_genome(shipped, individual)
         assert shipped.problems(genome, shipped.data.vocab_size) == []
         assert not individual.fitness.valid
+
+
+def test_repair_keeps_the_experts_a_token_visits_within_the_mixture() -> None:
+    genes = {
+        "mlp": {"choice": ["swiglu", "moe"]},
+        "n_experts": {"choice": [1, 2, 4]},
+        "experts_per_token": {"int": [1, 4]},
+        "attn_window": {"choice": [None, 8, 16]},
+    }
+    mixtures = make_space(genes=genes, constraints={})
+    toolbox = operators.make_toolbox(mixtures, VOCAB)
+    random.seed(3)
+    genomes = [operators.to_genome(mixtures, ind) for ind in toolbox.population(n=60)]
+    assert all(mixtures.problems(g, VOCAB) == [] for g in genomes)
+    assert all(g["experts_per_token"] <= g["n_experts"] for g in genomes)
+    assert {g["mlp"] for g in genomes} == {"swiglu", "moe"}
+    assert {g["attn_window"] for g in genomes} == {None, 8, 16}
 
 
 def test_population_is_valid_and_diverse(space: SearchSpace) -> None:

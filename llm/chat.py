@@ -12,12 +12,19 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
+from pydantic import ConfigDict
+
+from llm.atomic import read_json_object, write_json
+from llm.config import from_dict
+from llm.errors import CheckpointError, UserError
 from llm.generate import SamplingParams, stream_completions
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer, replace_undecodable
 
+TEMPLATE_FILE = "chat_template.json"
 HELP = "commands: /reset forgets the conversation, /exit (or end of input) leaves, /help"
 
 
@@ -29,27 +36,59 @@ class Turn:
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """How turns are written into the transcript the model continues."""
+    """How turns are written into the transcript the model continues.
+
+    A plain language model gets the default: `User: …` / `Assistant: …` lines, a reply
+    ending where the model starts the next user line. `llm sft` saves its template (with
+    an `end` marker the model learns to write after each reply) beside the model, as
+    `chat_template.json`, and everything that chats with that model uses it.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     system: str = ""  # text placed on its own line before every transcript
     user_prefix: str = "User: "
     assistant_prefix: str = "Assistant:"
+    end: str = ""  # written after every reply; "" for a model that was never taught one
 
-    def render(self, history: list[Turn], message: str) -> str:
+    def render(self, history: list[Turn], message: str, system: str | None = None) -> str:
         """The transcript up to the start of the reply to `message`. It ends right after
         the assistant's prefix, without a space: subword vocabularies keep a word's space
         inside its token, so the model writes the space itself."""
-        system = (
-            self.system if not self.system or self.system.endswith("\n") else self.system + "\n"
-        )
-        turns = [self.turn(t.user, f" {t.assistant}") + "\n" for t in history]
-        return system + "".join(turns) + self.turn(message, "")
+        pieces = self.segments(history, system)
+        return "".join(text for text, _ in pieces) + self.turn(message, "")
+
+    def segments(self, turns: list[Turn], system: str | None = None) -> list[tuple[str, bool]]:
+        """The transcript of whole `turns` as (text, is a reply) pieces, in order: what
+        instruction tuning trains on, scoring the replies (and their end) only."""
+        system = self.system if system is None else system
+        pieces = [(system if system.endswith("\n") else system + "\n", False)] if system else []
+        for turn in turns:
+            pieces += [(self.turn(turn.user, ""), False), (f" {turn.assistant}{self.end}", True)]
+            pieces.append(("\n", False))
+        return pieces
 
     def turn(self, user: str, assistant: str) -> str:
         return f"{self.user_prefix}{user}\n{self.assistant_prefix}{assistant}"
 
     def stop(self) -> tuple[str, ...]:
-        return (f"\n{self.user_prefix.rstrip()}",)
+        return (self.end,) if self.end else (f"\n{self.user_prefix.rstrip()}",)
+
+
+def save_chat_template(directory: Path, template: ChatTemplate) -> None:
+    write_json(directory / TEMPLATE_FILE, dataclasses.asdict(template))
+
+
+def load_chat_template(directory: Path) -> ChatTemplate:
+    """The template saved with the model in `directory`, or the default transcript."""
+    path = directory / TEMPLATE_FILE
+    if not path.exists():
+        return ChatTemplate()
+    data = read_json_object(path, CheckpointError, f"{path}: missing")
+    try:
+        return from_dict(ChatTemplate, data, str(path))
+    except UserError as err:
+        raise CheckpointError(str(err)) from None
 
 
 class ChatSession:

@@ -107,6 +107,31 @@ def build_command_line() -> CommandLine:
         help="keep the end of a prompt longer than the context instead of refusing it",
     )
 
+    sft = command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
+    sft.add_argument("model_dir", type=Path)
+    sft.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help='records {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}',
+    )
+    sft.add_argument("--out", type=Path, required=True)
+    sft.add_argument("--lora-rank", type=int, default=0, help="0 (default): tune every weight")
+    sft.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default: the rank)")
+    sft.add_argument(
+        "--adapter-only", action="store_true", help="save the LoRA adapter alone, not merged"
+    )
+    sft.add_argument("--val-fraction", type=float, default=0.1, help="records held out")
+    sft.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="train.KEY=VALUE",
+        help="a training setting, e.g. --set train.max_steps=500 (repeatable)",
+    )
+    sft.add_argument("--tracker", choices=["none", "tensorboard"], default="none")
+
     chat = command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
     chat.add_argument("model_dir", type=Path)
     add_sampling_arguments(chat, temperature=0.7)
@@ -358,15 +383,52 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from llm.config import apply_overrides
+    from llm.sft import SftOptions, sft_run
+
+    settings = apply_overrides({"train": {}}, args.overrides)
+    if set(settings) != {"train"}:
+        raise UserError("llm sft: --set takes training settings only (train.KEY=VALUE)")
+    options = SftOptions(
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        adapter_only=args.adapter_only,
+        val_fraction=args.val_fraction,
+        train=settings["train"],
+    )
+    outcome = sft_run(
+        args.model_dir,
+        args.data,
+        args.out,
+        options,
+        progress=sys.stderr.isatty(),
+        tracker=args.tracker,
+    )
+    if outcome.status != "ok":
+        print(f"llm: tuning stopped at step {outcome.step}: {outcome.stop_reason}", file=sys.stderr)
+        return 1
+    final = outcome.final
+    summary = f"step {outcome.step}, {outcome.tokens:,} tokens, {outcome.seconds:.0f} s"
+    if final is not None:
+        summary += f"; replies' val loss {final.loss:.4f}, accuracy {final.accuracy:.3f}"
+    print(f"{args.out}: {summary}")
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
-    from llm.chat import ChatSession, ChatTemplate, run_chat
+    from llm.chat import ChatSession, load_chat_template, run_chat
 
     model, tokenizer = load_for_generation(args)
     # Python decodes stdin strictly in some locales: take undecodable bytes as lone
     # surrogates in every one, for run_chat to replace with a warning rather than crash.
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="surrogateescape")
-    template = ChatTemplate(replace_undecodable(args.system, "--system"))
+    template = load_chat_template(args.model_dir)
+    if args.system:
+        template = dataclasses.replace(
+            template, system=replace_undecodable(args.system, "--system")
+        )
     session = ChatSession(model, tokenizer, sampling_params(args, tokenizer.eos_id), template)
     run_chat(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 

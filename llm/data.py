@@ -34,6 +34,7 @@ from rich.progress import Progress
 from llm.atomic import atomic_dir, write_json
 from llm.config import DataConfig
 from llm.errors import ConfigError, DataError, UserError
+from llm.loss import IGNORE
 from llm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ class TokenSplits:
 
     train: np.ndarray  # 1-D token ids (uint16 or uint32)
     val: np.ndarray
-    val_bytes: int  # UTF-8 bytes of the validation text, for bits per byte
+    val_bytes: int  # UTF-8 bytes of the validation text (of its scored part), for bits per byte
+    # Which tokens are scored as targets (bool, one per token); None: all of them.
+    # Instruction tuning scores the responses only.
+    train_scored: np.ndarray | None = None
+    val_scored: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -596,19 +601,24 @@ def require_windows(tokens: np.ndarray, seq_len: int, what: str) -> None:
 
 
 def train_batch(
-    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
+    tokens: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator,
+    scored: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch_size` random windows: inputs and next-token targets, int64, (batch, seq_len).
+    """`batch_size` random windows: inputs and next-token targets, int64, (batch, seq_len);
+    a target that `scored` leaves out is IGNORE.
 
     The starts come from `generator` alone, so restoring its state replays the stream.
     """
     require_windows(tokens, seq_len, "training split")
     starts = torch.randint(len(tokens) - seq_len, (batch_size,), generator=generator)
-    return _windows(tokens, starts.numpy(), seq_len)
+    return _windows(tokens, starts.numpy(), seq_len, scored)
 
 
 def eval_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int
+    tokens: np.ndarray, seq_len: int, batch_size: int, scored: np.ndarray | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The whole split in consecutive windows that predict every token but the first
     exactly once; the shorter window at the end comes as a batch of its own."""
@@ -616,14 +626,19 @@ def eval_batches(
     full = predicted // seq_len
     for first in range(0, full, batch_size):
         starts = np.arange(first, min(first + batch_size, full)) * seq_len
-        yield _windows(tokens, starts, seq_len)
+        yield _windows(tokens, starts, seq_len, scored)
     rest = predicted - full * seq_len
     if rest > 0:
-        yield _windows(tokens, np.array([full * seq_len]), rest)
+        yield _windows(tokens, np.array([full * seq_len]), rest, scored)
 
 
 def _windows(
-    tokens: np.ndarray, starts: np.ndarray, length: int
+    tokens: np.ndarray, starts: np.ndarray, length: int, scored: np.ndarray | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    windows = torch.from_numpy(tokens[starts[:, None] + np.arange(length + 1)].astype(np.int64))
-    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    index = starts[:, None] + np.arange(length + 1)
+    windows = torch.from_numpy(tokens[index].astype(np.int64))
+    inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    if scored is not None:
+        # A copy: a single row's slice is contiguous already, and shares the inputs' memory.
+        targets = targets.masked_fill(~torch.from_numpy(scored[index[:, 1:]]), IGNORE)
+    return inputs, targets

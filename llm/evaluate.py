@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm.data import eval_batches
+from llm.loss import IGNORE
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def evaluate(
     device: torch.device | str,
     autocast: torch.dtype | Callable[[], AbstractContextManager[object]] | None = None,
     max_batches: int | None = None,
+    scored: np.ndarray | None = None,
 ) -> EvalResult:
     """Score `model` on the split `tokens`, whose text is `val_bytes` UTF-8 bytes long.
 
@@ -49,7 +51,8 @@ def evaluate(
     None for full precision. With `max_batches`, only the first batches are scored and
     the byte count is scaled by the fraction of the split's predictions they cover, on
     the assumption that bytes per token are uniform along the split: bits per byte is
-    then an estimate, exact only for the whole split.
+    then an estimate, exact only for the whole split. With `scored` (bool per token),
+    only those targets count, and `val_bytes` is the length of their text.
     """
     device = torch.device(device)
     context = _autocast_factory(autocast, device)
@@ -58,7 +61,7 @@ def evaluate(
     model.eval()
     try:
         with torch.no_grad():
-            for i, (x, y) in enumerate(eval_batches(tokens, seq_len, batch_size)):
+            for i, (x, y) in enumerate(eval_batches(tokens, seq_len, batch_size, scored)):
                 if max_batches is not None and i >= max_batches:
                     break
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -67,15 +70,18 @@ def evaluate(
                 # Summed in float32 whatever the autocast dtype: the loss is the metric.
                 logits = logits.float().flatten(0, 1)
                 targets = y.flatten()
-                total_nats += F.cross_entropy(logits, targets, reduction="sum").item()
+                total_nats += F.cross_entropy(
+                    logits, targets, reduction="sum", ignore_index=IGNORE
+                ).item()
                 correct += int((logits.argmax(-1) == targets).sum().item())
-                predicted += targets.numel()
+                predicted += int((targets != IGNORE).sum().item())
     finally:
         model.train(was_training)
     if predicted == 0:
         raise ValueError("evaluation saw no tokens: the split is shorter than one window")
     loss = total_nats / predicted
-    covered = predicted / max(len(tokens) - 1, 1)
+    scorable = len(tokens) - 1 if scored is None else int(scored[1:].sum())
+    covered = predicted / max(scorable, 1)
     return EvalResult(
         loss=loss,
         perplexity=math.exp(min(loss, 700.0)),  # exp overflows a float past ~709

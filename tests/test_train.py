@@ -187,7 +187,7 @@ def test_gradient_accumulation_matches_a_larger_batch(monkeypatch: pytest.Monkey
     data = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
     served = 0
 
-    def fixed_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: Any) -> Any:
+    def fixed_batch(tokens: np.ndarray, batch_size: int, seq_len: int, *_: Any) -> Any:
         nonlocal served
         rows = data[served : served + batch_size]
         served += batch_size
@@ -252,6 +252,30 @@ def test_loss_falls() -> None:
     outcome = fit(config)
     assert outcome.final is not None
     assert outcome.final.loss < 0.5 * math.log(64)  # half the loss of uniform guessing
+    assert outcome.curve[-1]["train_loss"] < outcome.curve[0]["train_loss"] - 1.5
+
+
+def test_a_windowed_mixture_of_experts_trains_on_its_balancing_loss_too() -> None:
+    config = dataclasses.replace(
+        TRAIN, max_steps=100, learning_rate=1e-2, eval_interval=0, eval_max_batches=None
+    )
+    moe = dataclasses.replace(MODEL, mlp="moe", n_experts=4, attn_window=8, dropout=0.0)
+    net = model(moe)
+    balancing: list[float] = []
+    real = net.aux_loss
+
+    def recorded() -> Tensor | float:
+        loss = real()
+        balancing.append(float(loss.detach()) if isinstance(loss, Tensor) else loss)
+        return loss
+
+    net.aux_loss = recorded  # type: ignore[method-assign]
+    outcome = fit(config, net=net)
+    assert len(balancing) == 100  # one per micro-batch, each a positive weighted loss
+    assert min(balancing) > 0
+    assert outcome.final is not None
+    # The balancing loss does not get in the way of learning the stream.
+    assert outcome.final.loss < 0.5 * math.log(64)
     assert outcome.curve[-1]["train_loss"] < outcome.curve[0]["train_loss"] - 1.5
 
 

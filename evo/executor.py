@@ -46,6 +46,7 @@ class TrialJob:
     seed: int
     adapt_train: TrainConfig | None = None
     lora_rank: int = 0
+    quantize: str | None = None  # the adapt stage's storage of frozen weights (QLoRA)
     rung: int = 0
     resume: Checkpoint | None = None  # the stable checkpoint of the rung below, to continue
     keep_stable: bool = False  # bring back this rung's stable checkpoint (a rung follows)
@@ -76,7 +77,12 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
         stable = Path(folder) / "stable" if job.keep_stable else None
         adapt = None
         if job.adapt_train is not None and data.adapt is not None:
-            adapt = AdaptSpec(data=data.adapt, train=job.adapt_train, lora_rank=job.lora_rank)
+            adapt = AdaptSpec(
+                data=data.adapt,
+                train=job.adapt_train,
+                lora_rank=job.lora_rank,
+                quantize=job.quantize,
+            )
         spec = TrialSpec(
             model=job.model,
             train=job.train,

@@ -359,6 +359,8 @@ class Adapt(_Budget):
     corpus: str
     learning_rate: float | None = Field(None, gt=0)  # None: the pretraining learning rate
     batch_size: int | None = Field(None, gt=0)  # None: the pretraining batch size
+    # QLoRA: the frozen base weights stored in 4 bits while LoRA adapters train (lora_rank > 0)
+    quantize: Literal["nf4"] | None = None
 
 
 class Data(_Section):
@@ -836,6 +838,10 @@ class SearchSpace:
             vocab_size=data.vocab_size,
             val_fraction=data.val_fraction,
         )
+
+    def adapt_quantize(self) -> str | None:
+        """How the adapt stage stores the frozen weights under LoRA (None: as trained)."""
+        return self.data.adapt.quantize if self.data.adapt is not None else None
 
     def lora_rank(self, genome: dict[str, Any]) -> int:
         """The adapt stage's LoRA rank; 0 (full fine-tuning) when it is not a gene."""

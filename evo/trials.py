@@ -48,6 +48,7 @@ def make_job(
         seed=trial_seed(space.search.seed, genes),
         adapt_train=space.adapt_train_config(genes),
         lora_rank=space.lora_rank(genes),
+        quantize=space.adapt_quantize(),
         rung=rung,
         resume=resume,
         keep_stable=rung < len(budgets) - 1,

@@ -179,6 +179,7 @@ def validation_jobs(
             seed=seed,
             adapt_train=space.adapt_train_config(c.genes),
             lora_rank=space.lora_rank(c.genes),
+            quantize=space.adapt_quantize(),
         )
         for c in candidates
         for seed in (validation_seed(space, c.genes, i) for i in range(seeds))

@@ -36,6 +36,9 @@ class AdaptSpec:
     train: TrainConfig  # its budget and learning rate apply to this stage
     lora_rank: int = 0
     lora_alpha: float | None = None  # None: equal to the rank
+    # QLoRA: the frozen weights stored thus (llm.quant) while the adapters train; with
+    # lora_rank 0 every weight trains, so nothing is frozen and this does nothing.
+    quantize: str | None = None
 
 
 @dataclass
@@ -141,6 +144,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
     from llm.generate import decode_tokens_per_second
     from llm.lora import LoRAConfig, apply_lora, merge_lora
     from llm.model import Transformer
+    from llm.quant import quantize_frozen
     from llm.train import Trainer
 
     with torch.random.fork_rng():
@@ -165,6 +169,8 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             with torch.random.fork_rng():
                 torch.manual_seed(spec.seed)
                 apply_lora(model, lora)
+            if spec.adapt.quantize is not None:
+                quantize_frozen(model, spec.adapt.quantize)
         out_dir = Path(spec.workdir) / stage if spec.workdir else None
         pretrain = stage == "pretrain"
         trainer = Trainer(

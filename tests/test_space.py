@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from evo.space import SearchSpace, load_space, space_from_dict
+from evo.trials import make_job
 from llm.config import load_run_config
 from llm.errors import ConfigError
 
@@ -57,7 +58,7 @@ def test_shipped_spaces_load_and_round_trip(name: str) -> None:
 
 def test_tiny_is_the_documented_default() -> None:
     space = load_space(SHIPPED / "tiny.yaml")
-    assert space.data.corpus == "builtin:python-docs" and space.data.adapt is None
+    assert space.data.corpus == "builtin:python-code" and space.data.adapt is None
     assert space.genes["pos_encoding"].values() == [
         "learned",
         "sinusoidal",
@@ -92,7 +93,7 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 ERRORS = [
-    ({"genes.n_experts": {"int": [1, 2]}}, "genes.n_experts", "unknown gene"),
+    ({"genes.n_wizards": {"int": [1, 2]}}, "genes.n_wizards", "unknown gene"),
     ({"genes.vocab_size": {"int": [256, 512]}}, "genes.vocab_size", "data.vocab_size"),
     ({"genes.n_layers": [1, 3]}, "genes.n_layers", "expected one of {int"),
     ({"genes.n_layers": {"int": [1, 3], "log": True}}, "genes.n_layers.log", "float"),
@@ -327,12 +328,31 @@ def test_defaults_are_resolved_and_recorded() -> None:
     assert "timeout_s: 105.0" in timed.canonical_yaml()
 
 
+def test_a_qlora_adapt_stage_reaches_every_trial_job() -> None:
+    adapt = {"corpus": "c.txt", "max_steps": 5, "quantize": "nf4"}
+    space = make_space(data={"adapt": adapt})
+    assert make_job(space, 64, 1, space.sample(random.Random(0))).quantize == "nf4"
+    plain = make_space(data={"adapt": {"corpus": "c.txt", "max_steps": 5}})
+    assert make_job(plain, 64, 1, plain.sample(random.Random(0))).quantize is None
+    with pytest.raises(ConfigError, match="quantize"):
+        make_space(data={"adapt": {**adapt, "quantize": "int3"}})
+
+
 def test_objective_shorthand_takes_the_natural_direction() -> None:
     space = make_space(
         search={"objectives": ["bits_per_byte", {"metric": "decode_tokens_per_s"}, "params"]}
     )
     assert [o.direction for o in space.search.objectives] == ["min", "max", "min"]
     assert space.objective_weights() == (-1.0, 1.0, -1.0)
+
+
+def test_an_objective_measured_on_a_gpu_only_is_refused_for_cpu_trials() -> None:
+    objectives = {"objectives": ["bits_per_byte", "peak_memory_bytes"]}
+    with pytest.raises(
+        ConfigError, match=r"search\.objectives\[1\]: peak_memory_bytes is measured on a GPU only"
+    ):
+        make_space(fixed={"train": {"device": "cpu"}}, search=objectives)
+    assert len(make_space(search=objectives).search.objectives) == 2  # auto may pick a GPU
 
 
 def test_genome_builds_valid_configs() -> None:

@@ -99,6 +99,20 @@ def test_the_adapt_stage_reports_its_own_validation_set():
         assert result.steps == 24
 
 
+def test_a_qlora_adapt_stage_learns_on_four_bit_weights_about_as_well():
+    results = {}
+    for quantize in (None, "nf4"):
+        adapt = AdaptSpec(data=splits(5), train=spec().train, lora_rank=4, quantize=quantize)
+        results[quantize] = run_trial(TrialSpec(**{**spec().__dict__, "adapt": adapt}))
+        assert results[quantize].status == "done", results[quantize].error
+    float_base, nf4 = results[None], results["nf4"]
+    assert float_base.pretrain == nf4.pretrain  # the same pretraining
+    assert nf4.bits_per_byte != float_base.bits_per_byte  # the base really was quantized
+    adapting = [p.train_loss for p in nf4.curve if p.stage == "adapt"]
+    assert adapting[-1] < adapting[0]  # the adapters learned the new stream
+    assert abs(nf4.bits_per_byte - float_base.bits_per_byte) < 0.1 * float_base.bits_per_byte
+
+
 def test_a_lora_adapt_stage_is_a_pure_function_of_its_inputs_and_seed():
     adapt = AdaptSpec(data=splits(5), train=spec(max_steps=4).train, lora_rank=4)
     lora = TrialSpec(**{**spec(max_steps=4).__dict__, "adapt": adapt})

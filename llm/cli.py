@@ -106,6 +106,11 @@ def build_command_line() -> CommandLine:
         action="store_true",
         help="keep the end of a prompt longer than the context instead of refusing it",
     )
+    generate.add_argument(
+        "--chat",
+        action="store_true",
+        help="take each prompt as a user's message in the model's chat template; print the reply",
+    )
 
     sft = command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
     sft.add_argument("model_dir", type=Path)
@@ -345,7 +350,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         replace_undecodable(text, "--prompt" if len(args.prompts) == 1 else f"--prompt {i}")
         for i, text in enumerate(args.prompts, start=1)
     ]
-    prompts = [tokenizer.encode(text) for text in texts]
+    inputs = texts
+    if args.chat:
+        from llm.chat import load_chat_template
+
+        template = load_chat_template(args.model_dir)
+        inputs = [template.render([], text) for text in texts]
+        params = dataclasses.replace(
+            params, stop=tuple(dict.fromkeys(params.stop + template.stop()))
+        )
+    prompts = [tokenizer.encode(text) for text in inputs]
     if args.truncate:
         context = model.config.max_seq_len
         prompts = [truncate_prompt(ids, context, params.max_new_tokens) for ids in prompts]
@@ -353,11 +367,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
         for prompt, completion in zip(
             texts, complete(model, tokenizer, prompts, params), strict=True
         ):
-            print(json.dumps({"prompt": prompt, **dataclasses.asdict(completion)}))
+            record = dataclasses.asdict(completion)
+            if args.chat:  # the reply, without the space the template leaves the model
+                record["text"] = record["text"].lstrip()
+            print(json.dumps({"prompt": prompt, **record}))
         return
-    sys.stdout.write(tokenizer.decode(prompts[0]))
+    stripping = args.chat  # a chat reply is printed alone, from its first visible character
+    if not args.chat:
+        sys.stdout.write(tokenizer.decode(prompts[0]))
     for delta in stream_completions(model, tokenizer, prompts, params):
-        sys.stdout.write(delta.text)
+        text = delta.text.lstrip() if stripping else delta.text
+        stripping = stripping and not text
+        sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
 

@@ -1,5 +1,5 @@
-"""An OpenAI-compatible HTTP server for one model: `POST /v1/completions`, `GET /v1/models`
-(and `/v1/models/{id}`) and `GET /health`.
+"""An OpenAI-compatible HTTP server for one model: `POST /v1/completions`,
+`POST /v1/chat/completions`, `GET /v1/models` (and `/v1/models/{id}`) and `GET /health`.
 
 One worker thread runs the model, one request at a time in arrival order: generation on a
 shared model is not safe to run concurrently, and on a CPU parallel requests would only
@@ -21,6 +21,14 @@ does not implement (`n`, `best_of`, `echo`, `logprobs`, `frequency_penalty`,
 nothing, so that clients which always send them work; any other value is a 400. `user` is
 accepted and ignored. Any other field is a 400 naming it, so that a misspelt option is
 never silently dropped. Values must have their JSON type (no "0.5" for 0.5).
+
+`/v1/chat/completions` takes `messages` (an optional first `system` message, then `user`
+and `assistant` messages alternating, the last from the user) instead of `prompt`, and
+the same sampling fields (`max_completion_tokens` is taken as a synonym of `max_tokens`).
+The conversation is written with the model's chat template (the one `llm sft` saved, or
+the plain `User:`/`Assistant:` transcript) and the reply stops at the template's end of a
+reply. The response is a `chat.completion` (or `chat.completion.chunk` events, the first
+with the assistant's role) whose message holds the reply without its leading space.
 
 Every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`:
 400 for a malformed or invalid request, 401 for a missing or wrong API key (when the server
@@ -44,9 +52,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Request
@@ -54,6 +62,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from llm.chat import ChatTemplate, Turn, load_chat_template
 from llm.checkpoint import load_model_dir
 from llm.device import resolve_device
 from llm.errors import CheckpointError, ConfigError, UserError
@@ -84,16 +93,18 @@ NEUTRAL_VALUES: dict[str, tuple[object, ...]] = {
     "n": (1,),
     "best_of": (None, 1),
     "echo": (False,),
-    "logprobs": (None,),
+    "logprobs": (None, False),
     "frequency_penalty": (0,),
     "presence_penalty": (0,),
     "logit_bias": (None, {}),
     "suffix": (None, ""),
+    "top_logprobs": (None, 0),
 }
 # Fields whose type is a union: pydantic reports one error per alternative, so say it once.
 EXPECTED_TYPES = {
     "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
     "stop": f"a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings",
+    "messages": "a non-empty list of {role, content} messages",
 }
 
 
@@ -132,13 +143,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """The body of `POST /v1/completions`; see the module docstring."""
+class SamplingRequest(BaseModel):
+    """The fields both endpoints share; see the module docstring."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str | None = None
-    prompt: Prompt
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -150,15 +160,10 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    truncate: bool = False
     n: int = 1
-    best_of: int | None = None
-    echo: bool = False
-    logprobs: int | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
     user: str | None = None
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -167,12 +172,62 @@ class CompletionRequest(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-def parse_completion_request(body: bytes) -> CompletionRequest:
+class CompletionRequest(SamplingRequest):
+    """The body of `POST /v1/completions`."""
+
+    prompt: Prompt
+    truncate: bool = False
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(SamplingRequest):
+    """The body of `POST /v1/chat/completions`."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def conversation(self) -> tuple[str | None, list[Turn], str]:
+        """(system text or None, the earlier turns, the message to reply to)."""
+        messages = self.messages
+        system = None
+        if messages[0].role == "system":
+            system, messages = messages[0].content, messages[1:]
+        roles = [m.role for m in messages]
+        if len(roles) % 2 == 0 or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+            raise APIError(
+                400,
+                "messages must be an optional system message, then user and assistant "
+                f"messages alternating, the last from the user (got roles {roles})",
+                param="messages",
+            )
+        pairs = zip(messages[0:-1:2], messages[1::2], strict=True)
+        turns = [Turn(user.content, assistant.content) for user, assistant in pairs]
+        return system, turns, messages[-1].content
+
+
+R = TypeVar("R", bound=SamplingRequest)
+
+
+def parse_request(kind: type[R], body: bytes) -> R:
     try:
-        request = CompletionRequest.model_validate_json(body)
+        request = kind.model_validate_json(body)
     except ValidationError as err:
         raise invalid_request(err) from None
     for name, neutral in NEUTRAL_VALUES.items():
+        if name not in kind.model_fields:
+            continue
         value = getattr(request, name)
         if value not in neutral:
             raise APIError(
@@ -348,13 +403,29 @@ def choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
 
 
-@dataclass(frozen=True)
+def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
+    return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": None}
+
+
+@dataclass
 class Reply:
-    """What every response to one completion request shares."""
+    """What every response to one request shares. A chat reply's text loses the space
+    the template leaves for the model to write after the assistant's prefix."""
 
     job: Job
     head: dict[str, Any]  # id, object, created, model
     prompt_tokens: int
+    chat: bool = False
+    started: set[int] = field(default_factory=set)  # rows whose first text has been sent
+
+    def text(self, delta: TextDelta) -> str:
+        if not self.chat or delta.index in self.started:
+            return delta.text
+        text = delta.text.lstrip()
+        if text:
+            self.started.add(delta.index)
+        return text
 
     async def body(self) -> dict[str, Any]:
         n = len(self.job.prompts)
@@ -362,14 +433,26 @@ class Reply:
         finish_reasons: list[str | None] = [None] * n
         completion_tokens = 0
         async for delta in self.job.deltas():
-            texts[delta.index].append(delta.text)
+            texts[delta.index].append(self.text(delta))
             finish_reasons[delta.index] = delta.finish_reason
             completion_tokens += delta.completion_tokens  # nonzero only on a row's last delta
-        choices = [choice(i, "".join(texts[i]), finish_reasons[i]) for i in range(n)]
+        shape = chat_choice if self.chat else choice
+        choices = [shape(i, "".join(texts[i]), finish_reasons[i]) for i in range(n)]
         return {
             **self.head,
             "choices": choices,
             "usage": usage(self.prompt_tokens, completion_tokens),
+        }
+
+    def chunk_choice(self, delta: TextDelta) -> dict[str, Any]:
+        text = self.text(delta)
+        if not self.chat:
+            return choice(delta.index, text, delta.finish_reason)
+        return {
+            "index": delta.index,
+            "delta": {"content": text} if text or delta.finish_reason is None else {},
+            "finish_reason": delta.finish_reason,
+            "logprobs": None,
         }
 
     async def events(self, include_usage: bool) -> AsyncIterator[str]:
@@ -377,11 +460,13 @@ class Reply:
         # With include_usage, OpenAI sends usage null on every chunk, then a last one with it.
         no_usage = {"usage": None} if include_usage else {}
         completion_tokens = 0
+        if self.chat:  # OpenAI's first chunk says whose message it is
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+            yield sse({**self.head, "choices": [{**role, "finish_reason": None}], **no_usage})
         try:
             async for delta in self.job.deltas():
                 completion_tokens += delta.completion_tokens
-                piece = choice(delta.index, delta.text, delta.finish_reason)
-                yield sse({**self.head, "choices": [piece], **no_usage})
+                yield sse({**self.head, "choices": [self.chunk_choice(delta)], **no_usage})
         except APIError as err:  # the status line is sent already: report it in the stream
             yield sse(err.body())
             return
@@ -404,8 +489,10 @@ class CompletionServer:
         max_tokens_limit: int,
         max_prompts: int,
         worker: GenerationWorker,
+        template: ChatTemplate,
     ) -> None:
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.template = template
         self.max_tokens_limit, self.max_prompts, self.worker = max_tokens_limit, max_prompts, worker
         self.created = int(time.time())
 
@@ -437,20 +524,49 @@ class CompletionServer:
             )
 
     async def create_completion(self, request: Request) -> Response:
-        body = parse_completion_request(await request.body())
+        body = parse_request(CompletionRequest, await request.body())
         self.check_model(body.model)
         params = self.sampling_params(body)
         prompts = self.prompt_ids(body, params.max_new_tokens)
+        return await self.respond(request, body, params, prompts, "text_completion")
+
+    async def create_chat_completion(self, request: Request) -> Response:
+        body = parse_request(ChatRequest, await request.body())
+        self.check_model(body.model)
+        if body.max_completion_tokens is not None:
+            body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
+        params = self.sampling_params(body)
+        stop = tuple(dict.fromkeys(params.stop + self.template.stop()))
+        params = replace(params, stop=stop)
+        system, turns, message = body.conversation()
+        prompt = self.tokenizer.encode(self.template.render(turns, message, system))
+        try:
+            check_prompt(self.model, prompt, "the conversation")
+        except UserError as err:
+            raise APIError(
+                400, str(err), param="messages", code="context_length_exceeded"
+            ) from None
+        return await self.respond(request, body, params, [prompt], "chat.completion")
+
+    async def respond(
+        self,
+        request: Request,
+        body: SamplingRequest,
+        params: SamplingParams,
+        prompts: list[list[int]],
+        kind: str,
+    ) -> Response:
         job = Job(prompts, params, asyncio.get_running_loop())
         self.worker.submit(job)
         job.cancel_on_disconnect(request)
+        chat = kind == "chat.completion"
         head = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": f"{kind}.chunk" if chat and body.stream else kind,
             "created": int(time.time()),
             "model": self.model_name,
         }
-        reply = Reply(job, head, sum(len(prompt) for prompt in prompts))
+        reply = Reply(job, head, sum(len(prompt) for prompt in prompts), chat=chat)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
@@ -460,7 +576,7 @@ class CompletionServer:
             )
         return JSONResponse(await reply.body())
 
-    def sampling_params(self, body: CompletionRequest) -> SamplingParams:
+    def sampling_params(self, body: SamplingRequest) -> SamplingParams:
         max_tokens = self.max_tokens_limit if body.max_tokens is None else body.max_tokens
         if max_tokens > self.max_tokens_limit:
             raise APIError(
@@ -588,6 +704,7 @@ def build_app(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     max_prompts: int = DEFAULT_MAX_PROMPTS,
+    template: ChatTemplate | None = None,
 ) -> FastAPI:
     """The server's app. Its worker thread runs while the app's lifespan does (uvicorn, or
     a `TestClient` used as a context manager)."""
@@ -612,6 +729,7 @@ def build_app(
         max_tokens_limit=max_tokens_limit,
         max_prompts=max_prompts,
         worker=worker,
+        template=template or ChatTemplate(),
     )
 
     @asynccontextmanager
@@ -635,12 +753,13 @@ def build_app(
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_route("/v1/models", server.list_models, methods=["GET"], dependencies=auth)
     app.add_api_route("/v1/models/{model_id}", server.get_model, methods=["GET"], dependencies=auth)
-    app.add_api_route(
-        "/v1/completions",
-        server.create_completion,
-        methods=["POST"],
-        dependencies=[*auth, Depends(require_json)],
-    )
+    for path, endpoint in [
+        ("/v1/completions", server.create_completion),
+        ("/v1/chat/completions", server.create_chat_completion),
+    ]:
+        app.add_api_route(
+            path, endpoint, methods=["POST"], dependencies=[*auth, Depends(require_json)]
+        )
     return app
 
 
@@ -673,6 +792,7 @@ def serve(
             api_key=api_key,
             max_tokens_limit=max_tokens_limit,
             queue_size=queue_size,
+            template=load_chat_template(Path(model_dir)),
         )
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S

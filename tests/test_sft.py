@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_corpus
+from fastapi.testclient import TestClient
 
 from llm.chat import ChatSession, ChatTemplate, Turn, load_chat_template
 from llm.checkpoint import load_model_dir
@@ -17,6 +18,7 @@ from llm.cli import main as llm
 from llm.errors import DataError
 from llm.generate import SamplingParams
 from llm.lora import load_adapter
+from llm.serve import build_app
 from llm.sft import Conversation, encode_conversations, read_conversations, sft_template
 from llm.tokenizer import ByteTokenizer
 
@@ -67,17 +69,64 @@ def exact_match(model_dir: Path, template: ChatTemplate) -> float:
     return right / len(HELD_OUT)
 
 
-def test_tuning_teaches_a_task_the_pretrained_model_cannot_do(base: Path, tmp_path: Path) -> None:
-    data = reversal_set(tmp_path / "reverse.jsonl")
-    out = tmp_path / "tuned"
+@pytest.fixture(scope="module")
+def tuned(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("tuned")
+    data = reversal_set(work / "reverse.jsonl")
     settings = ["train.max_steps=800", "train.learning_rate=3e-3", "train.threads=1"]
-    args = ["sft", str(base), "--data", str(data), "--out", str(out)]
+    args = ["sft", str(base), "--data", str(data), "--out", str(work / "tuned")]
     assert llm(args + [arg for s in settings for arg in ("--set", s)]) == 0
-    template = load_chat_template(out)
+    return work / "tuned"
+
+
+def test_tuning_teaches_a_task_the_pretrained_model_cannot_do(base: Path, tuned: Path) -> None:
+    template = load_chat_template(tuned)
     assert template.end  # saved with the model: chat stops where a reply ends
     # Held-out words (never seen in tuning): 25 of 25 measured; the threshold leaves room.
-    assert exact_match(out, template) >= 0.8
+    assert exact_match(tuned, template) >= 0.8
     assert exact_match(base, template) < 0.2
+
+
+def test_generate_chat_prints_the_reply_alone(
+    tuned: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    word = HELD_OUT[0]
+    args = ["generate", str(tuned), "--chat", "--temperature", "0", "--max-new-tokens", "12"]
+    assert llm([*args, "--prompt", f"reverse: {word}"]) == 0
+    assert capsys.readouterr().out == word[::-1] + "\n"
+    assert llm([*args, "--prompt", f"reverse: {word}", "--prompt", f"reverse: {HELD_OUT[1]}"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == [word[::-1], HELD_OUT[1][::-1]]
+
+
+def test_the_chat_endpoint_answers_in_the_template_plain_and_streamed(tuned: Path) -> None:
+    model, tokenizer, _ = load_model_dir(tuned)
+    assert tokenizer is not None
+    app = build_app(model, tokenizer, model_name="t", template=load_chat_template(tuned))
+    word = HELD_OUT[2]
+    body = {
+        "messages": [{"role": "user", "content": f"reverse: {word}"}],
+        "temperature": 0,
+        "max_tokens": 12,
+    }
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        assert answer["object"] == "chat.completion"
+        assert answer["choices"][0]["message"] == {"role": "assistant", "content": word[::-1]}
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        events = client.post("/v1/chat/completions", json={**body, "stream": True}).text
+        chunks = [json.loads(e[6:]) for e in events.split("\n\n") if e.startswith("data: {")]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == word[::-1]
+        assert events.endswith("data: [DONE]\n\n")
+        wrong = {**body, "messages": [{"role": "assistant", "content": "x"}]}
+        refused = client.post("/v1/chat/completions", json=wrong)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "messages"
 
 
 def test_a_lora_adapter_is_saved_alone_or_merged_into_a_plain_model(

@@ -1,5 +1,6 @@
-"""What the model's variants cost: training speed and memory of a mixture of experts and of
-sliding-window attention, each against the dense default with the same active size.
+"""What the model's variants cost: training speed and memory of a mixture of experts, of
+sliding-window attention and of latent attention, each against the dense default (with the
+same active size, for the mixtures).
 
 Every variant is a `Transformer` of one shape (Llama's, from the command line) with one
 change. A mixture of n experts, k per token, each d_ff/k wide, passes every token through
@@ -41,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--window", type=int, default=64, help="attn_window of the windowed variant")
     p.add_argument("--experts", type=int, default=8, help="n_experts of the mixtures")
+    p.add_argument("--latent", type=int, default=32, help="kv_latent_dim of latent attention")
     p.add_argument("--generate", type=int, default=None, help="KV cache length (default seq-len)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per round")
@@ -58,6 +60,9 @@ def variants(args: argparse.Namespace) -> dict[str, ModelConfig]:
             moe, experts_per_token=2, d_ff=dense.d_ff // 2
         ),
         f"window {args.window}": dataclasses.replace(dense, attn_window=args.window),
+        f"latent attention, {args.latent}-wide": dataclasses.replace(
+            dense, attention="mla", kv_latent_dim=args.latent
+        ),
     }
 
 

@@ -23,6 +23,7 @@ PosEncoding = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm"]
 Mlp = Literal["swiglu", "gelu", "moe"]
 ExpertMlp = Literal["swiglu", "gelu"]
+AttentionKind = Literal["mha", "mla"]
 TokenizerKind = Literal["bpe", "unigram", "wordpiece", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
@@ -70,6 +71,11 @@ class ModelConfig:
     # Sliding-window attention: each query sees at most the last attn_window positions
     # (itself included); None sees the whole context.
     attn_window: int | None = None
+    # mha: multi-head attention, grouped by n_kv_heads. mla: latent attention (DeepSeek-V2):
+    # keys and values come up from one kv_latent_dim-wide latent per token, which is all the
+    # cache keeps, beside a rotary key shared by the heads (with rope).
+    attention: AttentionKind = "mha"
+    kv_latent_dim: int = 64
     norm_eps: float = 1e-5
     init_std: float = 0.02
     gradient_checkpointing: bool = False
@@ -113,6 +119,8 @@ class ModelConfig:
             )
         if self.moe_aux_loss < 0 or self.moe_z_loss < 0:
             out.append("moe_aux_loss and moe_z_loss must not be negative")
+        if self.attention == "mla" and self.kv_latent_dim < 1:
+            out.append(f"kv_latent_dim must be at least 1 (got {self.kv_latent_dim})")
         if self.attn_window is not None and self.attn_window < 1:
             out.append(f"attn_window must be at least 1 (got {self.attn_window})")
         if self.rope_theta <= 0:
@@ -129,12 +137,11 @@ class ModelConfig:
 
     def param_count(self) -> ParamCount:
         """Analytic parameter count; equals the built model's (a test checks it)."""
-        d, hd = self.d_model, self.head_dim
+        d = self.d_model
         vocab = self.vocab_size or 0
         bias = int(self.bias)
         norm = d * (2 if self.norm == "layernorm" and self.bias else 1)
-        attn = d * (d + 2 * self.kv_heads * hd) + bias * (d + 2 * self.kv_heads * hd)
-        attn += d * d + bias * d
+        attn = self._attention_weights() + bias * (self._attention_outputs() + d)
         expert = self._expert_params()
         experts, active = self._experts()
         router = d * self.n_experts if self.mlp == "moe" else 0
@@ -154,14 +161,33 @@ class ModelConfig:
         weighted values, where the context is the sequence, or the attention window when
         that is shorter."""
         seq_len = min(seq_len or self.max_seq_len, self.attn_window or self.max_seq_len)
-        d, f, hd = self.d_model, self.d_ff, self.head_dim
-        attn_weights = d * (d + 2 * self.kv_heads * hd) + d * d
+        d, f = self.d_model, self.d_ff
+        attn_weights = self._attention_weights()
         _, active = self._experts()
         mlp_weights = active * self._mlp_matrices() * d * f
         if self.mlp == "moe":
             mlp_weights += d * self.n_experts
         matmul_weights = self.n_layers * (attn_weights + mlp_weights) + (self.vocab_size or 0) * d
         return 6 * matmul_weights + 6 * self.n_layers * seq_len * d
+
+    def _attention_weights(self) -> int:
+        """Weights of one attention layer's matrices, the output projection included."""
+        d, hd, heads = self.d_model, self.head_dim, self.n_heads
+        if self.attention == "mha":
+            return d * (d + 2 * self.kv_heads * hd) + d * d
+        rotary = hd if self.pos_encoding == "rope" else 0
+        latent = self.kv_latent_dim
+        queries = d * heads * (hd + rotary)
+        return queries + d * (latent + rotary) + 2 * latent * heads * hd + d * d
+
+    def _attention_outputs(self) -> int:
+        """Outputs of one attention layer's matrices before the output projection: the
+        biases they carry when `bias` is set."""
+        hd, heads = self.head_dim, self.n_heads
+        if self.attention == "mha":
+            return (heads + 2 * self.kv_heads) * hd
+        rotary = hd if self.pos_encoding == "rope" else 0
+        return heads * (hd + rotary) + self.kv_latent_dim + rotary + 2 * heads * hd
 
     def _experts(self) -> tuple[int, int]:
         """(MLPs per layer, MLPs a token passes through): (1, 1) without a mixture."""

@@ -36,7 +36,13 @@ EXPORT_ENTRIES = {HF_CONFIG_FILE, HF_GENERATION_FILE, HF_WEIGHTS_FILE, TOKENIZER
 # What Llama fixes that our config lets vary: field -> the only value Llama has. The rest
 # maps: `bias` to Llama's attention_bias and mlp_bias (neither stack has norm or head
 # biases), and dropout does nothing at inference.
-LLAMA_REQUIRES = {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "attn_window": None}
+LLAMA_REQUIRES = {
+    "pos_encoding": "rope",
+    "norm": "rmsnorm",
+    "mlp": "swiglu",
+    "attn_window": None,
+    "attention": "mha",
+}
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 

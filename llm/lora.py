@@ -191,8 +191,7 @@ def trainable_parameters(model: nn.Module) -> int:
 def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     """(in, out) features of every linear layer of `Transformer(config)`, by module path."""
     d, f = config.d_model, config.d_ff
-    qkv = (d, (config.n_heads + 2 * config.kv_heads) * config.head_dim)
-    layer = {"attn.qkv": qkv, "attn.proj": (d, d)}
+    layer = _attention_shapes(config)
     if config.mlp == "moe":
         layer["mlp.router"] = (d, config.n_experts)
         expert = _mlp_shapes(config.mlp_expert, d, f)
@@ -203,6 +202,21 @@ def linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     shapes = {f"blocks.{i}.{name}": s for i in range(config.n_layers) for name, s in layer.items()}
     shapes["lm_head"] = (d, config.vocab_size or 0)
     return shapes
+
+
+def _attention_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    d, hd, heads = config.d_model, config.head_dim, config.n_heads
+    if config.attention == "mha":
+        return {"attn.qkv": (d, (heads + 2 * config.kv_heads) * hd), "attn.proj": (d, d)}
+    rotary = hd if config.pos_encoding == "rope" else 0
+    latent = config.kv_latent_dim
+    return {
+        "attn.q": (d, heads * (hd + rotary)),
+        "attn.kv_down": (d, latent + rotary),
+        "attn.k_up": (latent, heads * hd),
+        "attn.v_up": (latent, heads * hd),
+        "attn.proj": (heads * hd, d),
+    }
 
 
 def _mlp_shapes(kind: str, d: int, f: int) -> dict[str, tuple[int, int]]:

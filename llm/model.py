@@ -180,10 +180,12 @@ class KVCache:
     ) -> None:
         self.max_len = max_len or config.max_seq_len
         self.slots = min(self.max_len, config.attn_window or self.max_len)
-        shape = (config.n_layers, batch_size, config.kv_heads, self.slots, config.head_dim)
+        heads, key_dim, value_dim = cached_widths(config)
+        keys = (config.n_layers, batch_size, heads, self.slots, key_dim)
+        values = (config.n_layers, batch_size, heads, self.slots, value_dim)
         # One allocation each, seen as a view per layer.
-        self.keys = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
-        self.values = torch.zeros(shape, device=device, dtype=dtype).unbind(0)
+        self.keys = torch.zeros(keys, device=device, dtype=dtype).unbind(0)
+        self.values = torch.zeros(values, device=device, dtype=dtype).unbind(0)
         self.length = 0  # positions seen so far
 
     def key_positions(self, new: int) -> Tensor:
@@ -215,6 +217,16 @@ class KVCache:
         keys.index_copy_(2, slots, k[:, :, new - kept :])
         values.index_copy_(2, slots, v[:, :, new - kept :])
         return out
+
+
+def cached_widths(config: ModelConfig) -> tuple[int, int, int]:
+    """(heads, key width, value width) of what attention caches per position and layer:
+    keys and values, or for latent attention its latent (as the key) and its shared
+    rotary key (as the value; none without rope)."""
+    if config.attention == "mla":
+        rotary = config.head_dim if config.pos_encoding == "rope" else 0
+        return 1, config.kv_latent_dim, rotary
+    return config.kv_heads, config.head_dim, config.head_dim
 
 
 class Attention(nn.Module):
@@ -252,11 +264,68 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2): each token's keys and values are
+    expanded from one small latent, c = x·W_down, as k = c·W_k and v = c·W_v, so a cache
+    of the latent alone serves every head. RoPE cannot pass through that expansion, so
+    with rope each head's query has a second, rotated part that meets one rotated key
+    shared by all heads:
+
+        score = (q_content·k_content + q_rotary·k_rotary) / sqrt(2·head_dim)
+
+    (Queries are not compressed, as DeepSeek-V2's are: at these sizes that saves little.)
+    """
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.latent = config.kv_latent_dim
+        self.rotary = config.head_dim if config.pos_encoding == "rope" else 0
+        width = config.n_heads * config.head_dim
+        self.q = nn.Linear(
+            config.d_model, config.n_heads * (self.head_dim + self.rotary), config.bias
+        )
+        self.kv_down = nn.Linear(config.d_model, self.latent + self.rotary, bias=config.bias)
+        self.k_up = nn.Linear(self.latent, width, bias=config.bias)
+        self.v_up = nn.Linear(self.latent, width, bias=config.bias)
+        self.proj = nn.Linear(width, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        H, hd = self.n_heads, self.head_dim
+        q = self.q(x).view(B, T, H, hd + self.rotary)
+        down = self.kv_down(x)
+        latent = down[..., : self.latent][:, None]  # (B, 1, T, latent)
+        k_rotary = positions.rotate(down[..., self.latent :][:, :, None]).transpose(1, 2)
+        if cache is not None:
+            latent, k_rotary = cache.update(self.layer, latent, k_rotary)
+        S = latent.shape[2]
+        k = self.k_up(latent[:, 0]).view(B, S, H, hd).transpose(1, 2)
+        v = self.v_up(latent[:, 0]).view(B, S, H, hd).transpose(1, 2)
+        if self.rotary:
+            q = torch.cat((q[..., :hd], positions.rotate(q[..., hd:])), dim=-1)
+            k = torch.cat((k, k_rotary.expand(B, H, S, hd)), dim=-1)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k,
+            v,
+            attn_mask=positions.mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=positions.is_causal,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, H * hd))
+
+
+ATTENTIONS: dict[str, type[nn.Module]] = {"mha": Attention, "mla": LatentAttention}
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = NORMS[config.norm](config)
-        self.attn = Attention(config, layer)
+        self.attn = ATTENTIONS[config.attention](config, layer)
         self.mlp_norm = NORMS[config.norm](config)
         self.mlp = MLPS[config.mlp](config)
         self.dropout = dropout(config)

@@ -126,9 +126,13 @@ def test_trainable_count_equals_the_analytic_count(
     assert sum(t.numel() for t in lora_state_dict(model).values()) == expected
 
 
-@pytest.mark.parametrize("mlp", ["swiglu", "gelu", "moe"])
-def test_linear_shapes_describe_the_built_model(mlp: str) -> None:
-    config = tiny_config(mlp=mlp, n_kv_heads=2, tie_embeddings=False, n_experts=3)
+@pytest.mark.parametrize(
+    ("mlp", "attention"), [("swiglu", "mha"), ("gelu", "mha"), ("moe", "mha"), ("swiglu", "mla")]
+)
+def test_linear_shapes_describe_the_built_model(mlp: str, attention: str) -> None:
+    config = tiny_config(
+        mlp=mlp, n_kv_heads=2, tie_embeddings=False, n_experts=3, attention=attention
+    )
     built = {
         name: (m.in_features, m.out_features)
         for name, m in Transformer(config).named_modules()

@@ -148,6 +148,8 @@ def test_multi_query_attention_has_one_key_value_head():
         {"mlp": "gelu", "n_kv_heads": 2, "bias": True},
         {"mlp": "moe", "n_experts": 4, "experts_per_token": 2},
         {"mlp": "moe", "mlp_expert": "gelu", "bias": True, "n_experts": 3, "experts_per_token": 1},
+        {"attention": "mla", "kv_latent_dim": 12},
+        {"attention": "mla", "pos_encoding": "alibi", "bias": True},
     ],
 )
 def test_param_count_matches_the_built_model(overrides):
@@ -387,3 +389,58 @@ def test_a_mixture_reports_its_auxiliary_loss_to_the_trainer_and_a_dense_model_n
     assert isinstance(aux, Tensor) and aux.requires_grad and aux.item() > 0
     aux.backward()
     assert model.blocks[0].mlp.router.weight.grad is not None
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_latent_attention_is_causal_and_caches_only_its_latent(pos):
+    torch.manual_seed(0)
+    config = tiny(pos_encoding=pos, attention="mla", kv_latent_dim=8)
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 64, (2, 14))
+    changed = tokens.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 64
+    cache = KVCache(config, batch_size=2)
+    with torch.no_grad():
+        full, other = model(tokens), model(changed)
+        pieces = [model(tokens[:, :6], cache), model(tokens[:, 6:10], cache)]
+        pieces += [model(tokens[:, t : t + 1], cache) for t in range(10, 14)]
+    torch.testing.assert_close(full[:, :9], other[:, :9], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    # Per position and layer: the latent and one shared rotary key, not 2 × heads × head_dim.
+    rotary = config.head_dim if pos == "rope" else 0
+    assert cache.keys[0].shape[1:] == (1, 32, 8)
+    assert cache.values[0].shape[1:] == (1, 32, rotary)
+    per_position = 8 + rotary
+    assert per_position < 2 * config.n_heads * config.head_dim
+
+
+def test_latent_attention_with_a_window_decodes_like_the_full_forward():
+    torch.manual_seed(0)
+    config = tiny(attention="mla", kv_latent_dim=8, attn_window=4)
+    model = Transformer(config).eval()
+    tokens = torch.randint(0, 64, (2, 20))
+    cache = KVCache(config, batch_size=2)
+    with torch.no_grad():
+        full = model(tokens)
+        stepped = [model(tokens[:, :7], cache)]
+        stepped += [model(tokens[:, t : t + 1], cache) for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(stepped, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_latent_attention_trains_and_cannot_be_exported_as_llama(pos):
+    torch.manual_seed(0)
+    model = Transformer(tiny(pos_encoding=pos, attention="mla", kv_latent_dim=16))
+    pattern = (torch.arange(24) % 7 + 3).repeat(4, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        logits = model(pattern[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 64), pattern[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ConfigError, match="attention is 'mla'"):
+        check_llama_compatible(tiny(attention="mla"), Path("model"))

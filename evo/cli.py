@@ -65,6 +65,13 @@ def build_command_line() -> CommandLine:
         "offline; file: plotly.js written once beside the page, which then stays small",
     )
 
+    dashboard = command("dashboard", cmd_dashboard, "a live web view of the database's runs")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument(
+        "--token", help="required off loopback (default: $EVO_DASHBOARD_TOKEN); open ?token=…"
+    )
+
     export = command("export", cmd_export, "write one row per trial as CSV or Parquet")
     export.add_argument("name")
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -226,6 +233,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / args.name / "report.html"
     path = write_report(storage, args.name, out, plotly=args.plotly)
     print(path)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from evo.dashboard import serve_dashboard
+
+    serve_dashboard(args.storage, host=args.host, port=args.port, token=args.token)
     return 0
 
 

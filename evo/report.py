@@ -71,7 +71,55 @@ p.how { color: #555; font-style: italic; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
+table.sortable th { cursor: pointer; }
+input.filter { margin-bottom: 0.5em; width: 20em; }
 """
+# Sorting and filtering of the trials table, in plain JavaScript: a click on a heading sorts
+# by that column (numbers as numbers), again to reverse; the box keeps the rows containing
+# its text; #sort=HEADING in the address sorts on load.
+_TABLE_SCRIPT = """<script>
+document.addEventListener("DOMContentLoaded", () => {
+  for (const table of document.querySelectorAll("table.sortable")) {
+    const body = table.tBodies[0];
+    const filter = document.createElement("input");
+    filter.className = "filter";
+    filter.placeholder = "filter rows";
+    filter.addEventListener("input", () => {
+      const text = filter.value.toLowerCase();
+      for (const row of body.rows) {
+        row.hidden = !row.textContent.toLowerCase().includes(text);
+      }
+    });
+    table.parentNode.insertBefore(filter, table);
+    table.querySelectorAll("th").forEach((th, column) => {
+      th.addEventListener("click", () => {
+        const up = th.dataset.order !== "up";
+        th.dataset.order = up ? "up" : "down";
+        const key = (row) => {
+          const text = row.cells[column].textContent.replace(/,/g, "");
+          const number = parseFloat(text);
+          return isNaN(number) ? text : number;
+        };
+        const rows = Array.from(body.rows).sort((a, b) => {
+          const x = key(a), y = key(b);
+          const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0)
+            : (typeof x === "number" ? -1 : 1);
+          return up ? order : -order;
+        });
+        body.append(...rows);
+      });
+    });
+    // #sort=HEADING (or #sort=-HEADING, descending) sorts on load: a link can share a view.
+    const wanted = decodeURIComponent(location.hash).match(/^#sort=(-?)(.+)$/);
+    const heading = wanted && Array.from(table.querySelectorAll("th"))
+      .find((th) => th.textContent === wanted[2]);
+    if (heading) {
+      heading.click();
+      if (wanted[1]) heading.click();
+    }
+  }
+});
+</script>"""
 
 
 @dataclass(frozen=True)
@@ -171,7 +219,17 @@ def write_report(
     plotly.js inside it ("inline"), or beside it in a file the page names ("file")."""
     if plotly not in PLOTLY_MODES:
         raise UserError(f"unknown plotly mode {plotly!r}; expected inline or file")
+    path = Path(out_path)
     info = storage.require_run(run)
+    page = render_report(storage, info, _plotly_script(path, plotly))
+    write_text(path, page)
+    return path
+
+
+def render_report(storage: Storage, info: RunInfo, script: str, head: str = "") -> str:
+    """The report page of run `info`, with `script` (the tag that loads plotly.js) and any
+    `head` markup (the dashboard's live updates) in its head."""
+    run = info.name
     frame = storage.trials_frame(run)
     data = _Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte))
     validated = validation_report(storage, run, data.space)
@@ -189,11 +247,8 @@ def write_report(
         _validation(validated),
         _promotions(data, storage.promotions(run), storage.genomes(run), validated),
     ]
-    path = Path(out_path)
-    script = _plotly_script(path, plotly)
     generated = f"generated at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-    write_text(path, _page(f"evo run {info.name}", generated, script, sections))
-    return path
+    return _page(f"evo run {info.name}", generated, script + head, sections)
 
 
 def _plotly_script(page: Path, mode: PlotlyMode) -> str:
@@ -655,7 +710,8 @@ def _trials(run: _Run) -> str:
         ]
         for index, row in _ranked(run.frame, first).iterrows()
     ]
-    return _section("trials", "Trials", how, f'<div class="wide">{_table(rows, header)}</div>')
+    table = _table(rows, header, css_class="sortable")
+    return _section("trials", "Trials", how, f'<div class="wide">{table}</div>')
 
 
 def _gene_columns(run: _Run) -> list[str]:
@@ -933,15 +989,19 @@ def _note(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def _table(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+def _table(
+    rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, css_class: str = ""
+) -> str:
     head = ""
     if header is not None:
-        head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        head = f"<thead><tr>{cells}</tr></thead>"
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
         for row in rows
     )
-    return f"<table>{head}{body}</table>"
+    attribute = f' class="{css_class}"' if css_class else ""
+    return f"<table{attribute}>{head}<tbody>{body}</tbody></table>"
 
 
 def _figure(fig: go.Figure) -> str:
@@ -961,7 +1021,7 @@ def _page(title: str, subtitle: str, script: str, sections: Sequence[str]) -> st
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>\n"
-        f"{script}\n</head>\n<body>\n"
+        f"{script}\n{_TABLE_SCRIPT}\n</head>\n<body>\n"
         f'<h1>{html.escape(title)}</h1>\n<p class="how">{html.escape(subtitle)}</p>\n'
         f"{''.join(sections)}</body></html>\n"
     )

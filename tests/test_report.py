@@ -176,12 +176,12 @@ def trace(figure: dict[str, Any], name: str) -> dict[str, Any]:
 def tables(part: str) -> list[list[dict[str, str]]]:
     """The HTML tables with a header row in part of a page, each as its rows by header."""
     found = []
-    for table in re.findall(r"<table>(.*?)</table>", part, flags=re.S):
+    for table in re.findall(r"<table[^>]*>(.*?)</table>", part, flags=re.S):
         rows = [
             [html.unescape(cell) for cell in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
             for row in re.findall(r"<tr>(.*?)</tr>", table)
         ]
-        if table.startswith("<tr><th>"):
+        if table.startswith("<thead><tr><th>"):
             found.append([dict(zip(rows[0], row, strict=True)) for row in rows[1:]])
     return found
 

@@ -319,7 +319,7 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _make_engine(url: str, create: bool) -> Engine:
+def _make_engine(url: str, create: bool, read_only: bool = False) -> Engine:
     parsed = make_url(url)
     file = _sqlite_file(parsed)
     if file is not None and not file.exists():
@@ -331,8 +331,34 @@ def _make_engine(url: str, create: bool) -> Engine:
         raise UserError(f"{file} is empty, not an evo database; `evo run` creates one")
     engine = create_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_pragmas)
     return engine
+
+
+def _sqlite_reader(dbapi_connection: Any, connection_record: Any) -> None:
+    """A connection that cannot write: query_only makes SQLite refuse any change, and the
+    journal mode is left as the writer set it (switching it would be a write)."""
+    cursor = dbapi_connection.cursor()
+    for pragma in ("busy_timeout=30000", "query_only=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _check_schema(engine: Engine, shown_url: str) -> None:
+    """Refuse, without changing it, a database this evo cannot read as it is."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(SchemaRow.__tablename__):
+            raise UserError(f"{shown_url} is not an evo database (it has no evo_schema table)")
+        found = connection.scalar(select(SchemaRow.version))
+    if found != SCHEMA_VERSION:
+        raise UserError(
+            f"{shown_url} has schema version {found}, this evo reads {SCHEMA_VERSION}; "
+            + (
+                "run `evo ls` once to upgrade it"
+                if found is not None and found < SCHEMA_VERSION
+                else "upgrade evo-llm to read it"
+            )
+        )
 
 
 def _prepare_schema(engine: Engine, shown_url: str, create: bool) -> None:
@@ -412,21 +438,28 @@ def _shown(url: str) -> str:
 class Storage:
     """All reads and writes of the search's results, one short transaction per call."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, create: bool = True) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, *, create: bool = True, read_only: bool = False
+    ) -> None:
         """Open the database at `url`, adding any missing tables.
 
         A SQLite file that does not exist yet is created only when `create` is true;
         otherwise it is a UserError, so that a mistyped path cannot pass for an empty
         database. Server databases (PostgreSQL) must exist already either way.
+        `read_only` never creates, upgrades or writes anything (SQLite refuses writes on
+        its connections): for a reader such as `evo dashboard` beside a running search.
         """
         self.url = _shown(url)
         try:
-            self._engine = _make_engine(url, create)
+            self._engine = _make_engine(url, create and not read_only, read_only)
             # An in-memory database is always new: it gets its tables either way.
             in_memory = (
                 self._engine.dialect.name == "sqlite" and _sqlite_file(self._engine.url) is None
             )
-            _prepare_schema(self._engine, self.url, create or in_memory)
+            if read_only:
+                _check_schema(self._engine, self.url)
+            else:
+                _prepare_schema(self._engine, self.url, create or in_memory)
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)

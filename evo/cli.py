@@ -53,6 +53,14 @@ def build_command_line() -> CommandLine:
 
     status = command("status", cmd_status, "progress, best values and Pareto front of a run")
     status.add_argument("name")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=5.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 5) until the run stops running",
+    )
 
     report = command("report", cmd_report, "write a self-contained HTML report of a run")
     report.add_argument("name")
@@ -219,9 +227,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from evo.status import print_status
+    from evo.status import print_status, watch_status
 
-    print_status(Storage(args.storage, create=False), args.name, Console())
+    storage = Storage(args.storage, create=False)
+    if args.watch is None:
+        print_status(storage, args.name, Console())
+    else:
+        watch_status(storage, args.name, Console(), args.watch)
     return 0
 
 

@@ -6,7 +6,8 @@ migration or a write lock), so it can watch a search while the search writes. Pa
 - `/`: every run, with its status, trials, budget spent and best value;
 - `/runs/NAME`: the run's report (the views of `evo report`: rungs, best against compute,
   Pareto front or history, genes, learning curves, the sortable table of trials, workers,
-  failures, validation, promotions), redrawn when the run changes;
+  failures, validation, promotions), redrawn when the run changes; `?front=A,B` draws the
+  front on objectives A and B (links to every pair when a run has more than two);
 - `/runs/NAME/trials/ID`: one trial: its genes, its metrics at every rung its genome
   reached, its learning curve across them, its error if it failed.
 
@@ -77,12 +78,12 @@ document.addEventListener("DOMContentLoaded", () => {{
   for (const row of document.querySelectorAll("#trials tbody tr")) {{
     const cell = row.cells[0];
     const link = document.createElement("a");
-    link.href = "{html.escape(name)}/trials/" + cell.textContent;
+    link.href = "/runs/{html.escape(name)}/trials/" + cell.textContent;
     link.textContent = cell.textContent;
     cell.replaceChildren(link);
   }}
 }});
-</script><base href="/runs/">"""
+</script>"""
 
 
 class Dashboard:
@@ -133,9 +134,14 @@ class Dashboard:
         body = f"<table>{header}{cells}</table>" if rows else "<p>No runs in this database.</p>"
         return _page("evo dashboard", f"<h1>Runs</h1>{body}", refresh=True)
 
-    def run_page(self, name: str) -> str:
+    def run_page(self, name: str, front: str | None = None) -> str:
         info = self.run_info(name)
-        return render_report(self.storage, info, _PLOTLY_TAG, head=live_head(name))
+        objectives = [o.metric for o in run_space(info).search.objectives]
+        axes = front.split(",") if front else objectives[:2]
+        if len(axes) != 2 or not set(axes) <= set(objectives):
+            raise HTTPException(400, f"front={front}: name two of the objectives {objectives}")
+        pair = (axes[0], axes[1]) if len(objectives) > 1 else None
+        return render_report(self.storage, info, _PLOTLY_TAG, head=live_head(name), front=pair)
 
     def trial_page(self, name: str, trial_id: int) -> str:
         self.run_info(name)
@@ -208,8 +214,8 @@ def build_app(storage: Storage, token: str | None = None) -> FastAPI:
         return page(board.runs_page())
 
     @app.get("/runs/{name}", dependencies=auth)
-    def run(name: str) -> Response:
-        return page(board.run_page(name))
+    def run(name: str, front: str | None = None) -> Response:
+        return page(board.run_page(name, front))
 
     @app.get("/runs/{name}/trials/{trial_id}", dependencies=auth)
     def trial(name: str, trial_id: int) -> Response:

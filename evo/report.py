@@ -13,6 +13,7 @@ trials and failures sections, but left out of the charts.
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from plotly.subplots import make_subplots
 
+from evo.importance import MIN_TRIALS, gene_importance
 from evo.metrics import EVAL_TOKENS, METRICS, TrialStatus
 from evo.space import Domain, Objective, SearchSpace, space_from_dict
 from evo.storage import TRIAL_STATUSES, PromotionRecord, RunInfo, Storage
@@ -54,6 +56,7 @@ FAILURES = tuple(status.value for status in TrialStatus if status.is_failure)
 ACTIVE = tuple(status.value for status in TrialStatus if status.is_active)
 LOST = (TrialStatus.RETRIED.value, TrialStatus.INTERRUPTED.value)
 TOP_CURVES = 5
+SLICE_GENES = 4  # slice plots for this many of the most important genes
 NO_SUCCESS = "No successful trials yet."
 MISSING = "(missing)"  # the category of a gene a genome lacks
 NOT_MEASURED = "n/a (CPU)"  # a GPU-only metric of a trial that trained elsewhere
@@ -226,9 +229,17 @@ def write_report(
     return path
 
 
-def render_report(storage: Storage, info: RunInfo, script: str, head: str = "") -> str:
+def render_report(
+    storage: Storage,
+    info: RunInfo,
+    script: str,
+    head: str = "",
+    front: tuple[str, str] | None = None,
+) -> str:
     """The report page of run `info`, with `script` (the tag that loads plotly.js) and any
-    `head` markup (the dashboard's live updates) in its head."""
+    `head` markup (the dashboard's live updates) in its head. `front` names the two
+    objectives the Pareto front is drawn on (default: the first two); given, the page
+    also links every other pair (`?front=A,B`), as the dashboard serves it."""
     run = info.name
     frame = storage.trials_frame(run)
     data = _Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte))
@@ -238,8 +249,9 @@ def render_report(storage: Storage, info: RunInfo, script: str, head: str = "") 
         _rungs(data) if data.rungs else "",
         _progress(data) if data.space.search.mode == "generational" else "",
         _anytime(data),
-        _history(data) if len(data.objectives) == 1 else _pareto(data),
+        _history(data) if len(data.objectives) == 1 else _pareto(data, front),
         _genes(data),
+        _importance(data),
         _curves(data, storage),
         _trials(data),
         _workers(data.frame),
@@ -480,14 +492,24 @@ def _history(run: _Run) -> str:
     return _section("history", "Optimisation history", how, _figure(fig))
 
 
-def _pareto(run: _Run) -> str:
-    first, second = run.objectives[:2]
+def _pareto(run: _Run, front_axes: tuple[str, str] | None = None) -> str:
+    by_metric = {o.metric: o for o in run.objectives}
+    if front_axes is not None and not set(front_axes) <= set(by_metric):
+        raise UserError(f"front: {list(front_axes)} are not two of the run's objectives")
+    first, second = run.objectives[:2] if front_axes is None else [by_metric[m] for m in front_axes]
     how = (
-        f"Every successful trial{run.where} on the first two objectives (stalled trials "
-        "left out); the circled, connected trials are the Pareto front over all "
+        f"Every successful trial{run.where} on {first.metric} and {second.metric} (stalled "
+        "trials left out); the circled, connected trials are the Pareto front over all "
         "objectives: none is beaten in every objective by another. Hover for genome and "
         "metrics."
     )
+    pairs = ""
+    if front_axes is not None and len(run.objectives) > 2:
+        links = [
+            f'<a href="?front={a.metric},{b.metric}">{a.metric} × {b.metric}</a>'
+            for a, b in itertools.combinations(run.objectives, 2)
+        ]
+        pairs = f"<p>Draw it on: {' · '.join(links)}</p>"
     finished = run.finished
     if finished.empty:
         return _section("pareto", "Pareto front", how, _note(run.empty))
@@ -518,7 +540,7 @@ def _pareto(run: _Run) -> str:
         yaxis_title=_axis_title(second),
         legend=_LEGEND_ABOVE,
     )
-    return _section("pareto", "Pareto front", how, _figure(fig))
+    return _section("pareto", "Pareto front", how, pairs + _figure(fig))
 
 
 def _genes(run: _Run) -> str:
@@ -565,6 +587,43 @@ def _best_colorscale(values: np.ndarray, objective: Objective) -> list[list[Any]
     if objective.sign > 0:  # the best is the lowest value
         return [[0.0, BEST_RED], [edge, BEST_RED], [edge, DARK_BLUE], [1.0, PALE_BLUE]]
     return [[0.0, PALE_BLUE], [1.0 - edge, DARK_BLUE], [1.0 - edge, BEST_RED], [1.0, BEST_RED]]
+
+
+def _importance(run: _Run) -> str:
+    first = run.objectives[0]
+    how = (
+        f"How much each gene decides {first.metric}, by Optuna's PED-ANOVA over the "
+        f"successful trials{' at the lowest rung' if run.rungs else ''} (at least "
+        f"{MIN_TRIALS}; the importances sum to 1): how differently a gene is set among the "
+        "best tenth than among all. Then, for the most important genes, every trial's "
+        f"{first.metric} against the gene's value (boxes for choices)."
+    )
+    trials = successful_trials(run.learned[run.learned["rung"] == 0], run.objectives)
+    importance = gene_importance(trials, run.space, first)
+    if importance is None:
+        note = f"{len(trials)} successful trials to judge by; at least {MIN_TRIALS} are needed."
+        return _section("importance", "Gene importance", how, _note(note))
+    bars = go.Figure(go.Bar(x=list(importance.values()), y=list(importance), orientation="h"))
+    bars.update_layout(
+        height=80 + 28 * len(importance),
+        yaxis={"autorange": "reversed", "title": {"text": "gene"}},
+        xaxis={"title": {"text": "importance (PED-ANOVA; sums to 1)"}},
+        margin={"l": 140},
+    )
+    top = list(importance)[:SLICE_GENES]
+    slices = make_subplots(rows=1, cols=len(top), subplot_titles=top, shared_yaxes=True)
+    for column, gene in enumerate(top, start=1):
+        x, y = trials[f"gene.{gene}"], trials[first.metric]
+        domain = run.space.genes[gene]
+        if domain.choice is not None:
+            slices.add_trace(go.Box(x=x.astype(str), y=y, name=gene, boxpoints="all"), 1, column)
+        else:
+            slices.add_trace(go.Scatter(x=x, y=y, mode="markers", name=gene), 1, column)
+            if domain.log:
+                slices.update_xaxes(type="log", row=1, col=column)
+    slices.update_layout(height=380, showlegend=False)
+    slices.update_yaxes(title_text=_axis_title(first), row=1, col=1)
+    return _section("importance", "Gene importance", how, _figure(bars) + _figure(slices))
 
 
 def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pandas as pd
@@ -11,7 +12,7 @@ from rich.table import Table
 from evo.metrics import TrialStatus
 from evo.report import pareto_front, run_space
 from evo.space import SearchSpace
-from evo.storage import RunInfo, Storage
+from evo.storage import RunInfo, RunStatus, Storage
 from evo.summary import (
     STALLED,
     anytime_curve,
@@ -26,6 +27,7 @@ from evo.summary import (
 )
 from evo.validate import ValidationReport, validation_report
 from evo.view import genes_text
+from llm.errors import UserError
 
 FRONT_ROWS = 10
 ANYTIME_POINTS = 5  # the last improvements shown
@@ -61,6 +63,23 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     if len(running):
         console.print(f"running now: {len(running)} trials")
     _print_promotions(storage, name, frame, space, console)
+
+
+def watch_status(storage: Storage, name: str, console: Console, seconds: float) -> None:
+    """Redraw the status every `seconds` while the run is running (another process writes
+    it), then once more when it has stopped; Ctrl-C ends the watch, not the run."""
+    if seconds <= 0:
+        raise UserError(f"--watch takes a positive number of seconds (got {seconds:g})")
+    try:
+        while True:
+            running = storage.require_run(name).status == RunStatus.RUNNING.value
+            console.clear()
+            print_status(storage, name, console)
+            if not running:
+                return
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        return
 
 
 def _progress(run: RunInfo, space: SearchSpace) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from test_report import RUN, run, store  # noqa: F401 (fixtures)
+from test_report import RUN, figures, run, section, store  # noqa: F401 (fixtures)
 
 from evo.dashboard import build_app, serve_dashboard
 from evo.storage import Storage
@@ -48,6 +48,15 @@ def test_a_run_page_is_the_live_report_with_plotly_served_locally(reader: Storag
     assert '<table class="sortable">' in page
     script = client.get("/static/plotly.min.js")
     assert script.status_code == 200 and len(script.content) > 1_000_000
+
+
+def test_the_front_is_drawn_on_the_two_objectives_asked_for(reader: Storage) -> None:
+    client = TestClient(build_app(reader))
+    page = client.get(f"/runs/{RUN}?front=train_tokens_per_s,bits_per_byte").text
+    (front,) = figures(section(page, "Pareto front"))
+    assert front["layout"]["xaxis"]["title"]["text"].startswith("train_tokens_per_s")
+    assert front["layout"]["yaxis"]["title"]["text"].startswith("bits_per_byte")
+    assert client.get(f"/runs/{RUN}?front=bits_per_byte,params").status_code == 400
 
 
 def test_a_trial_page_shows_genes_rungs_curve_and_error(reader: Storage) -> None:
@@ -115,10 +124,10 @@ def test_a_real_browser_draws_the_charts_and_sorts_the_table(served: str, tmp_pa
     run_page = f"{served}/runs/{RUN}"
     dom = chromium(wait, "--dump-dom", run_page)
     assert dom.count('class="main-svg"') >= 6  # plotly drew every chart into SVG
-    ids = [int(i) for i in re.findall(r'<a href="demo/trials/(\d+)">', dom)]
+    ids = [int(i) for i in re.findall(r'<a href="/runs/demo/trials/(\d+)">', dom)]
     assert len(ids) == 10  # every trial linked to its page
     sorted_dom = chromium(wait, "--dump-dom", f"{run_page}#sort=-trial")
-    descending = [int(i) for i in re.findall(r'<a href="demo/trials/(\d+)">', sorted_dom)]
+    descending = [int(i) for i in re.findall(r'<a href="/runs/demo/trials/(\d+)">', sorted_dom)]
     assert descending == sorted(ids, reverse=True)
     for width in (1400, 800):
         shot = tmp_path / f"run-{width}.png"

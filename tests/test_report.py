@@ -306,6 +306,24 @@ def one(store: Storage) -> dict[int, float]:
     return scores
 
 
+def test_gene_importance_ranks_the_genes_and_slices_the_most_important(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    bars, slices = figures(section(page, "Gene importance"))
+    (importance,) = bars["data"]
+    genes = importance["y"]
+    varying = {"n_layers", "n_heads", "d_model", "d_ff_mult", "pos_encoding", "batch_size"}
+    assert varying | {"learning_rate"} >= set(genes) >= varying  # every gene that varies
+    assert sum(values(importance["x"])) == pytest.approx(1.0)
+    assert [t["name"] for t in slices["data"]] == genes[:4]  # the four most important
+    assert "bits_per_byte" in slices["layout"]["yaxis"]["title"]["text"]
+    # A run with fewer successful trials says why it shows none.
+    store.create_run("small", SPACE_YAML, seed=0)
+    small = write_report(store, "small", tmp_path / "small.html").read_text(encoding="utf-8")
+    assert "at least 10 are needed" in section(small, "Gene importance")
+
+
 def test_one_objective_is_drawn_as_an_optimisation_history(
     store: Storage, one: dict[int, float], tmp_path: Path
 ) -> None:

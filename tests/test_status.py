@@ -12,8 +12,9 @@ from conftest import space_dict, write_corpus
 from rich.console import Console
 
 from evo.metrics import EVAL_TOKENS
-from evo.status import print_status
+from evo.status import print_status, watch_status
 from evo.storage import Storage
+from llm.errors import UserError
 
 RUN = "s"
 
@@ -56,3 +57,24 @@ def test_status_counts_generations_from_one_and_lists_stalled_trials(store: Stor
 def test_status_shows_a_promotion_beside_its_search_score(store: Storage) -> None:
     text = status_text(store)
     assert "promoted genome 3: finished, bits_per_byte 2.31 (search: 2.4 at rung 1)" in text
+
+
+def test_watch_redraws_while_the_run_runs_and_stops_when_it_ends(
+    store: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import evo.status
+
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the search, meanwhile, finishes on the third nap
+        naps.append(seconds)
+        if len(naps) == 3:
+            store.set_run_status(RUN, "finished")
+
+    monkeypatch.setattr(evo.status.time, "sleep", nap)
+    console = Console(record=True, width=120)
+    watch_status(store, RUN, console, 0.5)
+    assert naps == [0.5, 0.5, 0.5]
+    assert console.export_text().count("s: finished") == 1  # the last drawing, once it ended
+    with pytest.raises(UserError, match="positive number of seconds"):
+        watch_status(store, RUN, console, 0)

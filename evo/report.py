@@ -110,6 +110,8 @@ document.addEventListener("DOMContentLoaded", () => {
           return up ? order : -order;
         });
         body.append(...rows);
+        // Kept in the address, so a reload (the dashboard's redraw) keeps the order.
+        history.replaceState(null, "", "#sort=" + (up ? "" : "-") + th.textContent);
       });
     });
     // #sort=HEADING (or #sort=-HEADING, descending) sorts on load: a link can share a view.

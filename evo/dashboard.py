@@ -36,7 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from plotly.offline import get_plotlyjs
 
 from evo.metrics import TrialStatus
-from evo.report import render_report, run_space
+from evo.report import PAGE_CSS, html_table, render_report, run_space
 from evo.storage import RunInfo, Storage
 from evo.summary import spent_text
 from llm.errors import UserError
@@ -46,14 +46,6 @@ TOKEN_ENV = "EVO_DASHBOARD_TOKEN"
 POLL_SECONDS = 5
 PLOTLY_PATH = "/static/plotly.min.js"
 _PLOTLY_TAG = f'<script type="text/javascript" src="{PLOTLY_PATH}" charset="utf-8"></script>'
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
-  padding: 0 1em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }
-"""
 
 
 def live_head(name: str) -> str:
@@ -283,18 +275,14 @@ def _page(title: str, body: str, *, script: str = "", refresh: bool = False) -> 
     meta = f'<meta http-equiv="refresh" content="{POLL_SECONDS}">' if refresh else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{meta}'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>{script}</head>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style>{script}</head>"
         f"<body>{body}</body></html>\n"
     )
 
 
 def _table(frame: pd.DataFrame) -> str:
-    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_text(v))}</td>" for v in row) + "</tr>"
-        for row in frame.itertuples(index=False)
-    )
-    return f"<table><tr>{header}</tr>{rows}</table>"
+    rows = [[_text(value) for value in row] for row in frame.itertuples(index=False)]
+    return html_table(rows, [str(c) for c in frame.columns])
 
 
 def _text(value: Any) -> str:

@@ -65,7 +65,7 @@ PLOTLY_MODES: tuple[PlotlyMode, ...] = ("inline", "file")
 # Parallel coordinates: the best line alone is dark red; the rest dark (better) to pale blue.
 BEST_RED, DARK_BLUE, PALE_BLUE = "#b2182b", "#08306b", "#c6dbef"
 
-_CSS = """
+PAGE_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
   padding: 0 1em; }
 section { margin-bottom: 2.5em; }
@@ -74,6 +74,7 @@ p.how { color: #555; font-style: italic; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }
 table.sortable th { cursor: pointer; }
 input.filter { margin-bottom: 0.5em; width: 20em; }
 """
@@ -319,7 +320,7 @@ def _summary(run: _Run, storage: Storage) -> str:
         "Summary",
         "The run as recorded in the results database; each best value comes with the "
         "trial and genome that reached it.",
-        _table(rows),
+        html_table(rows),
     )
 
 
@@ -353,7 +354,7 @@ def _rungs(run: _Run) -> str:
         "trials left out."
     )
     rows = rung_rows(run.frame, space)
-    table = _table(
+    table = html_table(
         [
             (
                 r.rung + 1,
@@ -771,7 +772,7 @@ def _trials(run: _Run) -> str:
         ]
         for index, row in _ranked(run.frame, first).iterrows()
     ]
-    table = _table(rows, header, css_class="sortable")
+    table = html_table(rows, header, css_class="sortable")
     return _section("trials", "Trials", how, f'<div class="wide">{table}</div>')
 
 
@@ -811,7 +812,7 @@ def _failures(run: _Run) -> str:
     count_rows = [(s, int(counts[s])) for s in TRIAL_STATUSES if s in counts]
     if run.stalled.any():
         count_rows.append((f"{STALLED} (of the done)", int(run.stalled.sum())))
-    body = _table(count_rows, ("status", "trials")) if count_rows else _note("No trials yet.")
+    body = html_table(count_rows, ("status", "trials")) if count_rows else _note("No trials yet.")
     listed = frame[frame["status"].isin(FAILURES) | run.stalled]
     rows = [
         (
@@ -824,7 +825,7 @@ def _failures(run: _Run) -> str:
         for index, row in listed.iterrows()
     ]
     if rows:
-        body += _table(rows, ("trial", "generation", "rung", "status", "error or reason"))
+        body += html_table(rows, ("trial", "generation", "rung", "status", "error or reason"))
     else:
         body += _note("No trial has failed or stalled.")
     how = (
@@ -898,7 +899,7 @@ def _validation(report: ValidationReport | None) -> str:
         for g in genomes
     ]
     header = ("genome", "search rank", "search", "rung", "validated", "std", "seeds", "rank")
-    return _section("validation", "Validation", how, _figure(fig) + _table(rows, header))
+    return _section("validation", "Validation", how, _figure(fig) + html_table(rows, header))
 
 
 def _promotions(
@@ -945,7 +946,7 @@ def _promotions(
         "status",
         "out dir",
     )
-    body = f'<div class="wide">{_table(rows, header)}</div>'
+    body = f'<div class="wide">{html_table(rows, header)}</div>'
     return _section("promotions", "Promotions", how, body)
 
 
@@ -1050,7 +1051,7 @@ def _note(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def _table(
+def html_table(
     rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, css_class: str = ""
 ) -> str:
     head = ""
@@ -1081,7 +1082,7 @@ def _page(title: str, subtitle: str, script: str, sections: Sequence[str]) -> st
     # plotly.js in the head, once, before any figure that needs it.
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>\n"
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style>\n"
         f"{script}\n{_TABLE_SCRIPT}\n</head>\n<body>\n"
         f'<h1>{html.escape(title)}</h1>\n<p class="how">{html.escape(subtitle)}</p>\n'
         f"{''.join(sections)}</body></html>\n"

@@ -75,6 +75,29 @@ class ChatTemplate:
         return (self.end,) if self.end else (f"\n{self.user_prefix.rstrip()}",)
 
 
+def read_messages(
+    messages: list[tuple[str, str]], *, answered: bool
+) -> tuple[str | None, list[Turn], str | None]:
+    """(system text or None, the whole turns, the user's last message or None) of
+    (role, content) messages: an optional system message, then user and assistant
+    alternating, the last from the assistant when `answered` (a conversation to learn
+    from), else from the user (one to reply to). A ValueError says what is wrong."""
+    system = None
+    if messages and messages[0][0] == "system":
+        system, messages = messages[0][1], messages[1:]
+    roles = [role for role, _ in messages]
+    pairs = len(roles) // 2
+    expected = ["user", "assistant"] * pairs + ([] if answered else ["user"])
+    if not roles or roles != expected:
+        last = "assistant" if answered else "user"
+        raise ValueError(
+            "roles must be an optional system, then user and assistant alternating, the "
+            f"last from the {last} (got {roles})"
+        )
+    turns = [Turn(messages[2 * i][1], messages[2 * i + 1][1]) for i in range(pairs)]
+    return system, turns, None if answered else messages[-1][1]
+
+
 def save_chat_template(directory: Path, template: ChatTemplate) -> None:
     write_json(directory / TEMPLATE_FILE, dataclasses.asdict(template))
 

@@ -62,7 +62,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from llm.chat import ChatTemplate, Turn, load_chat_template
+from llm.chat import ChatTemplate, Turn, load_chat_template, read_messages
 from llm.checkpoint import load_model_dir
 from llm.device import resolve_device
 from llm.errors import CheckpointError, ConfigError, UserError
@@ -200,21 +200,14 @@ class ChatRequest(SamplingRequest):
 
     def conversation(self) -> tuple[str | None, list[Turn], str]:
         """(system text or None, the earlier turns, the message to reply to)."""
-        messages = self.messages
-        system = None
-        if messages[0].role == "system":
-            system, messages = messages[0].content, messages[1:]
-        roles = [m.role for m in messages]
-        if len(roles) % 2 == 0 or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-            raise APIError(
-                400,
-                "messages must be an optional system message, then user and assistant "
-                f"messages alternating, the last from the user (got roles {roles})",
-                param="messages",
+        try:
+            system, turns, message = read_messages(
+                [(m.role, m.content) for m in self.messages], answered=False
             )
-        pairs = zip(messages[0:-1:2], messages[1::2], strict=True)
-        turns = [Turn(user.content, assistant.content) for user, assistant in pairs]
-        return system, turns, messages[-1].content
+        except ValueError as err:
+            raise APIError(400, f"messages: {err}", param="messages") from None
+        assert message is not None  # not answered: the last message is the user's
+        return system, turns, message
 
 
 R = TypeVar("R", bound=SamplingRequest)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from llm.atomic import write_json
-from llm.chat import ChatTemplate, Turn, save_chat_template
+from llm.chat import ChatTemplate, Turn, read_messages, save_chat_template
 from llm.checkpoint import check_out_dir, load_model_dir, save_model_dir
 from llm.config import TrainConfig, from_dict
 from llm.data import TokenSplits, jsonl_records
@@ -78,16 +78,8 @@ def _conversation(record: Any) -> Conversation:
     messages = record["messages"]
     if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
         raise ValueError('"messages" must be a list of {"role", "content"} with string values')
-    system = ""
-    if messages and messages[0]["role"] == "system":
-        system, messages = messages[0]["content"], messages[1:]
-    roles = [m["role"] for m in messages]
-    if not roles or roles != ["user", "assistant"] * (len(roles) // 2):
-        raise ValueError(
-            f"roles must alternate user, assistant, … and end with assistant (got {roles})"
-        )
-    pairs = zip(messages[0::2], messages[1::2], strict=True)
-    return Conversation(system, [Turn(u["content"], a["content"]) for u, a in pairs])
+    system, turns, _ = read_messages([(m["role"], m["content"]) for m in messages], answered=True)
+    return Conversation(system or "", turns)
 
 
 def _is_message(message: Any) -> bool:

@@ -168,8 +168,8 @@ def test_only_the_replies_and_their_end_are_scored() -> None:
     [
         ('{"prompt": "a"}', "a record is"),
         ('{"prompt": "a", "response": 3}', "must be strings"),
-        ('{"messages": [{"role": "assistant", "content": "x"}]}', "roles must alternate"),
-        ('{"messages": [{"role": "user", "content": "x"}]}', "end with assistant"),
+        ('{"messages": [{"role": "assistant", "content": "x"}]}', "user and assistant alternating"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', "the last from the assistant"),
         ('{"messages": [{"role": "user"}]}', "list of"),
         ("{not json", "malformed JSON"),
     ],

@@ -13,18 +13,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import pandas as pd
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 
 from evo.space import Domain, Objective, SearchSpace
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 MIN_TRIALS = 10  # fewer successful trials than this at a rung say nothing about genes
 
@@ -35,6 +31,8 @@ def gene_importance(
     """Importance of each gene of `space` (those that vary) for `objective`, from the
     successful `trials` (one rung's: their values must be comparable), largest first;
     None when fewer than MIN_TRIALS trials have every gene."""
+    import optuna  # here, not at the top: `evo status` imports the report, never this
+
     distributions = {
         name: _distribution(domain)
         for name, domain in space.genes.items()
@@ -60,6 +58,8 @@ def gene_importance(
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Optuna announces every study it creates; this one is a calculation, not a study."""
+    import optuna
+
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -69,6 +69,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _distribution(domain: Domain) -> BaseDistribution:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if domain.choice is not None:
         return CategoricalDistribution([_choice(c) for c in domain.choice])
     if domain.int_range is not None:
@@ -93,6 +95,8 @@ def _choice(value: Any) -> Any:
 
 
 def _value(value: Any, distribution: BaseDistribution) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     if isinstance(distribution, CategoricalDistribution):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
@@ -110,6 +114,8 @@ def _complete(
 ) -> pd.DataFrame:
     """The trials with a value of the objective and of every gene (a genome made before
     a gene existed lacks it). A choice of null reads back as NaN: there NaN is a value."""
+    from optuna.distributions import CategoricalDistribution
+
     nullable = {
         name
         for name, d in distributions.items()

@@ -36,7 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from plotly.offline import get_plotlyjs
 
 from evo.metrics import TrialStatus
-from evo.report import PAGE_CSS, html_table, render_report, run_space
+from evo.report import PAGE_CSS, format_value, html_table, render_report, run_space
 from evo.storage import RunInfo, Storage
 from evo.summary import spent_text
 from llm.errors import UserError
@@ -117,7 +117,7 @@ class Dashboard:
             f'<tr><td><a href="/runs/{html.escape(r["name"])}">{html.escape(r["name"])}</a></td>'
             f"<td>{html.escape(r['status'])}</td><td>{html.escape(r['mode'])}</td>"
             f"<td>{r['trials']}</td><td>{html.escape(r['spent'])}</td>"
-            f"<td>{_number(r['best'])} {html.escape(r['objective'])}</td>"
+            f"<td>{format_value(r['best'])} {html.escape(r['objective'])}</td>"
             f"<td>{html.escape(r['updated'][:19])}</td></tr>"
             for r in rows
         )
@@ -281,18 +281,8 @@ def _page(title: str, body: str, *, script: str = "", refresh: bool = False) -> 
 
 
 def _table(frame: pd.DataFrame) -> str:
-    rows = [[_text(value) for value in row] for row in frame.itertuples(index=False)]
+    rows = [[format_value(value) for value in row] for row in frame.itertuples(index=False)]
     return html_table(rows, [str(c) for c in frame.columns])
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def _number(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
 
 
 def _json_value(value: Any) -> Any:

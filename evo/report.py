@@ -313,7 +313,7 @@ def _summary(run: _Run, storage: Storage) -> str:
         if not run.finished.empty:
             row = _ranked(run.finished, objective).iloc[0]
             genes = ", ".join(_gene_lines(row))
-            best = f"{_fmt(row[objective.metric])} (trial {row['trial_id']}: {genes})"
+            best = f"{format_value(row[objective.metric])} (trial {row['trial_id']}: {genes})"
         rows.append((f"best {objective.metric}{run.where}", best))
     return _section(
         "summary",
@@ -647,8 +647,10 @@ def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str,
                 "ticktext": [f"{10**t:.2g}" for t in ticks],
             }
         return {"label": name, "values": values}
-    labels = [MISSING if _missing(v) else _fmt(v) for v in column]
-    known = [_fmt(v) for v in domain.values()] if domain is not None and domain.choice else []
+    labels = [MISSING if _missing(v) else format_value(v) for v in column]
+    known = (
+        [format_value(v) for v in domain.values()] if domain is not None and domain.choice else []
+    )
     categories = known + sorted(set(labels) - set(known))
     return {
         "label": name,
@@ -665,7 +667,7 @@ def _curves(run: _Run, storage: Storage) -> str:
     ranked = top[["genome_id", objective.metric]].itertuples(index=False, name=None)
     for i, (genome_id, value) in enumerate(ranked):
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
-        name = f"genome {genome_id} ({objective.metric} {_fmt(value)})"
+        name = f"genome {genome_id} ({objective.metric} {format_value(value)})"
         trials = run.frame[(run.frame["genome_id"] == genome_id) & (run.frame["status"] == SUCCESS)]
         for trial_id in trials.sort_values("rung")["trial_id"]:
             _add_curve(fig, pd.DataFrame(storage.curve(int(trial_id))), name, color)
@@ -765,10 +767,10 @@ def _trials(run: _Run) -> str:
             row["trial_id"],
             row["genome_id"],
             row["rung"] + 1,
-            *([_fmt(row["generation"])] if generational else []),
+            *([format_value(row["generation"])] if generational else []),
             STALLED if run.stalled[index] else row["status"],
             *(_metric_text(row, o.metric) for o in run.objectives),
-            *(_fmt(row[c]) for c in genes),
+            *(format_value(row[c]) for c in genes),
         ]
         for index, row in _ranked(run.frame, first).iterrows()
     ]
@@ -817,7 +819,7 @@ def _failures(run: _Run) -> str:
     rows = [
         (
             row["trial_id"],
-            _fmt(row["generation"]),
+            format_value(row["generation"]),
             row["rung"] + 1,
             STALLED if run.stalled[index] else row["status"],
             _stalled_reason(row, baseline) if run.stalled[index] else _first_line(row["error"]),
@@ -844,8 +846,8 @@ def _failures(run: _Run) -> str:
 
 def _stalled_reason(row: pd.Series, baseline: float | None) -> str:
     return (
-        f"bits per byte {_fmt(row['bits_per_byte'])}, no better than the unigram baseline "
-        f"{_fmt(baseline)}"
+        f"bits per byte {format_value(row['bits_per_byte'])}, no better than the unigram baseline "
+        f"{format_value(baseline)}"
     )
 
 
@@ -889,10 +891,10 @@ def _validation(report: ValidationReport | None) -> str:
         (
             g.candidate.genome_id,
             g.candidate.rank,
-            _fmt(g.candidate.value),
+            format_value(g.candidate.value),
             g.candidate.rung + 1,
-            _fmt(g.mean),
-            "—" if g.spread is None else _fmt(g.spread),
+            format_value(g.mean),
+            "—" if g.spread is None else format_value(g.spread),
             len(g.values),
             g.rank,
         )
@@ -918,11 +920,11 @@ def _promotions(
             p.genome_id,
             ", ".join(_gene_text(k, v) for k, v in genomes.get(p.genome_id, {}).items()),
             _search_text(searched.get(p.genome_id), len(run.space.rung_budgets())),
-            _fmt(means[p.genome_id].mean) if p.genome_id in means else "—",
-            _fmt((p.metrics or {}).get(metric)),
-            _fmt((p.metrics or {}).get("tokens")),
-            _fmt((p.metrics or {}).get("steps")),
-            _fmt((p.metrics or {}).get(EVAL_TOKENS)),
+            format_value(means[p.genome_id].mean) if p.genome_id in means else "—",
+            format_value((p.metrics or {}).get(metric)),
+            format_value((p.metrics or {}).get("tokens")),
+            format_value((p.metrics or {}).get("steps")),
+            format_value((p.metrics or {}).get(EVAL_TOKENS)),
             p.status,
             p.out_dir,
         )
@@ -953,7 +955,7 @@ def _promotions(
 def _search_text(score: SearchScore | None, rungs: int) -> str:
     if score is None:
         return "—"
-    return f"{_fmt(score.value)} (rung {score.rung + 1} of {rungs})"
+    return f"{format_value(score.value)} (rung {score.rung + 1} of {rungs})"
 
 
 # Pieces
@@ -969,7 +971,7 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A number short enough to read: four significant digits, or from 1000 up the whole
     number with thousands separators (a parameter count reads better than 1.235e+06)."""
     if _missing(value):
@@ -985,7 +987,7 @@ def _first_line(error: Any) -> str:
 
 
 def _gene_text(name: str, value: Any) -> str:
-    return f"{name}={_fmt(value)}"
+    return f"{name}={format_value(value)}"
 
 
 def _gene_lines(row: pd.Series) -> list[str]:
@@ -1023,7 +1025,7 @@ def _metric_text(row: pd.Series, metric: str) -> str:
     elsewhere = not _missing(device) and not str(device).startswith("cuda")
     if _missing(row[metric]) and METRICS[metric].gpu_only and elsewhere:
         return NOT_MEASURED
-    return _fmt(row[metric])
+    return format_value(row[metric])
 
 
 def _unit_title(metric: str) -> str:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from llm.generate import SamplingParams
     from llm.generation_metrics import GenerationScores
     from llm.model import Transformer
+    from llm.train import TrainOutcome
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,11 +240,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 1
     final = outcome.final
-    summary = f"step {outcome.step}, {outcome.tokens:,} tokens, {outcome.seconds:.0f} s"
-    if final is not None:
-        summary += f"; val loss {final.loss:.4f}, bits per byte {final.bits_per_byte:.4f}"
-    print(f"{out}: {summary}")
+    scores = (
+        None
+        if final is None
+        else (f"val loss {final.loss:.4f}, bits per byte {final.bits_per_byte:.4f}")
+    )
+    print(f"{out}: {outcome_summary(outcome, scores)}")
     return 0
+
+
+def outcome_summary(outcome: TrainOutcome, scores: str | None) -> str:
+    """How far a training run got, then its final `scores` when it has them."""
+    summary = f"step {outcome.step}, {outcome.tokens:,} tokens, {outcome.seconds:.0f} s"
+    return summary if scores is None else f"{summary}; {scores}"
 
 
 def training_config_path(config: Path | None, preset: str | None) -> Path:
@@ -430,10 +439,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
         print(f"llm: tuning stopped at step {outcome.step}: {outcome.stop_reason}", file=sys.stderr)
         return 1
     final = outcome.final
-    summary = f"step {outcome.step}, {outcome.tokens:,} tokens, {outcome.seconds:.0f} s"
-    if final is not None:
-        summary += f"; replies' val loss {final.loss:.4f}, accuracy {final.accuracy:.3f}"
-    print(f"{args.out}: {summary}")
+    scores = (
+        None
+        if final is None
+        else (f"replies' val loss {final.loss:.4f}, accuracy {final.accuracy:.3f}")
+    )
+    print(f"{args.out}: {outcome_summary(outcome, scores)}")
     return 0
 
 

@@ -214,6 +214,15 @@ def jsonl_records(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}, line {number}: malformed JSON: {err.msg}") from None
 
 
+def read_jsonl_file(path: Path) -> Iterator[tuple[int, Any]]:
+    """`jsonl_records` of the UTF-8 file `path`; a DataError when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read: {err}") from None
+    return jsonl_records(text, path)
+
+
 def _read_jsonl(path: Path, field: str, decode: _Decoder) -> list[Document]:
     docs = []
     for number, record in jsonl_records(decode(_read_bytes(path), path), path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm.data import jsonl_records
+from llm.data import read_jsonl_file
 from llm.errors import DataError
 
 KEYS = ("prompt", "reference")
@@ -35,12 +35,8 @@ class GenerationScores:
 def read_cases(path: str | Path) -> list[GenerationCase]:
     """The records of `path`; a malformed one is a DataError naming its line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
     cases = []
-    for number, record in jsonl_records(text, path):
+    for number, record in read_jsonl_file(path):
         fields = [record.get(key) if isinstance(record, dict) else None for key in KEYS]
         if not all(isinstance(value, str) for value in fields):
             raise DataError(f"{path}, line {number}: needs string fields 'prompt' and 'reference'")

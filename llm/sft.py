@@ -26,7 +26,7 @@ from llm.atomic import write_json
 from llm.chat import ChatTemplate, Turn, read_messages, save_chat_template
 from llm.checkpoint import check_out_dir, load_model_dir, save_model_dir
 from llm.config import TrainConfig, from_dict
-from llm.data import TokenSplits, jsonl_records
+from llm.data import TokenSplits, read_jsonl_file
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.lora import ATTENTION_TARGETS, MLP_TARGETS, LoRAConfig, apply_lora, fold_lora, save_adapter
 from llm.run import METRICS_FILE, run_metrics
@@ -52,12 +52,8 @@ class Conversation:
 def read_conversations(path: str | Path) -> list[Conversation]:
     """The conversations of a JSON-lines file; a bad record is a DataError naming its line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read: {err}") from None
     conversations = []
-    for number, record in jsonl_records(text, path):
+    for number, record in read_jsonl_file(path):
         try:
             conversations.append(_conversation(record))
         except ValueError as err:

@@ -43,19 +43,23 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(pos):
 )
 def test_every_variant_trains_with_falling_loss(pos, norm, mlp):
     torch.manual_seed(0)
-    model = Transformer(tiny(pos_encoding=pos, norm=norm, mlp=mlp))
-    pattern = torch.arange(24) % 7 + 3  # a periodic sequence any variant can learn
-    tokens = pattern.repeat(4, 1)
+    losses = pattern_losses(Transformer(tiny(pos_encoding=pos, norm=norm, mlp=mlp)))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def pattern_losses(model: Transformer, steps: int = 25) -> list[float]:
+    """The training losses of `model` on a periodic sequence any variant can learn."""
+    tokens = (torch.arange(24) % 7 + 3).repeat(4, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(25):
+    for _ in range(steps):
         logits = model(tokens[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, 64), tokens[:, 1:].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    return losses
 
 
 def naive_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
@@ -430,17 +434,7 @@ def test_latent_attention_with_a_window_decodes_like_the_full_forward():
 @pytest.mark.parametrize("pos", ["rope", "alibi"])
 def test_latent_attention_trains_and_cannot_be_exported_as_llama(pos):
     torch.manual_seed(0)
-    model = Transformer(tiny(pos_encoding=pos, attention="mla", kv_latent_dim=16))
-    pattern = (torch.arange(24) % 7 + 3).repeat(4, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(25):
-        logits = model(pattern[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, 64), pattern[:, 1:].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = pattern_losses(Transformer(tiny(pos_encoding=pos, attention="mla", kv_latent_dim=16)))
     assert losses[-1] < 0.5 * losses[0]
     with pytest.raises(ConfigError, match="attention is 'mla'"):
         check_llama_compatible(tiny(attention="mla"), Path("model"))

@@ -113,6 +113,30 @@ def build_command_line() -> CommandLine:
         help="take each prompt as a user's message in the model's chat template; print the reply",
     )
 
+    more = command(
+        "continue", cmd_continue, "train a model further on new text, growing its vocabulary"
+    )
+    more.add_argument("model_dir", type=Path)
+    more.add_argument("--corpus", required=True, help="the new text: a file, a folder, builtin:…")
+    more.add_argument("--out", type=Path, required=True)
+    more.add_argument(
+        "--expand-vocab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="append up to N tokens learned from the new text (default 0: keep the vocabulary)",
+    )
+    more.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="train.KEY=VALUE",
+        help="a training setting, e.g. --set train.max_steps=1000 (repeatable)",
+    )
+    more.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    more.add_argument("--tracker", choices=["none", "tensorboard"], default="none")
+
     sft = command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
     sft.add_argument("model_dir", type=Path)
     sft.add_argument(
@@ -231,6 +255,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     outcome = train_run(
         config, out, resume=args.resume, progress=sys.stderr.isatty(), tracker=args.tracker
     )
+    return report_training(outcome, out)
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    from llm.config import apply_overrides
+    from llm.continued import ContinueOptions, continue_run
+
+    settings = apply_overrides({"train": {}}, args.overrides)
+    if set(settings) != {"train"}:
+        raise UserError("llm continue: --set takes training settings only (train.KEY=VALUE)")
+    options = ContinueOptions(expand_vocab=args.expand_vocab, train=settings["train"])
+    outcome, _ = continue_run(
+        args.model_dir,
+        args.corpus,
+        args.out,
+        options,
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
+        tracker=args.tracker,
+        say=print,
+    )
+    return report_training(outcome, args.out)
+
+
+def report_training(outcome: TrainOutcome, out: Path) -> int:
+    """Say how a pretraining run ended; the exit code."""
     if outcome.stop_reason == "interrupted":
         print(f"llm: interrupted at step {outcome.step}; continue with --resume", file=sys.stderr)
         return 130
@@ -330,21 +380,19 @@ def evaluation_data(
     """What to score, as the `val` of a TokenSplits, tokenized with the model's own
     tokenizer: all of `corpus` (split "all"), or the validation split of `corpus` or of
     the corpus the model was trained on (split "val")."""
-    from llm.config import DataConfig, RunConfig, from_dict
+    from llm.config import DataConfig
     from llm.data import encode_corpus, prepare
-    from llm.run import RUN_FILE
+    from llm.run import RUN_FILE, saved_data_config
 
     if split == "all":
         if corpus is None:
             raise UserError("--split all needs --corpus (scoring the training text says little)")
         return encode_corpus(corpus, tokenizer, progress=sys.stderr.isatty())
 
-    run_file = model_dir / RUN_FILE
-    data = DataConfig()
-    if run_file.exists():
-        data = from_dict(RunConfig, json.loads(run_file.read_text()), str(run_file)).data
-    elif corpus is None:
+    data = saved_data_config(model_dir)
+    if data is None and corpus is None:
         raise UserError(f"{model_dir}: no {RUN_FILE} to name its corpus; pass --corpus")
+    data = data or DataConfig()
     if corpus is not None:
         data = dataclasses.replace(data, corpus=corpus)
     return prepare(data, tokenizer=tokenizer, progress=sys.stderr.isatty()).splits()

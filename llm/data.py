@@ -512,6 +512,18 @@ def encode_corpus(spec: str, tokenizer: Tokenizer, progress: bool = False) -> To
     return TokenSplits(train=np.zeros(0, dtype=tokens.dtype), val=tokens, val_bytes=size)
 
 
+def encode_validation(config: DataConfig, tokenizer: Tokenizer) -> TokenSplits:
+    """The validation split of `config.corpus` alone, tokenized with `tokenizer`, as the
+    `val` of a TokenSplits (train empty): the documents `prepare` would hold out."""
+    docs = chunk_documents(read_corpus(config.corpus), config.chunk_chars)
+    _, val_docs = split_documents(docs, config.val_fraction, config.split_seed)
+    if not val_docs:
+        raise DataError(f"corpus {config.corpus!r}: too short to hold out a validation part")
+    tokens = _encode_split(tokenizer, val_docs, "validation", None, False)
+    size = sum(len(doc.text.encode("utf-8")) for doc in val_docs)
+    return TokenSplits(train=np.zeros(0, dtype=tokens.dtype), val=tokens, val_bytes=size)
+
+
 _worker_tokenizer: Tokenizer | None = None
 
 

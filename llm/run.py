@@ -12,7 +12,7 @@ import torch
 
 from llm.atomic import read_json_object, write_json
 from llm.checkpoint import check_out_dir, save_model_dir
-from llm.config import ModelConfig, RunConfig, to_dict
+from llm.config import DataConfig, ModelConfig, RunConfig, from_dict, to_dict
 from llm.data import prepare
 from llm.errors import ConfigError
 from llm.model import Transformer
@@ -126,3 +126,13 @@ def run_metrics(outcome: TrainOutcome, config: ModelConfig) -> dict[str, Any]:
             eval_tokens=final.tokens,
         )
     return metrics
+
+
+def saved_data_config(model_dir: Path) -> DataConfig | None:
+    """The data settings the model in `model_dir` was trained with, from its run.json
+    (None: it has none, as a model exported from elsewhere or a checkpoint)."""
+    path = Path(model_dir) / RUN_FILE
+    if not path.exists():
+        return None
+    saved = read_json_object(path, ConfigError, f"{path}: missing")
+    return from_dict(RunConfig, saved, str(path)).data

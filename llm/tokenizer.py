@@ -100,6 +100,11 @@ class Tokenizer(ABC):
     def _extra_files(self) -> dict[str, bytes]:
         return {}
 
+    def grow(self, texts: Sequence[str], n: int) -> Tokenizer:
+        """This tokenizer with up to `n` tokens learned from `texts` appended after its
+        own: every existing id keeps its piece, so a model's rows for them stay valid."""
+        raise ConfigError(f"a {self.kind} tokenizer's vocabulary is fixed: it cannot grow")
+
     def files(self) -> dict[str, bytes]:
         """The saved form: file name to content."""
         manifest = {"format": FORMAT, "kind": self.kind, "vocab_size": self.vocab_size}
@@ -214,6 +219,14 @@ class CharTokenizer(Tokenizer):
     def _manifest(self) -> dict[str, Any]:
         return {"alphabet": self.alphabet}
 
+    def grow(self, texts: Sequence[str], n: int) -> CharTokenizer:
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text)
+        known = set(self.alphabet)
+        new = sorted((c for c in counts if c not in known), key=lambda c: (-counts[c], c))
+        return CharTokenizer(self.alphabet + "".join(new[:n]))
+
 
 class WordPieceTokenizer(Tokenizer):
     """A byte-level WordPiece model: ids 0-3 are unknown, bos, eos and pad, then the 256
@@ -316,6 +329,17 @@ class WordPieceTokenizer(Tokenizer):
     def _extra_files(self) -> dict[str, bytes]:
         return {self.model_file: self.model_json.encode("utf-8")}
 
+    def grow(self, texts: Sequence[str], n: int) -> WordPieceTokenizer:
+        # WordPiece matches the longest piece in the vocabulary, so an appended piece is
+        # used wherever it fits; the learned model lists its pieces in the order learned.
+        learned = WordPieceTokenizer.train(texts, self.vocab_size + n)
+        known = set(self._pieces)
+        model = json.loads(self.model_json)
+        vocab = model["model"]["vocab"]
+        for piece in [p for p in learned._pieces if p not in known][:n]:
+            vocab[piece] = len(vocab)
+        return WordPieceTokenizer(json.dumps(model, ensure_ascii=False))
+
 
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model: ids 0-3 are unknown, bos, eos and pad, then newline and
@@ -412,6 +436,39 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _extra_files(self) -> dict[str, bytes]:
         return {self.model_file: self.model_proto}
+
+    def grow(self, texts: Sequence[str], n: int) -> SentencePieceTokenizer:
+        """New pieces are those of a model of the same kind trained on `texts`, best
+        first. A BPE piece scores below every existing one (its merge comes after theirs)
+        and a unigram piece keeps its learned log-probability. A piece the grown model
+        does not produce for its own text (BPE cannot reach it by merging pieces it has)
+        is left out."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        learned = pb.ModelProto.FromString(
+            SentencePieceTokenizer.train(self.kind, texts, self.vocab_size + n).model_proto
+        )
+        proto = pb.ModelProto.FromString(self.model_proto)
+        known = {p.piece for p in proto.pieces}
+        normal = pb.ModelProto.SentencePiece.NORMAL
+        candidates = [p for p in learned.pieces if p.type == normal and p.piece not in known]
+        candidates.sort(key=lambda p: -p.score)  # stable: BPE ties keep the merge order
+        floor = min(p.score for p in proto.pieces if p.type == normal)
+        for rank, piece in enumerate(candidates[:n]):
+            score = floor - 1 - rank if self.kind == "bpe" else piece.score
+            proto.pieces.add(piece=piece.piece, score=score, type=normal)
+        old_size = self.vocab_size
+        while True:
+            grown = SentencePieceTokenizer(self.kind, proto.SerializeToString())
+            unreachable = [
+                i
+                for i in range(old_size, grown.vocab_size)
+                if grown.encode(proto.pieces[i].piece.replace(SPACE_SYMBOL, " ")) != [i]
+            ]
+            if not unreachable:
+                return grown
+            for i in reversed(unreachable):
+                del proto.pieces[i]
 
 
 def replace_undecodable(text: str, where: str) -> str:

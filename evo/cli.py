@@ -14,6 +14,7 @@ from rich.table import Table
 from evo.space import SearchSpace
 from evo.storage import DEFAULT_URL, RunStatus, Storage
 from llm.cli_support import CommandLine, Handler
+from llm.tracking import TRACKERS
 
 if TYPE_CHECKING:
     from evo.data import TrialData
@@ -119,10 +120,10 @@ def add_execution_options(parser: argparse.ArgumentParser, live_view: bool = Tru
         parser.add_argument("--quiet", action="store_true", help="plain progress lines, no view")
         parser.add_argument(
             "--tracker",
-            choices=["none", "tensorboard"],
+            choices=TRACKERS,
             default="none",
-            help="also write each trial's curves for TensorBoard, one run per trial, under "
-            "results/NAME/tensorboard/",
+            help="also write each trial's curves for TensorBoard or offline W&B, one run per "
+            "trial, under results/NAME/tensorboard/ or results/NAME/wandb/",
         )
 
 
@@ -173,7 +174,6 @@ def search(
     from evo.driver import make_search
     from evo.executor import make_executor
     from evo.view import TrackedView, make_view
-    from llm.tracking import TRACKER_FOLDER
 
     data, vocab_size = prepared
     executor = make_executor(space, local=args.local, address=args.address)
@@ -181,8 +181,7 @@ def search(
         with make_view(space, name, quiet=args.quiet) as shown:
             view = shown
             if args.tracker != "none":
-                folder = Path("results") / name / TRACKER_FOLDER
-                view = TrackedView(shown, args.tracker, folder)
+                view = TrackedView(shown, args.tracker, Path("results") / name, name)
             summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
     except KeyboardInterrupt:
         storage.interrupt_active(name, at=datetime.now(timezone.utc))

@@ -192,11 +192,12 @@ def make_view(space: SearchSpace, name: str, quiet: bool = False) -> LiveView | 
 
 class TrackedView:
     """`view`, which also writes each finished trial's learning curve as a run of its own
-    for a tracker (`evo run --tracker tensorboard`), under `folder`/GENOME-rung-N: the
-    genome's hash, so a resumed search adds to the same runs."""
+    for a tracker (`evo run --tracker tensorboard|wandb`), under `folder`, named
+    GENOME-rung-N after the genome's hash (so a resumed search adds to the same runs) and
+    grouped under the search's `name`."""
 
-    def __init__(self, view: SearchView, tracker: str, folder: Path) -> None:
-        self.view, self.tracker, self.folder = view, tracker, folder
+    def __init__(self, view: SearchView, tracker: str, folder: Path, name: str) -> None:
+        self.view, self.tracker, self.folder, self.name = view, tracker, folder, name
 
     def progress(self, description: str, done: float, total: float) -> None:
         self.view.progress(description, done, total)
@@ -207,7 +208,7 @@ class TrackedView:
     def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
         self.view.trial_finished(genes, rung, outcome)
         name = f"{genome_hash(genes)[:12]}-rung-{rung + 1}"
-        tracking = open_tracker(self.tracker, self.folder / name)
+        tracking = open_tracker(self.tracker, self.folder, project="evo", run=name, group=self.name)
         try:
             tracking.text("genes", genes_text(genes))
             for point in outcome.result.curve:

@@ -14,6 +14,7 @@ from llm.cli_support import CommandLine
 from llm.data import TokenSplits
 from llm.errors import CheckpointError, UserError
 from llm.tokenizer import Tokenizer, replace_undecodable
+from llm.tracking import TRACKERS
 
 if TYPE_CHECKING:
     from llm.generate import SamplingParams
@@ -60,9 +61,10 @@ def build_command_line() -> CommandLine:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument(
         "--tracker",
-        choices=["none", "tensorboard"],
+        choices=TRACKERS,
         default="none",
-        help="also write the curves for TensorBoard under OUT/tensorboard/",
+        help="also write the curves for TensorBoard (OUT/tensorboard/) or as an offline W&B "
+        "run (OUT/wandb/)",
     )
 
     evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
@@ -135,7 +137,7 @@ def build_command_line() -> CommandLine:
         help="a training setting, e.g. --set train.max_steps=1000 (repeatable)",
     )
     more.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    more.add_argument("--tracker", choices=["none", "tensorboard"], default="none")
+    more.add_argument("--tracker", choices=TRACKERS, default="none")
 
     sft = command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
     sft.add_argument("model_dir", type=Path)
@@ -160,7 +162,7 @@ def build_command_line() -> CommandLine:
         metavar="train.KEY=VALUE",
         help="a training setting, e.g. --set train.max_steps=500 (repeatable)",
     )
-    sft.add_argument("--tracker", choices=["none", "tensorboard"], default="none")
+    sft.add_argument("--tracker", choices=TRACKERS, default="none")
 
     chat = command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
     chat.add_argument("model_dir", type=Path)

@@ -36,7 +36,7 @@ from llm.evaluate import evaluate
 from llm.model import Transformer
 from llm.run import METRICS_FILE, RUN_FILE, run_metrics, saved_data_config
 from llm.tokenizer import Tokenizer
-from llm.tracking import TRACKER_FOLDER, open_tracker
+from llm.tracking import open_tracker
 from llm.train import Trainer, TrainOutcome
 
 # Continued pretraining starts from trained weights: a lower peak rate than training from
@@ -141,7 +141,7 @@ def continue_run(
         model, tokenizer = grown, grown_tokenizer
     splits = _splits(data, tokenizer)
 
-    tracking = open_tracker(tracker, out_dir / TRACKER_FOLDER)
+    tracking = open_tracker(tracker, out_dir)
     trainer = Trainer(
         model.train(), train_config, splits, out_dir=out_dir, progress=progress, log=tracking.record
     )

@@ -16,7 +16,7 @@ from llm.config import DataConfig, ModelConfig, RunConfig, from_dict, to_dict
 from llm.data import prepare
 from llm.errors import ConfigError
 from llm.model import Transformer
-from llm.tracking import TRACKER_FOLDER, open_tracker
+from llm.tracking import open_tracker
 from llm.train import Trainer, TrainOutcome
 
 RUN_FILE = "run.json"
@@ -50,7 +50,7 @@ def train_run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.train.seed)
         model = Transformer(model_config)
-    tracking = open_tracker(tracker, out_dir / TRACKER_FOLDER)
+    tracking = open_tracker(tracker, out_dir)
     trainer = Trainer(
         model,
         run_config.train,

@@ -31,7 +31,7 @@ from llm.errors import CheckpointError, ConfigError, DataError
 from llm.lora import ATTENTION_TARGETS, MLP_TARGETS, LoRAConfig, apply_lora, fold_lora, save_adapter
 from llm.run import METRICS_FILE, run_metrics
 from llm.tokenizer import Tokenizer
-from llm.tracking import TRACKER_FOLDER, open_tracker
+from llm.tracking import open_tracker
 from llm.train import Trainer, TrainOutcome
 
 # The marker a reply ends with: the first of these the tokenizer writes exactly (a char
@@ -176,7 +176,7 @@ def sft_run(
     with torch.random.fork_rng(devices=[]):  # the adapters' initial values follow the seed
         torch.manual_seed(train_config.seed)
         apply_lora(model.train(), lora)
-    tracking = open_tracker(tracker, out_dir / TRACKER_FOLDER)
+    tracking = open_tracker(tracker, out_dir)
     trainer = Trainer(
         model, train_config, splits, out_dir=out_dir, progress=progress, log=tracking.record
     )

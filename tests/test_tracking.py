@@ -1,5 +1,5 @@
-"""`--tracker tensorboard` on `llm train` and `evo run`: the curves land where TensorBoard
-reads them, one run per trial for a search."""
+"""`--tracker tensorboard|wandb` on `llm train` and `evo run`: the curves land where
+TensorBoard reads them, or in offline W&B runs, one run per trial for a search."""
 
 from __future__ import annotations
 
@@ -61,3 +61,43 @@ def test_a_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(UserError, match="needs the tensorboard package"):
         open_tracker("tensorboard", tmp_path)
+
+
+def wandb_runs(folder: Path) -> list[bytes]:
+    """The record files of the offline W&B runs under `folder` (protobuf records: the
+    names of the logged values appear in them as written)."""
+    return [f.read_bytes() for f in sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def test_llm_train_writes_an_offline_wandb_run(workdir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")  # the tracker must stay offline regardless
+    corpus = write_corpus(workdir / "corpus")
+    config = {
+        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
+        "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
+        "train": {"batch_size": 4, "seq_len": 32, "max_steps": 4, "eval_interval": 2,
+                  "log_interval": 2},
+    }  # fmt: skip
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert llm(["train", "tiny.yaml", "--out", "model", "--tracker", "wandb"]) == 0
+    [run] = wandb_runs(workdir / "model")
+    for tag in (b"train/loss", b"train/learning_rate", b"val/bits_per_byte"):
+        assert tag in run
+
+
+def test_evo_run_writes_one_offline_wandb_run_per_trial(workdir):
+    corpus = write_corpus(workdir / "corpus")
+    space = steady_space_dict(corpus, budget={"trials": 3})
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    args = ["run", "space.yaml", "--local", "--quiet", "--tracker", "wandb"]
+    assert evo([*args, "--storage", url]) == 0
+    runs = wandb_runs(workdir / "results" / "space")
+    assert len(runs) == 3
+    assert all(b"val/bits_per_byte" in run and b"-rung-1" in run for run in runs)
+
+
+def test_a_missing_wandb_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(UserError, match="needs the wandb package"):
+        open_tracker("wandb", tmp_path)

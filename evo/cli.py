@@ -103,6 +103,13 @@ def build_command_line() -> CommandLine:
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
     promote.add_argument("--out", type=Path, help="model directory to write")
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
+    promote.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N data-parallel processes on this machine (one per GPU on GPUs)",
+    )
     return cli
 
 
@@ -317,6 +324,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         out=args.out,
         resume=args.resume,
+        nproc=args.nproc,
     )
     print(out)
     return 0

@@ -22,12 +22,19 @@ from evo.storage import RunStatus, Storage, TrialRecord
 from evo.summary import budget_text
 from evo.trials import trial_seed
 from evo.validate import validation_report
-from llm.atomic import make_folder
+from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir
-from llm.config import RunConfig
+from llm.cli_support import EXIT_INTERRUPTED
+from llm.config import RunConfig, to_dict
 from llm.data import prepare
+from llm.distributed import launch
 from llm.errors import UserError
-from llm.run import train_run
+from llm.run import METRICS_FILE, train_run
+
+Metrics = dict[str, Any] | None
+PROMOTION_CONFIG = "promotion.json"  # the run's config, for the processes of --nproc
+# What a promotion records of a finished run's metrics.json.
+METRIC_FIELDS = ("val_loss", "perplexity", "bits_per_byte", "accuracy", "steps", "tokens")
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,10 @@ def promote(
     corpus: str | None = None,
     out: str | Path | None = None,
     resume: bool = False,
+    nproc: int = 1,
 ) -> Path:
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1 (got {nproc})")
     space = load_run_space(storage, run)
     chosen, _ = pick_genome(storage, run, space, genome_id, objective)
     genes = storage.genomes(run)[chosen]
@@ -155,24 +165,50 @@ def promote(
     make_folder(out_dir)
     promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)
     try:
-        outcome = train_run(config, out_dir, resume=resume)
+        if nproc > 1:
+            status, metrics = train_in_processes(config, out_dir, resume, nproc)
+        else:
+            status, metrics = train_here(config, out_dir, resume)
     except BaseException:
         storage.update_promotion(promotion, RunStatus.FAILED, None)
         raise
-    metrics = None
-    if outcome.final is not None:
-        final = outcome.final
-        metrics = {
-            "val_loss": final.loss,
-            "perplexity": final.perplexity,
-            "bits_per_byte": final.bits_per_byte,
-            "accuracy": final.accuracy,
-            EVAL_TOKENS: final.tokens,
-            "steps": outcome.step,
-            "tokens": outcome.tokens,
-        }
-    status = RunStatus.FINISHED if outcome.status == "ok" else RunStatus.FAILED
-    if outcome.stop_reason == "interrupted":
-        status = RunStatus.INTERRUPTED
     storage.update_promotion(promotion, status, metrics)
     return out_dir
+
+
+def train_here(config: RunConfig, out_dir: Path, resume: bool) -> tuple[RunStatus, Metrics]:
+    """Train in this process: how the run ended, and its final metrics (None: none)."""
+    outcome = train_run(config, out_dir, resume=resume)
+    if outcome.stop_reason == "interrupted":
+        return RunStatus.INTERRUPTED, None
+    if outcome.final is None:
+        return RunStatus.FAILED, None
+    final = outcome.final
+    metrics = {
+        "val_loss": final.loss,
+        "perplexity": final.perplexity,
+        "bits_per_byte": final.bits_per_byte,
+        "accuracy": final.accuracy,
+        EVAL_TOKENS: final.tokens,
+        "steps": outcome.step,
+        "tokens": outcome.tokens,
+    }
+    return RunStatus.FINISHED, metrics
+
+
+def train_in_processes(
+    config: RunConfig, out_dir: Path, resume: bool, nproc: int
+) -> tuple[RunStatus, Metrics]:
+    """Train as `llm train` in `nproc` data-parallel processes, this one recording the
+    promotion alone; the run's config is written beside it for them to read."""
+    config_file = out_dir / PROMOTION_CONFIG
+    write_json(config_file, to_dict(config))
+    args = ["train", str(config_file), "--out", str(out_dir), *(["--resume"] * resume)]
+    code = launch("llm.cli", args, nproc)
+    if code == EXIT_INTERRUPTED:
+        return RunStatus.INTERRUPTED, None
+    if code != 0:
+        return RunStatus.FAILED, None
+    saved = read_json_object(out_dir / METRICS_FILE, UserError, f"{out_dir}: no {METRICS_FILE}")
+    metrics = {key: saved[key] for key in METRIC_FIELDS}
+    return RunStatus.FINISHED, {**metrics, EVAL_TOKENS: saved["eval_tokens"]}

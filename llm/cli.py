@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llm.cli_support import CommandLine
+from llm.cli_support import CommandLine, without_option
 from llm.data import TokenSplits
 from llm.errors import CheckpointError, UserError
 from llm.tokenizer import Tokenizer, replace_undecodable
@@ -59,6 +60,7 @@ def build_command_line() -> CommandLine:
         "--out", type=Path, help="output folder (default: results/CONFIG_STEM or PRESET)"
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    add_nproc_option(train)
     train.add_argument(
         "--tracker",
         choices=TRACKERS,
@@ -249,10 +251,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from llm.config import load_run_config
+    from llm.distributed import launch
     from llm.run import train_run
 
     config_path = training_config_path(args.config, args.preset)
     config = load_run_config(config_path, args.overrides)
+    if data_parallel_launch(args, config.train.batch_size):
+        return launch("llm.cli", without_option(args.argv, "--nproc"), args.nproc)
     out = args.out or Path("results") / config_path.stem
     outcome = train_run(
         config, out, resume=args.resume, progress=sys.stderr.isatty(), tracker=args.tracker
@@ -279,6 +284,31 @@ def cmd_continue(args: argparse.Namespace) -> int:
         say=print,
     )
     return report_training(outcome, args.out)
+
+
+def add_nproc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N data-parallel processes on this machine (one per GPU on GPUs; "
+        "the global batch is train.batch_size, split among them)",
+    )
+
+
+def data_parallel_launch(args: argparse.Namespace, batch_size: int) -> bool:
+    """Whether this command is to start `--nproc` copies of itself (not when it is one of
+    them, or one of torchrun's), each to train on a slice of `batch_size`."""
+    from llm.distributed import check_divisible
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1 (got {args.nproc})")
+    if world_size > 1 and args.nproc not in (1, world_size):
+        raise UserError(f"--nproc {args.nproc}: this is already one of {world_size} processes")
+    check_divisible(batch_size, args.nproc)
+    return args.nproc > 1 and world_size == 1
 
 
 def report_training(outcome: TrainOutcome, out: Path) -> int:

@@ -35,7 +35,9 @@ class CommandLine:
         return sub
 
     def main(self, argv: list[str] | None) -> int:
+        argv = sys.argv[1:] if argv is None else argv
         args = self.parser.parse_args(argv)
+        args.argv = argv  # a command that starts copies of itself passes them on
         return run_command(lambda: args.func(args), prog=self.prog, debug=args.debug)
 
 
@@ -78,3 +80,16 @@ def os_error_message(err: OSError) -> str | None:
         if name is not None
     ]
     return f"{' -> '.join(names)}: {reason}"
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` and `option=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out

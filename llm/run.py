@@ -14,6 +14,8 @@ from llm.atomic import read_json_object, write_json
 from llm.checkpoint import check_out_dir, save_model_dir
 from llm.config import DataConfig, ModelConfig, RunConfig, from_dict, to_dict
 from llm.data import prepare
+from llm.device import resolve_device
+from llm.distributed import SingleProcess, from_environment
 from llm.errors import ConfigError
 from llm.model import Transformer
 from llm.tracking import open_tracker
@@ -44,28 +46,46 @@ def train_run(
     check_out_dir(out_dir, resume)
     if resume:
         check_same_run(out_dir, run_dict)
-    prepared = prepare(run_config.data, progress=progress)
+    parallel = from_environment(resolve_device(run_config.train.device))
+    try:
+        return _train(run_config, run_dict, out_dir, parallel, resume, progress, tracker)
+    finally:
+        parallel.close()
+
+
+def _train(
+    run_config: RunConfig,
+    run_dict: dict[str, Any],
+    out_dir: Path,
+    parallel: SingleProcess,
+    resume: bool,
+    progress: bool,
+    tracker: str,
+) -> TrainOutcome:
+    main = parallel.is_main
+    prepared = parallel.main_first(lambda: prepare(run_config.data, progress=progress and main))
     tokenizer = prepared.tokenizer
     model_config = model_config_for(run_config.model, tokenizer.vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.train.seed)
         model = Transformer(model_config)
-    tracking = open_tracker(tracker, out_dir)
+    tracking = open_tracker(tracker if main else "none", out_dir)
     trainer = Trainer(
         model,
         run_config.train,
         prepared.splits(),
         out_dir=out_dir,
-        progress=progress,
+        progress=progress and main,
         log=tracking.record,
+        parallel=parallel,
     )
-    if not resume:
+    if not resume and main:
         write_json(out_dir / RUN_FILE, run_dict)
     try:
         outcome = trainer.fit(resume=resume)
     finally:
         tracking.close()
-    if outcome.stop_reason == "interrupted":
+    if outcome.stop_reason == "interrupted" or not main:
         return outcome
     metrics = run_metrics(outcome, model_config)
     if outcome.status == "ok":

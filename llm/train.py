@@ -45,6 +45,7 @@ from llm.config import TrainConfig
 from llm.data import TokenSplits, require_windows, train_batch
 from llm.device import resolve_device, resolve_precision
 from llm.display import LogRecord, training_log
+from llm.distributed import SingleProcess, check_divisible
 from llm.errors import ConfigError
 from llm.evaluate import EvalResult, evaluate
 from llm.loss import next_token_loss
@@ -81,9 +82,13 @@ class Trainer:
         log: Callable[[LogRecord], None] | None = None,
         progress: bool = False,
         stable_dir: Path | None = None,
+        parallel: SingleProcess | None = None,
     ) -> None:
         """`stable_dir`, with a wsd schedule: where to save a checkpoint of the moment the
-        cool-down begins, from which training can continue to any larger budget."""
+        cool-down begins, from which training can continue to any larger budget.
+        `parallel`: the processes this one trains with (`llm.distributed`); rank 0 alone
+        writes checkpoints and the log."""
+        self.parallel = parallel or SingleProcess()
         self.model = model
         self.config = config.validate()
         self.data = data
@@ -103,7 +108,8 @@ class Trainer:
             )
         require_windows(data.train, config.seq_len, "training split")
         require_windows(data.val, config.seq_len, "validation split")
-        self.device = resolve_device(config.device)
+        check_divisible(config.batch_size, self.parallel.world_size)
+        self.device = self.parallel.device(resolve_device(config.device))
         self.autocast_dtype, self.use_scaler = resolve_precision(config.precision, self.device)
 
     def fit(self, resume: bool = False, resume_from: Path | None = None) -> TrainOutcome:
@@ -121,8 +127,9 @@ class Trainer:
             resume_from = latest_checkpoint(self.out_dir) if resume else None
         elif resume_from is None and resume:
             raise ConfigError("resuming needs an output folder")
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.parallel.is_main:
             remove_interrupted_saves(self.out_dir)
+        self.parallel.barrier()
         threads = torch.get_num_threads()
         cuda_devices = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
         try:
@@ -149,7 +156,8 @@ class Trainer:
             restore_rng(self.state, generator)
         # Compilation takes tens of seconds, more than short runs and trials last, so it
         # is opt-in; the uncompiled model is what gets saved.
-        forward = torch.compile(model) if config.compile else model
+        forward = self.parallel.wrap(model)
+        forward = torch.compile(forward) if config.compile else forward
         self._session_start = time.perf_counter() - self.state.seconds
         first_step, first_tokens = self.state.step, self.state.tokens
         step_times: list[float] = []
@@ -160,10 +168,15 @@ class Trainer:
         self._window_losses: list[float] = []
         self._window_tokens, self._window_time = self.state.tokens, self.state.seconds
         self._last_lr = 0.0
+        main = self.parallel.is_main
         log = training_log(
-            self.out_dir, config, append=resume, callback=self.log, progress=self.progress
+            self.out_dir if main else None,
+            config,
+            append=resume,
+            callback=self.log if main else None,
+            progress=self.progress and main,
         )
-        with log as emit:
+        with log as emit, self.parallel.interrupts() as interrupted:
             if resume:
                 emit({"kind": "resume", **self._position()})
             stop = budget_reached(config, self.state)
@@ -178,7 +191,11 @@ class Trainer:
                         stop = "diverged"
                         break
                     step_times.append(time.perf_counter() - started)
-                    stop = budget_reached(config, self.state)
+                    stop, stopped = self.parallel.decide(
+                        budget_reached(config, self.state), interrupted()
+                    )
+                    if stopped:
+                        raise KeyboardInterrupt
                     self._record_train(loss, emit)
                     step = self.state.step
                     if stop or due(step, config.eval_interval):
@@ -235,24 +252,32 @@ class Trainer:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for _ in range(config.grad_accum):
-            x, y = train_batch(
-                self.data.train,
-                config.batch_size,
-                config.seq_len,
-                generator,
-                self.data.train_scored,
+        parallel = self.parallel
+        for micro in range(config.grad_accum):
+            # Every rank draws the whole batch, so the windows do not depend on how many
+            # processes share it, and trains on its own slice.
+            x, y = map(
+                parallel.shard,
+                train_batch(
+                    self.data.train,
+                    config.batch_size,
+                    config.seq_len,
+                    generator,
+                    self.data.train_scored,
+                ),
             )
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = forward(x)
-            loss = next_token_loss(logits, y) / config.grad_accum
-            # The model's own regularizers (a mixture's load balancing) are trained on, but
-            # the loss reported is the language model's alone, comparable across models.
-            objective = loss + self.model.aux_loss() / config.grad_accum
-            (scaler.scale(objective) if scaler is not None else objective).backward()
+            with parallel.accumulating(forward, last=micro == config.grad_accum - 1):
+                with self._autocast():
+                    logits = forward(x)
+                loss = next_token_loss(logits, y) / config.grad_accum
+                # The model's own regularizers (a mixture's load balancing) are trained on,
+                # but the loss reported is the language model's alone, comparable across
+                # models.
+                objective = loss + self.model.aux_loss() / config.grad_accum
+                (scaler.scale(objective) if scaler is not None else objective).backward()
             total += loss.detach()
-        value = total.item()
+        value = parallel.mean(total).item()
         if not math.isfinite(value):
             return value
         if config.grad_clip > 0:
@@ -375,6 +400,8 @@ class Trainer:
         """Save the state a larger budget would continue from: before the first step of
         the cool-down (see `cooling_down`)."""
         assert self.stable_dir is not None
+        if not self.parallel.is_main:
+            return True
         save_training_state(
             self.stable_dir, model=self.model, optimizer=optimizer, state=self.state, scaler=scaler
         )
@@ -390,6 +417,8 @@ class Trainer:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             return False
         assert self.out_dir is not None
+        if not self.parallel.is_main:
+            return True
         save_checkpoint(
             self.out_dir,
             model=self.model,

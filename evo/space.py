@@ -808,12 +808,16 @@ class SearchSpace:
     ) -> TrainConfig:
         """The genome's pretraining: fixed.train, then the training genes, then `budget`
         (default: the top rung's). With several rungs the schedule is wsd, whose stable
-        phase lets a trial continue to a larger budget."""
+        phase lets a trial continue to a larger budget. Trials run eagerly unless
+        fixed.train.compile says otherwise: a warm-up per genome rarely pays off over a
+        trial, and compiled and eager steps differ in the last bits."""
         genes = {k: v for k, v in genome.items() if k in TRAIN_TYPES}
         budgets = self.rung_budgets()
-        schedule = {"schedule": "wsd"} if len(budgets) > 1 else {}
+        defaults: dict[str, Any] = {"compile": False}
+        if len(budgets) > 1:
+            defaults["schedule"] = "wsd"
         limits = dict.fromkeys(BUDGET_KEYS) | (budget if budget is not None else budgets[-1])
-        return TrainConfig(**{**schedule, **self.fixed.train, **genes, **limits})
+        return TrainConfig(**{**defaults, **self.fixed.train, **genes, **limits})
 
     def adapt_train_config(self, genome: dict[str, Any]) -> TrainConfig | None:
         """The adapt stage's training: as pretraining, with its own budget and optionally its

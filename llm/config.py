@@ -248,7 +248,9 @@ class TrainConfig:
     checkpoint_interval: int = 0  # steps; 0 checkpoints only at the end
     keep_checkpoints: int = 2
     precision: Precision = "auto"
-    compile: bool = False
+    # torch.compile: true, false, or auto: compiled when the run is long enough to repay
+    # the warm-up (llm.compilation), decided after its first steps and said in the log.
+    compile: bool | Literal["auto"] = "auto"
     device: str = "auto"
     threads: int | None = None
     seed: int = 0

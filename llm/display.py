@@ -86,6 +86,8 @@ def format_record(record: LogRecord) -> str:
             f"{step}  val_loss {record['val_loss']:.4f}  bpb {record['bits_per_byte']:.4f}  "
             f"acc {record['accuracy']:.3f}"
         )
+    if kind == "compile":
+        return f"{step}  {record['reason']}"
     if kind == "end":
         return f"{step}  stopped: {record['stop_reason']} after {record['elapsed']:.1f}s"
     return f"{step}  {kind}"

@@ -66,6 +66,10 @@ class SingleProcess:
         """Rank 0's reason to stop (None: go on), and whether any rank was interrupted."""
         return stop, interrupted
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's `flag`, in every process."""
+        return flag
+
     @contextlib.contextmanager
     def interrupts(self) -> Iterator[Callable[[], bool]]:
         """While training: whether Ctrl-C was pressed. One process leaves Python's
@@ -122,6 +126,11 @@ class DataParallel(SingleProcess):
         votes = torch.tensor([mine, int(interrupted)], device=self._device)
         dist.all_reduce(votes, op=dist.ReduceOp.MAX)
         return STOP_REASONS[int(votes[0])], bool(votes[1])
+
+    def agree(self, flag: bool) -> bool:
+        vote = torch.tensor([int(flag) if self.is_main else 0], device=self._device)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return bool(vote[0])
 
     @contextlib.contextmanager
     def interrupts(self) -> Iterator[Callable[[], bool]]:

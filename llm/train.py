@@ -25,7 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from llm.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
+from llm.compilation import Compiler
 from llm.config import TrainConfig
 from llm.data import TokenSplits, require_windows, train_batch
 from llm.device import resolve_device, resolve_precision
@@ -154,10 +156,8 @@ class Trainer:
                 resume_from, model=model, optimizer=optimizer, scaler=scaler
             )
             restore_rng(self.state, generator)
-        # Compilation takes tens of seconds, more than short runs and trials last, so it
-        # is opt-in; the uncompiled model is what gets saved.
-        forward = self.parallel.wrap(model)
-        forward = torch.compile(forward) if config.compile else forward
+        # The uncompiled model is what gets saved.
+        compiler = Compiler(self.parallel.wrap(model), config.compile, self.device.type)
         self._session_start = time.perf_counter() - self.state.seconds
         first_step, first_tokens = self.state.step, self.state.tokens
         step_times: list[float] = []
@@ -186,7 +186,18 @@ class Trainer:
                     progress = self._progress()
                     if not stable_saved and cooling_down(config, progress):
                         stable_saved = self._save_stable(optimizer, scaler)
-                    loss = self._train_step(forward, optimizer, scaler, generator, progress)
+                    loss, failed = compiler.step(
+                        partial(
+                            self._train_step,
+                            optimizer=optimizer,
+                            scaler=scaler,
+                            generator=generator,
+                            progress=progress,
+                        )
+                    )
+                    for decision in (failed, compiler.after_step(progress, self.parallel.agree)):
+                        if decision is not None:
+                            emit({"kind": "compile", **self._position(), **asdict(decision)})
                     if not math.isfinite(loss):
                         stop = "diverged"
                         break
@@ -199,7 +210,7 @@ class Trainer:
                     self._record_train(loss, emit)
                     step = self.state.step
                     if stop or due(step, config.eval_interval):
-                        final = self._evaluate(forward, emit)
+                        final = self._evaluate(compiler.forward, emit)
                         evaluated_at = step
                     if self.out_dir and (stop or due(step, config.checkpoint_interval)):
                         val_loss = final.loss if final and evaluated_at == step else None
@@ -215,7 +226,7 @@ class Trainer:
                 # The budget ended before a cool-down began: the end is the stable point.
                 stable_saved = self._save_stable(optimizer, scaler)
             if stop not in ("diverged", "interrupted") and evaluated_at != self.state.step:
-                final = self._evaluate(forward, emit)  # a finished run resumed
+                final = self._evaluate(compiler.forward, emit)  # a finished run resumed
             emit({"kind": "end", "stop_reason": stop, **self._position()})
         diverged = stop == "diverged"
         return TrainOutcome(

@@ -4,8 +4,8 @@ The run is a character-level model of 4 layers, d_model 128, trained for `--step
 on batches of 12 x 64 tokens from builtin:python-docs. Each setting trains in a fresh
 process with an empty inductor cache (what a first run on a machine pays), one after
 another, and the wall time counts everything: data, warm-up, training and the final
-evaluation. It prints each setting's seconds, ratio to eager, final validation loss, and
-what `auto` decided.
+evaluation. It prints each setting's seconds, ratio to eager, final validation loss, the
+tokens/s of its second half (compiled steps, once warm) and what `auto` decided.
 
     python bench/compile_auto.py
     python bench/compile_auto.py --steps 6000
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +48,9 @@ def run_config(steps: int, threads: int, cache: Path) -> dict:
     }  # fmt: skip
 
 
-def train(config: Path, setting: str, out: Path) -> tuple[float, dict, str]:
-    """Seconds, metrics and the compile decision of one run in a fresh process."""
+def train(config: Path, setting: str, out: Path) -> tuple[float, dict, float, str]:
+    """Seconds, metrics, steady tokens/s (the median of the second half's log lines) and
+    the compile decision of one run in a fresh process."""
     with tempfile.TemporaryDirectory() as inductor_cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor_cache}
         args = [sys.executable, "-m", "llm.cli", "train", str(config), "--out", str(out)]
@@ -58,7 +60,9 @@ def train(config: Path, setting: str, out: Path) -> tuple[float, dict, str]:
     metrics = json.loads((out / "metrics.json").read_text())
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     decisions = [r["reason"] for r in records if r["kind"] == "compile"]
-    return seconds, metrics, "; ".join(decisions) or "-"
+    speeds = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
+    steady = statistics.median(speeds[len(speeds) // 2 :])
+    return seconds, metrics, steady, "; ".join(decisions) or "-"
 
 
 def main() -> None:
@@ -74,11 +78,12 @@ def main() -> None:
             results[setting] = train(config, setting, folder / f"out-{setting}")
     eager = results.get("false", next(iter(results.values())))[0]
     print(f"{args.steps} steps, 4 layers x d_model 128, batch 12 x 64, {args.threads} threads")
-    print(f"{'compile':8} {'seconds':>8} {'vs eager':>9} {'val loss':>9}  decision")
-    for setting, (seconds, metrics, decision) in results.items():
+    header = f"{'compile':8} {'seconds':>8} {'vs eager':>9} {'val loss':>9} {'steady tok/s':>13}"
+    print(f"{header}  decision")
+    for setting, (seconds, metrics, steady, decision) in results.items():
         print(
             f"{setting:8} {seconds:8.1f} {eager / seconds:8.2f}x {metrics['val_loss']:9.4f}"
-            f"  {decision}"
+            f" {steady:13,.0f}  {decision}"
         )
 
 

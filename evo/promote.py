@@ -27,7 +27,7 @@ from llm.checkpoint import check_out_dir
 from llm.cli_support import EXIT_INTERRUPTED
 from llm.config import RunConfig, to_dict
 from llm.data import prepare
-from llm.distributed import launch
+from llm.distributed import check_divisible, launch
 from llm.errors import UserError
 from llm.run import METRICS_FILE, train_run
 
@@ -161,6 +161,7 @@ def promote(
     # leaves no failed promotion behind. The data is prepared here, and found in the cache
     # by the run.
     check_out_dir(out_dir, resume)
+    check_divisible(config.train.batch_size, nproc)
     prepare(config.data, progress=False)
     make_folder(out_dir)
     promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)

@@ -123,8 +123,9 @@ def blocker(workdir: Path) -> Path:
         ["train", "tiny.yaml", "--out", "model", "--set", "data.cache_dir=blocker/cache"],
         ["prepare", "--corpus", "corpus", "--tokenizer", "char", "--out", "blocker/data"],
         ["export", "model_dir", "--format", "hf", "--out", "blocker/hf"],
+        ["continue", "model_dir", "--corpus", "corpus", "--out", "blocker/more"],
     ],
-    ids=["train-out", "cache-dir", "prepare-out", "export-out"],
+    ids=["train-out", "cache-dir", "prepare-out", "export-out", "continue-out"],
 )
 def test_an_unwritable_output_path_is_one_line_and_exit_2(workdir, blocker, capsys, args):
     corpus = write_corpus(workdir / "corpus")
@@ -162,3 +163,51 @@ def test_merged_keys_may_still_be_overridden(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("base: &base {n_layers: 2, d_model: 32}\nmodel:\n  <<: *base\n  n_layers: 3\n")
     assert load_yaml(path)["model"] == {"n_layers": 3, "d_model": 32}
+
+
+# ------------------------------------------------------- continued and parallel training
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["continue", "missing", "--corpus", "corpus", "--out", "o"], "missing: no such model"),
+        (
+            ["continue", "model_dir", "--corpus", "corpus", "--out", "o", "--expand-vocab", "8"],
+            "a byte tokenizer's vocabulary is fixed: it cannot grow",
+        ),
+        (
+            ["continue", "model_dir", "--corpus", "corpus", "--out", "o", "--expand-vocab", "-1"],
+            "--expand-vocab must be at least 0 (got -1)",
+        ),
+        (["continue", "model_dir", "--corpus", "nowhere.txt", "--out", "o"], "nowhere.txt"),
+        (
+            ["continue", "model_dir", "--corpus", "corpus", "--out", "o", "--set", "model.x=1"],
+            "--set takes training settings only",
+        ),
+        (
+            ["continue", "model_dir", "--corpus", "corpus", "--out", "o", "--resume"],
+            "nothing to resume in o",
+        ),
+        (["train", "tiny.yaml", "--out", "o", "--nproc", "0"], "--nproc must be at least 1"),
+        (
+            ["train", "tiny.yaml", "--out", "o", "--set", "train.compile=maybe"],
+            "train.compile",
+        ),
+    ],
+    ids=["no-model", "byte-vocab", "negative", "no-corpus", "model-key", "no-run", "nproc",
+         "compile"],
+)  # fmt: skip
+def test_bad_continue_and_training_arguments_are_one_line_and_exit_2(
+    workdir, capsys, args, message
+):
+    corpus = write_corpus(workdir / "corpus")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(corpus)))
+    save_model_dir(
+        workdir / "model_dir", peaked_model(ByteTokenizer().vocab_size, 32), ByteTokenizer()
+    )
+    assert llm(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (workdir / "o").exists() or not any((workdir / "o").iterdir())

@@ -137,3 +137,8 @@ def test_evo_promote_trains_in_processes_and_records_the_result(workdir: Path) -
     top = max(scored, key=lambda t: t.rung)
     assert promotion.metrics["bits_per_byte"] == pytest.approx(top.bits_per_byte, rel=1e-4)
     assert (workdir / "best" / "model.safetensors").exists()
+    # A batch that does not split among the processes is refused before anything is
+    # recorded.
+    args = ["promote", "space", "--out", "other", "--nproc", "3", "--storage", url]
+    assert evo(args) == 2
+    assert len(storage.promotions("space")) == 1 and not (workdir / "other").exists()

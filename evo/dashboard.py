@@ -161,15 +161,23 @@ class Dashboard:
 
     def curve_figure(self, genome: pd.DataFrame) -> str:
         """Training loss against tokens of every trial of the genome: the rungs continue
-        one another, so together they are one run."""
+        one another, so together they are one run; an adapt stage, which counts its
+        tokens from zero again, is a dashed line of its own."""
         fig = go.Figure()
         for trial_id, rung in genome[["trial_id", "rung"]].itertuples(index=False):
             points = pd.DataFrame(self.storage.curve(int(trial_id)))
             if points.empty or "train_loss" not in points:
                 continue
-            fig.add_scatter(
-                x=points["tokens"], y=points["train_loss"], mode="lines", name=f"rung {rung + 1}"
-            )
+            stages = points.groupby("stage", sort=False) if "stage" in points else [("", points)]
+            for stage, part in stages:
+                adapt = stage == "adapt"
+                fig.add_scatter(
+                    x=part["tokens"],
+                    y=part["train_loss"],
+                    mode="lines",
+                    name=f"rung {rung + 1}" + (", adapt" if adapt else ""),
+                    line={"dash": "dash"} if adapt else {},
+                )
         if not fig.data:
             return "<p>No learning curve was recorded.</p>"
         fig.update_layout(

@@ -80,19 +80,27 @@ input.filter { margin-bottom: 0.5em; width: 20em; }
 """
 # Sorting and filtering of the trials table, in plain JavaScript: a click on a heading sorts
 # by that column (numbers as numbers), again to reverse; the box keeps the rows containing
-# its text; #sort=HEADING in the address sorts on load.
+# its text. Both are kept in the address (#sort=HEADING&filter=TEXT, -HEADING descending),
+# so a link shares the view and the dashboard's redraw (a reload) keeps it.
 _TABLE_SCRIPT = """<script>
 document.addEventListener("DOMContentLoaded", () => {
+  const view = new URLSearchParams(location.hash.slice(1));
+  const remember = () => history.replaceState(null, "", "#" + view.toString());
   for (const table of document.querySelectorAll("table.sortable")) {
     const body = table.tBodies[0];
     const filter = document.createElement("input");
     filter.className = "filter";
     filter.placeholder = "filter rows";
-    filter.addEventListener("input", () => {
+    const keep = () => {
       const text = filter.value.toLowerCase();
       for (const row of body.rows) {
         row.hidden = !row.textContent.toLowerCase().includes(text);
       }
+    };
+    filter.addEventListener("input", () => {
+      filter.value ? view.set("filter", filter.value) : view.delete("filter");
+      remember();
+      keep();
     });
     table.parentNode.insertBefore(filter, table);
     table.querySelectorAll("th").forEach((th, column) => {
@@ -111,18 +119,19 @@ document.addEventListener("DOMContentLoaded", () => {
           return up ? order : -order;
         });
         body.append(...rows);
-        // Kept in the address, so a reload (the dashboard's redraw) keeps the order.
-        history.replaceState(null, "", "#sort=" + (up ? "" : "-") + th.textContent);
+        view.set("sort", (up ? "" : "-") + th.textContent);
+        remember();
       });
     });
-    // #sort=HEADING (or #sort=-HEADING, descending) sorts on load: a link can share a view.
-    const wanted = decodeURIComponent(location.hash).match(/^#sort=(-?)(.+)$/);
+    const wanted = (view.get("sort") || "").match(/^(-?)(.+)$/);
     const heading = wanted && Array.from(table.querySelectorAll("th"))
       .find((th) => th.textContent === wanted[2]);
     if (heading) {
       heading.click();
       if (wanted[1]) heading.click();
     }
+    filter.value = view.get("filter") || "";
+    keep();
   }
 });
 </script>"""

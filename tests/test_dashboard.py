@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from test_report import RUN, figures, run, section, store  # noqa: F401 (fixtures)
+from test_report import RUN, figures, run, section, store, values  # noqa: F401 (fixtures)
 
 from evo.dashboard import build_app, serve_dashboard
 from evo.storage import Storage
@@ -66,7 +66,14 @@ def test_a_trial_page_shows_genes_rungs_curve_and_error(reader: Storage) -> None
     assert "<h2>Genes</h2>" in page and "<h2>Error</h2>" in page
     assert "shape &lt;b&gt;&amp;mismatch&lt;/b&gt;" in page  # escaped, never markup
     done = [t for t in client.get(f"/api/runs/{RUN}/trials").json() if t["status"] == "done"]
-    assert "Plotly.newPlot" in client.get(f"/runs/{RUN}/trials/{done[0]['trial_id']}").text
+    page = client.get(f"/runs/{RUN}/trials/{done[0]['trial_id']}").text
+    (curve,) = figures(page)  # a trial page has one figure
+    # Pretraining and the adapt stage are separate lines (the adapt stage counts its
+    # tokens from zero again), the adapt one dashed.
+    assert [trace["name"] for trace in curve["data"]] == ["rung 1", "rung 1, adapt"]
+    for trace in curve["data"]:
+        assert values(trace["x"]) == sorted(values(trace["x"]))
+    assert curve["data"][1]["line"]["dash"] == "dash"
     assert client.get(f"/runs/{RUN}/trials/9999").status_code == 404
     assert client.get("/runs/nope").status_code == 404
 
@@ -133,3 +140,26 @@ def test_a_real_browser_draws_the_charts_and_sorts_the_table(served: str, tmp_pa
         shot = tmp_path / f"run-{width}.png"
         chromium(wait, f"--window-size={width},900", f"--screenshot={shot}", run_page)
         assert shot.stat().st_size > 10_000
+
+
+def visible_trials(dom: str) -> list[int]:
+    rows = re.findall(r"<tr( hidden=\"\")?><td><a href=\"/runs/demo/trials/(\d+)\">", dom)
+    return [int(trial) for hidden, trial in rows if not hidden]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt install chromium)")
+def test_a_real_browser_filters_the_table_and_draws_a_trials_curve(
+    served: str, reader: Storage, tmp_path: Path
+) -> None:
+    wait = "--virtual-time-budget=10000"
+    trials = TestClient(build_app(reader)).get(f"/api/runs/{RUN}/trials").json()
+    failed = [t["trial_id"] for t in trials if t["status"] == "failed"]
+    dom = chromium(wait, "--dump-dom", f"{served}/runs/{RUN}#sort=-trial&filter=failed")
+    assert visible_trials(dom) == sorted(failed, reverse=True)
+    assert 'class="filter"' in dom and len(re.findall(r"<tr[ >]", dom)) > len(failed)
+    done = next(t["trial_id"] for t in trials if t["status"] == "done")
+    trial_page = f"{served}/runs/{RUN}/trials/{done}"
+    assert chromium(wait, "--dump-dom", trial_page).count('class="main-svg"') >= 1
+    shot = tmp_path / "trial.png"
+    chromium(wait, "--window-size=1400,900", f"--screenshot={shot}", trial_page)
+    assert shot.stat().st_size > 10_000

@@ -1,10 +1,11 @@
 """The training loop: optimizer steps until a budget is reached, evaluations, checkpoints
 and the stable checkpoint of a wsd schedule (the optimizer, schedule and budgets are in
-`llm.optim`, the device in `llm.device`, the log and display in `llm.display`, and the
-`llm train` workflow in `llm.run`).
+`llm.optim`, the device in `llm.device`, when to compile in `llm.compilation`, data
+parallelism in `llm.distributed`, the log and display in `llm.display`, and the `llm
+train` workflow in `llm.run`).
 
 The trainer applies everything the model does not know about from outside: the device,
-mixed precision, compilation, gradient accumulation and clipping. It optimises only the
+mixed precision, compilation, data parallelism, gradient accumulation and clipping. It optimises only the
 parameters with `requires_grad`, so it fine-tunes a LoRA-wrapped model as it is.
 
 With an output folder, a run checkpoints and logs as it goes and resumes exactly: the

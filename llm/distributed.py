@@ -224,7 +224,8 @@ def launch(module: str, argv: list[str], nproc: int) -> int:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes, key=abs)
+    codes = [128 - code if code < 0 else code for code in codes]  # killed by signal N: 128+N
+    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes)
 
 
 def _free_port() -> int:

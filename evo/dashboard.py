@@ -129,10 +129,12 @@ class Dashboard:
     def run_page(self, name: str, front: str | None = None) -> str:
         info = self.run_info(name)
         objectives = [o.metric for o in run_space(info).search.objectives]
-        axes = front.split(",") if front else objectives[:2]
-        if len(axes) != 2 or not set(axes) <= set(objectives):
-            raise HTTPException(400, f"front={front}: name two of the objectives {objectives}")
-        pair = (axes[0], axes[1]) if len(objectives) > 1 else None
+        pair = None  # the first two objectives' front; with one, the optimisation history
+        if front is not None:
+            axes = front.split(",")
+            if len(objectives) < 2 or len(axes) != 2 or not set(axes) <= set(objectives):
+                raise HTTPException(400, f"front={front}: name two of the objectives {objectives}")
+            pair = (axes[0], axes[1])
         return render_report(self.storage, info, _PLOTLY_TAG, head=live_head(name), front=pair)
 
     def trial_page(self, name: str, trial_id: int) -> str:

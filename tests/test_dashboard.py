@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from test_report import RUN, figures, run, section, store, values  # noqa: F401 (fixtures)
+from test_report import RUN, figures, one, run, section, store, values  # noqa: F401 (fixtures)
 
 from evo.dashboard import build_app, serve_dashboard
 from evo.storage import Storage
@@ -57,6 +57,18 @@ def test_the_front_is_drawn_on_the_two_objectives_asked_for(reader: Storage) -> 
     assert front["layout"]["xaxis"]["title"]["text"].startswith("train_tokens_per_s")
     assert front["layout"]["yaxis"]["title"]["text"].startswith("bits_per_byte")
     assert client.get(f"/runs/{RUN}?front=bits_per_byte,params").status_code == 400
+
+
+def test_a_run_with_one_objective_shows_its_history(
+    store: Storage,  # noqa: F811
+    one: dict[int, float],  # noqa: F811
+) -> None:
+    with Storage(store.url, create=False, read_only=True) as reader:
+        client = TestClient(build_app(reader))
+        page = client.get(f"/runs/{RUN}")
+        assert page.status_code == 200
+        assert "<h2>Optimisation history</h2>" in page.text
+        assert client.get(f"/runs/{RUN}?front=bits_per_byte,params").status_code == 400
 
 
 def test_a_trial_page_shows_genes_rungs_curve_and_error(reader: Storage) -> None:

@@ -172,6 +172,19 @@ class _Run:
             return NO_SUCCESS
         return f"No trial has learned yet: {count} succeeded but stalled (see Failures)."
 
+    def empty_at(self, rung: int) -> str:
+        """`empty`, for a chart of one rung's trials: trials that learned at other rungs
+        do not make "no successful trials" true there."""
+        at = self.frame["rung"] == rung
+        count = int(self.stalled[at].sum())
+        learned = self.frame[at & ~self.stalled]
+        if not count or (learned["status"] == SUCCESS).any():
+            return NO_SUCCESS
+        return (
+            f"No trial has learned at rung {rung + 1} yet: {count} succeeded there but "
+            "stalled (see Failures)."
+        )
+
     @property
     def where(self) -> str:
         return " at the top rung" if self.rungs else ""
@@ -566,7 +579,7 @@ def _genes(run: _Run) -> str:
     )
     finished = successful_trials(run.learned[run.learned["rung"] == 0], run.objectives)
     if finished.empty:
-        return _section("genes", "Genes", how, _note(run.empty))
+        return _section("genes", "Genes", how, _note(run.empty_at(0)))
     finished = _ranked(finished, first).iloc[::-1]  # the best drawn last, on top
     names = [c.removeprefix("gene.") for c in _gene_columns(run)]
     dimensions = [_dimension(n, finished[f"gene.{n}"], space.genes.get(n)) for n in names]

@@ -272,6 +272,25 @@ def test_report_with_one_objective(store: Storage, tmp_path: Path) -> None:
     assert page.count("Plotly.newPlot(") == 4
 
 
+def test_a_rung_whose_trials_all_stalled_says_so_where_others_learned(
+    store: Storage, tmp_path: Path
+) -> None:
+    space = yaml.safe_load(SPACE_YAML)
+    space["search"] = {"objectives": ["bits_per_byte"], "target": {"max_steps": 900},
+                       "rungs": [100, 300, 900], "budget": {"trials": 4}}  # fmt: skip
+    del space["trial"]["max_steps"]
+    store.create_run(RUN, yaml.safe_dump(space), seed=0)
+    store.set_unigram_baseline(RUN, BASELINE)
+    genome = store.genome_id(RUN, {"n_layers": 2})
+    for rung, value in enumerate([4.6, 3.2]):  # stalled at rung 1, learned by rung 2
+        trial = store.add_trial(RUN, genome, rung=rung)
+        store.finish_trial(trial, "done", result(value, 1000.0, adapt=False))
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    genes = section(page, "Genes")
+    assert "No trial has learned at rung 1 yet: 1 succeeded there but stalled" in genes
+    assert NO_SUCCESS not in genes
+
+
 # One objective, three generations; generation 1's best (2.6) is worse than generation
 # 0's (2.5), so the best so far stays level where the best of each generation rises.
 # Against a unigram baseline of 4 bits per byte, 4.7 and 4.75 stalled.

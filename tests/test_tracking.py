@@ -26,7 +26,8 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def test_llm_train_writes_its_curves_for_tensorboard(workdir):
+def write_tiny_config(workdir: Path) -> None:
+    """tiny.yaml: 6 steps of a one-layer model, a log line every 2, an evaluation every 3."""
     corpus = write_corpus(workdir / "corpus")
     config = {
         "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
@@ -35,6 +36,10 @@ def test_llm_train_writes_its_curves_for_tensorboard(workdir):
                   "log_interval": 2},
     }  # fmt: skip
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_llm_train_writes_its_curves_for_tensorboard(workdir):
+    write_tiny_config(workdir)
     assert llm(["train", "tiny.yaml", "--out", "model", "--tracker", "tensorboard"]) == 0
     curves = scalars(workdir / "model" / "tensorboard")
     assert [step for step, _ in curves["train/loss"]] == [2, 4, 6]
@@ -71,14 +76,7 @@ def wandb_runs(folder: Path) -> list[bytes]:
 
 def test_llm_train_writes_an_offline_wandb_run(workdir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "online")  # the tracker must stay offline regardless
-    corpus = write_corpus(workdir / "corpus")
-    config = {
-        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
-        "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_seq_len": 32},
-        "train": {"batch_size": 4, "seq_len": 32, "max_steps": 4, "eval_interval": 2,
-                  "log_interval": 2},
-    }  # fmt: skip
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    write_tiny_config(workdir)
     assert llm(["train", "tiny.yaml", "--out", "model", "--tracker", "wandb"]) == 0
     [run] = wandb_runs(workdir / "model")
     for tag in (b"train/loss", b"train/learning_rate", b"val/bits_per_byte"):

@@ -150,8 +150,6 @@ def promote(
     resume: bool = False,
     nproc: int = 1,
 ) -> Path:
-    if nproc < 1:
-        raise UserError(f"--nproc must be at least 1 (got {nproc})")
     space = load_run_space(storage, run)
     chosen, _ = pick_genome(storage, run, space, genome_id, objective)
     genes = storage.genomes(run)[chosen]

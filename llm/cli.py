@@ -303,11 +303,9 @@ def data_parallel_launch(args: argparse.Namespace, batch_size: int) -> bool:
     from llm.distributed import check_divisible
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.nproc < 1:
-        raise UserError(f"--nproc must be at least 1 (got {args.nproc})")
+    check_divisible(batch_size, args.nproc)
     if world_size > 1 and args.nproc not in (1, world_size):
         raise UserError(f"--nproc {args.nproc}: this is already one of {world_size} processes")
-    check_divisible(batch_size, args.nproc)
     return args.nproc > 1 and world_size == 1
 
 

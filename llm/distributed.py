@@ -183,6 +183,9 @@ def from_environment(device: torch.device) -> SingleProcess:
 
 
 def check_divisible(batch_size: int, world_size: int) -> None:
+    """Refuse a process count (`--nproc`) below one, or one the batch does not split into."""
+    if world_size < 1:
+        raise ConfigError(f"--nproc must be at least 1 (got {world_size})")
     if batch_size % world_size:
         raise ConfigError(
             f"train.batch_size ({batch_size}) must be a multiple of the number of processes "
@@ -196,8 +199,6 @@ def launch(module: str, argv: list[str], nproc: int) -> int:
 
     Ctrl-C in a terminal reaches every rank itself; a SIGINT or SIGTERM sent to this
     process alone is passed on to them. Only rank 0's standard output is shown."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1 (got {nproc})")
     env = {
         **os.environ,
         "WORLD_SIZE": str(nproc),

@@ -5,8 +5,9 @@ parallelism in `llm.distributed`, the log and display in `llm.display`, and the 
 train` workflow in `llm.run`).
 
 The trainer applies everything the model does not know about from outside: the device,
-mixed precision, compilation, data parallelism, gradient accumulation and clipping. It optimises only the
-parameters with `requires_grad`, so it fine-tunes a LoRA-wrapped model as it is.
+mixed precision, compilation, data parallelism, gradient accumulation and clipping. It
+optimises only the parameters with `requires_grad`, so it fine-tunes a LoRA-wrapped model
+as it is.
 
 With an output folder, a run checkpoints and logs as it goes and resumes exactly: the
 weights, optimizer, step counters, learning-rate schedule, the dropout RNG and the

@@ -53,6 +53,22 @@ def write_corpus(folder: Path, documents: int = 24) -> Path:
     return folder
 
 
+def train_small_model(work: Path, data: dict, train: dict) -> Path:
+    """A 2-layer model (d_model 64) trained by `llm train` into `work/base`, with these
+    data settings (a cache under `work`) and these training settings (on one CPU thread,
+    no evaluation during training)."""
+    from llm.cli import main as llm
+
+    config = {
+        "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 64},
+        "data": {**data, "cache_dir": str(work / "cache")},
+        "train": {**train, "eval_interval": 0, "device": "cpu", "threads": 1},
+    }
+    (work / "base.yaml").write_text(yaml.safe_dump(config))
+    assert llm(["train", str(work / "base.yaml"), "--out", str(work / "base")]) == 0
+    return work / "base"
+
+
 def space_dict(corpus: Path, **search) -> dict:
     """A generational search of tiny models, seconds in all."""
     return {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import train_small_model
 
 from llm.checkpoint import load_model_dir
 from llm.cli import main as llm
@@ -50,28 +50,9 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def base(corpora: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small BPE model trained briefly on prose."""
     work = tmp_path_factory.mktemp("continue")
-    config = {
-        "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 64},
-        "data": {
-            "corpus": str(corpora[0]),
-            "tokenizer": "bpe",
-            "vocab_size": 512,
-            "cache_dir": str(work / "cache"),
-        },
-        "train": {
-            "batch_size": 16,
-            "seq_len": 64,
-            "max_steps": 150,
-            "learning_rate": 5e-3,
-            "warmup_steps": 10,
-            "eval_interval": 0,
-            "device": "cpu",
-            "threads": 1,
-        },
-    }
-    (work / "base.yaml").write_text(yaml.safe_dump(config))
-    assert llm(["train", str(work / "base.yaml"), "--out", str(work / "base")]) == 0
-    return work / "base"
+    data = {"corpus": str(corpora[0]), "tokenizer": "bpe", "vocab_size": 512}
+    train = {"batch_size": 16, "seq_len": 64, "max_steps": 150, "learning_rate": 5e-3}
+    return train_small_model(work, data, {**train, "warmup_steps": 10})
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import write_corpus
+from conftest import train_small_model, write_corpus
 from fastapi.testclient import TestClient
 
 from llm.chat import ChatSession, ChatTemplate, Turn, load_chat_template
@@ -31,24 +30,9 @@ HELD_OUT, TRAIN = WORDS[:25], WORDS[25:]
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small character model, pretrained briefly on plain text."""
     work = tmp_path_factory.mktemp("sft")
-    corpus = write_corpus(work / "corpus")
-    config = {
-        "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 64},
-        "data": {"corpus": str(corpus), "tokenizer": "char", "cache_dir": str(work / "cache")},
-        "train": {
-            "batch_size": 8,
-            "seq_len": 64,
-            "max_steps": 30,
-            "learning_rate": 3e-3,
-            "warmup_steps": 3,
-            "eval_interval": 0,
-            "device": "cpu",
-            "threads": 1,
-        },
-    }
-    (work / "base.yaml").write_text(yaml.safe_dump(config))
-    assert llm(["train", str(work / "base.yaml"), "--out", str(work / "base")]) == 0
-    return work / "base"
+    data = {"corpus": str(write_corpus(work / "corpus")), "tokenizer": "char"}
+    train = {"batch_size": 8, "seq_len": 64, "max_steps": 30, "learning_rate": 3e-3}
+    return train_small_model(work, data, {**train, "warmup_steps": 3})
 
 
 def reversal_set(path: Path) -> Path:

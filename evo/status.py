@@ -54,7 +54,7 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         busy = sum(known) / len(known) if known else None
     if busy is not None:
         console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
-    _print_front(frame[~stuck], space, console, stalled_count=int(stuck.sum()))
+    _print_front(frame, stuck, space, console)
     _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)
     if report is not None:
@@ -155,13 +155,14 @@ def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
 
 
 def _print_front(
-    frame: pd.DataFrame, space: SearchSpace, console: Console, *, stalled_count: int
+    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console
 ) -> None:
-    """The best trials at the top rung among `frame`, which leaves out the run's
-    `stalled_count` stalled trials: the Pareto front for several objectives."""
+    """The best trials at the top rung, leaving out the `stuck` (stalled) ones: the Pareto
+    front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(frame, space)
-    front = pareto_front(top, objectives)
+    front = pareto_front(top[~stuck[top.index]], objectives)
+    stalled_count = int(stuck[top.index].sum())
     where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
     if not len(front):
         if stalled_count:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import space_dict, write_corpus
+from conftest import space_dict, steady_space_dict, write_corpus
 from rich.console import Console
 
 from evo.metrics import EVAL_TOKENS
@@ -52,6 +52,22 @@ def test_status_counts_generations_from_one_and_lists_stalled_trials(store: Stor
     assert "trials: 3 done, 1 stalled (of the done; see evo report)" in text
     assert "best bits_per_byte (min): 2.4" in text
     assert "4.8" not in text  # the stalled trial is not among the best
+
+
+def test_stalled_trials_below_the_top_rung_are_not_counted_as_stalled_at_the_top(
+    tmp_path: Path,
+) -> None:
+    space = steady_space_dict(write_corpus(tmp_path / "corpus"))
+    with Storage(f"sqlite:///{tmp_path / 'evo.db'}") as storage:
+        storage.create_run(RUN, yaml.safe_dump(space), seed=0)
+        storage.set_unigram_baseline(RUN, 4.7)
+        genome = storage.genome_id(RUN, {"n_layers": 1, "d_model": 16, "n_heads": 1})
+        trial = storage.add_trial(RUN, genome, rung=0)
+        storage.finish_trial(trial, "done", {"bits_per_byte": 4.8, "device": "cpu"})
+        text = status_text(storage)
+    assert "1 stalled (of the done" in text
+    assert "no successful trial at the top rung yet" in text
+    assert "has learned yet" not in text  # nothing at the top rung has stalled
 
 
 def test_status_shows_a_promotion_beside_its_search_score(store: Storage) -> None:

@@ -166,8 +166,11 @@ class _Run:
 
     @property
     def empty(self) -> str:
-        """What a chart says when it has no trial to draw: why, when every success stalled."""
+        """What a chart of the top rung says when it has no trial to draw: why, when every
+        success stalled; that trials learned below the top, when they did."""
         count = int(self.stalled.sum())
+        if self.rungs and (self.learned["status"] == SUCCESS).any():
+            return "No successful trial at the top rung yet."
         if not count or (self.learned["status"] == SUCCESS).any():
             return NO_SUCCESS
         return f"No trial has learned yet: {count} succeeded but stalled (see Failures)."

@@ -289,6 +289,8 @@ def test_a_rung_whose_trials_all_stalled_says_so_where_others_learned(
     genes = section(page, "Genes")
     assert "No trial has learned at rung 1 yet: 1 succeeded there but stalled" in genes
     assert NO_SUCCESS not in genes
+    history = section(page, "Optimisation history")  # drawn at the top rung, still empty
+    assert "No successful trial at the top rung yet." in history
 
 
 # One objective, three generations; generation 1's best (2.6) is worse than generation

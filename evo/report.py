@@ -45,7 +45,7 @@ from evo.summary import (
     spent_text,
     stalled,
     top_rung,
-    utilization,
+    worker_time,
 )
 from evo.validate import ValidationReport, validation_report
 from llm.atomic import atomic_path, write_text
@@ -329,9 +329,9 @@ def _summary(run: _Run, storage: Storage) -> str:
         )
     rows.append(("trials", _trial_counts(run)))
     rows.append(("unigram baseline", _baseline_text(info.unigram_bits_per_byte)))
-    busy = utilization(run.frame, storage.run_sessions(info.name))
-    if busy is not None:
-        rows.append(("worker utilization", f"{100 * busy:.0f}% (busy worker-seconds / available)"))
+    workers = worker_time(run.frame, storage.run_sessions(info.name))
+    if workers.utilization is not None:
+        rows.append(("worker utilization", workers.describe()))
     rows.append(("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in run.objectives)))
     for objective in run.objectives:
         best = "—"

@@ -23,7 +23,7 @@ from evo.summary import (
     spent_text,
     stalled,
     top_rung,
-    utilization,
+    worker_time,
 )
 from evo.validate import ValidationReport, validation_report
 from evo.view import genes_text
@@ -47,13 +47,15 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     console.print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if len(space.rung_budgets()) > 1:
         console.print(_rung_table(frame, space))
-    busy = utilization(frame, storage.run_sessions(name))
-    if busy is None:  # a run from before sessions were recorded
+    workers = worker_time(frame, storage.run_sessions(name))
+    if workers.utilization is not None:
+        console.print(f"worker utilization: {workers.describe()}")
+    else:  # a run from before sessions were recorded
         per_generation = [g.stats.get("utilization") for g in storage.generations(name)]
         known = [u for u in per_generation if u]
-        busy = sum(known) / len(known) if known else None
-    if busy is not None:
-        console.print(f"worker utilization: {100 * busy:.0f}% (busy worker-seconds / available)")
+        if known:
+            busy = 100 * sum(known) / len(known)
+            console.print(f"worker utilization: {busy:.0f}% (busy worker-seconds / available)")
     _print_front(frame, stuck, space, console)
     _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)

@@ -141,12 +141,45 @@ def anytime_curve(
     )
 
 
-def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:
-    """Busy worker-seconds over available ones, over every session of the run. A session's
-    workers were available from its start to its end; a session whose driver was killed
-    ends at its last finished trial, or at the next session's start if that is sooner."""
+@dataclass(frozen=True)
+class WorkerTime:
+    """Worker-seconds over every session of a run: available (workers × the session's
+    length), busy (in trials), and where the idle ones went: `starting`, before each
+    worker's first trial of a session (Ray starting its processes, each importing torch);
+    `ending`, after each worker's last trial (the budget spent while the last trials
+    ran); and the rest, `between` trials (the driver's decisions and the hand-overs)."""
+
+    available: float
+    busy: float
+    starting: float
+    ending: float
+
+    @property
+    def between(self) -> float:
+        return max(self.available - self.busy - self.starting - self.ending, 0.0)
+
+    @property
+    def utilization(self) -> float | None:
+        return None if self.available <= 0 else min(self.busy / self.available, 1.0)
+
+    def describe(self) -> str:
+        """One line for status and report: the utilization and its idle parts."""
+        share = 100 / self.available
+        idle = (
+            f"idle: {share * self.starting:.1f}% starting, {share * self.between:.1f}% "
+            f"between trials, {share * self.ending:.1f}% after the last trials"
+        )
+        return f"{100 * (self.utilization or 0):.0f}% (busy worker-seconds / available; {idle})"
+
+
+def worker_time(frame: pd.DataFrame, sessions: list[SessionRecord]) -> WorkerTime:
+    """`WorkerTime` of the trials in `frame`. A session's workers were available from its
+    start to its end; a session whose driver was killed ends at its last finished trial, or
+    at the next session's start if that is sooner. Which trial ran on which worker is not
+    needed: a session's first `workers` starts are its workers' first trials and its last
+    `workers` ends their last ones."""
     ran = frame[frame["started_at"].notna() & frame["finished_at"].notna()]
-    available = busy = 0.0
+    available = busy = starting = ending = 0.0
     for index, session in enumerate(sessions):
         following = sessions[index + 1].started_at if index + 1 < len(sessions) else None
         inside = ran[ran["started_at"] >= session.started_at]
@@ -155,10 +188,23 @@ def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | N
         ended = session.ended_at or _last_finish(inside, following)
         if ended is None:
             continue
+        length = (ended - session.started_at).total_seconds()
+        started = inside["started_at"].clip(upper=ended)
         finished = inside["finished_at"].clip(upper=ended)
-        busy += (finished - inside["started_at"]).dt.total_seconds().clip(lower=0).sum()
-        available += session.workers * (ended - session.started_at).total_seconds()
-    return None if available <= 0 else min(busy / available, 1.0)
+        busy += (finished - started).dt.total_seconds().clip(lower=0).sum()
+        available += session.workers * length
+        first = started.nsmallest(session.workers)
+        unused = session.workers - len(first)  # workers that never got a trial
+        starting += (first - session.started_at).dt.total_seconds().sum() + unused * length
+        last = finished.nlargest(session.workers)
+        ending += (ended - last).dt.total_seconds().sum()
+    return WorkerTime(available, busy, starting, ending)
+
+
+def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:
+    """Busy worker-seconds over available ones, over every session of the run (see
+    `worker_time`); None before any session has a trial."""
+    return worker_time(frame, sessions).utilization
 
 
 def _last_finish(trials: pd.DataFrame, cutoff: datetime | None) -> datetime | None:

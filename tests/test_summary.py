@@ -22,6 +22,7 @@ from evo.summary import (
     search_scores,
     stalled,
     utilization,
+    worker_time,
 )
 from llm.data import TokenSplits
 
@@ -141,3 +142,24 @@ def test_a_genome_is_scored_at_the_highest_rung_it_reached() -> None:
         7: SearchScore(2.5, 1),
         8: SearchScore(2.9, 0),
     }
+
+
+def test_worker_time_tells_where_idle_workers_waited() -> None:
+    session = SessionRecord(1, workers=2, started_at=T0, ended_at=T0 + timedelta(seconds=100))
+    trials = frame(
+        trial(1, 0, "done", 5, 50),  # the workers start after 5 and 8 s
+        trial(2, 0, "done", 8, 40),
+        trial(3, 1, "done", 41, 90),  # 1 s after trial 2 ended
+        trial(4, 0, "done", 51, 70),  # 1 s after trial 1; its worker then waits 30 s
+    )
+    time = worker_time(trials, [session])
+    assert (time.available, time.busy) == (200, 45 + 32 + 49 + 19)
+    assert (time.starting, time.between, time.ending) == (5 + 8, 2, 10 + 30)
+    assert time.utilization == pytest.approx(145 / 200)
+    assert time.describe() == (
+        "72% (busy worker-seconds / available; idle: 6.5% starting, 1.0% between trials, "
+        "20.0% after the last trials)"
+    )
+    # With 5 workers, each trial began a worker's first and the fifth never got one.
+    unused = SessionRecord(2, workers=5, started_at=T0, ended_at=T0 + timedelta(seconds=100))
+    assert worker_time(trials, [unused]).starting == 5 + 8 + 41 + 51 + 100

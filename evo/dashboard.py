@@ -38,7 +38,7 @@ from plotly.offline import get_plotlyjs
 from evo.metrics import TrialStatus
 from evo.report import PAGE_CSS, format_value, html_table, render_report, run_space
 from evo.storage import RunInfo, Storage
-from evo.summary import spent_text
+from evo.summary import spent_text, stalled, top_rung
 from llm.errors import UserError
 from llm.serve import is_loopback, listening_socket
 
@@ -94,7 +94,9 @@ class Dashboard:
         frame = self.storage.trials_frame(info.name)
         space = run_space(info)
         objective = space.search.objectives[0]
-        values = frame.loc[frame["status"] == TrialStatus.DONE.value, objective.metric]
+        # The best where scores are comparable and count: at the top rung, not stalled.
+        top = top_rung(frame[~stalled(frame, info.unigram_bits_per_byte)], space)
+        values = top.loc[top["status"] == TrialStatus.DONE.value, objective.metric]
         best = objective.best(values.to_numpy(dtype=float)) if len(values) else math.nan
         last = frame["recorded"].max() if not frame.empty else None
         limits = space.search.budget.limits()
@@ -122,7 +124,7 @@ class Dashboard:
             for r in rows
         )
         header = "<tr><th>run</th><th>status</th><th>mode</th><th>trials</th><th>spent</th>"
-        header += "<th>best</th><th>updated</th></tr>"
+        header += "<th>best at the top rung</th><th>updated</th></tr>"
         body = f"<table>{header}{cells}</table>" if rows else "<p>No runs in this database.</p>"
         return _page("evo dashboard", f"<h1>Runs</h1>{body}", refresh=True)
 

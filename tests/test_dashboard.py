@@ -11,8 +11,19 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+import yaml
 from fastapi.testclient import TestClient
-from test_report import RUN, figures, one, run, section, store, values  # noqa: F401 (fixtures)
+from test_report import (  # noqa: F401 (fixtures)
+    RUN,
+    SPACE_YAML,
+    figures,
+    one,
+    result,
+    run,
+    section,
+    store,
+    values,
+)
 
 from evo.dashboard import build_app, serve_dashboard
 from evo.storage import Storage
@@ -36,6 +47,22 @@ def test_the_runs_page_and_api_list_every_run(reader: Storage, run: dict[str, ob
     metrics: dict[int, tuple[float, float]] = run["metrics"]  # type: ignore[assignment]
     assert summary["name"] == RUN and summary["trials"] == 10
     assert summary["best"] == pytest.approx(min(v[0] for v in metrics.values()))
+
+
+def test_the_runs_list_shows_the_best_at_the_top_rung(store: Storage) -> None:  # noqa: F811
+    space = yaml.safe_load(SPACE_YAML)
+    space["search"] = {"objectives": ["bits_per_byte"], "target": {"max_steps": 900},
+                       "rungs": [100, 300, 900], "budget": {"trials": 4}}  # fmt: skip
+    del space["trial"]["max_steps"]
+    store.create_run(RUN, yaml.safe_dump(space), seed=0)
+    client = TestClient(build_app(store))
+    first, second = store.genome_id(RUN, {"n_layers": 2}), store.genome_id(RUN, {"n_layers": 3})
+    store.finish_trial(store.add_trial(RUN, first, rung=0), "done", result(2.9, 1e3, adapt=False))
+    (summary,) = client.get("/api/runs").json()
+    assert summary["best"] is None  # a lower rung's score is not comparable with the top's
+    store.finish_trial(store.add_trial(RUN, second, rung=2), "done", result(3.0, 1e3, adapt=False))
+    (summary,) = client.get("/api/runs").json()
+    assert summary["best"] == pytest.approx(3.0)
 
 
 def test_a_run_page_is_the_live_report_with_plotly_served_locally(reader: Storage) -> None:

@@ -271,6 +271,10 @@ def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> 
     assert store.finish_trial(trials[0], "failed", {"error": "x"}) == 2
     recorded = {t.id: t.recorded for t in store.trials("r")}
     assert recorded == {trials[0]: 2, trials[1]: None, trials[2]: 1}
+    # A result is a change to the run: `updated` in status, report and dashboard follows.
+    before = store.require_run("r").updated_at
+    store.finish_trial(trials[1], "done", {})
+    assert store.require_run("r").updated_at > before
 
 
 def test_spent_counts_training_time_and_decisions(store: Storage) -> None:

@@ -683,6 +683,7 @@ class Storage:
             run_row = session.get(RunRow, run_id)
             assert run_row is not None  # a trial's genome belongs to a run
             run_row.results += 1
+            run_row.updated_at = _now()
             row.recorded = run_row.results
             _mark_finished(row, status, host, worker, started, finished)
             row.checkpoint = checkpoint

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -69,10 +70,15 @@ class TrialObserver(Protocol):
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None: ...
 
 
+TRIAL_FOLDER_PREFIX = "evo-trial-"
+
+
 def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     """Run one trial where this function is called (a Ray worker or the driver itself)."""
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="evo-trial-") as folder:
+    remove_orphaned_folders(Path(tempfile.gettempdir()))
+    prefix = f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         continue_from = unpack(job.resume, Path(folder) / "from") if job.resume else None
         stable = Path(folder) / "stable" if job.keep_stable else None
         adapt = None
@@ -104,6 +110,30 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
         finished=time.time(),
         checkpoint=checkpoint,
     )
+
+
+def remove_orphaned_folders(parent: Path) -> None:
+    """Delete the trial folders in `parent` (each holding a checkpoint to continue and the
+    one being written) whose process is gone: a worker killed with -9 or by the memory
+    monitor cannot clean up after itself, and a long search on a cluster would fill its
+    nodes' temporary space. A folder's name carries its process's id (POSIX only:
+    elsewhere signal 0 is not a harmless probe)."""
+    if os.name != "posix":
+        return
+    for folder in parent.glob(f"{TRIAL_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(TRIAL_FOLDER_PREFIX).split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def failed_outcome(status: TrialStatus, error: str, started: float) -> TrialOutcome:

@@ -2,6 +2,9 @@
 
 import itertools
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from conftest import replayed_decisions, steady_space_dict, write_corpus
 from evo.data import prepare_data
 from evo.driver import SteadyStateSearch, open_run
 from evo.executor import (
+    TRIAL_FOLDER_PREFIX,
     LocalExecutor,
     RayExecutor,
     TrialData,
@@ -78,6 +82,20 @@ def test_local_executor_runs_every_job_and_classifies_outcomes():
     assert recorder.outcomes[1].status == "done"
     assert recorder.outcomes[2].status == "invalid"
     assert "divisible" in recorder.outcomes[2].result.error
+
+
+def test_a_trial_removes_the_folders_of_killed_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = tmp_path / f"{TRIAL_FOLDER_PREFIX}{gone.pid}-k9"  # its worker was killed
+    (orphan / "from").mkdir(parents=True)
+    running = tmp_path / f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-r1"  # a live worker's
+    running.mkdir()
+    unknown = tmp_path / "evo-trial-abc"  # no process id in its name: not ours to judge
+    unknown.mkdir()
+    assert execute_job(job(1), data()).status == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, unknown.name])
 
 
 def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):

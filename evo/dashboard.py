@@ -35,8 +35,14 @@ from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from plotly.offline import get_plotlyjs
 
-from evo.metrics import TrialStatus
-from evo.report import PAGE_CSS, format_value, html_table, render_report, run_space
+from evo.report import (
+    PAGE_CSS,
+    format_value,
+    html_table,
+    render_report,
+    run_space,
+    successful_trials,
+)
 from evo.storage import RunInfo, Storage
 from evo.summary import spent_text, stalled, top_rung
 from llm.errors import UserError
@@ -95,8 +101,8 @@ class Dashboard:
         space = run_space(info)
         objective = space.search.objectives[0]
         # The best where scores are comparable and count: at the top rung, not stalled.
-        top = top_rung(frame[~stalled(frame, info.unigram_bits_per_byte)], space)
-        values = top.loc[top["status"] == TrialStatus.DONE.value, objective.metric]
+        learned = frame[~stalled(frame, info.unigram_bits_per_byte)]
+        values = successful_trials(top_rung(learned, space), [objective])[objective.metric]
         best = objective.best(values.to_numpy(dtype=float)) if len(values) else math.nan
         last = frame["recorded"].max() if not frame.empty else None
         limits = space.search.budget.limits()

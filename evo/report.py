@@ -169,9 +169,10 @@ class _Run:
         """What a chart of the top rung says when it has no trial to draw: why, when every
         success stalled; that trials learned below the top, when they did."""
         count = int(self.stalled.sum())
-        if self.rungs and (self.learned["status"] == SUCCESS).any():
+        learned_somewhere = (self.learned["status"] == SUCCESS).any()
+        if self.rungs and learned_somewhere:
             return "No successful trial at the top rung yet."
-        if not count or (self.learned["status"] == SUCCESS).any():
+        if not count or learned_somewhere:
             return NO_SUCCESS
         return f"No trial has learned yet: {count} succeeded but stalled (see Failures)."
 

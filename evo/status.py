@@ -163,8 +163,9 @@ def _print_front(
     front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(frame, space)
-    front = pareto_front(top[~stuck[top.index]], objectives)
-    stalled_count = int(stuck[top.index].sum())
+    top_stuck = stuck[top.index]
+    front = pareto_front(top[~top_stuck], objectives)
+    stalled_count = int(top_stuck.sum())
     where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
     if not len(front):
         if stalled_count:

@@ -177,6 +177,7 @@ class SteadyStateSearch:
                 self.executor.submit(job, self)
             if not self.executor.in_flight:
                 return
+            self.executor.lend_idle_workers()
             self.executor.wait(self)
             self.view.progress("budget", self.spending.fraction(), 1.0)
 
@@ -309,6 +310,7 @@ class SteadyStateSearch:
             worker=outcome.worker,
             started=outcome.started,
             finished=outcome.finished,
+            lent_seconds=outcome.lent_seconds,
             checkpoint=name,
             forget=[trial_id for trial_id in dropped if trial_id in self.kept],
         )

@@ -51,6 +51,7 @@ class TrialJob:
     rung: int = 0
     resume: Checkpoint | None = None  # the stable checkpoint of the rung below, to continue
     keep_stable: bool = False  # bring back this rung's stable checkpoint (a rung follows)
+    lend_file: str | None = None  # where the threads lent to the trial are posted
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TrialOutcome:
     started: float  # seconds since the epoch, measured where the trial ran
     finished: float
     checkpoint: Checkpoint | None = None  # the stable checkpoint, when the job asked for it
+    lent_seconds: float = 0.0  # idle workers' time lent to it (`LentThreads`)
 
 
 class TrialObserver(Protocol):
@@ -78,6 +80,8 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     started = time.time()
     remove_orphaned_folders(Path(tempfile.gettempdir()))
     prefix = f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-"
+    own = job.train.threads
+    lent = LentThreads(Path(job.lend_file), own) if job.lend_file and own else None
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         continue_from = unpack(job.resume, Path(folder) / "from") if job.resume else None
         stable = Path(folder) / "stable" if job.keep_stable else None
@@ -97,6 +101,7 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
             adapt=adapt,
             continue_from=None if continue_from is None else str(continue_from),
             save_stable=None if stable is None else str(stable),
+            threads_now=lent,
         )
         result = run_trial(spec)
         kept = stable is not None and stable.is_dir() and result.status is TrialStatus.DONE
@@ -109,7 +114,71 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
         started=started,
         finished=time.time(),
         checkpoint=checkpoint,
+        lent_seconds=0.0 if lent is None else lent.lent_seconds,
     )
+
+
+class CoreLending:
+    """The driver's side of lending idle workers' cores. At the end of a budget (or of a
+    generation) fewer trials run than there are workers, and each idle worker's core
+    would wait for the last trials; instead the trials still running are told to train
+    with the idle cores' threads too, so they end sooner. Shared through a small file,
+    so this works only where the trials run on the driver's machine."""
+
+    def __init__(self, threads: int, capacity: int) -> None:
+        self.threads, self.capacity = threads, capacity
+        handle, name = tempfile.mkstemp(prefix=f"evo-lend-{os.getpid()}-", suffix=".txt")
+        os.close(handle)
+        self.path = Path(name)
+        self.posted = 0
+        self.share(capacity)
+
+    def share(self, in_flight: int) -> None:
+        """Post each running trial's share of the cores: its own threads, and those of
+        the idle workers divided among the `in_flight` trials."""
+        cores = self.threads * self.capacity
+        per_trial = min(cores // max(in_flight, 1), os.cpu_count() or cores)
+        if per_trial != self.posted:
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(str(per_trial))
+            partial.replace(self.path)
+            self.posted = per_trial
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class LentThreads:
+    """A trial's side of `CoreLending`: asked before each training step for the threads
+    to train with (`Trainer.threads_now`). The first steps always run with the trial's
+    own threads, so its throughput is measured as configured. `lent_seconds` adds up
+    the borrowed cores' time, in worker-seconds."""
+
+    OWN_STEPS = 12  # steps never lent: the throughput median is taken over them
+    POLL_SECONDS = 1.0
+
+    def __init__(self, path: Path, own: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.own, self.clock = path, own, clock
+        self.current = own
+        self.steps = 0
+        self.lent_seconds = 0.0
+        self._last = self._read_at = clock()
+
+    def __call__(self) -> int:
+        now = self.clock()
+        self.lent_seconds += (self.current - self.own) / self.own * (now - self._last)
+        self._last = now
+        self.steps += 1
+        if self.steps > self.OWN_STEPS and now - self._read_at >= self.POLL_SECONDS:
+            self._read_at = now
+            self.current = max(self._posted(), self.own)
+        return self.current
+
+    def _posted(self) -> int:
+        try:
+            return int(self.path.read_text())
+        except (OSError, ValueError):  # not posted (yet), or the search has ended
+            return self.own
 
 
 def remove_orphaned_folders(parent: Path) -> None:
@@ -162,6 +231,10 @@ class Executor(ABC):
     def wait(self, observer: TrialObserver) -> None:
         """Block until at least one job in flight has ended, reporting to `observer`."""
 
+    def lend_idle_workers(self) -> None:  # noqa: B027 (optional hook)
+        """Let the trials in flight use the cores of the workers left idle (call before
+        `wait` once no more jobs can be submitted for now)."""
+
     def cancel(self) -> None:  # noqa: B027 (optional hook)
         """Stop every job in flight without reporting it."""
 
@@ -175,6 +248,7 @@ class Executor(ABC):
             while pending or self.in_flight:
                 while pending and self.in_flight < self.capacity:
                     self.submit(pending.pop(), observer)
+                self.lend_idle_workers()
                 self.wait(observer)
         finally:
             self.cancel()
@@ -252,6 +326,11 @@ class RayExecutor(Executor):
         self._threads = max(1, int(cpus))
         self._data_ref: Any = None
         self._flights: dict[Any, _InFlight] = {}
+        self._lending = (
+            CoreLending(self._threads, self.capacity)
+            if gpus == 0 and _on_this_machine(ray.nodes())
+            else None
+        )
 
     def load_data(self, data: TrialData) -> None:
         self._data_ref = self._ray.put(data)
@@ -271,13 +350,23 @@ class RayExecutor(Executor):
                 ended += self._collect(ref, observer)
             ended += self._expire(observer)
 
+    def lend_idle_workers(self) -> None:
+        if self._lending is not None:
+            self._lending.share(self.in_flight)
+
     def cancel(self) -> None:
         for ref in self._flights:
             self._ray.cancel(ref, force=True)
         self._flights.clear()
 
     def _dispatch(self, job: TrialJob, attempt: int, observer: TrialObserver) -> None:
-        job_here = replace(job, train=replace(job.train, threads=self._threads))
+        job_here = replace(
+            job,
+            train=replace(job.train, threads=self._threads),
+            lend_file=None if self._lending is None else str(self._lending.path),
+        )
+        if self._lending is not None:
+            self._lending.share(self.in_flight + 1)
         ref = self._remote.remote(job_here, self._data_ref)
         self._flights[ref] = _InFlight(job, attempt, time.time())
         observer.started(job, attempt)
@@ -330,6 +419,15 @@ class RayExecutor(Executor):
     def close(self) -> None:
         self.cancel()
         self._data_ref = None
+        if self._lending is not None:
+            self._lending.close()
+
+
+def _on_this_machine(nodes: list[dict[str, Any]]) -> bool:
+    """Whether the Ray cluster is this machine alone: then its trials can read what the
+    driver posts in a file, and idle workers' cores are this machine's to lend."""
+    alive = [node for node in nodes if node.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeManagerHostname") == socket.gethostname()
 
 
 def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> int:

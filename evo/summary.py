@@ -147,12 +147,15 @@ class WorkerTime:
     length), busy (in trials), and where the idle ones went: `starting`, before each
     worker's first trial of a session (Ray starting its processes, each importing torch);
     `ending`, after each worker's last trial (the budget spent while the last trials
-    ran); and the rest, `between` trials (the driver's decisions and the hand-overs)."""
+    ran); and the rest, `between` trials (the driver's decisions and the hand-overs).
+    `lent`: idle worker-seconds whose cores trained the trials still running
+    (`evo.executor.CoreLending`)."""
 
     available: float
     busy: float
     starting: float
     ending: float
+    lent: float = 0.0
 
     @property
     def between(self) -> float:
@@ -162,6 +165,13 @@ class WorkerTime:
     def utilization(self) -> float | None:
         return None if self.available <= 0 else min(self.busy / self.available, 1.0)
 
+    @property
+    def cores_used(self) -> float | None:
+        """The share of the workers' cores that trained: busy, or lent to a busy one."""
+        if self.available <= 0:
+            return None
+        return min((self.busy + self.lent) / self.available, 1.0)
+
     def describe(self) -> str:
         """One line for status and report: the utilization and its idle parts."""
         share = 100 / self.available
@@ -169,7 +179,13 @@ class WorkerTime:
             f"idle: {share * self.starting:.1f}% starting, {share * self.between:.1f}% "
             f"between trials, {share * self.ending:.1f}% after the last trials"
         )
-        return f"{100 * (self.utilization or 0):.0f}% (busy worker-seconds / available; {idle})"
+        text = f"{100 * (self.utilization or 0):.0f}% (busy worker-seconds / available; {idle})"
+        if self.lent > 0:
+            text += (
+                f"; {share * self.lent:.1f}% lent their cores to the trials still running, "
+                f"so {100 * (self.cores_used or 0):.0f}% of the cores trained"
+            )
+        return text
 
 
 def worker_time(frame: pd.DataFrame, sessions: list[SessionRecord]) -> WorkerTime:
@@ -179,7 +195,7 @@ def worker_time(frame: pd.DataFrame, sessions: list[SessionRecord]) -> WorkerTim
     needed: a session's first `workers` starts are its workers' first trials and its last
     `workers` ends their last ones."""
     ran = frame[frame["started_at"].notna() & frame["finished_at"].notna()]
-    available = busy = starting = ending = 0.0
+    available = busy = starting = ending = lent = 0.0
     for index, session in enumerate(sessions):
         following = sessions[index + 1].started_at if index + 1 < len(sessions) else None
         inside = ran[ran["started_at"] >= session.started_at]
@@ -192,13 +208,14 @@ def worker_time(frame: pd.DataFrame, sessions: list[SessionRecord]) -> WorkerTim
         started = inside["started_at"].clip(upper=ended)
         finished = inside["finished_at"].clip(upper=ended)
         busy += (finished - started).dt.total_seconds().clip(lower=0).sum()
+        lent += inside["lent_seconds"].fillna(0).sum()
         available += session.workers * length
         first = started.nsmallest(session.workers)
         unused = session.workers - len(first)  # workers that never got a trial
         starting += (first - session.started_at).dt.total_seconds().sum() + unused * length
         last = finished.nlargest(session.workers)
         ending += (ended - last).dt.total_seconds().sum()
-    return WorkerTime(available, busy, starting, ending)
+    return WorkerTime(available, busy, starting, ending, float(lent))
 
 
 def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:

@@ -87,12 +87,17 @@ class Trainer:
         progress: bool = False,
         stable_dir: Path | None = None,
         parallel: SingleProcess | None = None,
+        threads_now: Callable[[], int] | None = None,
     ) -> None:
         """`stable_dir`, with a wsd schedule: where to save a checkpoint of the moment the
         cool-down begins, from which training can continue to any larger budget.
         `parallel`: the processes this one trains with (`llm.distributed`); rank 0 alone
-        writes checkpoints and the log."""
+        writes checkpoints and the log. `threads_now`: asked before each step how many CPU
+        threads to train with (a search lends its idle workers' cores to the trials still
+        running); steps run with more or fewer threads than the run's own are left out of
+        `step_times`, so throughput is always that of the configured threads."""
         self.parallel = parallel or SingleProcess()
+        self.threads_now = threads_now
         self.model = model
         self.config = config.validate()
         self.data = data
@@ -163,6 +168,7 @@ class Trainer:
         self._session_start = time.perf_counter() - self.state.seconds
         first_step, first_tokens = self.state.step, self.state.tokens
         step_times: list[float] = []
+        own_threads = torch.get_num_threads()
         final: EvalResult | None = None
         evaluated_at, saved_at = -1, self.state.step if resume else -1
         stable_saved = self.stable_dir is None
@@ -184,6 +190,9 @@ class Trainer:
             stop = budget_reached(config, self.state)
             try:
                 while stop is None:
+                    wanted = self.threads_now() if self.threads_now else own_threads
+                    if wanted != torch.get_num_threads():
+                        torch.set_num_threads(wanted)
                     started = time.perf_counter()
                     progress = self._progress()
                     if not stable_saved and cooling_down(config, progress):
@@ -203,7 +212,8 @@ class Trainer:
                     if not math.isfinite(loss):
                         stop = "diverged"
                         break
-                    step_times.append(time.perf_counter() - started)
+                    if torch.get_num_threads() == own_threads:
+                        step_times.append(time.perf_counter() - started)
                     stop, stopped = self.parallel.decide(
                         budget_reached(config, self.state), interrupted()
                     )

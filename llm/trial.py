@@ -51,6 +51,7 @@ class TrialSpec:
     workdir: str | None = None  # where the trial may keep logs; None: writes nothing
     continue_from: str | None = None  # a stable checkpoint to continue pretraining from
     save_stable: str | None = None  # where to save the stable checkpoint (wsd schedules)
+    threads_now: Callable[[], int] | None = None  # see Trainer: threads lent while training
 
 
 @dataclass
@@ -179,6 +180,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             data,
             out_dir=out_dir,
             stable_dir=_path(spec.save_stable) if pretrain else None,
+            threads_now=spec.threads_now,
         )
         outcome = trainer.fit(resume_from=_path(spec.continue_from) if pretrain else None)
         if outcome.stop_reason == "interrupted":

@@ -107,6 +107,28 @@ def test_at_the_budgets_end_the_best_paused_genomes_advance_quota_or_not(
     assert isinstance(sched.decide(5, always), Breed)  # while breeding fits, the quota holds
 
 
+def test_at_the_budgets_end_the_last_advance_waits_for_a_result_on_its_way(
+    space: SearchSpace,
+) -> None:
+    sched = scheduler(space)
+    genomes = [breed(sched, n)[0] for n in range(4)]
+    for trial, (genome, value) in enumerate(zip(genomes[:3], [4.0, 3.0, 5.0], strict=True)):
+        sched.result(genome, 0, trial, (value,))
+    sched.advanced(genomes[1], 1)
+    sched.result(genomes[1], 1, 4, (2.5,))
+    sched.advanced(genomes[0], 1)  # still training to rung 1 ...
+    # ... and so is genome 3 to rung 0. The budget left carries one genome to the top: it
+    # could be genome 0's, so nothing is chosen before its result; genome 3 at rung 0
+    # is not a rival (rung 1 is nearer the top).
+    no_breeding = lambda d: isinstance(d, Advance)  # noqa: E731
+    assert sched.decide(5, no_breeding) is None
+    # Had genome 0 no budget to reach the top, there would be nothing to wait for.
+    only_genome_1 = lambda d: isinstance(d, Advance) and d.genome_id == genomes[1]  # noqa: E731
+    assert sched.decide(5, only_genome_1) == Advance(genomes[1], rung=2, trial_id=4)
+    sched.result(genomes[0], 1, 5, (2.0,))
+    assert sched.decide(5, no_breeding) == Advance(genomes[0], rung=2, trial_id=5)
+
+
 def test_a_decision_depends_only_on_the_state_and_its_number(space: SearchSpace) -> None:
     one, two = scheduler(space), scheduler(space)
     for sched in (one, two):

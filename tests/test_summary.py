@@ -50,6 +50,7 @@ def trial(trial_id: int, rung: int, status: str, start: float, end: float | None
         "status": status,
         "started_at": T0 + timedelta(seconds=start),
         "finished_at": None if end is None else T0 + timedelta(seconds=end),
+        "lent_seconds": None,
         **rest,
     }
 
@@ -163,3 +164,20 @@ def test_worker_time_tells_where_idle_workers_waited() -> None:
     # With 5 workers, each trial began a worker's first and the fifth never got one.
     unused = SessionRecord(2, workers=5, started_at=T0, ended_at=T0 + timedelta(seconds=100))
     assert worker_time(trials, [unused]).starting == 5 + 8 + 41 + 51 + 100
+
+
+def test_worker_time_counts_the_cores_lent_to_the_last_trials() -> None:
+    session = SessionRecord(1, workers=2, started_at=T0, ended_at=T0 + timedelta(seconds=100))
+    trials = frame(
+        trial(1, 0, "done", 0, 60),
+        # Alone after 60 s: the idle worker's core trained it for its last 36 s.
+        trial(2, 1, "done", 0, 96, lent_seconds=36.0),
+    )
+    time = worker_time(trials, [session])
+    assert (time.busy, time.ending, time.lent) == (156, 44, 36)
+    assert time.utilization == pytest.approx(0.78)
+    assert time.cores_used == pytest.approx(0.96)
+    assert time.describe().endswith(
+        "22.0% after the last trials); 18.0% lent their cores to the trials still running, "
+        "so 96% of the cores trained"
+    )

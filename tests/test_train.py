@@ -432,6 +432,20 @@ def test_fit_leaves_global_state_as_it_was() -> None:
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_threads_lent_while_training_are_used_and_kept_out_of_the_throughput() -> None:
+    threads = torch.get_num_threads()
+    asked: list[int] = []
+
+    def threads_now() -> int:
+        asked.append(torch.get_num_threads())  # what the step before ran with
+        return 1 if len(asked) <= 3 else 2  # two threads lent from the fourth step on
+
+    outcome = fit(dataclasses.replace(TRAIN, threads=1), threads_now=threads_now)
+    assert asked == [1, 1, 1, 1, 2, 2]
+    assert len(outcome.step_times) == 3, "steps with lent threads are not timed"
+    assert torch.get_num_threads() == threads
+
+
 def test_bad_setups_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="max_seq_len"):
         fit(dataclasses.replace(TRAIN, seq_len=32))

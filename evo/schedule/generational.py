@@ -244,6 +244,7 @@ class _TrialRecorder:
             worker=outcome.worker,
             started=outcome.started,
             finished=outcome.finished,
+            lent_seconds=outcome.lent_seconds,
         )
         self.busy_seconds += outcome.finished - outcome.started
         self.search.trials_run += 1

@@ -92,6 +92,7 @@ class SteadyStateScheduler:
         self.results = [RungResults(objectives) for _ in rungs]
         self.windows: list[deque[int]] = [deque(maxlen=space.search.population) for _ in rungs]
         self.waiting: list[dict[int, int]] = [{} for _ in rungs]  # genome → trial id
+        self.training: list[set[int]] = [set() for _ in rungs]  # genomes in flight to a rung
         self.genes: dict[int, dict[str, Any]] = {}
         self.seen: set[tuple[Any, ...]] = set()
         self.bred = 0
@@ -105,10 +106,12 @@ class SteadyStateScheduler:
         self.genes[genome_id] = genes
         self.seen.add(tuple(to_individual(self.space, genes)))
         self.bred += 1
+        self.training[0].add(genome_id)
 
     def advanced(self, genome_id: int, rung: int) -> None:
         """A genome paused below `rung` was sent on to it."""
         self.waiting[rung - 1].pop(genome_id, None)
+        self.training[rung].add(genome_id)
 
     def result(
         self,
@@ -124,6 +127,7 @@ class SteadyStateScheduler:
         `drop` is false: a replay that learns the drops from the stored history)."""
         self.results[rung].add(genome_id, values)
         self.windows[rung].append(genome_id)
+        self.training[rung].discard(genome_id)
         waiting = self.waiting[rung]
         if values is not None and rung < self.ladder.top:
             waiting[genome_id] = trial_id
@@ -142,7 +146,9 @@ class SteadyStateScheduler:
         """Decision `number`: the first advance that `fits` the budget, highest rung
         first, else a new genome if that fits. When none does, the budget's end is near:
         what is left goes to the paused genomes nearest the top, best first, in the top
-        1/η or not, as a new genome could no longer reach the top rung. None when
+        1/η or not, as a new genome could no longer reach the top rung; but while a
+        genome that could be sent on instead is still training to that rung, the choice
+        waits for its result (None), as the last of the budget may be its. None when
         nothing fits."""
         for rung in reversed(range(self.ladder.top)):
             waiting = self.waiting[rung]
@@ -156,6 +162,8 @@ class SteadyStateScheduler:
             return child
         for rung in reversed(range(self.ladder.top)):
             waiting = self.waiting[rung]
+            if any(fits(Advance(genome, rung + 1, -1)) for genome in self.training[rung]):
+                return None
             for genome in self.results[rung].best(len(self.results[rung])):
                 if genome in waiting:
                     advance = Advance(genome, rung + 1, waiting[genome])

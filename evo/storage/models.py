@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class RunStatus(str, enum.Enum):
@@ -150,6 +150,8 @@ class TrialRow(Base):
     flops_per_token: Mapped[int | None] = mapped_column(BigInteger)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     wall_seconds: Mapped[float | None] = mapped_column(Float)
+    # Idle workers' time that trained this trial (their cores lent to it), worker-seconds.
+    lent_seconds: Mapped[float | None] = mapped_column(Float)
     steps: Mapped[int | None] = mapped_column(BigInteger)
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     pretrain: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -67,14 +67,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
 _RESULT_KEYS = frozenset({*METRICS, "status", "device", "error", "curve", "pretrain"})
 # Columns of trials_frame around the genes and metrics.
 _FRAME_HEAD = ("trial_id", "generation", "rung", "decision", "attempt", "status", "genome_id")
-_FRAME_TAIL = ("error", "host", "device", "worker", "started_at", "finished_at", "recorded")
+_FRAME_TAIL = (
+    "error",
+    "host",
+    "device",
+    "worker",
+    "started_at",
+    "finished_at",
+    "recorded",
+    "lent_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -659,6 +668,7 @@ class Storage:
         finished: float | None = None,
         checkpoint: str | None = None,
         forget: Sequence[int] = (),
+        lent_seconds: float | None = None,
     ) -> int:
         """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve,
         and where its stable checkpoint was kept; in the same transaction, record that the
@@ -669,7 +679,8 @@ class Storage:
         A result may be partial (a timeout knows only its error); missing fields are stored
         as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
         epoch times `started`/`finished`, when given, say where and when the trial really
-        ran (the worker's clock, not the driver's dispatch time).
+        ran (the worker's clock, not the driver's dispatch time); `lent_seconds`, the idle
+        workers' time lent to it (`evo.executor.CoreLending`).
         """
         status = TrialStatus(status)
         if not status.is_result:
@@ -687,6 +698,7 @@ class Storage:
             row.recorded = run_row.results
             _mark_finished(row, status, host, worker, started, finished)
             row.checkpoint = checkpoint
+            row.lent_seconds = lent_seconds
             for name in METRICS:
                 setattr(row, name, _scalar(result.get(name)))
             row.error = result.get("error")
@@ -771,7 +783,7 @@ class Storage:
         Columns: trial_id, generation, rung, decision, attempt, status, genome_id, then
         `gene.<name>` for every gene (NaN where a genome lacks it), every metric of
         METRICS (numeric), then `pretrain.<name>` for every pretraining metric, error,
-        host, device, worker, started_at, finished_at and recorded.
+        host, device, worker, started_at, finished_at, recorded and lent_seconds.
         """
         # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
         table = TrialRow.__table__.c

@@ -3,9 +3,11 @@
 An executor takes jobs one at a time (`submit`) while it has a free worker, and `wait`
 returns as soon as at least one has ended, after reporting each trial's start, retries
 and outcome to an observer, so the driver can record them and choose the next job at
-once: no worker waits for a batch to fill. Failures are classified here: a worker that
-dies or a lost node is retried (up to `retries`); an invalid genome, divergence,
-out-of-memory or a timeout is final and becomes the trial's outcome. The training data
+once: no worker waits for a batch to fill. When fewer jobs are left than workers, the
+idle workers' cores are lent to the trials still running (`CoreLending`). Failures are
+classified here: a worker that dies or a lost node is retried (up to `retries`); an
+invalid genome, divergence, out-of-memory or a timeout is final and becomes the
+trial's outcome. The training data
 go through Ray's object store once (`ray.put`), and checkpoints travel with the jobs
 and outcomes, never through a shared filesystem.
 """
@@ -29,7 +31,14 @@ from evo.data import TrialData
 from evo.metrics import TrialStatus
 from llm.config import ModelConfig, TrainConfig
 from llm.errors import UserError
-from llm.trial import AdaptSpec, TrialResult, TrialSpec, first_line, run_trial
+from llm.trial import (
+    WARMUP_STEPS,
+    AdaptSpec,
+    TrialResult,
+    TrialSpec,
+    first_line,
+    run_trial,
+)
 
 if TYPE_CHECKING:
     from evo.space import SearchSpace
@@ -118,16 +127,23 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     )
 
 
+LENDING_FILE_PREFIX = "evo-lend-"
+
+
 class CoreLending:
     """The driver's side of lending idle workers' cores. At the end of a budget (or of a
     generation) fewer trials run than there are workers, and each idle worker's core
     would wait for the last trials; instead the trials still running are told to train
     with the idle cores' threads too, so they end sooner. Shared through a small file,
-    so this works only where the trials run on the driver's machine."""
+    so this works only where the trials run on the driver's machine (POSIX: the file is
+    replaced while trials may be reading it)."""
 
-    def __init__(self, threads: int, capacity: int) -> None:
+    def __init__(self, threads: int, capacity: int, folder: Path | None = None) -> None:
         self.threads, self.capacity = threads, capacity
-        handle, name = tempfile.mkstemp(prefix=f"evo-lend-{os.getpid()}-", suffix=".txt")
+        parent = folder or Path(tempfile.gettempdir())
+        remove_orphaned_folders(parent, LENDING_FILE_PREFIX)
+        prefix = f"{LENDING_FILE_PREFIX}{os.getpid()}-"
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".txt", dir=parent)
         os.close(handle)
         self.path = Path(name)
         self.posted = 0
@@ -135,9 +151,10 @@ class CoreLending:
 
     def share(self, in_flight: int) -> None:
         """Post each running trial's share of the cores: its own threads, and those of
-        the idle workers divided among the `in_flight` trials."""
+        the idle workers divided among the `in_flight` trials (rounded down: with three
+        workers and two trials left, the third core is not split)."""
         cores = self.threads * self.capacity
-        per_trial = min(cores // max(in_flight, 1), os.cpu_count() or cores)
+        per_trial = min(cores // max(in_flight, 1), _usable_cores() or cores)
         if per_trial != self.posted:
             partial = self.path.with_name(self.path.name + ".partial")
             partial.write_text(str(per_trial))
@@ -148,29 +165,43 @@ class CoreLending:
         self.path.unlink(missing_ok=True)
 
 
+def _usable_cores() -> int | None:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 class LentThreads:
     """A trial's side of `CoreLending`: asked before each training step for the threads
-    to train with (`Trainer.threads_now`). The first steps always run with the trial's
-    own threads, so its throughput is measured as configured. `lent_seconds` adds up
-    the borrowed cores' time, in worker-seconds."""
+    to train with (`Trainer.threads_now`), reading what the driver posted. The first
+    `own_steps` always run with the trial's own threads, so that its throughput (the
+    median step time after `WARMUP_STEPS`, over the steps at its own thread count) is
+    measured as configured even for a trial started alone. `lent_seconds` adds up the
+    borrowed cores' time, in worker-seconds."""
 
-    OWN_STEPS = 12  # steps never lent: the throughput median is taken over them
-    POLL_SECONDS = 1.0
-
-    def __init__(self, path: Path, own: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.path, self.own, self.clock = path, own, clock
+    def __init__(
+        self,
+        path: Path,
+        own: int,
+        *,
+        own_steps: int = WARMUP_STEPS + 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path, self.own, self.own_steps, self.clock = path, own, own_steps, clock
         self.current = own
         self.steps = 0
         self.lent_seconds = 0.0
-        self._last = self._read_at = clock()
+        self._last = clock()
 
     def __call__(self) -> int:
         now = self.clock()
         self.lent_seconds += (self.current - self.own) / self.own * (now - self._last)
         self._last = now
         self.steps += 1
-        if self.steps > self.OWN_STEPS and now - self._read_at >= self.POLL_SECONDS:
-            self._read_at = now
+        if self.steps > self.own_steps:
+            # Read at every step: a share lowered for a new trial must reach this one
+            # before the newcomer's throughput is timed.
             self.current = max(self._posted(), self.own)
         return self.current
 
@@ -181,18 +212,22 @@ class LentThreads:
             return self.own
 
 
-def remove_orphaned_folders(parent: Path) -> None:
-    """Delete the trial folders in `parent` (each holding a checkpoint to continue and the
-    one being written) whose process is gone: a worker killed with -9 or by the memory
-    monitor cannot clean up after itself, and a long search on a cluster would fill its
-    nodes' temporary space. A folder's name carries its process's id (POSIX only:
-    elsewhere signal 0 is not a harmless probe)."""
+def remove_orphaned_folders(parent: Path, prefix: str = TRIAL_FOLDER_PREFIX) -> None:
+    """Delete what processes left in `parent` under names `PREFIX<pid>-…` when the process
+    is gone: trial folders (each holding a checkpoint to continue and the one being
+    written) of a worker killed with -9 or by the memory monitor, which cannot clean up
+    after itself, so a long search on a cluster would fill its nodes' temporary space;
+    and the lending files of a killed driver. POSIX only: elsewhere signal 0 is not a
+    harmless probe."""
     if os.name != "posix":
         return
-    for folder in parent.glob(f"{TRIAL_FOLDER_PREFIX}*-*"):
-        pid = folder.name.removeprefix(TRIAL_FOLDER_PREFIX).split("-")[0]
+    for path in parent.glob(f"{prefix}*-*"):
+        pid = path.name.removeprefix(prefix).split("-")[0]
         if pid.isdigit() and not _process_exists(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _process_exists(pid: int) -> bool:
@@ -232,8 +267,8 @@ class Executor(ABC):
         """Block until at least one job in flight has ended, reporting to `observer`."""
 
     def lend_idle_workers(self) -> None:  # noqa: B027 (optional hook)
-        """Let the trials in flight use the cores of the workers left idle (call before
-        `wait` once no more jobs can be submitted for now)."""
+        """Let the trials in flight use the cores of the workers left idle, if any (call
+        before `wait`, once every job that can start now has been submitted)."""
 
     def cancel(self) -> None:  # noqa: B027 (optional hook)
         """Stop every job in flight without reporting it."""
@@ -306,8 +341,11 @@ class RayExecutor(Executor):
         timeout_s: float,
         retries: int,
         address: str | None = None,
+        lend_cores: bool = True,
         task: Callable[[TrialJob, TrialData], TrialOutcome] = execute_job,
     ) -> None:
+        """`lend_cores`: lend idle workers' cores to the trials still running
+        (`CoreLending`) where that can work: CPU trials, a one-machine POSIX cluster."""
         import ray
 
         self._ray = ray
@@ -328,7 +366,7 @@ class RayExecutor(Executor):
         self._flights: dict[Any, _InFlight] = {}
         self._lending = (
             CoreLending(self._threads, self.capacity)
-            if gpus == 0 and _on_this_machine(ray.nodes())
+            if lend_cores and gpus == 0 and os.name == "posix" and _on_this_machine(ray.nodes())
             else None
         )
 
@@ -360,10 +398,11 @@ class RayExecutor(Executor):
         self._flights.clear()
 
     def _dispatch(self, job: TrialJob, attempt: int, observer: TrialObserver) -> None:
+        lending = self._lending if self._lending is not None and _by_work(job) else None
         job_here = replace(
             job,
             train=replace(job.train, threads=self._threads),
-            lend_file=None if self._lending is None else str(self._lending.path),
+            lend_file=None if lending is None else str(lending.path),
         )
         if self._lending is not None:
             self._lending.share(self.in_flight + 1)
@@ -423,6 +462,14 @@ class RayExecutor(Executor):
             self._lending.close()
 
 
+def _by_work(job: TrialJob) -> bool:
+    """Whether the job's budget is work (steps, tokens), which lent cores only finish
+    sooner; with a budget in seconds they would buy it more training than its genome
+    would get from its own resources, and bias its score."""
+    stages = [job.train] if job.adapt_train is None else [job.train, job.adapt_train]
+    return all(stage.max_seconds is None for stage in stages)
+
+
 def _on_this_machine(nodes: list[dict[str, Any]]) -> bool:
     """Whether the Ray cluster is this machine alone: then its trials can read what the
     driver posts in a file, and idle workers' cores are this machine's to lend."""
@@ -458,4 +505,5 @@ def make_executor(space: SearchSpace, *, local: bool, address: str | None = None
         timeout_s=space.trial.timeout_s,
         retries=space.trial.retries,
         address=address or os.environ.get("RAY_ADDRESS"),
+        lend_cores=space.trial.lend_cores,
     )

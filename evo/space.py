@@ -389,11 +389,13 @@ class Resources(_Section):
 
 class Trial(_Limits):
     """One trial: what it reserves, when it is given up, how often a lost worker is
-    retried, and its budget when the search has no rungs."""
+    retried, whether idle workers lend it their cores, and its budget when the search
+    has no rungs."""
 
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float | None = Field(None, gt=0)  # None: from the budget (see SearchSpace)
     retries: int = Field(2, ge=0)
+    lend_cores: bool = True  # see evo.executor.CoreLending
 
 
 class SearchBudget(_Section):

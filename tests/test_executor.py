@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import replayed_decisions, steady_space_dict, write_corpus
 from evo.data import prepare_data
 from evo.driver import SteadyStateSearch, open_run
 from evo.executor import (
+    LENDING_FILE_PREFIX,
     TRIAL_FOLDER_PREFIX,
     CoreLending,
     LentThreads,
@@ -117,55 +119,65 @@ def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):
     assert len(workers) == 2, "both workers should have been used"
 
 
-def test_the_idle_workers_cores_are_lent_to_the_trials_still_running(tmp_path, monkeypatch):
+def test_the_idle_workers_cores_are_lent_to_the_trials_still_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    lending = CoreLending(threads=2, capacity=3)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / f"{LENDING_FILE_PREFIX}{gone.pid}-x.txt"  # a killed driver's
+    left.write_text("2")
+    lending = CoreLending(threads=2, capacity=3, folder=tmp_path)
+    assert not left.exists()
     now = [0.0]
-    trial = LentThreads(lending.path, own=2, clock=lambda: now[0])
+    trial = LentThreads(lending.path, own=2, own_steps=5, clock=lambda: now[0])
     seen = []
-    for share in (3, 3, 2, 2, 1, 1, 3):
+    for share in (3, 2, 2, 1, 1, 3):
         lending.share(in_flight=share)
-        for _ in range(LentThreads.OWN_STEPS):
+        for _ in range(5):
             now[0] += 1.0
             seen.append(trial())
     # The first steps run with the trial's own threads whatever is posted (its throughput
     # is measured on them); then 2 × 3 cores shared by the trials in flight.
-    assert seen[: LentThreads.OWN_STEPS] == [2] * LentThreads.OWN_STEPS
-    assert seen[LentThreads.OWN_STEPS + 1 :: LentThreads.OWN_STEPS] == [2, 3, 3, 6, 6, 2]
-    # 24 s trained with 3 threads (half a worker lent), then 24 s with 6 (two workers).
-    assert trial.lent_seconds == pytest.approx(24 * 0.5 + 24 * 2.0)
+    assert seen == [2] * 5 + [3] * 10 + [6] * 10 + [2] * 5
+    # 10 s trained with 3 threads (half a worker lent), then 10 s with 6 (two workers).
+    assert trial.lent_seconds == pytest.approx(10 * 0.5 + 10 * 2.0)
     lending.close()
-    assert not lending.path.exists()
-    assert LentThreads(lending.path, own=2)() == 2  # nothing posted: its own threads
+    assert list(tmp_path.iterdir()) == []
+    assert LentThreads(lending.path, own=2, own_steps=0)() == 2  # nothing posted: its own
 
 
 def lent_threads_seen(job: TrialJob, data: TrialData) -> TrialOutcome:
     """Genome 0 waits (at most 60 s) until threads are lent to it; every trial reports
-    the threads it was given as its `steps`."""
-    assert job.lend_file is not None
-    threads = LentThreads(Path(job.lend_file), own=job.train.threads or 1)
-    threads.OWN_STEPS, threads.POLL_SECONDS = 0, 0.0
-    seen, deadline = threads(), time.time() + 60
-    while genome_waits(job) and seen == 1 and time.time() < deadline:
-        time.sleep(0.05)
-        seen = threads()
+    the threads it was given as its `steps`, 0 when it was given no lending file."""
+    seen = 0
+    if job.lend_file is not None:
+        threads = LentThreads(Path(job.lend_file), own=job.train.threads or 1, own_steps=0)
+        seen, deadline = threads(), time.time() + 60
+        while job.genome_id == 0 and seen == 1 and time.time() < deadline:
+            time.sleep(0.05)
+            seen = threads()
     result = TrialResult(status=TrialStatus.DONE, steps=seen)
     return TrialOutcome(result, result.status, "", "", time.time(), time.time())
 
 
-def genome_waits(job: TrialJob) -> bool:
-    return job.genome_id == 0
-
-
-def test_a_trial_left_alone_at_the_end_trains_with_the_idle_workers_threads(ray_cluster):
+def test_a_trial_left_alone_at_the_end_trains_with_the_idle_workers_threads(
+    ray_cluster: None,
+) -> None:
     executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=0, task=lent_threads_seen)
+    by_time = job(2)
+    by_time = replace(by_time, train=replace(by_time.train, max_steps=None, max_seconds=5.0))
     executor.load_data(data())
     recorder = Recorder()
-    executor.run([job(0), job(1)], recorder)
-    executor.close()
-    # Genome 1 ran beside genome 0 with its own thread; once it ended, its worker's core
-    # went to genome 0.
-    assert {g: o.result.steps for g, o in recorder.outcomes.items()} == {0: 2, 1: 1}
+    try:
+        executor.run([job(0), job(1), by_time], recorder)
+    finally:
+        executor.close()
+    # Genomes 1 and 2 ran beside genome 0 with their own thread; once they ended, their
+    # worker's core went to genome 0. Genome 2's budget is in seconds: it is never lent
+    # cores (they would buy it more training), so it gets no lending file.
+    assert {g: o.result.steps for g, o in recorder.outcomes.items()} == {0: 2, 1: 1, 2: 0}
 
 
 def crash_on_first_attempt(job: TrialJob, data: TrialData) -> TrialOutcome:

@@ -108,7 +108,7 @@ def test_at_the_budgets_end_the_best_paused_genomes_advance_quota_or_not(
 
 
 def test_at_the_budgets_end_the_last_advance_waits_for_a_result_on_its_way(
-    space: SearchSpace,
+    space: SearchSpace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sched = scheduler(space)
     genomes = [breed(sched, n)[0] for n in range(4)]
@@ -125,6 +125,10 @@ def test_at_the_budgets_end_the_last_advance_waits_for_a_result_on_its_way(
     # Had genome 0 no budget to reach the top, there would be nothing to wait for.
     only_genome_1 = lambda d: isinstance(d, Advance) and d.genome_id == genomes[1]  # noqa: E731
     assert sched.decide(5, only_genome_1) == Advance(genomes[1], rung=2, trial_id=4)
+    # In a space with no new genome left the budget need not be ending: nothing waits.
+    with monkeypatch.context() as patch:
+        patch.setattr(sched, "breed", lambda stream: None)
+        assert sched.decide(5, always) == Advance(genomes[1], rung=2, trial_id=4)
     sched.result(genomes[0], 1, 5, (2.0,))
     assert sched.decide(5, no_breeding) == Advance(genomes[0], rung=2, trial_id=5)
 

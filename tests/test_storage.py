@@ -149,9 +149,10 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
     assert running.started_at is not None and running.finished_at is None
 
     result = full_result()
-    store.finish_trial(trial_id, "done", result.to_dict())
+    store.finish_trial(trial_id, "done", result.to_dict(), lent_seconds=12.5)
     (done,) = store.trials("r")
     assert done.status == "done"
+    assert store.trials_frame("r")["lent_seconds"].tolist() == [12.5]
     for name in METRICS:
         assert getattr(done, name) == pytest.approx(getattr(result, name)), name
     assert done.params == 3_000_000_000 and isinstance(done.params, int)

@@ -36,6 +36,9 @@ from evo.space import SearchSpace
 Proposer = Literal["evolution", "random"]
 
 
+UNKNOWN_TRIAL = -1  # an Advance asked about before the trial it would continue has ended
+
+
 @dataclass(frozen=True)
 class Advance:
     """Continue a paused genome from its stable checkpoint to the next rung."""
@@ -92,7 +95,9 @@ class SteadyStateScheduler:
         self.results = [RungResults(objectives) for _ in rungs]
         self.windows: list[deque[int]] = [deque(maxlen=space.search.population) for _ in rungs]
         self.waiting: list[dict[int, int]] = [{} for _ in rungs]  # genome → trial id
-        self.training: list[set[int]] = [set() for _ in rungs]  # genomes in flight to a rung
+        # Genomes whose trial to a rung has no result yet: each is in flight (or about to
+        # run again after an interruption), so waiting for one always ends.
+        self.training: list[set[int]] = [set() for _ in rungs]
         self.genes: dict[int, dict[str, Any]] = {}
         self.seen: set[tuple[Any, ...]] = set()
         self.bred = 0
@@ -148,7 +153,8 @@ class SteadyStateScheduler:
         what is left goes to the paused genomes nearest the top, best first, in the top
         1/η or not, as a new genome could no longer reach the top rung; but while a
         genome that could be sent on instead is still training to that rung, the choice
-        waits for its result (None), as the last of the budget may be its. None when
+        waits for its result (None), as the last of the budget may be its. (Not when the
+        space has no new genome left: then the budget may not be ending.) None when
         nothing fits."""
         for rung in reversed(range(self.ladder.top)):
             waiting = self.waiting[rung]
@@ -162,7 +168,9 @@ class SteadyStateScheduler:
             return child
         for rung in reversed(range(self.ladder.top)):
             waiting = self.waiting[rung]
-            if any(fits(Advance(genome, rung + 1, -1)) for genome in self.training[rung]):
+            if child is not None and any(
+                fits(Advance(genome, rung + 1, UNKNOWN_TRIAL)) for genome in self.training[rung]
+            ):
                 return None
             for genome in self.results[rung].best(len(self.results[rung])):
                 if genome in waiting:

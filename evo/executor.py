@@ -7,9 +7,8 @@ once: no worker waits for a batch to fill. When fewer jobs are left than workers
 idle workers' cores are lent to the trials still running (`CoreLending`). Failures are
 classified here: a worker that dies or a lost node is retried (up to `retries`); an
 invalid genome, divergence, out-of-memory or a timeout is final and becomes the
-trial's outcome. The training data
-go through Ray's object store once (`ray.put`), and checkpoints travel with the jobs
-and outcomes, never through a shared filesystem.
+trial's outcome. The training data go through Ray's object store once (`ray.put`), and
+checkpoints travel with the jobs and outcomes, never through a shared filesystem.
 """
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ TRIAL_FOLDER_PREFIX = "evo-trial-"
 def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     """Run one trial where this function is called (a Ray worker or the driver itself)."""
     started = time.time()
-    remove_orphaned_folders(Path(tempfile.gettempdir()))
+    remove_orphans(Path(tempfile.gettempdir()))
     prefix = f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-"
     own = job.train.threads
     lent = LentThreads(Path(job.lend_file), own) if job.lend_file and own else None
@@ -141,7 +140,7 @@ class CoreLending:
     def __init__(self, threads: int, capacity: int, folder: Path | None = None) -> None:
         self.threads, self.capacity = threads, capacity
         parent = folder or Path(tempfile.gettempdir())
-        remove_orphaned_folders(parent, LENDING_FILE_PREFIX)
+        remove_orphans(parent, LENDING_FILE_PREFIX)
         prefix = f"{LENDING_FILE_PREFIX}{os.getpid()}-"
         handle, name = tempfile.mkstemp(prefix=prefix, suffix=".txt", dir=parent)
         os.close(handle)
@@ -212,7 +211,7 @@ class LentThreads:
             return self.own
 
 
-def remove_orphaned_folders(parent: Path, prefix: str = TRIAL_FOLDER_PREFIX) -> None:
+def remove_orphans(parent: Path, prefix: str = TRIAL_FOLDER_PREFIX) -> None:
     """Delete what processes left in `parent` under names `PREFIX<pid>-…` when the process
     is gone: trial folders (each holding a checkpoint to continue and the one being
     written) of a worker killed with -9 or by the memory monitor, which cannot clean up

@@ -74,9 +74,12 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     check_output_folder(out)
     model, tokenizer, _ = load_model_dir(model_dir)
     # Converted first: a tokenizer that cannot be exported leaves `out` untouched.
-    tokenizer_files = (
-        hf_tokenizer_files(tokenizer, config.max_seq_len) if tokenizer is not None else {}
-    )
+    try:
+        tokenizer_files = (
+            hf_tokenizer_files(tokenizer, config.max_seq_len) if tokenizer is not None else {}
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{model_dir / TOKENIZER_DIR}: {err}") from None
     weights = llama_weights(model.state_dict(), config)
     with atomic_dir(out) as tmp:
         save_file(weights, str(tmp / HF_WEIGHTS_FILE), metadata={"format": "pt"})

@@ -6,7 +6,6 @@ settings beside it. Each kind is expressed with what `tokenizers` has:
 
     bpe        a BPE model over SentencePiece's pieces; a merge ranks by the score of the
                piece it makes, as SentencePiece merges the best-scoring pair first
-    unigram    a Unigram model with SentencePiece's pieces and scores
     wordpiece  our WordPiece model as it is, with a decoder that undoes it
     char       a BPE model without merges: each character is a token, an unknown one
                the unknown id
@@ -17,9 +16,7 @@ SentencePiece spells a space U+2581 and encodes a literal U+2581 as its three by
 the pieces are spelled with real spaces, so the text is matched as it stands, and a
 literal U+2581, in no piece, falls back to its bytes as ours does. SentencePiece matches
 its user symbols (newline, tab) before anything else; here they are added tokens, which
-`tokenizers` also splits off first. A Unigram model matches every entry of its vocabulary,
-where SentencePiece matches only its normal pieces, so the names of the byte and special
-pieces ("<0x41>", "<|bos|>") are cut after their "<" before the model sees them.
+`tokenizers` also splits off first.
 
 bos, eos and pad are special tokens that transformers knows by name, so `generate` stops
 at eos and `decode(..., skip_special_tokens=True)` drops them as our decode does;
@@ -28,10 +25,9 @@ kind adds bos or eos to an encoding. The unknown id is an ordinary token that de
 U+FFFD, as ours. Every conversion is checked against our tokenizer on probe texts; one
 that cannot be exact is refused with a ConfigError.
 
-One difference remains, in unigram: SentencePiece sums scores in single precision and
-`tokenizers` in double, so where two segmentations score exactly alike (a run of spaces
-as 4+1 or 1+4 spaces) rounding may choose differently from the other's tie-break. No such
-case showed on real text (see the tests).
+`unigram` is refused (REFUSED says why). Decoding differs in one case: ids that spell
+invalid UTF-8 in SentencePiece's byte pieces, which SentencePiece replaces byte by byte
+and `tokenizers` run by run; text that our encode made always decodes alike.
 """
 
 from __future__ import annotations
@@ -67,9 +63,15 @@ HF_TOKENIZER_FILES = (HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE, HF_SPECIAL_TO
 # The names the special ids get in the export (ours have none but SentencePiece's).
 SPECIAL_NAMES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}
 UNK_NAME = "<|unk|>"
-HEX = "0123456789ABCDEF"
-# The names a Unigram model must not match: SentencePiece's byte pieces and ours.
-BYTE_NAME_TEMPLATE = ("0", "x", HEX, HEX, ">")  # what follows "<", one set per character
+# The kinds `tokenizers` cannot reproduce exactly, and why.
+REFUSED = {
+    "unigram": (
+        "SentencePiece adds up segmentation scores in single precision and Hugging Face's "
+        "Unigram in double, so where two segmentations score alike (a run of spaces longer "
+        "than any space piece, as in 'x     y') each picks its own; train with tokenizer: "
+        "bpe for a model to export"
+    ),
+}
 PROBE_TEXT = (
     "  Leading, trailing  and double  spaces;\n\tindented\n\n\t\tcode(x)  \n"
     "Naïve café déjà vu — 東京 😀 \u2581 a\u2581\u2581b \u2581x\u2581 \r\n"
@@ -94,6 +96,8 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
+        # Llama takes no token_type_ids, which transformers 4's generic class would send.
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     return {
         HF_TOKENIZER_FILE: backend.to_str(pretty=True) + "\n",
@@ -105,10 +109,12 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
 def convert(tokenizer: Tokenizer) -> HFTokenizer:
     """A `tokenizers` pipeline meant to equal `tokenizer`, its special ids named as
     SPECIAL_NAMES and UNK_NAME say."""
-    converter = CONVERTERS.get(tokenizer.kind)
-    if converter is None:
-        raise ConfigError(f"a {tokenizer.kind} tokenizer has no Hugging Face equivalent")
-    return converter(tokenizer)
+    if tokenizer.kind in REFUSED:
+        raise ConfigError(
+            f"cannot export a {tokenizer.kind} tokenizer to Hugging Face exactly: "
+            + REFUSED[tokenizer.kind]
+        )
+    return CONVERTERS[tokenizer.kind](tokenizer)
 
 
 def check_same_ids(tokenizer: Tokenizer, backend: HFTokenizer) -> None:
@@ -165,7 +171,7 @@ def _unknown_as_ours() -> decoders.Decoder:
     return decoders.Replace(UNK_NAME, UNKNOWN_TEXT)
 
 
-# --- SentencePiece: bpe and unigram ---------------------------------------------------
+# --- SentencePiece's bpe ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -267,50 +273,6 @@ def bpe_merges(pieces: list[SPPiece], kind: str) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in ranked]
 
 
-def convert_sp_unigram(tokenizer: Tokenizer) -> HFTokenizer:
-    assert isinstance(tokenizer, SentencePieceTokenizer)
-    pieces = sp_pieces(tokenizer)
-    names = [UNK_NAME, *SPECIAL_NAMES.values()]
-    templates = [BYTE_NAME_TEMPLATE, *(tuple(name[1:]) for name in names)]
-    for piece in pieces:
-        if piece.kind == "normal" and cuts_inside(piece.text, templates):
-            raise ConfigError(
-                f"cannot export the unigram tokenizer: its piece {piece.text!r} would be "
-                "cut where Hugging Face's Unigram must be kept from matching the names of "
-                "byte and special pieces"
-            )
-    model = models.Unigram(
-        [(p.text, p.score) for p in pieces], unk_id=tokenizer.unk_id, byte_fallback=True
-    )
-    backend = _sp_backend(model, pieces)
-    backend.pre_tokenizer = pre_tokenizers.Split(
-        Regex(name_cut_pattern(templates)), behavior="merged_with_previous"
-    )
-    return backend
-
-
-def name_cut_pattern(templates: list[tuple[str, ...]]) -> str:
-    """A regex matching the "<" of each name that follows a template (the characters
-    after "<", each a set of allowed characters); splitting after it cuts the name."""
-    alternatives = [
-        "".join(re.escape(chars) if len(chars) == 1 else f"[{chars}]" for chars in template)
-        for template in templates
-    ]
-    return "<(?=" + "|".join(alternatives) + ")"
-
-
-def cuts_inside(text: str, templates: list[tuple[str, ...]]) -> bool:
-    """Whether the cut after a "<" could fall inside `text`: some "<" in it is followed,
-    up to its end, by the beginning of a name's template."""
-    for at in range(1, len(text)):
-        if text[at - 1] != "<":
-            continue
-        rest = text[at:]
-        if any(all(c in allowed for c, allowed in zip(rest, t, strict=False)) for t in templates):
-            return True
-    return False
-
-
 # --- wordpiece, char, byte --------------------------------------------------------------
 
 
@@ -365,7 +327,6 @@ def byte_symbols() -> list[str]:
 
 CONVERTERS: dict[str, Callable[[Tokenizer], HFTokenizer]] = {
     "bpe": convert_sp_bpe,
-    "unigram": convert_sp_unigram,
     "wordpiece": convert_wordpiece,
     "char": convert_char,
     "byte": convert_byte,

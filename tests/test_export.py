@@ -14,12 +14,19 @@ from safetensors import safe_open
 
 import llm.hf_tokenizer
 from llm.checkpoint import load_model_dir, save_model_dir
+from llm.cli import main as llm_cli
 from llm.config import ModelConfig
 from llm.errors import CheckpointError, ConfigError, UserError
 from llm.export import export_hf
 from llm.generate import SamplingParams, generate
 from llm.model import NORMS, Transformer
-from llm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer, train_tokenizer
+from llm.tokenizer import (
+    ByteTokenizer,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    train_tokenizer,
+)
 
 # GQA (4 query heads over 2 key/value heads), and a norm eps and rope theta far from the
 # defaults, so that a mistake in where eps goes or which theta is read shows in the logits.
@@ -202,7 +209,7 @@ TEXTS = [
     "",
     " ",
 ]
-KINDS = {"bpe": 400, "unigram": 400, "wordpiece": 600, "char": 40, "byte": 259}
+KINDS = {"bpe": 400, "wordpiece": 600, "char": 40, "byte": 259}
 PROMPT, NEW_TOKENS = "The quick brown fox", 24
 
 # Runs in a fresh interpreter without this project: an import of llm or evo fails there.
@@ -327,6 +334,35 @@ def test_transformers_generates_our_text(
     ours = tokenizer.decode(our_greedy_ids(tokenizer, folder, None))
     assert len(ours) >= 10
     assert through_transformers[kind]["full_text"] == ours
+
+
+def test_unigram_tokenizer_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    tokenizer = train_tokenizer("unigram", CORPUS, 400)
+    with pytest.raises(ConfigError, match=r"tokenizer: cannot export a unigram tokenizer"):
+        export_with_tokenizer(tmp_path, tokenizer)
+    assert not (tmp_path / "hf").exists()
+    command = ["export", str(tmp_path / "model"), "--format", "hf", "--out", str(tmp_path / "hf")]
+    assert llm_cli(command) == 2
+    assert "single precision" in capfd.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    ("piece", "reason"),
+    [("Ωx", "holds 'Ω', which is not a piece of its own"), ("\t\t", "holds one of its user")],
+)
+def test_sentencepiece_model_it_cannot_express_is_refused(
+    tmp_path: Path, piece: str, reason: str
+) -> None:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    trained = train_tokenizer("bpe", CORPUS, KINDS["bpe"])
+    proto = pb.ModelProto.FromString(trained.model_proto)
+    proto.pieces.add(piece=piece, score=-1000.0, type=pb.ModelProto.SentencePiece.NORMAL)
+    tokenizer = SentencePieceTokenizer("bpe", proto.SerializeToString())
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        export_with_tokenizer(tmp_path, tokenizer)
+    assert not (tmp_path / "hf").exists()
 
 
 def test_a_conversion_that_differs_from_ours_is_refused(

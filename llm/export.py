@@ -5,33 +5,46 @@ matrices fused, so an export only renames and splits weights and writes Llama's
 config.json; transformers then loads the folder as `LlamaForCausalLM`:
 
     config.json              LlamaConfig fields, written as plain JSON
-    generation_config.json   bos/eos/pad ids (only when the model has a tokenizer)
+    generation_config.json   bos/eos/pad ids
     model.safetensors        the weights under Llama's names
-    tokenizer/               our tokenizer, copied as is (transformers cannot read it)
+    tokenizer.json           a `tokenizers` pipeline giving our tokenizer's ids
+    tokenizer_config.json    transformers' settings: the special tokens, no bos/eos added
+    special_tokens_map.json  the special tokens by role
 
-Nothing here imports transformers, so exporting works where it is not installed.
-A model of another family (ALiBi, LayerNorm, GELU, ...) is refused with a ConfigError.
+`AutoTokenizer` and `AutoModelForCausalLM` load the folder without this project; the
+tokenizer files (llm/hf_tokenizer.py) and generation_config.json are written only when
+the model has a tokenizer. Nothing here imports transformers, so exporting works where it
+is not installed. A model of another family (ALiBi, LayerNorm, GELU, ...), or a tokenizer
+that transformers cannot reproduce exactly, is refused with a ConfigError.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor
 
-from llm.atomic import atomic_dir, write_json
+from llm.atomic import atomic_dir, write_json, write_text
 from llm.checkpoint import CONFIG_FILE, TOKENIZER_DIR, load_model_dir, read_model_config
 from llm.config import ModelConfig
 from llm.errors import CheckpointError, ConfigError, UserError
+from llm.hf_tokenizer import HF_TOKENIZER_FILES, hf_tokenizer_files
 from llm.tokenizer import Tokenizer
 
 HF_CONFIG_FILE = "config.json"
 HF_GENERATION_FILE = "generation_config.json"
 HF_WEIGHTS_FILE = "model.safetensors"
-EXPORT_ENTRIES = {HF_CONFIG_FILE, HF_GENERATION_FILE, HF_WEIGHTS_FILE, TOKENIZER_DIR}
+# What an export may hold, so that an earlier one is replaced: exports before the Hugging
+# Face tokenizer files held a copy of our tokenizer folder instead.
+EXPORT_ENTRIES = {
+    HF_CONFIG_FILE,
+    HF_GENERATION_FILE,
+    HF_WEIGHTS_FILE,
+    *HF_TOKENIZER_FILES,
+    TOKENIZER_DIR,
+}
 
 # What Llama fixes that our config lets vary: field -> the only value Llama has. The rest
 # maps: `bias` to Llama's attention_bias and mlp_bias (neither stack has norm or head
@@ -60,13 +73,21 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     check_llama_compatible(config, model_dir / CONFIG_FILE)
     check_output_folder(out)
     model, tokenizer, _ = load_model_dir(model_dir)
+    # Converted first: a tokenizer that cannot be exported leaves `out` untouched.
+    try:
+        tokenizer_files = (
+            hf_tokenizer_files(tokenizer, config.max_seq_len) if tokenizer is not None else {}
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{model_dir / TOKENIZER_DIR}: {err}") from None
     weights = llama_weights(model.state_dict(), config)
     with atomic_dir(out) as tmp:
         save_file(weights, str(tmp / HF_WEIGHTS_FILE), metadata={"format": "pt"})
         write_json(tmp / HF_CONFIG_FILE, llama_config(config, tokenizer, dtype_of(weights)))
         if tokenizer is not None:
             write_json(tmp / HF_GENERATION_FILE, special_ids(tokenizer))
-            shutil.copytree(model_dir / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
+        for name, text in tokenizer_files.items():
+            write_text(tmp / name, text)
     return out
 
 

@@ -146,7 +146,13 @@ def _read(spec: str, decode: _Decoder) -> list[Document]:
     if suffix == ".parquet":
         return _read_parquet(path, field or "text", decode)
     if suffix in TEXT_SUFFIXES:
-        return [Document(path.name, decode(_read_bytes(path), path))]
+        raw = _read_bytes(path)
+        if _is_binary(raw):
+            raise DataError(
+                f"corpus {spec!r}: a binary file (it holds NUL bytes), not text; "
+                "inside a folder it would be skipped"
+            )
+        return [Document(path.name, decode(raw, path))]
     raise DataError(
         f"corpus {spec!r}: unsupported file type {suffix or '(none)'!r}; expected a text file "
         "(.txt, .md, ...), .jsonl, .parquet or a directory"
@@ -178,11 +184,15 @@ def _read_text_files(files: list[tuple[str, Path]], decode: _Decoder, spec: str)
     docs = []
     for name, path in files:
         raw = _read_bytes(path)
-        if b"\0" in raw[:BINARY_PROBE_BYTES]:
+        if _is_binary(raw):
             log.warning("corpus %r: skipping %s: a binary file (it holds NUL bytes)", spec, path)
             continue
         docs.append(Document(name, decode(raw, path)))
     return docs
+
+
+def _is_binary(raw: bytes) -> bool:
+    return b"\0" in raw[:BINARY_PROBE_BYTES]
 
 
 def _find_files(

@@ -11,7 +11,7 @@ or so, and a request it left waiting is skipped.
 
 `/v1/completions` takes OpenAI's fields `model` (optional; must name the served model),
 `prompt` (a string, a list of strings, a list of token ids or a list of such lists),
-`max_tokens` (default 16; null means the server's ceiling), `temperature`, `top_p`,
+`max_tokens` (default 16; null means the server's ceiling), `temperature` (0 to 2), `top_p`,
 `stop` (up to 4 strings), `seed`, `stream` and `stream_options.include_usage`, plus the
 extensions `top_k`, `repetition_penalty` and `truncate` (left-truncate a prompt that leaves
 too little room for `max_tokens`, instead of refusing one over the context). Generation
@@ -22,9 +22,12 @@ nothing, so that clients which always send them work; any other value is a 400. 
 accepted and ignored. Any other field is a 400 naming it, so that a misspelt option is
 never silently dropped. Values must have their JSON type (no "0.5" for 0.5).
 
-`/v1/chat/completions` takes `messages` (an optional first `system` message, then `user`
-and `assistant` messages alternating, the last from the user) instead of `prompt`, and
-the same sampling fields (`max_completion_tokens` is taken as a synonym of `max_tokens`).
+`/v1/chat/completions` takes `messages` (an optional first `system` or `developer` message,
+then `user` and `assistant` messages alternating, the last from the user; a `content` is a
+string or a list of text parts, and a message's `name` is accepted and not used) instead
+of `prompt`, and the same sampling fields (`max_completion_tokens` is the newer name of
+`max_tokens`; a request may send one of them). A model tuned with `llm sft` ends every
+endpoint's text at its end-of-reply marker, which is neither returned nor counted.
 The conversation is written with the model's chat template (the one `llm sft` saved, or
 the plain `User:`/`Assistant:` transcript) and the reply stops at the template's end of a
 reply. The response is a `chat.completion` (or `chat.completion.chunk` events, the first

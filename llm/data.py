@@ -146,7 +146,13 @@ def _read(spec: str, decode: _Decoder) -> list[Document]:
     if suffix == ".parquet":
         return _read_parquet(path, field or "text", decode)
     if suffix in TEXT_SUFFIXES:
-        return [Document(path.name, decode(_read_bytes(path), path))]
+        raw = _read_bytes(path)
+        if _is_binary(raw):
+            raise DataError(
+                f"corpus {spec!r}: a binary file (it holds NUL bytes), not text; "
+                "inside a folder it would be skipped"
+            )
+        return [Document(path.name, decode(raw, path))]
     raise DataError(
         f"corpus {spec!r}: unsupported file type {suffix or '(none)'!r}; expected a text file "
         "(.txt, .md, ...), .jsonl, .parquet or a directory"
@@ -178,11 +184,15 @@ def _read_text_files(files: list[tuple[str, Path]], decode: _Decoder, spec: str)
     docs = []
     for name, path in files:
         raw = _read_bytes(path)
-        if b"\0" in raw[:BINARY_PROBE_BYTES]:
+        if _is_binary(raw):
             log.warning("corpus %r: skipping %s: a binary file (it holds NUL bytes)", spec, path)
             continue
         docs.append(Document(name, decode(raw, path)))
     return docs
+
+
+def _is_binary(raw: bytes) -> bool:
+    return b"\0" in raw[:BINARY_PROBE_BYTES]
 
 
 def _find_files(
@@ -295,14 +305,19 @@ def corpus_fingerprint(docs: list[Document]) -> str:
     return digest.hexdigest()
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """A share held out for validation must leave text on both sides (NaN fails too)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
+
+
 def split_documents(
     docs: list[Document], val_fraction: float, seed: int
 ) -> tuple[list[Document], list[Document]]:
     """Hold out ceil(val_fraction * n) documents (at least one when there are two) for
     validation, chosen by a hash of the seed and each name, so that the split is the
     same on every machine and a document stays on its side when others are added."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
+    check_val_fraction(val_fraction)
     n = len(docs)
     # The tolerance keeps float noise (0.1 * 30 = 3.0000000000000004) from adding one.
     n_val = min(n - 1, max(1, math.ceil(val_fraction * n - 1e-9))) if n >= 2 else 0

@@ -276,15 +276,30 @@ class RowText:
 
     def add(self, token: int) -> tuple[str, bool]:
         """The newly safe text after `token`, and whether a stop string was reached (the
-        text then ends before it)."""
+        text then ends before it, and `ids` keeps only the tokens that wrote that text:
+        a stop string is neither shown nor counted)."""
         self.ids.append(token)
         self.text = self.tokenizer.decode(self.ids)
         hits = [at for at in (self.text.find(stop) for stop in self.stop) if at >= 0]
         if hits:
-            return self.release(min(hits)), True
+            end = min(hits)
+            del self.ids[self.tokens_writing(end) :]
+            return self.release(end), True
         safe = len(self.text.rstrip("\ufffd"))
         safe -= self.stop_prefix_length(self.text[:safe])
         return self.release(safe), False
+
+    def tokens_writing(self, end: int) -> int:
+        """The fewest leading tokens whose text reaches character `end` (a token that
+        writes the text's last characters and the start of a stop string counts)."""
+        low, high = 0, len(self.ids)
+        while low < high:
+            middle = (low + high) // 2
+            if len(self.tokenizer.decode(self.ids[:middle])) >= end:
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def stop_prefix_length(self, text: str) -> int:
         """The length of the longest end of `text` that begins some stop string."""

@@ -11,7 +11,7 @@ or so, and a request it left waiting is skipped.
 
 `/v1/completions` takes OpenAI's fields `model` (optional; must name the served model),
 `prompt` (a string, a list of strings, a list of token ids or a list of such lists),
-`max_tokens` (default 16; null means the server's ceiling), `temperature`, `top_p`,
+`max_tokens` (default 16; null means the server's ceiling), `temperature` (0 to 2), `top_p`,
 `stop` (up to 4 strings), `seed`, `stream` and `stream_options.include_usage`, plus the
 extensions `top_k`, `repetition_penalty` and `truncate` (left-truncate a prompt that leaves
 too little room for `max_tokens`, instead of refusing one over the context). Generation
@@ -22,9 +22,12 @@ nothing, so that clients which always send them work; any other value is a 400. 
 accepted and ignored. Any other field is a 400 naming it, so that a misspelt option is
 never silently dropped. Values must have their JSON type (no "0.5" for 0.5).
 
-`/v1/chat/completions` takes `messages` (an optional first `system` message, then `user`
-and `assistant` messages alternating, the last from the user) instead of `prompt`, and
-the same sampling fields (`max_completion_tokens` is taken as a synonym of `max_tokens`).
+`/v1/chat/completions` takes `messages` (an optional first `system` or `developer` message,
+then `user` and `assistant` messages alternating, the last from the user; a `content` is a
+string or a list of text parts, and a message's `name` is accepted and not used) instead
+of `prompt`, and the same sampling fields (`max_completion_tokens` is the newer name of
+`max_tokens`; a request may send one of them). A model tuned with `llm sft` ends every
+endpoint's text at its end-of-reply marker, which is neither returned nor counted.
 The conversation is written with the model's chat template (the one `llm sft` saved, or
 the plain `User:`/`Assistant:` transcript) and the reply stops at the template's end of a
 reply. The response is a `chat.completion` (or `chat.completion.chunk` events, the first
@@ -59,7 +62,7 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException
 
 from llm.chat import ChatTemplate, Turn, load_chat_template, read_messages
@@ -150,7 +153,7 @@ class SamplingRequest(BaseModel):
 
     model: str | None = None
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)  # OpenAI's range
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     repetition_penalty: float = Field(1.0, gt=0)
@@ -184,10 +187,44 @@ class CompletionRequest(SamplingRequest):
 
 
 class ChatMessage(BaseModel):
+    """A message as OpenAI clients send it. `developer` is the newer name of `system`;
+    `content` may be a list of text parts (as LangChain and agent frameworks send it),
+    joined by newlines; `name` is accepted and not used (a transcript has no names)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def join_text_parts(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content
+        if not content:
+            raise ValueError("must be a string or a non-empty list of text parts")
+        return "\n".join(text_part(i, part) for i, part in enumerate(content))
+
+    def transcript_role(self) -> str:
+        return "system" if self.role == "developer" else self.role
+
+
+def text_part(index: int, part: Any) -> str:
+    """The text of a content part `{"type": "text", "text": ...}`; a ValueError naming
+    the part for anything else (images and audio cannot be read by a text model)."""
+    if not isinstance(part, dict):
+        raise ValueError(f"part {index} must be an object {{type, text}}")
+    if part.get("type") != "text":
+        raise ValueError(
+            f"part {index} has type {part.get('type')!r}; this server reads only text parts"
+        )
+    unknown = sorted(set(part) - {"type", "text"})
+    if unknown:
+        raise ValueError(f"part {index} has unknown fields {unknown}")
+    if not isinstance(part.get("text"), str):
+        raise ValueError(f"part {index} needs a string 'text'")
+    return part["text"]
 
 
 class ChatRequest(SamplingRequest):
@@ -202,7 +239,7 @@ class ChatRequest(SamplingRequest):
         """(system text or None, the earlier turns, the message to reply to)."""
         try:
             system, turns, message = read_messages(
-                [(m.role, m.content) for m in self.messages], answered=False
+                [(m.transcript_role(), m.content) for m in self.messages], answered=False
             )
         except ValueError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
@@ -242,14 +279,27 @@ def invalid_request(err: ValidationError) -> APIError:
         return APIError(400, f"the request body is not valid JSON: {problem['ctx']['error']}")
     if not loc:
         return APIError(400, "the request body must be a JSON object")
-    name = str(loc[0])
+    name, where = str(loc[0]), field_path(loc)
     if problem["type"] == "extra_forbidden":
-        message = f"unknown field {name!r}"
-    elif name in EXPECTED_TYPES and problem["type"] != "missing":
-        message = f"{name} must be {EXPECTED_TYPES[name]}"
-    else:
-        message = f"{'.'.join(map(str, loc))}: {problem['msg']}"
-    return APIError(400, message, param=name)
+        return APIError(400, f"unknown field {where!r}", param=where)
+    if name in EXPECTED_TYPES and not in_element(loc) and problem["type"] != "missing":
+        return APIError(400, f"{name} must be {EXPECTED_TYPES[name]}", param=name)
+    return APIError(400, f"{where}: {problem['msg'].removeprefix('Value error, ')}", param=where)
+
+
+def in_element(loc: tuple[int | str, ...]) -> bool:
+    """Whether the problem is inside one element of a list field (`messages[0].role`):
+    then its path says more than the field's expected type. A union's alternatives come
+    as names (`prompt.list[int]`), not indices."""
+    return len(loc) > 1 and isinstance(loc[1], int)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as the field it names: `messages[0].content`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
 # What the worker hands the event loop: a piece of text, an error, or None when it is done.
@@ -520,12 +570,21 @@ class CompletionServer:
         body = parse_request(CompletionRequest, await request.body())
         self.check_model(body.model)
         params = self.sampling_params(body)
+        if self.template.end:  # a tuned model's end of a reply ends a completion too
+            params = replace(params, stop=tuple(dict.fromkeys((*params.stop, self.template.end))))
         prompts = self.prompt_ids(body, params.max_new_tokens)
         return await self.respond(request, body, params, prompts, "text_completion")
 
     async def create_chat_completion(self, request: Request) -> Response:
         body = parse_request(ChatRequest, await request.body())
         self.check_model(body.model)
+        if {"max_tokens", "max_completion_tokens"} <= body.model_fields_set:
+            raise APIError(
+                400,
+                "max_tokens and max_completion_tokens are both given; send one "
+                "(max_completion_tokens is the newer name)",
+                param="max_completion_tokens",
+            )
         if body.max_completion_tokens is not None:
             body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
         params = self.sampling_params(body)

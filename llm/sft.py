@@ -26,7 +26,7 @@ from llm.atomic import write_json
 from llm.chat import ChatTemplate, Turn, read_messages, save_chat_template
 from llm.checkpoint import check_out_dir, load_model_dir, save_model_dir
 from llm.config import TrainConfig, from_dict
-from llm.data import TokenSplits, read_jsonl_file
+from llm.data import TokenSplits, check_val_fraction, read_jsonl_file
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.lora import ATTENTION_TARGETS, MLP_TARGETS, LoRAConfig, apply_lora, fold_lora, save_adapter
 from llm.run import METRICS_FILE, run_metrics
@@ -139,6 +139,9 @@ class SftOptions:
     adapter_only: bool = False
     val_fraction: float = 0.1
     train: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set train.key=value
+
+    def __post_init__(self) -> None:
+        check_val_fraction(self.val_fraction)
 
 
 def sft_run(

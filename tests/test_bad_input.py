@@ -194,9 +194,16 @@ def test_merged_keys_may_still_be_overridden(tmp_path):
             ["train", "tiny.yaml", "--out", "o", "--set", "train.compile=maybe"],
             "train.compile",
         ),
+        *(
+            (
+                ["sft", "model_dir", "--data", "corpus", "--out", "o", "--val-fraction", value],
+                f"val_fraction must be between 0 and 1 (got {value})",
+            )
+            for value in ("1.0", "-3.0", "nan", "0.0")
+        ),
     ],
     ids=["no-model", "byte-vocab", "negative", "no-corpus", "model-key", "no-run", "nproc",
-         "compile"],
+         "compile", "sft-1", "sft-negative", "sft-nan", "sft-0"],
 )  # fmt: skip
 def test_bad_continue_and_training_arguments_are_one_line_and_exit_2(
     workdir, capsys, args, message

@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,6 +87,16 @@ def test_one_text_file_trains_and_a_held_out_file_is_scored_whole(workdir, capsy
     assert json.loads(capsys.readouterr().out)["tokens"] > 900_000  # all of the megabyte
     assert llm(["eval", "model", "--split", "all"]) == 2
     assert "needs --corpus" in capsys.readouterr().err
+    # A program named as text is refused, never decoded into noise and scored or trained.
+    (workdir / "program.txt").write_bytes(Path(sys.executable).read_bytes()[:65536])
+    for command in (["eval", "model"], ["prepare", "--out", "prep2"]):
+        assert llm([*command, "--corpus", "program.txt"]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err == "llm: error: corpus 'program.txt': a binary file (it holds NUL bytes), "
+            "not text; inside a folder it would be skipped\n"
+        )
+    assert not (workdir / "prep2").exists()
 
 
 def test_llm_train_resume_continues_from_the_checkpoint(workdir, capsys):

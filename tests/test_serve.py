@@ -251,6 +251,7 @@ BAD_REQUESTS = [
     pytest.param(body(prompt=[TOKENIZER.vocab_size]), 400, "prompt", id="token-off-vocabulary"),
     pytest.param(body(temperature="0.5"), 400, "temperature", id="temperature-string"),
     pytest.param(body(temperature=-1), 400, "temperature", id="temperature-negative"),
+    pytest.param(body(temperature=2.5), 400, "temperature", id="temperature-over-2"),
     pytest.param(b'{"prompt": "a", "temperature": NaN}', 400, "temperature", id="nan"),
     pytest.param(body(top_p=0), 400, "top_p", id="top-p-zero"),
     pytest.param(body(top_k=0), 400, "top_k", id="top-k-zero"),
@@ -285,6 +286,77 @@ def test_bad_requests_get_an_openai_error_and_the_server_goes_on(client, content
     assert error["message"] and error["type"] == "invalid_request_error"
     assert error["param"] == param
     completion(client, prompt="hello", max_tokens=1)
+
+
+def chat(client: TestClient, messages: list[dict[str, Any]], **fields: Any) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={"messages": messages, **GREEDY, **fields})
+
+
+def test_chat_messages_take_the_shapes_openai_clients_send(client):
+    plain = chat(client, [{"role": "system", "content": "be brief"},
+                          {"role": "user", "content": "abc\ndef"}])  # fmt: skip
+    assert plain.status_code == 200, plain.text
+    shaped = [
+        {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+        {
+            "role": "user",
+            "name": "ann",
+            "content": [{"type": "text", "text": "abc"}, {"type": "text", "text": "def"}],
+        },
+    ]
+    answer = chat(client, shaped)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"] == plain.json()["choices"]
+    assert answer.json()["usage"] == plain.json()["usage"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "fields", "param", "message"),
+    [
+        (
+            [{"role": "user", "content": "a", "tool_calls": []}],
+            {},
+            "messages[0].tool_calls",
+            "unknown field 'messages[0].tool_calls'",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            {},
+            "messages[0].content",
+            "messages[0].content: part 0 has type 'image_url'; this server reads only text parts",
+        ),
+        (
+            [{"role": "user", "content": []}],
+            {},
+            "messages[0].content",
+            "messages[0].content: must be a string or a non-empty list of text parts",
+        ),
+        (
+            [{"role": "tool", "content": "a"}],
+            {},
+            "messages[0].role",
+            "messages[0].role: Input should be 'system', 'developer', 'user' or 'assistant'",
+        ),
+        (
+            [{"role": "user", "content": "a"}],
+            {"max_tokens": 5, "max_completion_tokens": 5},
+            "max_completion_tokens",
+            "max_tokens and max_completion_tokens are both given; send one "
+            "(max_completion_tokens is the newer name)",
+        ),
+        (
+            [{"role": "user", "content": "a"}],
+            {"temperature": 2.01},
+            "temperature",
+            "temperature: Input should be less than or equal to 2",
+        ),
+    ],
+)
+def test_bad_chat_requests_name_the_real_field(client, messages, fields, param, message):
+    response = client.post("/v1/chat/completions", json={"messages": messages, **fields})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["message"]) == (param, message)
 
 
 def test_a_prompt_over_the_context_says_how_to_truncate(client):
@@ -497,3 +569,68 @@ def test_a_request_cancelled_while_waiting_is_ended_not_left_hanging(model):
             worker.stop()
 
     assert asyncio.run(waiting_job_ends()) == [None]
+
+
+# ------------------------------------------------------------------ the OpenAI Python SDK
+
+
+@pytest.fixture(scope="module")
+def sdk(model: Transformer) -> Iterator[Any]:
+    """The OpenAI SDK as users point it at `llm serve` (no retries: a 503 must show)."""
+    import openai
+
+    with running_server(app_for(model, api_key="k")) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+
+
+def test_the_openai_sdk_completes_and_chats_plain_and_streamed(sdk, model):
+    [expected] = reference(model, ["hello"], max_new_tokens=12, temperature=0.0)
+    done = sdk.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0)
+    assert done.choices[0].text == expected.text
+    assert done.usage.completion_tokens == expected.completion_tokens
+    pieces = sdk.completions.create(
+        model="tiny", prompt="hello", max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in pieces) == expected.text
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "name": "ann", "content": [{"type": "text", "text": "abc"}]},
+    ]
+    reply = sdk.chat.completions.create(
+        model="tiny", messages=messages, max_completion_tokens=12, temperature=0
+    )
+    assert reply.choices[0].message.role == "assistant"
+    streamed = sdk.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_completion_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reply.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_the_openai_sdk_raises_its_own_errors_naming_the_field(sdk):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "a"}], temperature=3
+        )
+    assert bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(
+            model="tiny",
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+        )
+    assert bad.value.body["param"] == "messages[0].content"
+    with pytest.raises(openai.NotFoundError):
+        sdk.completions.create(model="gpt-4", prompt="a")
+    with pytest.raises(openai.AuthenticationError):
+        sdk.with_options(api_key="wrong").models.list()

@@ -113,6 +113,33 @@ def test_the_chat_endpoint_answers_in_the_template_plain_and_streamed(tuned: Pat
         assert refused.json()["error"]["param"] == "messages"
 
 
+def test_every_endpoint_stops_at_the_end_marker_and_neither_shows_nor_counts_it(
+    tuned: Path,
+) -> None:
+    model, tokenizer, _ = load_model_dir(tuned)
+    assert tokenizer is not None
+    template = load_chat_template(tuned)
+    app = build_app(model, tokenizer, model_name="t", template=template)
+    word = HELD_OUT[3]
+    reply = " " + word[::-1]  # the template leaves the reply's space to the model
+    greedy = {"temperature": 0, "max_tokens": 40}
+    prompt = template.render([], f"reverse: {word}")
+    with TestClient(app) as client:
+        plain = client.post("/v1/completions", json={"prompt": prompt, **greedy}).json()
+        messages = [{"role": "user", "content": f"reverse: {word}"}]
+        chat = client.post("/v1/chat/completions", json={"messages": messages, **greedy}).json()
+        stream = {"prompt": prompt, "stream": True, "stream_options": {"include_usage": True}}
+        events = client.post("/v1/completions", json={**stream, **greedy}).text
+    assert plain["choices"][0]["text"] == reply
+    assert plain["choices"][0]["finish_reason"] == "stop"
+    assert chat["choices"][0]["message"]["content"] == word[::-1]
+    chunks = [json.loads(e[6:]) for e in events.split("\n\n") if e.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == reply
+    tokens = len(tokenizer.encode(reply))
+    usage = [plain["usage"], chat["usage"], chunks[-1]["usage"]]
+    assert [u["completion_tokens"] for u in usage] == [tokens] * 3
+
+
 def test_a_lora_adapter_is_saved_alone_or_merged_into_a_plain_model(
     base: Path, tmp_path: Path
 ) -> None:

@@ -66,16 +66,13 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from tiny_search import steady_space_dict, write_corpus
 
 from evo.metrics import TrialStatus
 from evo.status import print_status
 from evo.storage import Storage, TrialRecord
 
 NAME = "chaos"
-TEXT = (
-    "the model reads tokens and predicts the next one while the optimizer follows the "
-    "gradient of the loss down towards a better fit of the training text"
-)
 TRIAL_TITLE = "ray::execute_job"  # a Ray worker's process title while it runs a trial
 ORPHAN_S = 5.0  # s after a driver's kill by which its trials must have stopped
 MAX_RESTARTS = 20  # resumes after a driver died on its own, before giving up
@@ -103,37 +100,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def write_space(folder: Path, args: argparse.Namespace) -> Path:
-    """A steady-state search of tiny models of a generated corpus (char tokenizer)."""
-    corpus = folder / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    words = TEXT.split()
-    for i in range(24):
-        doc = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(120))
-        (corpus / f"doc{i:02d}.txt").write_text(doc + "\n", encoding="utf-8")
+    """The test suite's steady-state search of tiny models of a generated corpus (char
+    tokenizer), at this run's rungs, population, seed and budget."""
     rungs = [int(r) for r in args.rungs.split(",")]
-    space = {
-        "genes": {
-            "n_layers": {"int": [1, 2]},
-            "d_model": {"choice": [16, 32]},
-            "n_heads": {"choice": [1, 2]},
-            "learning_rate": {"float": [1.0e-3, 2.0e-2], "log": True},
-        },
-        "fixed": {
-            "model": {"max_seq_len": 16, "d_ff": 32},
-            "train": {"batch_size": 4, "seq_len": 16, "warmup_steps": 1, "threads": 1},
-        },
-        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
-        "trial": {"resources": {"cpus": 1}, "retries": 2},
-        "search": {
-            "mode": "steady_state",
-            "population": args.population,
-            "seed": args.seed,
-            "target": {"max_steps": rungs[-1]},
-            "rungs": rungs,
-            "budget": {"trials": args.trials},
-            "objectives": ["bits_per_byte"],
-        },
-    }
+    space = steady_space_dict(
+        write_corpus(folder / "corpus"),
+        mode="steady_state",
+        population=args.population,
+        seed=args.seed,
+        target={"max_steps": rungs[-1]},
+        rungs=rungs,
+        budget={"trials": args.trials},
+    )
+    space["trial"]["retries"] = 2
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(space), encoding="utf-8")
     return path

@@ -48,6 +48,7 @@ from llm.config import (
     TrainConfig,
     apply_overrides,
     load_yaml,
+    pairing_problems,
 )
 from llm.errors import ConfigError
 
@@ -777,9 +778,7 @@ class SearchSpace:
         if outside:
             return outside, 0.0
         model, train = self.model_config(genome, vocab_size), self.train_config(genome)
-        problems = model.problems() + train.problems()
-        if train.seq_len > model.max_seq_len:
-            problems.append(f"seq_len ({train.seq_len}) exceeds max_seq_len ({model.max_seq_len})")
+        problems = model.problems() + train.problems() + pairing_problems(model, train)
         if problems:  # sizes of a malformed model (n_heads 0) cannot be computed
             return problems, 0.0
         excess = 0.0

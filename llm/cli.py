@@ -30,9 +30,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_command_line() -> CommandLine:
     cli = CommandLine("llm", __doc__)
-    command = cli.command
+    for add_command in (
+        add_prepare,
+        add_train,
+        add_eval,
+        add_generate,
+        add_continue,
+        add_sft,
+        add_chat,
+        add_export,
+        add_serve,
+    ):
+        add_command(cli)
+    return cli
 
-    prepare = command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
+
+def add_prepare(cli: CommandLine) -> None:
+    prepare = cli.command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
     prepare.add_argument("--corpus", required=True, help="builtin:python-docs, a file, a folder…")
     prepare.add_argument(
         "--tokenizer", choices=["bpe", "unigram", "wordpiece", "char", "byte"], default="bpe"
@@ -41,20 +55,17 @@ def build_command_line() -> CommandLine:
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--out", type=Path, required=True)
 
-    train = command("train", cmd_train, "train a model from a YAML config")
+
+def add_train(cli: CommandLine) -> None:
+    train = cli.command("train", cmd_train, "train a model from a YAML config")
     train.add_argument("config", type=Path, nargs="?", help="e.g. configs/tiny.yaml")
     train.add_argument(
         "--preset",
         help="train a preset of configs/ instead (nano, tiny, small, base), or auto: the "
         "largest this machine trains at a useful speed",
     )
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+    add_overrides_option(
+        train, "KEY=VALUE", "override a config value, e.g. --set train.max_steps=100"
     )
     train.add_argument(
         "--out", type=Path, help="output folder (default: results/CONFIG_STEM or PRESET)"
@@ -69,7 +80,9 @@ def build_command_line() -> CommandLine:
         "run (OUT/wandb/)",
     )
 
-    evaluate = command("eval", cmd_eval, "print a model's validation metrics as JSON")
+
+def add_eval(cli: CommandLine) -> None:
+    evaluate = cli.command("eval", cmd_eval, "print a model's validation metrics as JSON")
     evaluate.add_argument("model_dir", type=Path)
     evaluate.add_argument(
         "--corpus", help="evaluate on this corpus, all of it (default: the training corpus)"
@@ -96,7 +109,9 @@ def build_command_line() -> CommandLine:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--device", default="auto")
 
-    generate = command("generate", cmd_generate, "continue prompts, streaming the text")
+
+def add_generate(cli: CommandLine) -> None:
+    generate = cli.command("generate", cmd_generate, "continue prompts, streaming the text")
     generate.add_argument("model_dir", type=Path)
     generate.add_argument(
         "--prompt",
@@ -117,7 +132,9 @@ def build_command_line() -> CommandLine:
         help="take each prompt as a user's message in the model's chat template; print the reply",
     )
 
-    more = command(
+
+def add_continue(cli: CommandLine) -> None:
+    more = cli.command(
         "continue", cmd_continue, "train a model further on new text, growing its vocabulary"
     )
     more.add_argument("model_dir", type=Path)
@@ -130,18 +147,15 @@ def build_command_line() -> CommandLine:
         metavar="N",
         help="append up to N tokens learned from the new text (default 0: keep the vocabulary)",
     )
-    more.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="train.KEY=VALUE",
-        help="a training setting, e.g. --set train.max_steps=1000 (repeatable)",
+    add_overrides_option(
+        more, "train.KEY=VALUE", "a training setting, e.g. --set train.max_steps=1000"
     )
     more.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     more.add_argument("--tracker", choices=TRACKERS, default="none")
 
-    sft = command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
+
+def add_sft(cli: CommandLine) -> None:
+    sft = cli.command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
     sft.add_argument("model_dir", type=Path)
     sft.add_argument(
         "--data",
@@ -156,29 +170,30 @@ def build_command_line() -> CommandLine:
         "--adapter-only", action="store_true", help="save the LoRA adapter alone, not merged"
     )
     sft.add_argument("--val-fraction", type=float, default=0.1, help="records held out")
-    sft.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="train.KEY=VALUE",
-        help="a training setting, e.g. --set train.max_steps=500 (repeatable)",
+    add_overrides_option(
+        sft, "train.KEY=VALUE", "a training setting, e.g. --set train.max_steps=500"
     )
     sft.add_argument("--tracker", choices=TRACKERS, default="none")
 
-    chat = command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
+
+def add_chat(cli: CommandLine) -> None:
+    chat = cli.command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
     chat.add_argument("model_dir", type=Path)
     add_sampling_arguments(chat, temperature=0.7)
     chat.add_argument("--system", default="", help="text placed before the conversation")
 
-    export = command("export", cmd_export, "write a model in another library's format")
+
+def add_export(cli: CommandLine) -> None:
+    export = cli.command("export", cmd_export, "write a model in another library's format")
     export.add_argument("model_dir", type=Path)
     export.add_argument(
         "--format", choices=["hf"], required=True, help="hf: transformers' LlamaForCausalLM"
     )
     export.add_argument("--out", type=Path, required=True)
 
-    serve = command("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
+
+def add_serve(cli: CommandLine) -> None:
+    serve = cli.command("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("model_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -193,7 +208,17 @@ def build_command_line() -> CommandLine:
         "--queue-size", type=int, default=16, help="requests that may wait; more get 503"
     )
     serve.add_argument("--model-name", help="the model's id in the API (default: folder name)")
-    return cli
+
+
+def add_overrides_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar=metavar,
+        help=f"{help} (repeatable)",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: float) -> None:

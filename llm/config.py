@@ -301,12 +301,15 @@ class RunConfig:
     def problems(self) -> list[str]:
         out = [f"model: {p}" for p in self.model.problems() if not p.startswith("vocab_size")]
         out += [f"train: {p}" for p in self.train.problems()]
-        if self.train.seq_len > self.model.max_seq_len:
-            out.append(
-                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len "
-                f"({self.model.max_seq_len})"
-            )
-        return out
+        return out + pairing_problems(self.model, self.train)
+
+
+def pairing_problems(model: ModelConfig, train: TrainConfig) -> list[str]:
+    """The constraints between a model and the training of it, which neither config can
+    check alone: every violation, as sentences (empty when they fit together)."""
+    if train.seq_len > model.max_seq_len:
+        return [f"train.seq_len ({train.seq_len}) exceeds model.max_seq_len ({model.max_seq_len})"]
+    return []
 
 
 C = TypeVar("C")

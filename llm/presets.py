@@ -1,10 +1,10 @@
 """Named training presets (`llm train --preset NAME`) and the choice of one for this
 machine (`--preset auto`).
 
-A preset is a YAML file in the repository's `configs/` folder; its name is the file's
-stem. Nothing about them lives in code: `auto` ranks whatever presets are there by
-their model's parameter count and takes the largest one this machine trains at a useful
-speed, by an estimate stated in `estimate`.
+A preset is a YAML file in the package's `llm/configs/` folder (which the repository's
+`configs/` links to); its name is the file's stem. Nothing about them lives in code:
+`auto` ranks whatever presets are there by their model's parameter count and takes the
+largest one this machine trains at a useful speed, by an estimate stated in `estimate`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from llm.config import RunConfig, load_run_config
 from llm.errors import UserError
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Package data, so that `--preset` works from any install, not only from a checkout. pip
+# installs a package as files, so the resource is a folder on disk.
+PRESETS_DIR = cast(Path, files("llm") / "configs")
 # Sustained training throughput, in FLOP/s, that the estimate assumes: measured for the
 # tiny preset on this project's 2-core development machine (about 30 GFLOP/s per core,
 # float32), and a conservative share of a recent GPU's bf16 peak. Rough by design: they

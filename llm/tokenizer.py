@@ -63,26 +63,19 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class Tokenizer(ABC):
-    """Text to token ids and back; special ids decode to nothing."""
+    """Text to token ids and back; special ids decode to nothing.
+
+    A kind's special ids are fixed: each subclass sets them as class attributes."""
 
     kind: str
+    pad_id: int
+    bos_id: int
+    eos_id: int
     unk_id: int | None = None  # the id of text the tokenizer cannot represent, if it has one
 
     @property
     @abstractmethod
     def vocab_size(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def pad_id(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def bos_id(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def eos_id(self) -> int: ...
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -133,22 +126,11 @@ class ByteTokenizer(Tokenizer):
     """Ids 0-255 are the UTF-8 bytes; 256, 257 and 258 are pad, bos and eos."""
 
     kind = "byte"
+    pad_id, bos_id, eos_id = 256, 257, 258
 
     @property
     def vocab_size(self) -> int:
         return BYTE_VOCAB
-
-    @property
-    def pad_id(self) -> int:
-        return 256
-
-    @property
-    def bos_id(self) -> int:
-        return 257
-
-    @property
-    def eos_id(self) -> int:
-        return 258
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -167,7 +149,7 @@ class CharTokenizer(Tokenizer):
     """Ids 0-3 are pad, bos, eos and unknown; then the alphabet, most frequent first."""
 
     kind = "char"
-    unk_id = 3
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
     def __init__(self, alphabet: str) -> None:
         self.alphabet = alphabet
@@ -189,18 +171,6 @@ class CharTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return CHAR_SPECIALS + len(self.alphabet)
-
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def bos_id(self) -> int:
-        return 1
-
-    @property
-    def eos_id(self) -> int:
-        return 2
 
     def encode(self, text: str) -> list[int]:
         ids = self._ids
@@ -234,7 +204,7 @@ class WordPieceTokenizer(Tokenizer):
 
     kind = "wordpiece"
     model_file = "wordpiece.json"
-    unk_id = 0
+    unk_id, bos_id, eos_id, pad_id = 0, 1, 2, 3  # the order of WP_SPECIALS
 
     def __init__(self, model_json: str) -> None:
         from tokenizers import Tokenizer as HFTokenizer
@@ -291,18 +261,6 @@ class WordPieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self._pieces)
 
-    @property
-    def pad_id(self) -> int:
-        return 3
-
-    @property
-    def bos_id(self) -> int:
-        return 1
-
-    @property
-    def eos_id(self) -> int:
-        return 2
-
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
@@ -346,7 +304,9 @@ class SentencePieceTokenizer(Tokenizer):
     tab, then the 256 byte-fallback pieces, then the learned pieces."""
 
     model_file = "tokenizer.model"
-    unk_id = 0  # byte fallback: never produced
+    # Given to SentencePiece's trainer, so every model of this class has them. unk: byte
+    # fallback never produces it.
+    unk_id, bos_id, eos_id, pad_id = 0, 1, 2, 3
 
     def __init__(self, kind: str, model_proto: bytes) -> None:
         self.kind = kind
@@ -382,10 +342,10 @@ class SentencePieceTokenizer(Tokenizer):
                     allow_whitespace_only_pieces=True,  # runs of indentation become one piece
                     user_defined_symbols=list(SP_USER_SYMBOLS),
                     required_chars=SPACE_SYMBOL,
-                    unk_id=0,
-                    bos_id=1,
-                    eos_id=2,
-                    pad_id=3,
+                    unk_id=cls.unk_id,
+                    bos_id=cls.bos_id,
+                    eos_id=cls.eos_id,
+                    pad_id=cls.pad_id,
                     unk_surface=UNKNOWN_TEXT,
                     shuffle_input_sentence=False,  # the sample is taken above, deterministically
                     input_sentence_size=0,
@@ -398,18 +358,6 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
-
-    @property
-    def pad_id(self) -> int:
-        return self._sp.pad_id()
-
-    @property
-    def bos_id(self) -> int:
-        return self._sp.bos_id()
-
-    @property
-    def eos_id(self) -> int:
-        return self._sp.eos_id()
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]

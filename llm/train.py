@@ -45,7 +45,7 @@ from llm.checkpoint import (
     save_training_state,
 )
 from llm.compilation import Compiler
-from llm.config import TrainConfig
+from llm.config import TrainConfig, pairing_problems
 from llm.data import TokenSplits, require_windows, train_batch
 from llm.device import resolve_device, resolve_precision
 from llm.display import LogRecord, training_log
@@ -110,11 +110,9 @@ class Trainer:
                 "a stable checkpoint needs train.schedule: wsd (a cosine schedule's rate "
                 "depends on the budget at every step, so no state of it can be continued)"
             )
-        max_seq_len = model.config.max_seq_len
-        if config.seq_len > max_seq_len:
-            raise ConfigError(
-                f"train.seq_len ({config.seq_len}) exceeds the model's max_seq_len ({max_seq_len})"
-            )
+        problems = pairing_problems(model.config, config)
+        if problems:
+            raise ConfigError("; ".join(problems))
         require_windows(data.train, config.seq_len, "training split")
         require_windows(data.val, config.seq_len, "validation split")
         check_divisible(config.batch_size, self.parallel.world_size)

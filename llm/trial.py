@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from llm.config import ModelConfig, TrainConfig
+from llm.config import ModelConfig, TrainConfig, pairing_problems
 from llm.data import TokenSplits
 from llm.status import TrialStatus
 
@@ -130,10 +130,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
 
 def trial_problems(spec: TrialSpec) -> list[str]:
     problems = spec.model.problems() + spec.train.problems()
-    if spec.train.seq_len > spec.model.max_seq_len:
-        problems.append(
-            f"seq_len ({spec.train.seq_len}) exceeds max_seq_len ({spec.model.max_seq_len})"
-        )
+    problems += pairing_problems(spec.model, spec.train)
     if spec.adapt is not None:
         problems += [f"adapt: {p}" for p in spec.adapt.train.problems()]
         if spec.adapt.lora_rank < 0:

@@ -5,6 +5,7 @@ test depends on what ran before it."""
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,11 @@ from evo.storage import Storage
 from llm.config import ModelConfig
 from llm.model import Transformer
 
-TEXT = (
-    "the model reads tokens and predicts the next one while the optimizer follows the "
-    "gradient of the loss down towards a better fit of the training text"
-)
-WORDS = TEXT.split()
+# The tiny search, shared with the chaos bench, re-exported: tests import it from conftest.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from tiny_search import space_dict as space_dict
+from tiny_search import steady_space_dict as steady_space_dict
+from tiny_search import write_corpus as write_corpus
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,15 +45,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for group in groups for item in group]
 
 
-def write_corpus(folder: Path, documents: int = 24) -> Path:
-    """A folder of small text files: enough documents for a train/validation split."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(documents):
-        words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(120)]
-        (folder / f"doc{i:02d}.txt").write_text(" ".join(words) + "\n", encoding="utf-8")
-    return folder
-
-
 def train_small_model(work: Path, data: dict, train: dict) -> Path:
     """A 2-layer model (d_model 64) trained by `llm train` into `work/base`, with these
     data settings (a cache under `work`) and these training settings (on one CPU thread,
@@ -67,48 +59,6 @@ def train_small_model(work: Path, data: dict, train: dict) -> Path:
     (work / "base.yaml").write_text(yaml.safe_dump(config))
     assert llm(["train", str(work / "base.yaml"), "--out", str(work / "base")]) == 0
     return work / "base"
-
-
-def space_dict(corpus: Path, **search) -> dict:
-    """A generational search of tiny models, seconds in all."""
-    return {
-        "genes": {
-            "n_layers": {"int": [1, 2]},
-            "d_model": {"choice": [16, 32]},
-            "n_heads": {"choice": [1, 2]},
-            "learning_rate": {"float": [1.0e-3, 2.0e-2], "log": True},
-        },
-        "fixed": {
-            "model": {"max_seq_len": 16, "d_ff": 32},
-            "train": {"batch_size": 4, "seq_len": 16, "warmup_steps": 1, "threads": 1},
-        },
-        "data": {"corpus": str(corpus), "tokenizer": "char", "vocab_size": 64},
-        "trial": {"max_steps": 3, "resources": {"cpus": 1}},
-        "search": {
-            "mode": "generational",
-            "population": 4,
-            "generations": 3,
-            "seed": 1,
-            "objectives": ["bits_per_byte"],
-            **search,
-        },
-    }
-
-
-def steady_space_dict(corpus: Path, **search) -> dict:
-    """A steady-state search over three rungs (3, 9 and 27 steps) of tiny models."""
-    space = space_dict(corpus)
-    del space["trial"]["max_steps"]
-    space["search"] = {
-        "population": 4,
-        "seed": 1,
-        "target": {"max_steps": 27},
-        "rungs": [3, 9, 27],
-        "budget": {"trials": 16},
-        "objectives": ["bits_per_byte"],
-        **search,
-    }
-    return space
 
 
 @pytest.fixture

@@ -1,7 +1,14 @@
-"""Named presets in configs/ (`llm train --preset NAME`) and the choice of one for a
-machine (`--preset auto`)."""
+"""Named presets in llm/configs/ (`llm train --preset NAME`), shipped in the package, and
+the choice of one for a machine (`--preset auto`)."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +17,7 @@ from llm.cli import main as llm
 from llm.presets import Machine, choose_preset, estimate_preset
 
 GIB = 2**30
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_presets_span_a_thousand_fold_range_of_sizes():
@@ -61,3 +69,38 @@ def test_train_a_preset_by_name_or_auto(workdir, capfd, monkeypatch):  # capfd: 
 def test_a_wrong_preset_is_one_line_and_exit_2(capsys, args, message):
     assert llm(["train", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_presets_ship_in_the_wheel_and_resolve_outside_the_repository(tmp_path):
+    """A non-editable install: the package built into a wheel (from a copy of the sources,
+    so the checkout gains no build folder), unpacked, and used from another folder."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "llm", source / "llm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    build += ["--no-index", "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = (
+        "import llm, llm.cli, llm.presets as p; print(llm.__file__); "
+        "print(p.estimate_preset('tiny').describe()); llm.cli.main(['train', '--preset', 'x'])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2, run.stderr
+    where, tiny = lines
+    assert Path(where).is_relative_to(site)
+    assert tiny.startswith("tiny (1.1M parameters)")
+    assert "no preset 'x'; the presets are base, nano, small, tiny" in run.stderr

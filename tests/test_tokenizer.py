@@ -86,6 +86,25 @@ def test_decode_skips_special_ids(tokenizers, kind):
     assert tokenizer.decode(wrapped) == "def add"
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_a_sentencepiece_model_trained_or_grown_has_the_special_ids_its_class_names(
+    tokenizers, kind
+):
+    for tokenizer in (tokenizers[kind], tokenizers[kind].grow([CODE], 8)):
+        model = tokenizer._sp
+        ids = (model.unk_id(), model.bos_id(), model.eos_id(), model.pad_id())
+        assert ids == (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+
+
+def test_the_wordpiece_special_ids_are_the_pieces_unk_bos_eos_and_pad(tokenizers):
+    tokenizer = tokenizers["wordpiece"]
+    pieces = [
+        tokenizer._pieces[i]
+        for i in (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+    ]
+    assert pieces == ["[UNK]", "<s>", "</s>", "<pad>"]
+
+
 @pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "byte", "char"])
 def test_decode_rejects_ids_outside_the_vocabulary(tokenizers, kind):
     tokenizer = tokenizers[kind]

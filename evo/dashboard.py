@@ -46,7 +46,7 @@ from evo.report import (
 from evo.storage import RunInfo, Storage
 from evo.summary import spent_text, stalled, top_rung
 from llm.errors import UserError
-from llm.serve import is_loopback, listening_socket
+from llm.net import is_loopback, listening_socket
 
 TOKEN_ENV = "EVO_DASHBOARD_TOKEN"
 POLL_SECONDS = 5

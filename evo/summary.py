@@ -1,18 +1,25 @@
-"""The numbers `evo status` and `evo report` both show: trials and advances per rung,
-the budget spent, the anytime curve (the best value at the top rung against compute
-spent), how busy the workers were, how many generations are complete, each genome's
-score in the search, and which trials stalled."""
+"""The numbers `evo status`, `evo report` and `evo dashboard` show, computed from a run's
+record and its trials (`Storage.trials_frame`): the run's search space, trials and
+advances per rung, the budget spent, the successful trials and their Pareto front, the
+anytime curve (the best value at the top rung against compute spent), how busy the
+workers were, each genome's score in the search, and which trials stalled. How many
+generations a run has completed is in `evo.generations` (read without pandas, for `evo ls`).
+What draws these numbers is in `evo.report`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
+import yaml
 
 from evo.metrics import TrialStatus
-from evo.space import Objective, SearchSpace
+from evo.space import Objective, SearchSpace, space_from_dict
 from evo.storage import RunInfo, SessionRecord, Spent
+from llm.errors import ConfigError
 
 UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
 STALLED = "stalled"  # what a stalled trial is called where its status is shown
@@ -41,6 +48,17 @@ class SearchScore:
 
     value: float
     rung: int  # 0-based
+
+
+def run_space(info: RunInfo) -> SearchSpace:
+    """The search space a run was started with, as stored in the database."""
+    where = f"the search space stored with run {info.name!r}"
+    try:
+        data = yaml.safe_load(info.space_yaml)
+    except yaml.YAMLError as err:
+        first_line = next(iter(str(err).strip().splitlines()), "")
+        raise ConfigError(f"{where}: not valid YAML ({first_line})") from None
+    return space_from_dict(data, where)
 
 
 def budget_text(budget: dict[str, float]) -> str:
@@ -85,10 +103,34 @@ def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
     return frame[frame["rung"] == len(space.rung_budgets()) - 1]
 
 
-def generations_complete(run: RunInfo) -> int:
-    """How many generations a generational run has completed. Generations are numbered
-    from 0 and saved in order, so this is the number of the last one saved plus one."""
-    return 0 if run.generation is None else run.generation + 1
+def ranked(frame: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """The rows best first by the objective; ties keep their order."""
+    ascending = objective.sign > 0
+    return frame.sort_values(objective.metric, ascending=ascending, kind="stable")
+
+
+def successful_trials(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The trials that finished with a finite value of every objective."""
+    values = frame[[o.metric for o in objectives]].to_numpy(dtype=float)
+    done = (frame["status"] == TrialStatus.DONE.value).to_numpy()
+    return frame[done & np.isfinite(values).all(axis=1)]
+
+
+def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The successful trials that no other successful trial dominates, best first by the
+    first objective.
+
+    A trial dominates another when it is at least as good in every objective and better
+    in one. Equal trials do not dominate each other, so ties stay on the front together.
+    """
+    finished = successful_trials(frame, objectives)
+    signs = np.array([o.sign for o in objectives])
+    costs = finished[[o.metric for o in objectives]].to_numpy(dtype=float) * signs
+    dominated = np.array(
+        [np.any((costs <= cost).all(axis=1) & (costs < cost).any(axis=1)) for cost in costs],
+        dtype=bool,
+    )
+    return ranked(finished[~dominated], objectives[0])
 
 
 def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:

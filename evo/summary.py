@@ -22,6 +22,11 @@ from evo.storage import RunInfo, SessionRecord, Spent
 from llm.errors import ConfigError
 
 UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
+# Trial statuses as the views count them.
+SUCCESS = TrialStatus.DONE.value
+FAILURES = tuple(status.value for status in TrialStatus if status.is_failure)
+ACTIVE = tuple(status.value for status in TrialStatus if status.is_active)
+LOST = (TrialStatus.RETRIED.value, TrialStatus.INTERRUPTED.value)  # to be run again
 STALLED = "stalled"  # what a stalled trial is called where its status is shown
 STALLED_RULE = (
     "A trial is stalled when it finished but its bits per byte is no better than (at or "
@@ -79,9 +84,9 @@ def rung_rows(frame: pd.DataFrame, space: SearchSpace) -> list[RungRow]:
                 rung=rung,
                 budget=budget,
                 trials=len(here),
-                done=int((status == TrialStatus.DONE.value).sum()),
-                failed=sum(TrialStatus(s).is_failure for s in status),
-                active=sum(TrialStatus(s).is_active for s in status),
+                done=int((status == SUCCESS).sum()),
+                failed=int(status.isin(FAILURES).sum()),
+                active=int(status.isin(ACTIVE).sum()),
                 advanced=above["genome_id"].nunique() if rung + 1 < len(budgets) else 0,
             )
         )
@@ -112,7 +117,7 @@ def ranked(frame: pd.DataFrame, objective: Objective) -> pd.DataFrame:
 def successful_trials(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
     """The trials that finished with a finite value of every objective."""
     values = frame[[o.metric for o in objectives]].to_numpy(dtype=float)
-    done = (frame["status"] == TrialStatus.DONE.value).to_numpy()
+    done = (frame["status"] == SUCCESS).to_numpy()
     return frame[done & np.isfinite(values).all(axis=1)]
 
 
@@ -140,14 +145,14 @@ def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:
     them out of the charts, whose axes they would stretch."""
     if baseline is None:
         return pd.Series(False, index=frame.index)
-    done = frame["status"] == TrialStatus.DONE.value
+    done = frame["status"] == SUCCESS
     return done & (frame["bits_per_byte"] >= baseline)
 
 
 def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, SearchScore]:
     """Each scored genome's value of `objective` in the search, from its successful trial
     at the highest rung it reached (the trial `evo promote --genome` starts from)."""
-    done = frame[(frame["status"] == TrialStatus.DONE.value) & frame[objective.metric].notna()]
+    done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
     last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
     rows = last[["genome_id", objective.metric, "rung"]].itertuples(index=False, name=None)
     return {int(genome): SearchScore(float(value), int(rung)) for genome, value, rung in rows}
@@ -168,9 +173,7 @@ def anytime_curve(
     finished = frame[frame["recorded"].notna()].sort_values("recorded")
     top = len(space.rung_budgets()) - 1
     values = finished[objective.metric].where(
-        (finished["rung"] == top)
-        & (finished["status"] == TrialStatus.DONE.value)
-        & ~stalled(finished, baseline)
+        (finished["rung"] == top) & (finished["status"] == SUCCESS) & ~stalled(finished, baseline)
     )
     best = (values * objective.sign).cummin().ffill() * objective.sign
     return pd.DataFrame(

@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from evo.report.markup import figure, format_value, note, section
-from evo.report.run import SUCCESS, Run
+from evo.report.run import Run
 from evo.space import Objective
 from evo.storage import Storage
-from evo.summary import ranked
+from evo.summary import SUCCESS, ranked
 
 TOP_CURVES = 5
 

@@ -8,9 +8,18 @@ from datetime import datetime
 from evo.generations import generations_complete
 from evo.report.labels import gene_lines
 from evo.report.markup import format_value, html_table, section
-from evo.report.run import ACTIVE, FAILURES, LOST, SUCCESS, Run
+from evo.report.run import Run
 from evo.storage import Storage
-from evo.summary import budget_text, ranked, spent_text, worker_time
+from evo.summary import (
+    ACTIVE,
+    FAILURES,
+    LOST,
+    SUCCESS,
+    budget_text,
+    ranked,
+    spent_text,
+    worker_time,
+)
 
 
 def summary_section(run: Run, storage: Storage) -> str:

@@ -10,9 +10,9 @@ from plotly.subplots import make_subplots
 
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, html_table, note, section
-from evo.report.run import SUCCESS, Run
+from evo.report.run import Run
 from evo.space import Objective
-from evo.summary import anytime_curve, budget_text, rung_rows, successful_trials
+from evo.summary import SUCCESS, anytime_curve, budget_text, rung_rows, successful_trials
 
 
 def rungs_section(run: Run) -> str:

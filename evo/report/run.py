@@ -1,5 +1,5 @@
 """What every section of the report reads: the run, its space and every trial, with which
-of them stalled; and the trial statuses the sections count."""
+of them stalled."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from evo.metrics import TrialStatus
 from evo.space import Objective, SearchSpace
 from evo.storage import RunInfo
-from evo.summary import successful_trials, top_rung
+from evo.summary import SUCCESS, successful_trials, top_rung
 
-SUCCESS = TrialStatus.DONE.value
-FAILURES = tuple(status.value for status in TrialStatus if status.is_failure)
-ACTIVE = tuple(status.value for status in TrialStatus if status.is_active)
-LOST = (TrialStatus.RETRIED.value, TrialStatus.INTERRUPTED.value)
 NO_SUCCESS = "No successful trials yet."
 
 

@@ -8,9 +8,9 @@ import plotly.express as px
 
 from evo.report.labels import gene_columns, metric_text, unit_title
 from evo.report.markup import figure, first_line, format_value, html_table, note, section
-from evo.report.run import FAILURES, Run
+from evo.report.run import Run
 from evo.storage import TRIAL_STATUSES
-from evo.summary import STALLED, STALLED_RULE, ranked
+from evo.summary import FAILURES, STALLED, STALLED_RULE, ranked
 
 
 def trials_section(run: Run) -> str:

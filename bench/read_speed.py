@@ -3,16 +3,17 @@
 
 The database is made once, in a temporary folder, by `bench/scheduler_scale.py`'s
 synthetic run of `search_spaces/tiny.yaml` (the real steady-state loop, trials that
-train nothing; a few minutes); `--keep PATH` keeps it there and a later run with the
-same PATH reuses it, so that two versions of evo can be timed on one database:
+train nothing; a minute or two); `--keep PATH` keeps it there and a later run with the
+same PATH reuses it.
 
-    python bench/read_speed.py --keep /tmp/evo-reads
-    PYTHONPATH=/path/to/other/checkout python bench/read_speed.py --keep /tmp/evo-reads
+Each command runs as a fresh `python -m evo.cli` subprocess, `--runs` times, with this
+checkout's evo and, given `--peer PATH`, alternately with the evo of another checkout
+(e.g. the main branch), so that both meet the same load. The medians of the wall time
+and of the CPU time (user and system: on a busy machine the steadier figure) are printed
+side by side, beside those of `python -c pass`, the floor any command pays to start
+Python. The goal: `evo status` under 1 s.
 
-Each command runs as a fresh `python -m evo.cli` subprocess (the evo found on
-PYTHONPATH), `--runs` times; the median wall and CPU times are printed beside those of
-`python -c pass`, the floor any command pays to start Python. The goal is `evo status`
-under 1 s.
+    python bench/read_speed.py --keep /tmp/evo-reads --peer ../main
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler_scale import SCRATCH, generate
@@ -41,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=10_000, help="trials in the database")
     p.add_argument("--runs", type=int, default=5, help="subprocesses per command (median)")
     p.add_argument("--keep", type=Path, help="make the database here, or reuse the one there")
+    p.add_argument("--peer", type=Path, help="another checkout of evo, timed beside this one")
     # What scheduler_scale.generate reads.
     p.add_argument("--workers", type=int, default=4, help="trials in flight while generating")
     p.add_argument("--seed", type=int, default=0, help="of the synthetic results")
@@ -48,18 +51,28 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cold_seconds(command: list[str], runs: int) -> tuple[float, float]:
-    """The median wall time and CPU time (user and system) of `command` run `runs` times,
-    each a fresh process. On a busy machine the CPU time is the steadier figure."""
-    wall, cpu = [], []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        wall.append(time.perf_counter() - started)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return statistics.median(wall), statistics.median(cpu)
+@dataclass
+class Times:
+    """Seconds of the runs of one command with one checkout."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def text(self) -> str:
+        wall, cpu = statistics.median(self.wall), statistics.median(self.cpu)
+        return f"{wall:5.2f} s wall, {cpu:5.2f} s CPU"
+
+
+def run_once(command: list[str], checkout: Path, folder: Path, times: Times) -> None:
+    """Run `command` with `checkout`'s evo, in `folder` (not a checkout: `python -m` puts
+    its working folder first on the path), adding its wall and CPU seconds to `times`."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+    times.wall.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    times.cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
 def commands(folder: Path) -> dict[str, list[str]]:
@@ -75,25 +88,33 @@ def commands(folder: Path) -> dict[str, list[str]]:
     }
 
 
+def measure(folder: Path, args: argparse.Namespace) -> None:
+    checkouts = {"this": ROOT, **({"peer": args.peer.resolve()} if args.peer else {})}
+    for name, checkout in checkouts.items():
+        print(f"{name}: {checkout}", flush=True)
+    for label, command in commands(folder).items():
+        times = {name: Times() for name in checkouts}
+        for _ in range(args.runs):
+            for name, checkout in checkouts.items():
+                run_once(command, checkout, folder, times[name])
+        line = " | ".join(f"{name} {times[name].text()}" for name in checkouts)
+        if label.startswith("evo status"):
+            verdict = "ok" if statistics.median(times["this"].wall) < STATUS_GOAL_S else "MISSED"
+            line += f"  (goal < {STATUS_GOAL_S:.0f} s: {verdict})"
+        print(f"{label:17} {line}", flush=True)
+
+
 def main() -> None:
     args = parse_args()
-    import evo
-
-    print(f"evo from {Path(evo.__file__).parent}; {os.cpu_count()} CPUs", flush=True)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average {load}; medians of {args.runs} runs", flush=True)
     with contextlib.ExitStack() as stack:
         folder = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if not (folder / "evo.db").exists():
             print(f"making a run of {args.trials:,} trials in {folder}", flush=True)
             made = generate(SPACE, NAME, folder, args)
             print(f"made in {made:.0f} s", flush=True)
-        for label, command in commands(folder).items():
-            wall, cpu = cold_seconds(command, args.runs)
-            goal = ""
-            if label.startswith("evo status"):
-                verdict = "ok" if wall < STATUS_GOAL_S else "MISSED"
-                goal = f"  (goal < {STATUS_GOAL_S:.0f} s) {verdict}"
-            line = f"{label:20} median of {args.runs}: {wall:.2f} s wall, {cpu:.2f} s CPU{goal}"
-            print(line, flush=True)
+        measure(folder, args)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from evo.space import SearchSpace
-from evo.storage import DEFAULT_URL, RunStatus, Storage
 from llm.cli_support import CommandLine, Handler
 from llm.tracking import TRACKERS
 
+# Each command imports what it needs when it runs, so that `evo --help` loads no database
+# library and the read commands (ls, status, export, dashboard) no torch, Ray or plotly
+# (tests/test_read_imports.py; bench/read_speed.py times them).
 if TYPE_CHECKING:
     from evo.data import TrialData
+    from evo.space import SearchSpace
+    from evo.storage import Storage
+
+Command = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +32,16 @@ def build_command_line() -> CommandLine:
 
     def command(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
         sub = cli.command(name, func, help)
-        sub.add_argument("--storage", default=DEFAULT_URL, help="results database URL")
+        sub.add_argument("--storage", help="results database URL")
         return sub
 
+    add_search_commands(command)
+    add_read_commands(command)
+    add_retraining_commands(command)
+    return cli
+
+
+def add_search_commands(command: Command) -> None:
     run = command("run", cmd_run, "run (or continue) a search described by a space file")
     run.add_argument("space", type=Path, help="search space YAML, e.g. search_spaces/tiny.yaml")
     run.add_argument("--name", help="run name (default: the space file's stem)")
@@ -50,6 +60,8 @@ def build_command_line() -> CommandLine:
     resume.add_argument("name")
     add_execution_options(resume)
 
+
+def add_read_commands(command: Command) -> None:
     command("ls", cmd_ls, "list the runs in the database")
 
     status = command("status", cmd_status, "progress, best values and Pareto front of a run")
@@ -86,6 +98,8 @@ def build_command_line() -> CommandLine:
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
     export.add_argument("--out", type=Path, help="default: results/NAME/trials.FORMAT")
 
+
+def add_retraining_commands(command: Command) -> None:
     validate = command(
         "validate", cmd_validate, "retrain a run's best genomes with other seeds; compare rankings"
     )
@@ -110,7 +124,6 @@ def build_command_line() -> CommandLine:
         metavar="N",
         help="train in N data-parallel processes on this machine (one per GPU on GPUs)",
     )
-    return cli
 
 
 def add_budget_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -134,19 +147,33 @@ def add_execution_options(parser: argparse.ArgumentParser, live_view: bool = Tru
         )
 
 
+def storage_url(args: argparse.Namespace) -> str:
+    """The database `--storage` names, or evo's default one."""
+    from evo.storage import DEFAULT_URL
+
+    return DEFAULT_URL if args.storage is None else args.storage
+
+
+def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
+    from evo.storage import Storage
+
+    return Storage(storage_url(args), create=create)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import open_run
     from evo.operators import check_initial
     from evo.schedule.budget import check_budget
     from evo.space import load_space
+    from evo.storage import RunStatus
 
     space = load_space(args.space, args.overrides)
     # The data, the initial genomes and the budget are checked before a run is created,
     # so a missing corpus or an impossible genome leaves nothing behind to clean up.
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
     check_budget(space, check_initial(space, vocab_size))
-    storage = Storage(args.storage)
+    storage = open_storage(args, create=True)
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
@@ -162,8 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import load_run_space
+    from evo.storage import RunStatus
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     space = load_run_space(storage, args.name)
     if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
@@ -180,6 +208,7 @@ def search(
 ) -> int:
     from evo.driver import make_search
     from evo.executor import make_executor
+    from evo.storage import RunStatus
     from evo.view import TrackedView, make_view
 
     data, vocab_size = prepared
@@ -213,9 +242,12 @@ def fresh_name(storage: Storage, name: str) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from evo.summary import generations_complete
+    from rich.console import Console
+    from rich.table import Table
 
-    storage = Storage(args.storage, create=False)
+    from evo.generations import generations_complete
+
+    storage = open_storage(args)
     table = Table("name", "status", "generations", "trials", "created", "updated")
     for run in storage.list_runs():
         trials = len(storage.trials(run.name))
@@ -233,9 +265,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from evo.status import print_status, watch_status
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     if args.watch is None:
         print_status(storage, args.name, Console())
     else:
@@ -244,9 +278,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evo.report import write_report
+    from evo.report.page import write_report
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / "report.html"
     path = write_report(storage, args.name, out, plotly=args.plotly)
@@ -257,14 +291,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from evo.dashboard import serve_dashboard
 
-    serve_dashboard(args.storage, host=args.host, port=args.port, token=args.token)
+    serve_dashboard(storage_url(args), host=args.host, port=args.port, token=args.token)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from evo.report import export_trials
+    from evo.export import export_trials
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / f"trials.{args.format}"
     print(export_trials(storage, args.name, out, args.format))
@@ -272,6 +306,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from evo.data import prepare_data
     from evo.driver import load_run_space, record_unigram_baseline
     from evo.executor import make_executor
@@ -279,7 +315,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from evo.status import print_validation
     from evo.validate import validate, validation_budget, validation_jobs, validation_report
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     space = load_run_space(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
@@ -311,7 +347,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from evo.driver import load_run_space
     from evo.promote import Budget, pick_genome, promote
 
-    storage = Storage(args.storage, create=False)
+    storage = open_storage(args)
     space = load_run_space(storage, args.name)
     genome, reason = pick_genome(storage, args.name, space, args.genome, args.objective)
     print(f"evo: promoting genome {genome}, {reason}", file=sys.stderr)

@@ -13,7 +13,9 @@ migration or a write lock), so it can watch a search while the search writes. Pa
 
 The same data as JSON: `/api/runs`, `/api/runs/NAME` (with `version`, which changes when
 the run does; the run page polls it every few seconds) and `/api/runs/NAME/trials`.
-plotly.js is served from the installed plotly package: no page needs the network.
+plotly.js is served from the installed plotly package: no page needs the network. plotly
+is imported where a page draws, not with this module, so that the runs list and the API
+answer without loading it.
 
 Off the loopback interface a token is required (`--token` or EVO_DASHBOARD_TOKEN), sent as
 `?token=` once (the dashboard then keeps it in a cookie) or as `Authorization: Bearer`.
@@ -29,24 +31,15 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import uvicorn
 from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from plotly.offline import get_plotlyjs
 
-from evo.report import (
-    PAGE_CSS,
-    format_value,
-    html_table,
-    render_report,
-    run_space,
-    successful_trials,
-)
+from evo.report.markup import PAGE_CSS, format_value, html_table
 from evo.storage import RunInfo, Storage
-from evo.summary import spent_text, stalled, top_rung
+from evo.summary import run_space, spent_text, stalled, successful_trials, top_rung
 from llm.errors import UserError
-from llm.serve import is_loopback, listening_socket
+from llm.net import is_loopback, listening_socket
 
 TOKEN_ENV = "EVO_DASHBOARD_TOKEN"
 POLL_SECONDS = 5
@@ -135,6 +128,8 @@ class Dashboard:
         return _page("evo dashboard", f"<h1>Runs</h1>{body}", refresh=True)
 
     def run_page(self, name: str, front: str | None = None) -> str:
+        from evo.report.page import render_report  # draws: loads plotly
+
         info = self.run_info(name)
         objectives = [o.metric for o in run_space(info).search.objectives]
         pair = None  # the first two objectives' front; with one, the optimisation history
@@ -173,6 +168,8 @@ class Dashboard:
         """Training loss against tokens of every trial of the genome: the rungs continue
         one another, so together they are one run; an adapt stage, which counts its
         tokens from zero again, is a dashed line of its own."""
+        import plotly.graph_objects as go  # draws: loads plotly
+
         fig = go.Figure()
         for trial_id, rung in genome[["trial_id", "rung"]].itertuples(index=False):
             points = pd.DataFrame(self.storage.curve(int(trial_id)))
@@ -238,6 +235,8 @@ def build_app(storage: Storage, token: str | None = None) -> FastAPI:
         return board.run_summary(board.run_info(name))
 
     def plotly_js() -> Response:
+        from plotly.offline import get_plotlyjs
+
         return Response(get_plotlyjs(), media_type="text/javascript")
 
     app.add_api_route("/api/runs", runs_json, methods=["GET"], dependencies=auth)

@@ -31,7 +31,7 @@ def gene_importance(
     """Importance of each gene of `space` (those that vary) for `objective`, from the
     successful `trials` (one rung's: their values must be comparable), largest first;
     None when fewer than MIN_TRIALS trials have every gene."""
-    import optuna  # here, not at the top: `evo status` imports the report, never this
+    import optuna  # here, not at the top: only the report's genes section needs it
 
     distributions = {
         name: _distribution(domain)

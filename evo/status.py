@@ -9,15 +9,16 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from evo.generations import generations_complete
 from evo.metrics import TrialStatus
-from evo.report import pareto_front, run_space
 from evo.space import SearchSpace
 from evo.storage import RunInfo, RunStatus, Storage
 from evo.summary import (
     STALLED,
     anytime_curve,
     budget_text,
-    generations_complete,
+    pareto_front,
+    run_space,
     rung_rows,
     search_scores,
     spent_text,

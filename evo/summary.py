@@ -1,20 +1,32 @@
-"""The numbers `evo status` and `evo report` both show: trials and advances per rung,
-the budget spent, the anytime curve (the best value at the top rung against compute
-spent), how busy the workers were, how many generations are complete, each genome's
-score in the search, and which trials stalled."""
+"""The numbers `evo status`, `evo report` and `evo dashboard` show, computed from a run's
+record and its trials (`Storage.trials_frame`): the run's search space, trials and
+advances per rung, the budget spent, the successful trials and their Pareto front, the
+anytime curve (the best value at the top rung against compute spent), how busy the
+workers were, each genome's score in the search, and which trials stalled. How many
+generations a run has completed is in `evo.generations` (read without pandas, for `evo ls`).
+What draws these numbers is in `evo.report`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
+import yaml
 
 from evo.metrics import TrialStatus
-from evo.space import Objective, SearchSpace
+from evo.space import Objective, SearchSpace, space_from_dict
 from evo.storage import RunInfo, SessionRecord, Spent
+from llm.errors import ConfigError
 
 UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
+# Trial statuses as the views count them.
+SUCCESS = TrialStatus.DONE.value
+FAILURES = tuple(status.value for status in TrialStatus if status.is_failure)
+ACTIVE = tuple(status.value for status in TrialStatus if status.is_active)
+LOST = (TrialStatus.RETRIED.value, TrialStatus.INTERRUPTED.value)  # to be run again
 STALLED = "stalled"  # what a stalled trial is called where its status is shown
 STALLED_RULE = (
     "A trial is stalled when it finished but its bits per byte is no better than (at or "
@@ -43,6 +55,17 @@ class SearchScore:
     rung: int  # 0-based
 
 
+def run_space(info: RunInfo) -> SearchSpace:
+    """The search space a run was started with, as stored in the database."""
+    where = f"the search space stored with run {info.name!r}"
+    try:
+        data = yaml.safe_load(info.space_yaml)
+    except yaml.YAMLError as err:
+        first_line = next(iter(str(err).strip().splitlines()), "")
+        raise ConfigError(f"{where}: not valid YAML ({first_line})") from None
+    return space_from_dict(data, where)
+
+
 def budget_text(budget: dict[str, float]) -> str:
     return ", ".join(f"{value:,.0f} {UNITS[key]}" for key, value in budget.items())
 
@@ -61,9 +84,9 @@ def rung_rows(frame: pd.DataFrame, space: SearchSpace) -> list[RungRow]:
                 rung=rung,
                 budget=budget,
                 trials=len(here),
-                done=int((status == TrialStatus.DONE.value).sum()),
-                failed=sum(TrialStatus(s).is_failure for s in status),
-                active=sum(TrialStatus(s).is_active for s in status),
+                done=int((status == SUCCESS).sum()),
+                failed=int(status.isin(FAILURES).sum()),
+                active=int(status.isin(ACTIVE).sum()),
                 advanced=above["genome_id"].nunique() if rung + 1 < len(budgets) else 0,
             )
         )
@@ -85,10 +108,34 @@ def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
     return frame[frame["rung"] == len(space.rung_budgets()) - 1]
 
 
-def generations_complete(run: RunInfo) -> int:
-    """How many generations a generational run has completed. Generations are numbered
-    from 0 and saved in order, so this is the number of the last one saved plus one."""
-    return 0 if run.generation is None else run.generation + 1
+def ranked(frame: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """The rows best first by the objective; ties keep their order."""
+    ascending = objective.sign > 0
+    return frame.sort_values(objective.metric, ascending=ascending, kind="stable")
+
+
+def successful_trials(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The trials that finished with a finite value of every objective."""
+    values = frame[[o.metric for o in objectives]].to_numpy(dtype=float)
+    done = (frame["status"] == SUCCESS).to_numpy()
+    return frame[done & np.isfinite(values).all(axis=1)]
+
+
+def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """The successful trials that no other successful trial dominates, best first by the
+    first objective.
+
+    A trial dominates another when it is at least as good in every objective and better
+    in one. Equal trials do not dominate each other, so ties stay on the front together.
+    """
+    finished = successful_trials(frame, objectives)
+    signs = np.array([o.sign for o in objectives])
+    costs = finished[[o.metric for o in objectives]].to_numpy(dtype=float) * signs
+    dominated = np.array(
+        [np.any((costs <= cost).all(axis=1) & (costs < cost).any(axis=1)) for cost in costs],
+        dtype=bool,
+    )
+    return ranked(finished[~dominated], objectives[0])
 
 
 def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:
@@ -98,14 +145,14 @@ def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:
     them out of the charts, whose axes they would stretch."""
     if baseline is None:
         return pd.Series(False, index=frame.index)
-    done = frame["status"] == TrialStatus.DONE.value
+    done = frame["status"] == SUCCESS
     return done & (frame["bits_per_byte"] >= baseline)
 
 
 def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, SearchScore]:
     """Each scored genome's value of `objective` in the search, from its successful trial
     at the highest rung it reached (the trial `evo promote --genome` starts from)."""
-    done = frame[(frame["status"] == TrialStatus.DONE.value) & frame[objective.metric].notna()]
+    done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
     last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
     rows = last[["genome_id", objective.metric, "rung"]].itertuples(index=False, name=None)
     return {int(genome): SearchScore(float(value), int(rung)) for genome, value, rung in rows}
@@ -126,9 +173,7 @@ def anytime_curve(
     finished = frame[frame["recorded"].notna()].sort_values("recorded")
     top = len(space.rung_budgets()) - 1
     values = finished[objective.metric].where(
-        (finished["rung"] == top)
-        & (finished["status"] == TrialStatus.DONE.value)
-        & ~stalled(finished, baseline)
+        (finished["rung"] == top) & (finished["status"] == SUCCESS) & ~stalled(finished, baseline)
     )
     best = (values * objective.sign).cummin().ffill() * objective.sign
     return pd.DataFrame(

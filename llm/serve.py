@@ -44,12 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -77,6 +75,7 @@ from llm.generate import (
     truncate_prompt,
 )
 from llm.model import Transformer
+from llm.net import is_loopback, listening_socket
 from llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -855,22 +854,3 @@ def serve(
 def resolve_api_key(api_key: str | None) -> str | None:
     """The key given, else the one in the environment; None (no key) when both are empty."""
     return api_key or os.environ.get(API_KEY_ENV) or None
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound here rather than by uvicorn, so that a busy port is one clear error (uvicorn
-    would log it and exit with status 1)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except (OSError, OverflowError) as err:
-        raise UserError(f"cannot listen on {host}:{port}: {err}") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

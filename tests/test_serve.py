@@ -24,13 +24,13 @@ from llm.checkpoint import save_model_dir
 from llm.errors import CheckpointError, UserError
 from llm.generate import SamplingParams, complete
 from llm.model import Transformer
+from llm.net import listening_socket
 from llm.serve import (
     API_KEY_ENV,
     DEFAULT_MAX_PROMPTS,
     GenerationWorker,
     Job,
     build_app,
-    listening_socket,
     resolve_api_key,
     serve,
 )

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from evo.data import unigram_bits_per_byte
+from evo.generations import generations_complete
 from evo.space import Objective, space_from_dict
 from evo.storage import RunInfo, SessionRecord
 from evo.summary import (
     SearchScore,
     anytime_curve,
-    generations_complete,
     rung_rows,
     search_scores,
     stalled,

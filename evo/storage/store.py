@@ -26,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 from sqlalchemy import (
     Connection,
     Select,
@@ -62,6 +61,9 @@ from evo.storage.models import (
     ValidationRow,
 )
 from llm.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -785,6 +787,8 @@ class Storage:
         METRICS (numeric), then `pretrain.<name>` for every pretraining metric, error,
         host, device, worker, started_at, finished_at, recorded and lent_seconds.
         """
+        import pandas as pd  # here: the commands that need no frame load no pandas
+
         # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
         table = TrialRow.__table__.c
         names = {*_FRAME_HEAD[1:], *METRICS, *_FRAME_TAIL, "pretrain"} - {"trial_id"}

@@ -1,0 +1,121 @@
+"""Read commands from a cold start: how long `evo --help`, `evo ls`, `evo status NAME` and
+`evo export NAME` take, start to whole output, on a database of 10,000 trials.
+
+The database is made once, in a temporary folder, by `bench/scheduler_scale.py`'s
+synthetic run of `search_spaces/tiny.yaml` (the real steady-state loop, trials that
+train nothing; a minute or two); `--keep PATH` keeps it there and a later run with the
+same PATH reuses it.
+
+Each command runs as a fresh `python -m evo.cli` subprocess, `--runs` times, with this
+checkout's evo and, given `--peer PATH`, alternately with the evo of another checkout
+(e.g. the main branch), so that both meet the same load. The medians of the wall time
+and of the CPU time (user and system: on a busy machine the steadier figure) are printed
+side by side, beside those of `python -c pass`, the floor any command pays to start
+Python. The goal: `evo status` under 1 s.
+
+    python bench/read_speed.py --keep /tmp/evo-reads --peer ../main
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scheduler_scale import SCRATCH, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = "search_spaces/tiny.yaml"
+NAME = "reads"
+STATUS_GOAL_S = 1.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--trials", type=int, default=10_000, help="trials in the database")
+    p.add_argument("--runs", type=int, default=5, help="subprocesses per command (median)")
+    p.add_argument("--keep", type=Path, help="make the database here, or reuse the one there")
+    p.add_argument("--peer", type=Path, help="another checkout of evo, timed beside this one")
+    # What scheduler_scale.generate reads.
+    p.add_argument("--workers", type=int, default=4, help="trials in flight while generating")
+    p.add_argument("--seed", type=int, default=0, help="of the synthetic results")
+    p.add_argument("--scratch", type=Path, default=SCRATCH, help="where trials are generated")
+    return p.parse_args()
+
+
+@dataclass
+class Times:
+    """Seconds of the runs of one command with one checkout."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def text(self) -> str:
+        wall, cpu = statistics.median(self.wall), statistics.median(self.cpu)
+        return f"{wall:5.2f} s wall, {cpu:5.2f} s CPU"
+
+
+def run_once(command: list[str], checkout: Path, folder: Path, times: Times) -> None:
+    """Run `command` with `checkout`'s evo, in `folder` (not a checkout: `python -m` puts
+    its working folder first on the path), adding its wall and CPU seconds to `times`."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+    times.wall.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    times.cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+
+
+def commands(folder: Path) -> dict[str, list[str]]:
+    evo = [sys.executable, "-m", "evo.cli"]
+    storage = ["--storage", f"sqlite:///{folder / 'evo.db'}"]
+    export = ["--out", str(folder / "trials.csv")]
+    return {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "evo --help": [*evo, "--help"],
+        "evo ls": [*evo, "ls", *storage],
+        f"evo status {NAME}": [*evo, "status", NAME, *storage],
+        f"evo export {NAME}": [*evo, "export", NAME, *storage, *export],
+    }
+
+
+def measure(folder: Path, args: argparse.Namespace) -> None:
+    checkouts = {"this": ROOT, **({"peer": args.peer.resolve()} if args.peer else {})}
+    for name, checkout in checkouts.items():
+        print(f"{name}: {checkout}", flush=True)
+    for label, command in commands(folder).items():
+        times = {name: Times() for name in checkouts}
+        for _ in range(args.runs):
+            for name, checkout in checkouts.items():
+                run_once(command, checkout, folder, times[name])
+        line = " | ".join(f"{name} {times[name].text()}" for name in checkouts)
+        if label.startswith("evo status"):
+            verdict = "ok" if statistics.median(times["this"].wall) < STATUS_GOAL_S else "MISSED"
+            line += f"  (goal < {STATUS_GOAL_S:.0f} s: {verdict})"
+        print(f"{label:17} {line}", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average {load}; medians of {args.runs} runs", flush=True)
+    with contextlib.ExitStack() as stack:
+        folder = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if not (folder / "evo.db").exists():
+            print(f"making a run of {args.trials:,} trials in {folder}", flush=True)
+            made = generate(SPACE, NAME, folder, args)
+            print(f"made in {made:.0f} s", flush=True)
+        measure(folder, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The report's first section: the run as recorded, its budgets, its trials by outcome,
+the workers' utilization and the best value of each objective."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from evo.generations import generations_complete
+from evo.report.labels import gene_lines
+from evo.report.markup import format_value, html_table, section
+from evo.report.run import Run
+from evo.storage import Storage
+from evo.summary import (
+    ACTIVE,
+    FAILURES,
+    LOST,
+    SUCCESS,
+    budget_text,
+    ranked,
+    spent_text,
+    worker_time,
+)
+
+
+def summary_section(run: Run, storage: Storage) -> str:
+    info, space = run.info, run.space
+    rows: list[tuple[str, str]] = [
+        ("run", info.name),
+        ("status", info.status),
+        ("mode", space.search.mode.replace("_", "-")),
+        ("created", _when(info.created_at)),
+        ("updated", _when(info.updated_at)),
+        ("seed", str(info.seed)),
+    ]
+    target = space.target_budget()
+    if target is not None:
+        rows.append(("target (what evo promote trains)", budget_text(target)))
+    rows.append(("rungs", " / ".join(budget_text(b) for b in space.rung_budgets())))
+    limits = space.search.budget.limits()
+    if limits:
+        rows.append(("spent", spent_text(storage.spent(info.name), limits)))
+    if space.search.mode == "generational":
+        rows.append(
+            ("generations complete", f"{generations_complete(info)} of {space.search.generations}")
+        )
+    rows.append(("trials", _trial_counts(run)))
+    rows.append(("unigram baseline", _baseline_text(info.unigram_bits_per_byte)))
+    workers = worker_time(run.frame, storage.run_sessions(info.name))
+    if workers.utilization is not None:
+        rows.append(("worker utilization", workers.describe()))
+    rows.append(("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in run.objectives)))
+    for objective in run.objectives:
+        best = "—"
+        if not run.finished.empty:
+            row = ranked(run.finished, objective).iloc[0]
+            genes = ", ".join(gene_lines(row))
+            best = f"{format_value(row[objective.metric])} (trial {row['trial_id']}: {genes})"
+        rows.append((f"best {objective.metric}{run.where}", best))
+    return section(
+        "summary",
+        "Summary",
+        "The run as recorded in the results database; each best value comes with the "
+        "trial and genome that reached it.",
+        html_table(rows),
+    )
+
+
+def _trial_counts(run: Run) -> str:
+    statuses, stuck = run.frame["status"], int(run.stalled.sum())
+    done = f"{int((statuses == SUCCESS).sum())} done"
+    if stuck:
+        done += f" ({stuck} of them stalled)"
+    return (
+        f"{done}, {int(statuses.isin(FAILURES).sum())} failed, "
+        f"{int(statuses.isin(ACTIVE).sum())} queued or running, {int(statuses.isin(LOST).sum())}"
+        " lost to a dead worker or an interruption and run again"
+    )
+
+
+def _baseline_text(baseline: float | None) -> str:
+    if baseline is None:
+        return (
+            "not recorded (a run made before evo stored it; `evo resume` or `evo validate` "
+            "stores it), so no trial is judged stalled"
+        )
+    return f"{baseline:.4g} bits/byte (a trial no better than this stalled; see Failures)"
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -61,13 +61,12 @@ import evo.storage.store as store
 from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData
 from evo.driver import SteadyStateSearch, open_run
-from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
-from evo.metrics import TrialStatus
+from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
 from evo.space import SearchSpace, load_space
 from evo.status import print_status
 from evo.storage import Storage
 from llm.optim import planned_steps
-from llm.trial import CurvePoint, TrialResult
+from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ["search_spaces/tiny.yaml", "search_spaces/small.yaml"]
@@ -151,7 +150,7 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
     seconds = tokens / speed + rng.uniform(2.0, 6.0)  # plus start-up and evaluation
     if rng.random() < FAILURE_RATE:
         error = "synthetic failure: out of memory"
-        return TrialResult(TrialStatus.FAILED, error=error, wall_seconds=seconds, device=device)
+        return TrialResult(TrialEnd.FAILED, error=error, wall_seconds=seconds, device=device)
     params = model.param_count()
     bpb = (
         3.0
@@ -173,7 +172,7 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
         for i in (1, 2, 3)
     ]
     return TrialResult(
-        TrialStatus.DONE,
+        TrialEnd.DONE,
         val_loss=val_loss,
         perplexity=math.exp(val_loss),
         bits_per_byte=bpb,
@@ -194,10 +193,10 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
 
 def synthetic_outcome(job: TrialJob, space: SearchSpace, seed: int, started: float) -> TrialOutcome:
     result = synthetic_result(job, space, seed)
-    done = result.status is TrialStatus.DONE
+    done = result.status is TrialEnd.DONE
     return TrialOutcome(
         result=result,
-        status=result.status,
+        status=search_status(result.status),
         host="synthetic",
         worker="worker",
         started=started,

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,19 @@ import torch
 
 from llm.config import ModelConfig, TrainConfig
 from llm.data import TokenSplits
-from llm.status import TrialStatus
+
+
+class TrialEnd(str, enum.Enum):
+    """How `run_trial` ended a trial: trained and scored, its loss diverged, its spec was
+    refused before training, or it failed (out of memory, an error)."""
+
+    DONE = "done"
+    DIVERGED = "diverged"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -51,7 +64,8 @@ class TrialSpec:
     workdir: str | None = None  # where the trial may keep logs; None: writes nothing
     continue_from: str | None = None  # a stable checkpoint to continue pretraining from
     save_stable: str | None = None  # where to save the stable checkpoint (wsd schedules)
-    threads_now: Callable[[], int] | None = None  # see Trainer: threads lent while training
+    # Called before each training step with its number (see Trainer's `before_step`).
+    before_step: Sequence[Callable[[int], None]] = ()
 
 
 @dataclass
@@ -66,7 +80,7 @@ class CurvePoint:
 
 @dataclass
 class TrialResult:
-    status: TrialStatus
+    status: TrialEnd
     val_loss: float | None = None
     perplexity: float | None = None
     bits_per_byte: float | None = None
@@ -97,7 +111,7 @@ class TrialResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
         data = dict(data)
-        data["status"] = TrialStatus(data["status"])
+        data["status"] = TrialEnd(data["status"])
         data["curve"] = [CurvePoint(**p) for p in data.get("curve", [])]
         return cls(**data)
 
@@ -110,7 +124,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     started = time.perf_counter()
     problems = trial_problems(spec)
     if problems:
-        return TrialResult(status=TrialStatus.INVALID, error="; ".join(problems))
+        return TrialResult(status=TrialEnd.INVALID, error="; ".join(problems))
     try:
         with memory_peak() as peak:
             result = _run_stages(spec)
@@ -118,12 +132,12 @@ def run_trial(spec: TrialSpec) -> TrialResult:
         result.peak_memory_bytes = peak() if result.device.startswith("cuda") else None
     except torch.cuda.OutOfMemoryError as err:
         error = f"out of memory: {first_line(err)}"
-        result = TrialResult(status=TrialStatus.FAILED, error=error)
+        result = TrialResult(status=TrialEnd.FAILED, error=error)
     except MemoryError:
-        result = TrialResult(status=TrialStatus.FAILED, error="out of memory (host)")
+        result = TrialResult(status=TrialEnd.FAILED, error="out of memory (host)")
     except Exception as err:  # a trial must never take the search down with it
         error = f"{type(err).__name__}: {first_line(err)}"
-        result = TrialResult(status=TrialStatus.FAILED, error=error)
+        result = TrialResult(status=TrialEnd.FAILED, error=error)
     result.wall_seconds = time.perf_counter() - started
     return result
 
@@ -153,7 +167,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         model = Transformer(spec.model)
     params = spec.model.param_count()
     result = TrialResult(
-        status=TrialStatus.DONE,
+        status=TrialEnd.DONE,
         params=params.total,
         params_non_embedding=params.non_embedding,
         flops_per_token=spec.model.flops_per_token(spec.train.seq_len),
@@ -180,7 +194,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             data,
             out_dir=out_dir,
             stable_dir=_path(spec.save_stable) if pretrain else None,
-            threads_now=spec.threads_now,
+            before_step=spec.before_step,
         )
         outcome = trainer.fit(resume_from=_path(spec.continue_from) if pretrain else None)
         if outcome.stop_reason == "interrupted":
@@ -198,7 +212,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         if stage == "pretrain":
             result.train_tokens_per_s = tokens_per_second(outcome.step_times, train)
         if outcome.status == "diverged" or outcome.final is None:
-            result.status = TrialStatus.DIVERGED
+            result.status = TrialEnd.DIVERGED
             result.error = f"{stage}: loss became NaN or infinite at step {outcome.step}"
             return result
         if stage == "pretrain" and spec.adapt is not None:

@@ -91,12 +91,11 @@ def run_chain(
                 "rung": rung,
                 "budget": next(iter(budget.values())),
                 "status": outcome.status.value,
-                "bits_per_byte": result.bits_per_byte,
-                "val_loss": result.val_loss,
-                "params": result.params,
-                "tokens": result.tokens,
-                "steps": result.steps,
-                "wall_seconds": result.wall_seconds,
+                **{
+                    name: result.metrics.get(name)
+                    for name in ("bits_per_byte", "val_loss", "params", "tokens", "steps")
+                },
+                "wall_seconds": result.metrics["wall_seconds"],
                 "trial_seed": trial_seed(seed, genes),
             }
         )

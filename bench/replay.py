@@ -386,13 +386,16 @@ def simulated_outcome(
     value, per_token = table.answer(genes, at, seed_of(repetition, genes, table.seeds))
     seconds = per_token * cost.tokens
     end = TrialEnd.DONE if value is not None else TrialEnd.FAILED
+    measured = {"bits_per_byte": value} if value is not None else {}
     result = TrialResult(
         status=end,
-        bits_per_byte=value,
-        params=table.params(genes),
-        tokens=cost.tokens,
-        steps=cost.steps,
-        wall_seconds=seconds,
+        metrics={
+            **measured,
+            "params": table.params(genes),
+            "tokens": cost.tokens,
+            "steps": cost.steps,
+            "wall_seconds": seconds,
+        },
     )
     return TrialOutcome(result, search_status(end), "replay", "simulated", now, now + seconds)
 
@@ -565,8 +568,8 @@ def optuna_run(
             break
     while events:
         now, _, trial, genes, rung, outcome = heapq.heappop(events)
-        spent += outcome.result.tokens
-        value = outcome.result.bits_per_byte
+        spent += outcome.result.metrics["tokens"]
+        value = outcome.result.metric("bits_per_byte")
         tracker.offer(genes, value if rung == rungs - 1 else None)
         curve.append((spent, tracker.true, tracker.observed))
         if value is None:

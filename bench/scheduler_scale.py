@@ -150,7 +150,9 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
     seconds = tokens / speed + rng.uniform(2.0, 6.0)  # plus start-up and evaluation
     if rng.random() < FAILURE_RATE:
         error = "synthetic failure: out of memory"
-        return TrialResult(TrialEnd.FAILED, error=error, wall_seconds=seconds, device=device)
+        failed = TrialResult(TrialEnd.FAILED, error=error, device=device)
+        failed.metrics["wall_seconds"] = seconds
+        return failed
     params = model.param_count()
     bpb = (
         3.0
@@ -173,19 +175,22 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
     ]
     return TrialResult(
         TrialEnd.DONE,
-        val_loss=val_loss,
-        perplexity=math.exp(val_loss),
-        bits_per_byte=bpb,
-        accuracy=max(0.0, 0.6 - 0.1 * bpb),
-        train_tokens_per_s=speed,
-        decode_tokens_per_s=speed / 4,
-        params=params.total,
-        params_non_embedding=params.non_embedding,
-        flops_per_token=flops,
-        peak_memory_bytes=16 * params.total + 4 * train.batch_size * train.seq_len * model.d_model,
-        wall_seconds=seconds,
-        steps=steps,
-        tokens=tokens,
+        metrics={
+            "val_loss": val_loss,
+            "perplexity": math.exp(val_loss),
+            "bits_per_byte": bpb,
+            "accuracy": max(0.0, 0.6 - 0.1 * bpb),
+            "train_tokens_per_s": speed,
+            "decode_tokens_per_s": speed / 4,
+            "params": params.total,
+            "params_non_embedding": params.non_embedding,
+            "flops_per_token": flops,
+            "peak_memory_bytes": 16 * params.total
+            + 4 * train.batch_size * train.seq_len * model.d_model,
+            "wall_seconds": seconds,
+            "steps": steps,
+            "tokens": tokens,
+        },
         device=device,
         curve=curve,
     )
@@ -200,7 +205,7 @@ def synthetic_outcome(job: TrialJob, space: SearchSpace, seed: int, started: flo
         host="synthetic",
         worker="worker",
         started=started,
-        finished=started + result.wall_seconds,
+        finished=started + result.metrics["wall_seconds"],
         checkpoint=CHECKPOINT if job.keep_stable and done else None,
     )
 

@@ -169,9 +169,9 @@ class Trainer:
 
     def train(self, genes: dict[str, Any], rung: int, resume: Any) -> tuple[float | None, Any]:
         outcome = execute_job(make_job(self.space, self.vocab, 0, genes, rung, resume), self.data)
-        self.spent += outcome.result.tokens
+        self.spent += outcome.result.metrics["tokens"]
         done = outcome.status is TrialStatus.DONE
-        value = outcome.result.bits_per_byte if done else None
+        value = outcome.result.metric("bits_per_byte") if done else None
         if value is not None and rung == len(self.space.rung_budgets()) - 1:
             self.best = min(self.best, value)
         self.curve.append((self.spent, self.best))

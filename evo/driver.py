@@ -321,7 +321,8 @@ class SteadyStateSearch:
             if kept is not None:
                 self.checkpoints.delete(kept)
         # What storage counts too, so that a resumed search spends the same.
-        self.spending.settle(result.steps, result.tokens, result.wall_seconds)
+        metrics = result.metrics
+        self.spending.settle(metrics["steps"], metrics["tokens"], metrics["wall_seconds"])
         self.spending.release(flight.decision)
         self.trials_run += 1
         self.view.trial_finished(flight.genes, flight.rung, outcome)

@@ -257,7 +257,8 @@ def search_status(end: TrialEnd) -> TrialStatus:
 
 def failed_outcome(status: TrialStatus, error: str, started: float) -> TrialOutcome:
     now = time.time()
-    result = TrialResult(status=TrialEnd.FAILED, error=error, wall_seconds=now - started)
+    result = TrialResult(status=TrialEnd.FAILED, error=error)
+    result.metrics["wall_seconds"] = now - started
     return TrialOutcome(result, status, host="", worker="", started=started, finished=now)
 
 

@@ -1,6 +1,8 @@
 """What a trial measures, in one registry: each metric's name, its natural direction and
-its unit. Storage makes a column of each, a search space may optimise any that is an
-objective, and every "which value is better" question is answered here.
+its unit. A trial reports its metrics by these names (`llm.trial.TrialResult.metrics`),
+storage keeps each as a row of the trial and a column of its frame, a search space may
+optimise any that is an objective, and every "which value is better" question is
+answered here: a new metric is measured in `llm` and described here, nowhere else.
 
 Beside the metrics, where a trial stands in the search (`TrialStatus`). Nothing here
 imports torch, so that reading a results database needs none.
@@ -83,7 +85,7 @@ RESULT_STATUSES = frozenset(
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # a field of llm.trial.TrialResult
+    name: str  # a key of llm.trial.TrialResult.metrics
     direction: Direction  # which way is better when it is an objective
     unit: str
     description: str

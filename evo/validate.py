@@ -142,7 +142,7 @@ class _Recorder:
         shown = f"{self.metric} {value:.4g}" if value is not None else f"{outcome.status}"
         self.say(
             f"validated genome {job.genome_id} with seed {job.seed}: {shown} "
-            f"({self.done}/{self.total}, {result.wall_seconds:.0f} s)"
+            f"({self.done}/{self.total}, {result.metrics['wall_seconds']:.0f} s)"
         )
 
 

@@ -116,7 +116,7 @@ def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):
     assert sorted(recorder.outcomes) == [0, 1, 2, 3]
     # The same genome and seed give the same result in a worker as in this process.
     local = execute_job(job(0), data())
-    assert recorder.outcomes[0].result.val_loss == local.result.val_loss
+    assert recorder.outcomes[0].result.metric("val_loss") == local.result.metric("val_loss")
     workers = {o.worker for o in recorder.outcomes.values()}
     assert len(workers) == 2, "both workers should have been used"
 
@@ -182,7 +182,7 @@ def lent_threads_seen(job: TrialJob, data: TrialData) -> TrialOutcome:
         while job.genome_id == 0 and seen == 1 and time.time() < deadline:
             time.sleep(0.05)
             seen = threads.threads(1)
-    result = TrialResult(status=TrialEnd.DONE, steps=seen)
+    result = TrialResult(status=TrialEnd.DONE, metrics={"steps": seen})
     return TrialOutcome(result, TrialStatus.DONE, "", "", time.time(), time.time())
 
 
@@ -201,7 +201,7 @@ def test_a_trial_left_alone_at_the_end_trains_with_the_idle_workers_threads(
     # Genomes 1 and 2 ran beside genome 0 with their own thread; once they ended, their
     # worker's core went to genome 0. Genome 2's budget is in seconds: it is never lent
     # cores (they would buy it more training), so it gets no lending file.
-    assert {g: o.result.steps for g, o in recorder.outcomes.items()} == {0: 2, 1: 1, 2: 0}
+    assert {g: o.result.metric("steps") for g, o in recorder.outcomes.items()} == {0: 2, 1: 1, 2: 0}
 
 
 def crash_on_first_attempt(job: TrialJob, data: TrialData) -> TrialOutcome:

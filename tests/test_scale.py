@@ -69,10 +69,12 @@ def fill(url: str, run: str, rng: random.Random) -> dict[int, int]:
                     "status": "done",
                     "started_at": start,
                     "finished_at": start + timedelta(seconds=2),
-                    "bits_per_byte": 4.0 - 0.3 * rung - rng.random(),
-                    "steps": 3,
-                    "tokens": 192,
-                    "wall_seconds": 2.0,
+                    "metrics": {
+                        "bits_per_byte": 4.0 - 0.3 * rung - rng.random(),
+                        "steps": 3,
+                        "tokens": 192,
+                        "wall_seconds": 2.0,
+                    },
                 }
             )
         connection.execute(insert(GenomeRow.__table__), genomes)

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0005"
+HEAD_REVISION = f"{SCHEMA_VERSION:04d}"  # the migration that makes a database of this schema
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
@@ -122,24 +122,12 @@ class TrialRecord:
     worker: str | None
     started_at: datetime | None
     finished_at: datetime | None
-    val_loss: float | None
-    perplexity: float | None
-    bits_per_byte: float | None
-    accuracy: float | None
-    train_tokens_per_s: float | None
-    decode_tokens_per_s: float | None
-    params: int | None
-    params_non_embedding: int | None
-    flops_per_token: int | None
-    peak_memory_bytes: int | None
-    wall_seconds: float | None
-    steps: int | None
-    tokens: int | None
+    metrics: dict[str, float]  # what it measured, by name of METRICS (an integer's as int)
     pretrain: dict[str, Any] | None
     error: str | None
 
     def metric(self, name: str) -> float | None:
-        value = getattr(self, name)
+        value = self.metrics.get(name)
         return None if value is None else float(value)
 
 
@@ -219,7 +207,20 @@ def _record(cls: type[_Record], row: Base) -> _Record:
 def _trial_record(row: TrialRow) -> TrialRecord:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(TrialRecord)}
     values["status"] = TrialStatus(row.status)
+    values["metrics"] = row.metrics or {}
     return TrialRecord(**values)
+
+
+def _measured(values: dict[str, Any]) -> dict[str, Any]:
+    """The metrics among `values` that have a value, as JSON data (a non-finite float has
+    none: JSON has no NaN or infinity)."""
+    metrics = _jsonable({name: values.get(name) for name in METRICS})
+    return {name: value for name, value in metrics.items() if value is not None}
+
+
+def _with_wall_seconds(row: TrialRow, seconds: float | None) -> dict[str, Any] | None:
+    """The trial's metrics with its wall_seconds (by the driver's clock) set."""
+    return _measured({**(row.metrics or {}), "wall_seconds": seconds}) or None
 
 
 def budget_key(budget: dict[str, Any]) -> str:
@@ -634,7 +635,7 @@ class Storage:
             row.status = TrialStatus.RETRIED.value
             row.error = error
             row.finished_at = _now()
-            row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
+            row.metrics = _with_wall_seconds(row, _seconds_between(row.started_at, row.finished_at))
             retry = TrialRow(
                 **{
                     key: getattr(row, key)
@@ -699,8 +700,7 @@ class Storage:
             _mark_finished(row, status, host, worker, started, finished)
             row.checkpoint = checkpoint
             row.lent_seconds = lent_seconds
-            for name in METRICS:
-                setattr(row, name, _scalar(result.get(name)))
+            row.metrics = _measured(result)
             row.error = result.get("error")
             row.pretrain = _jsonable(result.get("pretrain"))
             row.device = result.get("device") or row.device
@@ -736,7 +736,8 @@ class Storage:
             for row in rows:
                 row.status = TrialStatus.INTERRUPTED.value
                 row.finished_at = row.finished_at or at
-                row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
+                seconds = _seconds_between(row.started_at, row.finished_at)
+                row.metrics = _with_wall_seconds(row, seconds)
             return [_trial_record(row) for row in rows]
 
     def forget_checkpoint(self, trial_id: int) -> None:
@@ -754,11 +755,12 @@ class Storage:
         even if its result was lost), and how many decisions it has made."""
         with self._sessions.begin() as session:
             run_id = self._run(session, run).id
+            metrics = TrialRow.metrics
             steps, tokens, seconds, decisions = session.execute(
                 select(
-                    func.sum(TrialRow.steps),
-                    func.sum(TrialRow.tokens),
-                    func.sum(TrialRow.wall_seconds),
+                    func.sum(metrics["steps"].as_integer()),
+                    func.sum(metrics["tokens"].as_integer()),
+                    func.sum(metrics["wall_seconds"].as_float()),
                     func.count(func.distinct(TrialRow.decision)),
                 )
                 .join(GenomeRow)
@@ -787,7 +789,7 @@ class Storage:
         """
         # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
         table = TrialRow.__table__.c
-        names = {*_FRAME_HEAD[1:], *METRICS, *_FRAME_TAIL, "pretrain"} - {"trial_id"}
+        names = {*_FRAME_HEAD[1:], *_FRAME_TAIL, "metrics", "pretrain"} - {"trial_id"}
         with self._sessions.begin() as session:
             run_id = self._run(session, run).id
             rows = session.execute(
@@ -801,7 +803,7 @@ class Storage:
                 record = {key: row[key] for key in _FRAME_HEAD[1:]}
                 record["trial_id"] = row["id"]
                 record.update((f"gene.{name}", value) for name, value in row["genes"].items())
-                record.update((key, row[key]) for key in METRICS)
+                record.update(row["metrics"] or {})
                 pretrain = row["pretrain"] or {}
                 record.update((f"pretrain.{name}", value) for name, value in pretrain.items())
                 record.update((key, row[key]) for key in _FRAME_TAIL)

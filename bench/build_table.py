@@ -45,9 +45,9 @@ from evo.driver import space_hash
 from evo.executor import execute_job
 from evo.metrics import TrialStatus
 from evo.operators import initial_population, mutate, repair, to_genome, to_individual, value_at
+from evo.search.trials import make_job, trial_seed
 from evo.space import SearchSpace, load_space
 from evo.storage import genome_hash
-from evo.trials import make_job, trial_seed
 
 Chain = list[dict[str, Any]]  # one row per rung reached
 

@@ -73,12 +73,13 @@ from search_efficiency import (
 
 from evo.checkpoints import Checkpoint, TrialCheckpoints
 from evo.data import TrialData
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
 from evo.metrics import TrialStatus
 from evo.operators import repair, to_genome, to_individual
 from evo.schedule.budget import cost_to_top, trial_cost
-from evo.schedule.generational import GenerationalSearch
+from evo.search.generational import GenerationalSearch
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import Domain, SearchSpace, space_from_dict
 from evo.storage import Storage, genome_hash
 from llm.config import apply_overrides

@@ -42,8 +42,8 @@ from scipy import stats
 from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import initial_population, to_genome
+from evo.search.trials import make_job
 from evo.space import SearchSpace, load_space
-from evo.trials import make_job
 
 
 def parse_args() -> argparse.Namespace:

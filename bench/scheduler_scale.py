@@ -60,8 +60,9 @@ from rich.console import Console
 import evo.storage.store as store
 from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import SearchSpace, load_space
 from evo.status import print_status
 from evo.storage import Storage

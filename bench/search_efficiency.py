@@ -51,14 +51,15 @@ from scipy import stats
 
 from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData, prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import LocalExecutor, execute_job
 from evo.metrics import TrialStatus
 from evo.operators import initial_population, repair, to_genome, to_individual
+from evo.search.steady_state import SteadyStateSearch
+from evo.search.trials import make_job
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import anytime_curve
-from evo.trials import make_job
 from llm.optim import planned_steps
 
 METHODS = ["evo", "random+asha", "random", "tpe+hyperband", "nsga2"]

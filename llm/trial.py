@@ -13,14 +13,13 @@ pointing there trains on from it exactly as if it had had that budget from the s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -101,11 +100,6 @@ class TrialResult:
     def metric(self, name: str) -> float | None:
         value = self.metrics.get(name)
         return None if value is None else float(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as one flat dict: its metrics by name beside its other fields."""
-        fields = dataclasses.asdict(self)
-        return {**fields.pop("metrics"), **fields}
 
 
 WARMUP_STEPS = 2  # optimizer steps left out of the throughput median (allocator, caches)

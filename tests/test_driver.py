@@ -18,7 +18,7 @@ from evo.data import prepare_data
 from evo.driver import open_run
 from evo.executor import LocalExecutor, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
-from evo.schedule.generational import GenerationalSearch as Search
+from evo.search.generational import GenerationalSearch as Search
 from evo.space import load_space, space_from_dict
 from evo.storage import Storage
 from llm.errors import UserError

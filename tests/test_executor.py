@@ -16,7 +16,7 @@ import torch
 from conftest import replayed_decisions, steady_space_dict, write_corpus
 
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import (
     LENDING_FILE_PREFIX,
     TRIAL_FOLDER_PREFIX,
@@ -32,6 +32,7 @@ from evo.executor import (
     search_status,
 )
 from evo.metrics import TrialStatus
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import space_from_dict
 from evo.storage import Storage
 from llm.config import ModelConfig, TrainConfig

@@ -13,8 +13,8 @@ from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import FAILED, fitness_class
 from evo.schedule.rungs import Ladder, RungResults
+from evo.search.trials import make_job
 from evo.space import Objective, load_space
-from evo.trials import make_job
 from llm.optim import planned_steps
 
 

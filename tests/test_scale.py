@@ -14,8 +14,9 @@ from rich.console import Console
 from sqlalchemy import create_engine, insert
 
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import LocalExecutor
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import load_space
 from evo.status import print_status
 from evo.storage import Storage

@@ -19,13 +19,14 @@ from conftest import replayed_decisions, steady_space_dict, write_corpus
 from evo.checkpoints import TrialCheckpoints
 from evo.cli import main as evo
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run, trials_folder
+from evo.driver import open_run
 from evo.executor import LocalExecutor
 from evo.metrics import TrialStatus
 from evo.operators import to_individual
 from evo.schedule.budget import cost_to_top
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler, min_members
+from evo.search.steady_state import SteadyStateSearch, trials_folder
 from evo.space import SearchSpace, load_space, space_from_dict
 from evo.storage import Storage, TrialRecord
 from llm.optim import planned_steps

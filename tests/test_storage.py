@@ -15,6 +15,7 @@ import pytest
 import yaml
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from conftest import outcome
 
 from evo.metrics import METRICS, TrialStatus
 from evo.storage import SCHEMA_VERSION, Spent, Storage, genome_hash
@@ -151,7 +152,7 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
 
     result = full_result()
     assert set(result.metrics) == set(METRICS), "a result with every metric of the registry"
-    store.finish_trial(trial_id, "done", result.to_dict(), lent_seconds=12.5)
+    store.finish_trial(trial_id, outcome("done", result, lent_seconds=12.5))
     (done,) = store.trials("r")
     assert done.status == "done"
     assert store.trials_frame("r")["lent_seconds"].tolist() == [12.5]
@@ -167,7 +168,7 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
 
     # Finishing again (a retried write) replaces the curve rather than duplicating it.
     failed = TrialResult(status="failed", error="CUDA out of memory", curve=result.curve[:1])
-    store.finish_trial(trial_id, "failed", failed.to_dict())
+    store.finish_trial(trial_id, outcome("failed", failed))
     (again,) = store.trials("r")
     assert (again.status, again.error, again.metric("val_loss")) == (
         "failed",
@@ -182,9 +183,9 @@ def test_bad_trial_writes_are_refused(store: Storage) -> None:
     store.create_run("other", SPACE, seed=0)
     trial_id = store.add_trial("r", store.genome_id("r", {"x": 1}), generation=0)
     with pytest.raises(ValueError, match="must be one of"):
-        store.finish_trial(trial_id, "running", {})
+        store.finish_trial(trial_id, outcome("running", {}))
     with pytest.raises(ValueError, match="'surprise'"):
-        store.finish_trial(trial_id, "done", {"surprise": 1.0})
+        store.finish_trial(trial_id, outcome("done", {"surprise": 1.0}))
     with pytest.raises(ValueError, match="not part of run"):
         store.add_trial("other", store.genome_id("r", {"x": 1}), generation=0)
     with pytest.raises(ValueError, match="no trial with id 999"):
@@ -201,12 +202,12 @@ def test_finished_result_is_the_latest_terminal_trial(store: Storage) -> None:
     store.mark_running(first, host="h", device="cpu")
     assert store.finished_result("r", genome) is None
 
-    store.finish_trial(first, "timeout", {"error": "timed out after 60 s"})
+    store.finish_trial(first, outcome("timeout", {"error": "timed out after 60 s"}))
     reused = store.finished_result("r", genome)
     assert reused is not None and (reused.id, reused.status) == (first, "timeout")
 
     second = store.add_trial("r", genome, generation=1, attempt=1)
-    store.finish_trial(second, "done", full_result().to_dict())
+    store.finish_trial(second, outcome("done", full_result()))
     reused = store.finished_result("r", genome)
     assert reused is not None and (reused.id, reused.metric("val_loss")) == (second, 2.5)
     assert store.finished_result("r", other) is None
@@ -231,7 +232,7 @@ def test_interrupted_trials_stay_in_the_history(store: Storage) -> None:
     store.create_run("other", SPACE, seed=0)
     genomes = [store.genome_id("r", {"n": n}) for n in range(3)]
     done, running, queued = (store.add_trial("r", g, generation=0) for g in genomes)
-    store.finish_trial(done, "done", full_result().to_dict())
+    store.finish_trial(done, outcome("done", full_result()))
     store.mark_running(running, host="h", device="cpu")
     untouched = store.add_trial("other", store.genome_id("other", {"n": 0}), generation=0)
 
@@ -261,7 +262,7 @@ def test_a_lost_attempt_is_kept_as_retried_beside_its_retry(store: Storage) -> N
     same = ("genome_id", "rung", "decision", "seen", "budget")
     assert [getattr(retry, key) for key in same] == [getattr(lost, key) for key in same]
     assert store.finished_result("r", genome, rung=1) is None  # a lost attempt is no result
-    store.finish_trial(second, "done", full_result().to_dict())
+    store.finish_trial(second, outcome("done", full_result()))
     found = store.finished_result("r", genome, rung=1)
     assert found is not None and found.id == second
     assert store.finished_result("r", genome, rung=0) is None
@@ -273,14 +274,14 @@ def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> 
     trials = [store.add_trial("r", store.genome_id("r", {"n": n})) for n in range(3)]
     assert [t.decision for t in store.trials("r")] == trials  # a decision of its own each
     other = store.add_trial("other", store.genome_id("other", {"n": 0}))
-    assert store.finish_trial(trials[2], "done", {}) == 1
-    assert store.finish_trial(other, "done", {}) == 1  # numbered within its own run
-    assert store.finish_trial(trials[0], "failed", {"error": "x"}) == 2
+    assert store.finish_trial(trials[2], outcome("done", {})) == 1
+    assert store.finish_trial(other, outcome("done", {})) == 1  # numbered within its own run
+    assert store.finish_trial(trials[0], outcome("failed", {"error": "x"})) == 2
     recorded = {t.id: t.recorded for t in store.trials("r")}
     assert recorded == {trials[0]: 2, trials[1]: None, trials[2]: 1}
     # A result is a change to the run: `updated` in status, report and dashboard follows.
     before = store.require_run("r").updated_at
-    store.finish_trial(trials[1], "done", {})
+    store.finish_trial(trials[1], outcome("done", {}))
     assert store.require_run("r").updated_at > before
 
 
@@ -289,11 +290,11 @@ def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
     assert store.spent("r") == Spent(0, 0, 0.0, 0)
     genome = store.genome_id("r", {"n": 0})
     first = store.add_trial("r", genome, decision=0)
-    store.finish_trial(first, "done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5})
+    store.finish_trial(first, outcome("done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5}))
     lost = store.add_trial("r", genome, rung=1, decision=1)
     store.mark_running(lost, host="h", device="cpu")
     retry = store.retry_trial(lost, "worker lost")
-    store.finish_trial(retry, "done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0})
+    store.finish_trial(retry, outcome("done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0}))
     interrupted = store.add_trial("r", genome, rung=2, decision=2)
     store.mark_running(interrupted, host="h", device="cpu")
     (cut,) = store.interrupt_active("r")  # a killed driver: it stopped at the last record
@@ -311,7 +312,7 @@ def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
 def test_checkpoints_and_sessions_are_recorded(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     trial = store.add_trial("r", store.genome_id("r", {"n": 0}))
-    store.finish_trial(trial, "done", {}, checkpoint="genome-1/rung-0")
+    store.finish_trial(trial, outcome("done", {}), checkpoint="genome-1/rung-0")
     assert store.trials("r")[0].checkpoint == "genome-1/rung-0"
     store.forget_checkpoint(trial)
     assert store.trials("r")[0].checkpoint is None
@@ -496,7 +497,7 @@ def test_trials_frame_has_a_column_per_gene_and_metric(store: Storage) -> None:
     small = store.genome_id("r", {"n_layers": 2, "lr": 0.01})
     lora = store.genome_id("r", {"n_layers": 4, "lr": 0.02, "lora_rank": 8})
     finished = store.add_trial("r", small, generation=0)
-    store.finish_trial(finished, "done", full_result().to_dict())
+    store.finish_trial(finished, outcome("done", full_result()))
     store.add_trial("r", lora, generation=1)
 
     frame = store.trials_frame("r")
@@ -564,7 +565,7 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     first = store.start_validation("r", genome, {"max_tokens": 2e6}, seed=7)
     other = store.start_validation("r", genome, {"max_tokens": 2_000_000}, seed=8)
     store.finish_validation(
-        first, TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": [], "error": None}
+        first, outcome(TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": [], "error": None})
     )
     assert store.interrupt_validations("r") == 1  # `other` was left running
     records = {v.id: v for v in store.validations("r")}
@@ -575,4 +576,4 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     assert store.start_validation("r", genome, {"max_tokens": 2_000_000.0}, seed=8) == other
     assert [v.budget for v in store.validations("r")] == [{"max_tokens": 2_000_000}] * 2
     with pytest.raises(ValueError, match="status must be one of"):
-        store.finish_validation(other, TrialStatus.RUNNING, {})
+        store.finish_validation(other, outcome(TrialStatus.RUNNING, {}))

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 from sqlalchemy import (
@@ -63,6 +63,9 @@ from evo.storage.models import (
 )
 from llm.errors import UserError
 
+if TYPE_CHECKING:  # the executor brings torch, which a reader of the database does without
+    from evo.executor import TrialOutcome
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
@@ -71,7 +74,6 @@ HEAD_REVISION = f"{SCHEMA_VERSION:04d}"  # the migration that makes a database o
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
-_RESULT_KEYS = frozenset({*METRICS, "status", "device", "error", "curve", "pretrain"})
 # Columns of trials_frame around the genes and metrics.
 _FRAME_HEAD = ("trial_id", "generation", "rung", "decision", "attempt", "status", "genome_id")
 _FRAME_TAIL = (
@@ -229,22 +231,30 @@ def budget_key(budget: dict[str, Any]) -> str:
     return json.dumps(whole, sort_keys=True)
 
 
+def _finished_status(outcome: TrialOutcome, what: str) -> TrialStatus:
+    """The outcome's status, once it is known to be a result with metrics evo knows."""
+    status = TrialStatus(outcome.status)
+    if not status.is_result:
+        raise ValueError(f"a finished {what}'s status must be one of {RESULTS}")
+    unknown = set(outcome.result.metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"{what} result has metrics evo.metrics lacks: {sorted(unknown)}")
+    return status
+
+
 def _mark_finished(
-    row: TrialRow | ValidationRow,
-    status: TrialStatus,
-    host: str | None,
-    worker: str | None,
-    started: float | None,
-    finished: float | None,
+    row: TrialRow | ValidationRow, status: TrialStatus, outcome: TrialOutcome
 ) -> None:
     """Set a finished training's status, and where and when it ran: the worker's own
-    epoch times when given (not the driver's dispatch time)."""
+    host and epoch times (not the driver's dispatch time). What the outcome does not
+    report (an empty host, a time of None) stays as the driver recorded it; the end is
+    then now."""
     row.status = status.value
-    row.finished_at = _now() if finished is None else _from_epoch(finished)
-    if started is not None:
-        row.started_at = _from_epoch(started)
-    row.host = host or row.host
-    row.worker = worker or row.worker
+    row.finished_at = _now() if outcome.finished is None else _from_epoch(outcome.finished)
+    if outcome.started is not None:
+        row.started_at = _from_epoch(outcome.started)
+    row.host = outcome.host or row.host
+    row.worker = outcome.worker or row.worker
 
 
 def _now() -> datetime:
@@ -660,35 +670,24 @@ class Storage:
     def finish_trial(
         self,
         trial_id: int,
-        status: TrialStatus,
-        result: dict[str, Any],
+        outcome: TrialOutcome,
         *,
-        host: str | None = None,
-        worker: str | None = None,
-        started: float | None = None,
-        finished: float | None = None,
         checkpoint: str | None = None,
         forget: Sequence[int] = (),
-        lent_seconds: float | None = None,
     ) -> int:
-        """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve,
-        and where its stable checkpoint was kept; in the same transaction, record that the
-        checkpoints of the trials in `forget` are no longer kept (the search's decisions
-        that came with this result). Returns the result's place in the order results
-        were recorded.
+        """Store a trial's outcome: its status, where and when it ran (the worker's clock,
+        not the driver's dispatch time), the idle workers' time lent to it
+        (`evo.executor.CoreLending`), and its result's metrics, error, pretrain metrics and
+        curve; also where its stable checkpoint was kept, and, in the same transaction,
+        that the checkpoints of the trials in `forget` are no longer kept (the search's
+        decisions that came with this result). Returns the result's place in the order
+        results were recorded.
 
-        A result may be partial (a timeout knows only its error); missing fields are stored
-        as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
-        epoch times `started`/`finished`, when given, say where and when the trial really
-        ran (the worker's clock, not the driver's dispatch time); `lent_seconds`, the idle
-        workers' time lent to it (`evo.executor.CoreLending`).
+        A result may be partial (a timeout knows only its error); a metric it lacks has no
+        value. A curve stored earlier for the trial is replaced.
         """
-        status = TrialStatus(status)
-        if not status.is_result:
-            raise ValueError(f"a finished trial's status must be one of {RESULTS}")
-        unknown = set(result) - _RESULT_KEYS
-        if unknown:
-            raise ValueError(f"trial result has fields the database lacks: {sorted(unknown)}")
+        status = _finished_status(outcome, "trial")
+        result = outcome.result
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
             run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
@@ -697,17 +696,20 @@ class Storage:
             run_row.results += 1
             run_row.updated_at = _now()
             row.recorded = run_row.results
-            _mark_finished(row, status, host, worker, started, finished)
+            _mark_finished(row, status, outcome)
             row.checkpoint = checkpoint
-            row.lent_seconds = lent_seconds
-            row.metrics = _measured(result)
-            row.error = result.get("error")
-            row.pretrain = _jsonable(result.get("pretrain"))
-            row.device = result.get("device") or row.device
+            row.lent_seconds = outcome.lent_seconds
+            row.metrics = _measured(result.metrics)
+            row.error = result.error
+            row.pretrain = _jsonable(result.pretrain)
+            row.device = result.device or row.device
             session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id == trial_id))
             session.add_all(
-                CurvePointRow(trial_id=trial_id, **{key: _scalar(v) for key, v in point.items()})
-                for point in result.get("curve") or []
+                CurvePointRow(
+                    trial_id=trial_id,
+                    **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()},
+                )
+                for point in result.curve
             )
             if forget:
                 session.execute(
@@ -964,29 +966,17 @@ class Storage:
             session.flush()
             return row.id
 
-    def finish_validation(
-        self,
-        validation_id: int,
-        status: TrialStatus,
-        result: dict[str, Any],
-        *,
-        host: str | None = None,
-        worker: str | None = None,
-        started: float | None = None,
-        finished: float | None = None,
-    ) -> None:
-        """Store a validation's outcome from a `TrialResult.to_dict()`: its status, its
-        metrics and its error (the curve is not kept); where and when as in finish_trial."""
-        status = TrialStatus(status)
-        if not status.is_result:
-            raise ValueError(f"a finished validation's status must be one of {RESULTS}")
+    def finish_validation(self, validation_id: int, outcome: TrialOutcome) -> None:
+        """Store a validation's outcome: its status, its result's metrics and error (the
+        curve is not kept), and where and when it ran, as finish_trial does."""
+        status = _finished_status(outcome, "validation")
         with self._sessions.begin() as session:
             row = session.get(ValidationRow, validation_id)
             if row is None:
                 raise ValueError(f"no validation with id {validation_id} in {self.url}")
-            _mark_finished(row, status, host, worker, started, finished)
-            row.metrics = _jsonable({k: v for k, v in result.items() if k in METRICS})
-            row.error = result.get("error")
+            _mark_finished(row, status, outcome)
+            row.metrics = _measured(outcome.result.metrics)
+            row.error = outcome.result.error
 
     def interrupt_validations(self, run: str) -> int:
         """Mark validations a stopped `evo validate` left running as interrupted; returns

@@ -800,19 +800,25 @@ class Storage:
                 .where(GenomeRow.run_id == run_id)
                 .order_by(table.id)
             ).mappings()
-            records = []
+            records, genes, pretrain = [], set(), set()
             for row in rows:
                 record = {key: row[key] for key in _FRAME_HEAD[1:]}
                 record["trial_id"] = row["id"]
                 record.update((f"gene.{name}", value) for name, value in row["genes"].items())
                 record.update(row["metrics"] or {})
-                pretrain = row["pretrain"] or {}
-                record.update((f"pretrain.{name}", value) for name, value in pretrain.items())
+                stage = row["pretrain"] or {}
+                record.update((f"pretrain.{name}", value) for name, value in stage.items())
                 record.update((key, row[key]) for key in _FRAME_TAIL)
                 records.append(record)
-        genes = sorted({key for record in records for key in record if key.startswith("gene.")})
-        pretrain = sorted({key for r in records for key in r if key.startswith("pretrain.")})
-        columns = [*_FRAME_HEAD, *genes, *METRICS, *pretrain, *_FRAME_TAIL]
+                genes.update(row["genes"])
+                pretrain.update(stage)
+        columns = [
+            *_FRAME_HEAD,
+            *(f"gene.{name}" for name in sorted(genes)),
+            *METRICS,
+            *(f"pretrain.{name}" for name in sorted(pretrain)),
+            *_FRAME_TAIL,
+        ]
         frame = pd.DataFrame(records, columns=columns)
         frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric)
         return frame

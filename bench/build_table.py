@@ -45,9 +45,9 @@ from evo.driver import space_hash
 from evo.executor import execute_job
 from evo.metrics import TrialStatus
 from evo.operators import initial_population, mutate, repair, to_genome, to_individual, value_at
+from evo.search.trials import make_job, trial_seed
 from evo.space import SearchSpace, load_space
 from evo.storage import genome_hash
-from evo.trials import make_job, trial_seed
 
 Chain = list[dict[str, Any]]  # one row per rung reached
 
@@ -91,12 +91,11 @@ def run_chain(
                 "rung": rung,
                 "budget": next(iter(budget.values())),
                 "status": outcome.status.value,
-                "bits_per_byte": result.bits_per_byte,
-                "val_loss": result.val_loss,
-                "params": result.params,
-                "tokens": result.tokens,
-                "steps": result.steps,
-                "wall_seconds": result.wall_seconds,
+                **{
+                    name: result.metrics.get(name)
+                    for name in ("bits_per_byte", "val_loss", "params", "tokens", "steps")
+                },
+                "wall_seconds": result.metrics["wall_seconds"],
                 "trial_seed": trial_seed(seed, genes),
             }
         )

@@ -529,7 +529,7 @@ def audit(search: Search, kills: Kills) -> Audit:
         interrupted=sum(t.status is TrialStatus.INTERRUPTED for t in trials),
         failed=[f"{t.status.value}: {t.error}" for t in results if t.status.is_failure],
         retry_errors=[(t.error or "")[:100] for t in trials if t.status is TrialStatus.RETRIED],
-        useful_worker_s=sum(t.wall_seconds or 0.0 for t in results),
+        useful_worker_s=sum(t.metric("wall_seconds") or 0.0 for t in results),
         retried_worker_s=sum(
             cut_short(t, epoch(t.finished_at)) for t in trials if t.status is TrialStatus.RETRIED
         ),
@@ -679,7 +679,7 @@ def uninterrupted(
     wall = time.time() - started
     reader.stop()
     with Storage(url, create=False) as storage:
-        useful = sum(t.wall_seconds or 0.0 for t in storage.trials(search.name))
+        useful = sum(t.metric("wall_seconds") or 0.0 for t in storage.trials(search.name))
     print(f"baseline: {wall:.1f} s", flush=True)
     return Baseline(wall, useful, reader)
 

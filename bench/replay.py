@@ -73,16 +73,17 @@ from search_efficiency import (
 
 from evo.checkpoints import Checkpoint, TrialCheckpoints
 from evo.data import TrialData
-from evo.driver import SteadyStateSearch, open_run
-from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
+from evo.driver import open_run
+from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
 from evo.metrics import TrialStatus
 from evo.operators import repair, to_genome, to_individual
 from evo.schedule.budget import cost_to_top, trial_cost
-from evo.schedule.generational import GenerationalSearch
+from evo.search.generational import GenerationalSearch
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import Domain, SearchSpace, space_from_dict
 from evo.storage import Storage, genome_hash
 from llm.config import apply_overrides
-from llm.trial import TrialResult
+from llm.trial import TrialEnd, TrialResult
 
 METHODS = [
     "evo", "evo-generational", "random", "random+asha", "tpe", "tpe+hyperband", "nsga2"
@@ -385,16 +386,19 @@ def simulated_outcome(
     at = table.space.rung_budgets().index(space.rung_budgets()[rung])
     value, per_token = table.answer(genes, at, seed_of(repetition, genes, table.seeds))
     seconds = per_token * cost.tokens
-    status = TrialStatus.DONE if value is not None else TrialStatus.FAILED
+    end = TrialEnd.DONE if value is not None else TrialEnd.FAILED
+    measured = {"bits_per_byte": value} if value is not None else {}
     result = TrialResult(
-        status=status,
-        bits_per_byte=value,
-        params=table.params(genes),
-        tokens=cost.tokens,
-        steps=cost.steps,
-        wall_seconds=seconds,
+        status=end,
+        metrics={
+            **measured,
+            "params": table.params(genes),
+            "tokens": cost.tokens,
+            "steps": cost.steps,
+            "wall_seconds": seconds,
+        },
     )
-    return TrialOutcome(result, status, "replay", "simulated", now, now + seconds)
+    return TrialOutcome(result, search_status(end), "replay", "simulated", now, now + seconds)
 
 
 def no_data() -> TrialData:
@@ -565,8 +569,8 @@ def optuna_run(
             break
     while events:
         now, _, trial, genes, rung, outcome = heapq.heappop(events)
-        spent += outcome.result.tokens
-        value = outcome.result.bits_per_byte
+        spent += outcome.result.metrics["tokens"]
+        value = outcome.result.metric("bits_per_byte")
         tracker.offer(genes, value if rung == rungs - 1 else None)
         curve.append((spent, tracker.true, tracker.observed))
         if value is None:

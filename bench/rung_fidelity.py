@@ -42,8 +42,8 @@ from scipy import stats
 from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import initial_population, to_genome
+from evo.search.trials import make_job
 from evo.space import SearchSpace, load_space
-from evo.trials import make_job
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,8 +86,8 @@ def wsd_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, Any])
     scores, tokens, resume = [], 0, None
     for rung in range(len(space.rung_budgets())):
         outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume), data)
-        scores.append(outcome.result.bits_per_byte)
-        tokens += outcome.result.tokens
+        scores.append(outcome.result.metric("bits_per_byte"))
+        tokens += outcome.result.metrics["tokens"]
         resume = outcome.checkpoint
         if resume is None and rung < len(space.rung_budgets()) - 1:
             scores += [None] * (len(space.rung_budgets()) - rung - 1)
@@ -106,13 +106,14 @@ def cosine_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, An
     train = dataclasses.replace(job.train, schedule="cosine", eval_interval=max(1, interval))
     outcome = execute_job(dataclasses.replace(job, train=train, keep_stable=False), data)
     losses = {p.step: p.val_loss for p in outcome.result.curve if p.val_loss is not None}
-    scale = outcome.result.bits_per_byte / outcome.result.val_loss if outcome.result.val_loss else 1
+    bits_per_byte, val_loss = (outcome.result.metric(n) for n in ("bits_per_byte", "val_loss"))
+    scale = bits_per_byte / val_loss if bits_per_byte is not None and val_loss else 1
     scores = []
     for step in steps:
         nearest = min(losses, key=lambda s: abs(s - step)) if losses else None
         scores.append(None if nearest is None else losses[nearest] * scale)
-    scores[-1] = outcome.result.bits_per_byte
-    return {"scores": scores, "tokens": outcome.result.tokens}
+    scores[-1] = bits_per_byte
+    return {"scores": scores, "tokens": outcome.result.metrics["tokens"]}
 
 
 SCHEDULES = {"wsd": wsd_scores, "cosine": cosine_scores}

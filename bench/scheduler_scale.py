@@ -60,14 +60,14 @@ from rich.console import Console
 import evo.storage.store as store
 from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData
-from evo.driver import SteadyStateSearch, open_run
-from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
-from evo.metrics import TrialStatus
+from evo.driver import open_run
+from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import SearchSpace, load_space
 from evo.status import print_status
 from evo.storage import Storage
 from llm.optim import planned_steps
-from llm.trial import CurvePoint, TrialResult
+from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ["search_spaces/tiny.yaml", "search_spaces/small.yaml"]
@@ -151,7 +151,9 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
     seconds = tokens / speed + rng.uniform(2.0, 6.0)  # plus start-up and evaluation
     if rng.random() < FAILURE_RATE:
         error = "synthetic failure: out of memory"
-        return TrialResult(TrialStatus.FAILED, error=error, wall_seconds=seconds, device=device)
+        failed = TrialResult(TrialEnd.FAILED, error=error, device=device)
+        failed.metrics["wall_seconds"] = seconds
+        return failed
     params = model.param_count()
     bpb = (
         3.0
@@ -173,20 +175,23 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
         for i in (1, 2, 3)
     ]
     return TrialResult(
-        TrialStatus.DONE,
-        val_loss=val_loss,
-        perplexity=math.exp(val_loss),
-        bits_per_byte=bpb,
-        accuracy=max(0.0, 0.6 - 0.1 * bpb),
-        train_tokens_per_s=speed,
-        decode_tokens_per_s=speed / 4,
-        params=params.total,
-        params_non_embedding=params.non_embedding,
-        flops_per_token=flops,
-        peak_memory_bytes=16 * params.total + 4 * train.batch_size * train.seq_len * model.d_model,
-        wall_seconds=seconds,
-        steps=steps,
-        tokens=tokens,
+        TrialEnd.DONE,
+        metrics={
+            "val_loss": val_loss,
+            "perplexity": math.exp(val_loss),
+            "bits_per_byte": bpb,
+            "accuracy": max(0.0, 0.6 - 0.1 * bpb),
+            "train_tokens_per_s": speed,
+            "decode_tokens_per_s": speed / 4,
+            "params": params.total,
+            "params_non_embedding": params.non_embedding,
+            "flops_per_token": flops,
+            "peak_memory_bytes": 16 * params.total
+            + 4 * train.batch_size * train.seq_len * model.d_model,
+            "wall_seconds": seconds,
+            "steps": steps,
+            "tokens": tokens,
+        },
         device=device,
         curve=curve,
     )
@@ -194,14 +199,14 @@ def synthetic_result(job: TrialJob, space: SearchSpace, seed: int) -> TrialResul
 
 def synthetic_outcome(job: TrialJob, space: SearchSpace, seed: int, started: float) -> TrialOutcome:
     result = synthetic_result(job, space, seed)
-    done = result.status is TrialStatus.DONE
+    done = result.status is TrialEnd.DONE
     return TrialOutcome(
         result=result,
-        status=result.status,
+        status=search_status(result.status),
         host="synthetic",
         worker="worker",
         started=started,
-        finished=started + result.wall_seconds,
+        finished=started + result.metrics["wall_seconds"],
         checkpoint=CHECKPOINT if job.keep_stable and done else None,
     )
 

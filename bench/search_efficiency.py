@@ -51,14 +51,15 @@ from scipy import stats
 
 from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData, prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import LocalExecutor, execute_job
 from evo.metrics import TrialStatus
 from evo.operators import initial_population, repair, to_genome, to_individual
+from evo.search.steady_state import SteadyStateSearch
+from evo.search.trials import make_job
 from evo.space import Domain, SearchSpace, load_space
 from evo.storage import Storage
 from evo.summary import anytime_curve
-from evo.trials import make_job
 from llm.optim import planned_steps
 
 METHODS = ["evo", "random+asha", "random", "tpe+hyperband", "nsga2"]
@@ -169,9 +170,9 @@ class Trainer:
 
     def train(self, genes: dict[str, Any], rung: int, resume: Any) -> tuple[float | None, Any]:
         outcome = execute_job(make_job(self.space, self.vocab, 0, genes, rung, resume), self.data)
-        self.spent += outcome.result.tokens
+        self.spent += outcome.result.metrics["tokens"]
         done = outcome.status is TrialStatus.DONE
-        value = outcome.result.bits_per_byte if done else None
+        value = outcome.result.metric("bits_per_byte") if done else None
         if value is not None and rung == len(self.space.rung_budgets()) - 1:
             self.best = min(self.best, value)
         self.curve.append((self.spent, self.best))

@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
+
 from evo.checkpoints import Checkpoint, pack, unpack
 from evo.data import TrialData
 from evo.metrics import TrialStatus
@@ -33,6 +35,7 @@ from llm.errors import UserError
 from llm.trial import (
     WARMUP_STEPS,
     AdaptSpec,
+    TrialEnd,
     TrialResult,
     TrialSpec,
     first_line,
@@ -109,14 +112,14 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
             adapt=adapt,
             continue_from=None if continue_from is None else str(continue_from),
             save_stable=None if stable is None else str(stable),
-            threads_now=lent,
+            before_step=() if lent is None else (lent,),
         )
         result = run_trial(spec)
-        kept = stable is not None and stable.is_dir() and result.status is TrialStatus.DONE
+        kept = stable is not None and stable.is_dir() and result.status is TrialEnd.DONE
         checkpoint = pack(stable) if kept and stable is not None else None
     return TrialOutcome(
         result=result,
-        status=result.status,
+        status=search_status(result.status),
         host=socket.gethostname(),
         worker=f"pid-{os.getpid()}",
         started=started,
@@ -172,12 +175,12 @@ def _usable_cores() -> int | None:
 
 
 class LentThreads:
-    """A trial's side of `CoreLending`: asked before each training step for the threads
-    to train with (`Trainer.threads_now`), reading what the driver posted. The first
-    `own_steps` always run with the trial's own threads, so that its throughput (the
-    median step time after `WARMUP_STEPS`, over the steps at its own thread count) is
-    measured as configured even for a trial started alone. `lent_seconds` adds up the
-    borrowed cores' time, in worker-seconds."""
+    """A trial's side of `CoreLending`: a hook of its Trainer (`before_step`) that sets
+    torch's thread count before each step to what the driver posted. The first
+    `own_steps` steps of the trial always run with its own threads, so that its
+    throughput (the median step time after `WARMUP_STEPS`, over the steps at its own
+    thread count) is measured as configured even for a trial started alone.
+    `lent_seconds` adds up the borrowed cores' time, in worker-seconds."""
 
     def __init__(
         self,
@@ -189,16 +192,24 @@ class LentThreads:
     ) -> None:
         self.path, self.own, self.own_steps, self.clock = path, own, own_steps, clock
         self.current = own
-        self.steps = 0
+        self.first_step: int | None = None
         self.lent_seconds = 0.0
         self._last = clock()
 
-    def __call__(self) -> int:
+    def __call__(self, step: int) -> None:
+        threads = self.threads(step)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    def threads(self, step: int) -> int:
+        """The threads to train step number `step` with (steps are numbered from where
+        the trial started: a continued trial's first step is not 1)."""
         now = self.clock()
         self.lent_seconds += (self.current - self.own) / self.own * (now - self._last)
         self._last = now
-        self.steps += 1
-        if self.steps > self.own_steps:
+        if self.first_step is None:
+            self.first_step = step
+        if step - self.first_step >= self.own_steps:
             # Read at every step: a share lowered for a new trial must reach this one
             # before the newcomer's throughput is timed.
             self.current = max(self._posted(), self.own)
@@ -239,9 +250,15 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def search_status(end: TrialEnd) -> TrialStatus:
+    """Where a trial that `run_trial` ended stands in the search: the same word."""
+    return TrialStatus(end.value)
+
+
 def failed_outcome(status: TrialStatus, error: str, started: float) -> TrialOutcome:
     now = time.time()
-    result = TrialResult(status=TrialStatus.FAILED, error=error, wall_seconds=now - started)
+    result = TrialResult(status=TrialEnd.FAILED, error=error)
+    result.metrics["wall_seconds"] = now - started
     return TrialOutcome(result, status, host="", worker="", started=started, finished=now)
 
 

@@ -1,18 +1,20 @@
 """What a trial measures, in one registry: each metric's name, its natural direction and
-its unit. Storage makes a column of each, a search space may optimise any that is an
-objective, and every "which value is better" question is answered here.
+its unit. A trial reports its metrics by these names (`llm.trial.TrialResult.metrics`),
+storage keeps each as a row of the trial and a column of its frame, a search space may
+optimise any that is an objective, and every "which value is better" question is
+answered here: a new metric is measured in `llm` and described here, nowhere else.
 
-A trial's status is `llm.status.TrialStatus`, re-exported here beside the metrics.
+Beside the metrics, where a trial stands in the search (`TrialStatus`). Nothing here
+imports torch, so that reading a results database needs none.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
-
-from llm.status import RESULT_STATUSES, TrialStatus
 
 Direction = Literal["min", "max"]
 
@@ -30,9 +32,60 @@ __all__ = [
 ]
 
 
+class TrialStatus(str, enum.Enum):
+    """Where a trial stands in the search: the values the results database stores.
+
+    `llm.trial.run_trial` ends a trial DONE, DIVERGED, INVALID or FAILED (its
+    `TrialEnd`, with the same words). The search adds the rest of its life: QUEUED and
+    RUNNING before a result, TIMEOUT when it was cancelled, RETRIED when its worker was
+    lost and another attempt followed, and INTERRUPTED when the search stopped while it
+    ran (a resumed search runs it again).
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DIVERGED = "diverged"
+    INVALID = "invalid"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    RETRIED = "retried"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def is_result(self) -> bool:
+        """Whether the trial ended with an outcome the search counts (success or failure)."""
+        return self in RESULT_STATUSES
+
+    @property
+    def is_failure(self) -> bool:
+        return self in RESULT_STATUSES and self is not TrialStatus.DONE
+
+    @property
+    def is_active(self) -> bool:
+        return self in (TrialStatus.QUEUED, TrialStatus.RUNNING)
+
+
+RESULT_STATUSES = frozenset(
+    {
+        TrialStatus.DONE,
+        TrialStatus.DIVERGED,
+        TrialStatus.INVALID,
+        TrialStatus.FAILED,
+        TrialStatus.TIMEOUT,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Metric:
-    name: str  # a field of llm.trial.TrialResult
+    name: str  # a key of llm.trial.TrialResult.metrics
     direction: Direction  # which way is better when it is an objective
     unit: str
     description: str

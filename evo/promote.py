@@ -17,10 +17,10 @@ from typing import Any
 
 from evo.driver import load_run_space
 from evo.metrics import EVAL_TOKENS, TrialStatus
+from evo.search.trials import trial_seed
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
 from evo.summary import budget_text
-from evo.trials import trial_seed
 from evo.validate import validation_report
 from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir
@@ -29,12 +29,11 @@ from llm.config import RunConfig, to_dict
 from llm.data import prepare
 from llm.distributed import check_divisible, launch
 from llm.errors import UserError
+from llm.evaluate import EVAL_METRICS
 from llm.run import METRICS_FILE, train_run
 
 Metrics = dict[str, Any] | None
 PROMOTION_CONFIG = "promotion.json"  # the run's config, for the processes of --nproc
-# What a promotion records of a finished run's metrics.json.
-METRIC_FIELDS = ("val_loss", "perplexity", "bits_per_byte", "accuracy", "steps", "tokens")
 
 
 @dataclass(frozen=True)
@@ -182,17 +181,7 @@ def train_here(config: RunConfig, out_dir: Path, resume: bool) -> tuple[RunStatu
         return RunStatus.INTERRUPTED, None
     if outcome.final is None:
         return RunStatus.FAILED, None
-    final = outcome.final
-    metrics = {
-        "val_loss": final.loss,
-        "perplexity": final.perplexity,
-        "bits_per_byte": final.bits_per_byte,
-        "accuracy": final.accuracy,
-        EVAL_TOKENS: final.tokens,
-        "steps": outcome.step,
-        "tokens": outcome.tokens,
-    }
-    return RunStatus.FINISHED, metrics
+    return RunStatus.FINISHED, promotion_metrics(out_dir)
 
 
 def train_in_processes(
@@ -208,6 +197,13 @@ def train_in_processes(
         return RunStatus.INTERRUPTED, None
     if code != 0:
         return RunStatus.FAILED, None
+    return RunStatus.FINISHED, promotion_metrics(out_dir)
+
+
+def promotion_metrics(out_dir: Path) -> dict[str, Any]:
+    """What a promotion records of its finished run's metrics.json (`llm.run.run_metrics`):
+    the final evaluation's metrics, the steps and tokens it trained, and the tokens it
+    was scored on."""
     saved = read_json_object(out_dir / METRICS_FILE, UserError, f"{out_dir}: no {METRICS_FILE}")
-    metrics = {key: saved[key] for key in METRIC_FIELDS}
-    return RunStatus.FINISHED, {**metrics, EVAL_TOKENS: saved["eval_tokens"]}
+    metrics = {key: saved[key] for key in (*EVAL_METRICS, "steps", "tokens")}
+    return {**metrics, EVAL_TOKENS: saved["eval_tokens"]}

@@ -128,21 +128,13 @@ class _Recorder:
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         result = outcome.result
-        self.storage.finish_validation(
-            self.ids[(job.genome_id, job.seed)],
-            outcome.status,
-            result.to_dict(),
-            host=outcome.host,
-            worker=outcome.worker,
-            started=outcome.started,
-            finished=outcome.finished,
-        )
+        self.storage.finish_validation(self.ids[(job.genome_id, job.seed)], outcome)
         self.done += 1
         value = result.metric(self.metric)
         shown = f"{self.metric} {value:.4g}" if value is not None else f"{outcome.status}"
         self.say(
             f"validated genome {job.genome_id} with seed {job.seed}: {shown} "
-            f"({self.done}/{self.total}, {result.wall_seconds:.0f} s)"
+            f"({self.done}/{self.total}, {result.metrics['wall_seconds']:.0f} s)"
         )
 
 

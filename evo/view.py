@@ -218,8 +218,8 @@ class TrackedView:
                         {"kind": "eval", "step": point.step, "val_loss": point.val_loss}
                     )
             result = outcome.result
-            final = {"bits_per_byte": result.bits_per_byte, "accuracy": result.accuracy}
-            tracking.record({"kind": "eval", "step": result.steps, **final})
+            final = {name: result.metric(name) for name in ("bits_per_byte", "accuracy")}
+            tracking.record({"kind": "eval", "step": result.metrics["steps"], **final})
         finally:
             tracking.close()
 

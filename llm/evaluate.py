@@ -23,6 +23,15 @@ from torch import nn
 from llm.data import eval_batches
 from llm.loss import IGNORE
 
+# The metrics of an evaluation, by the names a run's metrics.json and a search record
+# them under, each with the EvalResult field that holds it.
+EVAL_METRICS = {
+    "val_loss": "loss",
+    "perplexity": "perplexity",
+    "bits_per_byte": "bits_per_byte",
+    "accuracy": "accuracy",
+}
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -31,6 +40,11 @@ class EvalResult:
     bits_per_byte: float
     accuracy: float  # next-token top-1
     tokens: int  # predicted tokens evaluated
+
+    def metrics(self) -> dict[str, float]:
+        """The evaluation's metrics by name (EVAL_METRICS): the one translation of an
+        evaluation into the metrics that runs and searches record."""
+        return {name: getattr(self, field) for name, field in EVAL_METRICS.items()}
 
 
 def evaluate(

@@ -137,14 +137,7 @@ def run_metrics(outcome: TrainOutcome, config: ModelConfig) -> dict[str, Any]:
         "median_step_seconds": median_step,
     }
     if outcome.final is not None:
-        final = outcome.final
-        metrics.update(
-            val_loss=final.loss,
-            perplexity=final.perplexity,
-            bits_per_byte=final.bits_per_byte,
-            accuracy=final.accuracy,
-            eval_tokens=final.tokens,
-        )
+        metrics.update(outcome.final.metrics(), eval_tokens=outcome.final.tokens)
     return metrics
 
 

@@ -25,7 +25,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -87,17 +87,18 @@ class Trainer:
         progress: bool = False,
         stable_dir: Path | None = None,
         parallel: SingleProcess | None = None,
-        threads_now: Callable[[], int] | None = None,
+        before_step: Sequence[Callable[[int], None]] = (),
     ) -> None:
         """`stable_dir`, with a wsd schedule: where to save a checkpoint of the moment the
         cool-down begins, from which training can continue to any larger budget.
         `parallel`: the processes this one trains with (`llm.distributed`); rank 0 alone
-        writes checkpoints and the log. `threads_now`: asked before each step how many CPU
-        threads to train with (a search lends its idle workers' cores to the trials still
-        running); steps run with more or fewer threads than the run's own are left out of
-        `step_times`, so throughput is always that of the configured threads."""
+        writes checkpoints and the log. `before_step`: called before each optimizer step
+        with the number of the step about to run; one may change torch's thread count (a
+        search lends its idle workers' cores to the trials still running), and a step
+        run with another thread count than the run's own is left out of `step_times`, so
+        throughput is always that of the configured threads."""
         self.parallel = parallel or SingleProcess()
-        self.threads_now = threads_now
+        self.before_step = before_step
         self.model = model
         self.config = config.validate()
         self.data = data
@@ -188,9 +189,8 @@ class Trainer:
             stop = budget_reached(config, self.state)
             try:
                 while stop is None:
-                    wanted = self.threads_now() if self.threads_now else own_threads
-                    if wanted != torch.get_num_threads():
-                        torch.set_num_threads(wanted)
+                    for hook in self.before_step:
+                        hook(self.state.step + 1)
                     started = time.perf_counter()
                     progress = self._progress()
                     if not stable_saved and cooling_down(config, progress):

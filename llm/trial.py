@@ -13,19 +13,31 @@ pointing there trains on from it exactly as if it had had that budget from the s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import enum
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from llm.config import ModelConfig, TrainConfig, pairing_problems
 from llm.data import TokenSplits
-from llm.status import TrialStatus
+
+
+class TrialEnd(str, enum.Enum):
+    """How `run_trial` ended a trial: trained and scored, its loss diverged, its spec was
+    refused before training, or it failed (out of memory, an error)."""
+
+    DONE = "done"
+    DIVERGED = "diverged"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -51,7 +63,8 @@ class TrialSpec:
     workdir: str | None = None  # where the trial may keep logs; None: writes nothing
     continue_from: str | None = None  # a stable checkpoint to continue pretraining from
     save_stable: str | None = None  # where to save the stable checkpoint (wsd schedules)
-    threads_now: Callable[[], int] | None = None  # see Trainer: threads lent while training
+    # Called before each training step with its number (see Trainer's `before_step`).
+    before_step: Sequence[Callable[[int], None]] = ()
 
 
 @dataclass
@@ -64,42 +77,29 @@ class CurvePoint:
     stage: Literal["pretrain", "adapt"] = "pretrain"
 
 
+def _no_compute() -> dict[str, float]:
+    """A result's metrics before any training: its compute is counted from zero."""
+    return {"steps": 0, "tokens": 0, "wall_seconds": 0.0}
+
+
 @dataclass
 class TrialResult:
-    status: TrialStatus
-    val_loss: float | None = None
-    perplexity: float | None = None
-    bits_per_byte: float | None = None
-    accuracy: float | None = None
-    train_tokens_per_s: float | None = None
-    decode_tokens_per_s: float | None = None
-    params: int | None = None
-    params_non_embedding: int | None = None
-    flops_per_token: int | None = None
-    peak_memory_bytes: int | None = None
-    wall_seconds: float = 0.0
-    steps: int = 0  # optimizer steps this trial ran, over its stages (its compute)
-    tokens: int = 0
+    status: TrialEnd
+    # What the trial measured, by name (`evo.metrics.METRICS` describes each): the final
+    # evaluation's metrics (`EvalResult.metrics`), its speed and its size; a value that
+    # was not measured is absent. Its compute is always there: the optimizer steps and
+    # tokens it trained over its stages, and its wall_seconds.
+    metrics: dict[str, float] = field(default_factory=_no_compute)
     device: str = "cpu"
     error: str | None = None
     curve: list[CurvePoint] = field(default_factory=list)
-    # Metrics of the pretraining stage when an adapt stage follows (then the fields
-    # above describe the adapt stage's validation set).
+    # The evaluation's metrics after the pretraining stage when an adapt stage follows
+    # (then `metrics` holds the adapt stage's, on its validation set).
     pretrain: dict[str, float] | None = None
 
     def metric(self, name: str) -> float | None:
-        value = getattr(self, name)
+        value = self.metrics.get(name)
         return None if value is None else float(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
-        data = dict(data)
-        data["status"] = TrialStatus(data["status"])
-        data["curve"] = [CurvePoint(**p) for p in data.get("curve", [])]
-        return cls(**data)
 
 
 WARMUP_STEPS = 2  # optimizer steps left out of the throughput median (allocator, caches)
@@ -110,21 +110,23 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     started = time.perf_counter()
     problems = trial_problems(spec)
     if problems:
-        return TrialResult(status=TrialStatus.INVALID, error="; ".join(problems))
+        return TrialResult(status=TrialEnd.INVALID, error="; ".join(problems))
     try:
         with memory_peak() as peak:
             result = _run_stages(spec)
         # Only a trial trained on the GPU has an allocator peak of its own to report.
-        result.peak_memory_bytes = peak() if result.device.startswith("cuda") else None
+        peak_bytes = peak() if result.device.startswith("cuda") else None
+        if peak_bytes is not None:
+            result.metrics["peak_memory_bytes"] = peak_bytes
     except torch.cuda.OutOfMemoryError as err:
         error = f"out of memory: {first_line(err)}"
-        result = TrialResult(status=TrialStatus.FAILED, error=error)
+        result = TrialResult(status=TrialEnd.FAILED, error=error)
     except MemoryError:
-        result = TrialResult(status=TrialStatus.FAILED, error="out of memory (host)")
+        result = TrialResult(status=TrialEnd.FAILED, error="out of memory (host)")
     except Exception as err:  # a trial must never take the search down with it
         error = f"{type(err).__name__}: {first_line(err)}"
-        result = TrialResult(status=TrialStatus.FAILED, error=error)
-    result.wall_seconds = time.perf_counter() - started
+        result = TrialResult(status=TrialEnd.FAILED, error=error)
+    result.metrics["wall_seconds"] = time.perf_counter() - started
     return result
 
 
@@ -149,8 +151,8 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
         torch.manual_seed(spec.seed)
         model = Transformer(spec.model)
     params = spec.model.param_count()
-    result = TrialResult(
-        status=TrialStatus.DONE,
+    result = TrialResult(status=TrialEnd.DONE)
+    result.metrics.update(
         params=params.total,
         params_non_embedding=params.non_embedding,
         flops_per_token=spec.model.flops_per_token(spec.train.seq_len),
@@ -177,7 +179,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             data,
             out_dir=out_dir,
             stable_dir=_path(spec.save_stable) if pretrain else None,
-            threads_now=spec.threads_now,
+            before_step=spec.before_step,
         )
         outcome = trainer.fit(resume_from=_path(spec.continue_from) if pretrain else None)
         if outcome.stop_reason == "interrupted":
@@ -185,41 +187,32 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             # interrupt goes on to whoever runs it (the search marks its run interrupted).
             raise KeyboardInterrupt
         result.device = str(next(model.parameters()).device)
-        result.steps += outcome.step - outcome.first_step
-        result.tokens += outcome.tokens - outcome.first_tokens
+        result.metrics["steps"] += outcome.step - outcome.first_step
+        result.metrics["tokens"] += outcome.tokens - outcome.first_tokens
         result.curve += [
             CurvePoint(stage=stage, **point)
             for point in outcome.curve
             if point["step"] > outcome.first_step
         ]
-        if stage == "pretrain":
-            result.train_tokens_per_s = tokens_per_second(outcome.step_times, train)
+        throughput = tokens_per_second(outcome.step_times, train) if pretrain else None
+        if throughput is not None:
+            result.metrics["train_tokens_per_s"] = throughput
         if outcome.status == "diverged" or outcome.final is None:
-            result.status = TrialStatus.DIVERGED
+            result.status = TrialEnd.DIVERGED
             result.error = f"{stage}: loss became NaN or infinite at step {outcome.step}"
             return result
-        if stage == "pretrain" and spec.adapt is not None:
-            result.pretrain = eval_metrics(outcome.final)
-        for key, value in eval_metrics(outcome.final).items():
-            setattr(result, key, value)
+        if pretrain and spec.adapt is not None:
+            result.pretrain = outcome.final.metrics()
+        result.metrics.update(outcome.final.metrics())
     if spec.adapt is not None and spec.adapt.lora_rank > 0:
         merge_lora(model)  # decode as deployed: adapters folded into the weights
     with thread_count(spec.train.threads):
-        result.decode_tokens_per_s = decode_tokens_per_second(model)
+        result.metrics["decode_tokens_per_s"] = decode_tokens_per_second(model)
     return result
 
 
 def _path(name: str | None) -> Path | None:
     return None if name is None else Path(name)
-
-
-def eval_metrics(final: Any) -> dict[str, float]:
-    return {
-        "val_loss": final.loss,
-        "perplexity": final.perplexity,
-        "bits_per_byte": final.bits_per_byte,
-        "accuracy": final.accuracy,
-    }
 
 
 def tokens_per_second(step_times: list[float], train: TrainConfig) -> float | None:

@@ -7,18 +7,22 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
-from evo.driver import history
+from evo.executor import TrialOutcome
+from evo.metrics import TrialStatus
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler
+from evo.search.steady_state import history
 from evo.space import SearchSpace
 from evo.storage import Storage
 from llm.config import ModelConfig
 from llm.model import Transformer
+from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 # The tiny search, shared with the chaos bench, re-exported: tests import it from conftest.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -43,6 +47,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for group in groups:
         rng.shuffle(group)
     items[:] = [item for group in groups for item in group]
+
+
+def outcome(
+    status: str, result: TrialResult | dict[str, Any] | None = None, **where: Any
+) -> TrialOutcome:
+    """A trial's outcome as an executor reports it. `result` is a TrialResult, or a result
+    written as one dict: its metrics by name, and its `device`, `error`, `curve` (as
+    dicts) and `pretrain` where given. What is not given is not reported, and storage
+    keeps what the driver recorded: the device the trial was marked running on, its
+    start; `where` sets the outcome's own fields (host, started, lent_seconds, ...)."""
+    if not isinstance(result, TrialResult):
+        fields = dict(result or {})
+        fields.pop("status", None)
+        curve = [CurvePoint(**point) for point in fields.pop("curve", None) or []]
+        named = {key: fields.pop(key) for key in ("device", "error", "pretrain") if key in fields}
+        ends = {end.value for end in TrialEnd}
+        ended = TrialEnd(status) if status in ends else TrialEnd.FAILED
+        result = TrialResult(ended, metrics=fields, curve=curve, **{"device": "", **named})
+    unreported = {"host": "", "worker": "", "started": None, "finished": None}
+    return TrialOutcome(result, TrialStatus(status), **{**unreported, **where})
 
 
 def train_small_model(work: Path, data: dict, train: dict) -> Path:

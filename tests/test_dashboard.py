@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 import yaml
+from conftest import outcome
 from fastapi.testclient import TestClient
 from test_report import (  # noqa: F401 (fixtures)
     RUN,
@@ -57,10 +58,14 @@ def test_the_runs_list_shows_the_best_at_the_top_rung(store: Storage) -> None:  
     store.create_run(RUN, yaml.safe_dump(space), seed=0)
     client = TestClient(build_app(store))
     first, second = store.genome_id(RUN, {"n_layers": 2}), store.genome_id(RUN, {"n_layers": 3})
-    store.finish_trial(store.add_trial(RUN, first, rung=0), "done", result(2.9, 1e3, adapt=False))
+    store.finish_trial(
+        store.add_trial(RUN, first, rung=0), outcome("done", result(2.9, 1e3, adapt=False))
+    )
     (summary,) = client.get("/api/runs").json()
     assert summary["best"] is None  # a lower rung's score is not comparable with the top's
-    store.finish_trial(store.add_trial(RUN, second, rung=2), "done", result(3.0, 1e3, adapt=False))
+    store.finish_trial(
+        store.add_trial(RUN, second, rung=2), outcome("done", result(3.0, 1e3, adapt=False))
+    )
     (summary,) = client.get("/api/runs").json()
     assert summary["best"] == pytest.approx(3.0)
 

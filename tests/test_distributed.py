@@ -135,7 +135,9 @@ def test_evo_promote_trains_in_processes_and_records_the_result(workdir: Path) -
     # Two processes take the steps one took for the search's top rung.
     scored = [t for t in storage.trials("space") if t.genome_id == promotion.genome_id]
     top = max(scored, key=lambda t: t.rung)
-    assert promotion.metrics["bits_per_byte"] == pytest.approx(top.bits_per_byte, rel=1e-4)
+    assert promotion.metrics["bits_per_byte"] == pytest.approx(
+        top.metric("bits_per_byte"), rel=1e-4
+    )
     assert (workdir / "best" / "model.safetensors").exists()
     # A batch that does not split among the processes is refused before anything is
     # recorded.

@@ -18,7 +18,7 @@ from evo.data import prepare_data
 from evo.driver import open_run
 from evo.executor import LocalExecutor, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
-from evo.schedule.generational import GenerationalSearch as Search
+from evo.search.generational import GenerationalSearch as Search
 from evo.space import load_space, space_from_dict
 from evo.storage import Storage
 from llm.errors import UserError
@@ -36,7 +36,7 @@ def history(storage: Storage, name: str) -> tuple[list, list]:
     genomes = storage.genomes(name)
     populations = [[genomes[gid] for gid in g.genome_ids] for g in storage.generations(name)]
     trials = sorted(
-        (t.generation, sorted(genomes[t.genome_id].items()), t.status, t.bits_per_byte)
+        (t.generation, sorted(genomes[t.genome_id].items()), t.status, t.metric("bits_per_byte"))
         for t in storage.trials(name)
         if t.status.is_result
     )
@@ -59,7 +59,7 @@ def test_a_search_records_every_generation_and_never_trains_a_genome_twice(space
     assert len(trials) == 3 * 4
     assert all(t.status == "done" for t in trials)
     assert storage.get_run("s").status == "finished"
-    assert summary.best["bits_per_byte"] == min(t.bits_per_byte for t in trials)
+    assert summary.best["bits_per_byte"] == min(t.metric("bits_per_byte") for t in trials)
     assert (
         generations[-1].stats["objectives"]["bits_per_byte"]["min"] >= summary.best["bits_per_byte"]
     )
@@ -224,13 +224,15 @@ def test_a_run_written_by_evo_0_1_resumes_and_finishes(workdir):
     (workdir / "evo.db").write_bytes(SCHEMA_1.read_bytes())
     url = storage_url(workdir / "evo.db")
     before = Storage(url, create=False)
-    done_before = {t.id: t.bits_per_byte for t in before.trials("space") if t.status.is_result}
+    done_before = {
+        t.id: t.metric("bits_per_byte") for t in before.trials("space") if t.status.is_result
+    }
     assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
     storage = Storage(url, create=False)
     assert storage.get_run("space").status == "finished"
     assert [g.generation for g in storage.generations("space")] == [0, 1, 2]
     trials = storage.trials("space")
-    kept = {t.id: t.bits_per_byte for t in trials if t.id in done_before}
+    kept = {t.id: t.metric("bits_per_byte") for t in trials if t.id in done_before}
     assert kept == done_before  # nothing trained before the upgrade was lost or redone
     assert Counter(t.status for t in trials) == {
         TrialStatus.DONE: 12,

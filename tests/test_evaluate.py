@@ -42,6 +42,13 @@ def test_uniform_logits_score_ln_vocab() -> None:
     )
     # argmax of equal logits is token 0
     assert result.accuracy == pytest.approx(np.mean(tokens[1:] == 0))
+    # The metrics a run and a search record, the loss under the name `val_loss`.
+    assert result.metrics() == {
+        "val_loss": result.loss,
+        "perplexity": result.perplexity,
+        "bits_per_byte": result.bits_per_byte,
+        "accuracy": result.accuracy,
+    }
 
 
 @pytest.mark.parametrize(("seq_len", "batch_size"), [(7, 2), (10, 4), (200, 1)])

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 from conftest import replayed_decisions, steady_space_dict, write_corpus
 
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import (
     LENDING_FILE_PREFIX,
     TRIAL_FOLDER_PREFIX,
@@ -28,14 +29,16 @@ from evo.executor import (
     TrialOutcome,
     cluster_capacity,
     execute_job,
+    search_status,
 )
+from evo.metrics import TrialStatus
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import space_from_dict
 from evo.storage import Storage
 from llm.config import ModelConfig, TrainConfig
 from llm.data import TokenSplits
 from llm.errors import UserError
-from llm.status import TrialStatus
-from llm.trial import TrialResult
+from llm.trial import TrialEnd, TrialResult
 
 VOCAB = 40
 
@@ -114,7 +117,7 @@ def test_ray_executor_runs_trials_in_parallel_up_to_capacity(ray_cluster):
     assert sorted(recorder.outcomes) == [0, 1, 2, 3]
     # The same genome and seed give the same result in a worker as in this process.
     local = execute_job(job(0), data())
-    assert recorder.outcomes[0].result.val_loss == local.result.val_loss
+    assert recorder.outcomes[0].result.metric("val_loss") == local.result.metric("val_loss")
     workers = {o.worker for o in recorder.outcomes.values()}
     assert len(workers) == 2, "both workers should have been used"
 
@@ -133,11 +136,12 @@ def test_the_idle_workers_cores_are_lent_to_the_trials_still_running(
     now = [0.0]
     trial = LentThreads(lending.path, own=2, own_steps=5, clock=lambda: now[0])
     seen = []
+    steps = itertools.count(41)  # a continued trial: its steps are not numbered from 1
     for share in (3, 2, 2, 1, 1, 3):
         lending.share(in_flight=share)
         for _ in range(5):
             now[0] += 1.0
-            seen.append(trial())
+            seen.append(trial.threads(next(steps)))
     # The first steps run with the trial's own threads whatever is posted (its throughput
     # is measured on them); then 2 × 3 cores shared by the trials in flight.
     assert seen == [2] * 5 + [3] * 10 + [6] * 10 + [2] * 5
@@ -145,7 +149,28 @@ def test_the_idle_workers_cores_are_lent_to_the_trials_still_running(
     assert trial.lent_seconds == pytest.approx(10 * 0.5 + 10 * 2.0)
     lending.close()
     assert list(tmp_path.iterdir()) == []
-    assert LentThreads(lending.path, own=2, own_steps=0)() == 2  # nothing posted: its own
+    assert LentThreads(lending.path, own=2, own_steps=0).threads(1) == 2  # nothing posted: own
+
+
+def test_lent_threads_as_a_training_hook_set_torchs_thread_count(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    posted = tmp_path / "lend.txt"
+    posted.write_text("3")
+    hook = LentThreads(posted, own=1, own_steps=2)
+    seen = []
+    try:
+        for step in (5, 6, 7, 8):
+            hook(step)
+            seen.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 1, 3, 3]
+
+
+def test_every_way_a_trial_ends_is_a_result_of_the_search_in_the_same_word() -> None:
+    for end in TrialEnd:
+        status = search_status(end)
+        assert status.is_result and status.value == end.value
 
 
 def lent_threads_seen(job: TrialJob, data: TrialData) -> TrialOutcome:
@@ -154,12 +179,12 @@ def lent_threads_seen(job: TrialJob, data: TrialData) -> TrialOutcome:
     seen = 0
     if job.lend_file is not None:
         threads = LentThreads(Path(job.lend_file), own=job.train.threads or 1, own_steps=0)
-        seen, deadline = threads(), time.time() + 60
+        seen, deadline = threads.threads(1), time.time() + 60
         while job.genome_id == 0 and seen == 1 and time.time() < deadline:
             time.sleep(0.05)
-            seen = threads()
-    result = TrialResult(status=TrialStatus.DONE, steps=seen)
-    return TrialOutcome(result, result.status, "", "", time.time(), time.time())
+            seen = threads.threads(1)
+    result = TrialResult(status=TrialEnd.DONE, metrics={"steps": seen})
+    return TrialOutcome(result, TrialStatus.DONE, "", "", time.time(), time.time())
 
 
 def test_a_trial_left_alone_at_the_end_trains_with_the_idle_workers_threads(
@@ -177,7 +202,7 @@ def test_a_trial_left_alone_at_the_end_trains_with_the_idle_workers_threads(
     # Genomes 1 and 2 ran beside genome 0 with their own thread; once they ended, their
     # worker's core went to genome 0. Genome 2's budget is in seconds: it is never lent
     # cores (they would buy it more training), so it gets no lending file.
-    assert {g: o.result.steps for g, o in recorder.outcomes.items()} == {0: 2, 1: 1, 2: 0}
+    assert {g: o.result.metric("steps") for g, o in recorder.outcomes.items()} == {0: 2, 1: 1, 2: 0}
 
 
 def crash_on_first_attempt(job: TrialJob, data: TrialData) -> TrialOutcome:

@@ -227,8 +227,8 @@ def test_a_method_with_one_rung_is_scored_at_the_tables_top_rung(tmp_path, metho
     assert len(space.rung_budgets()) == 1
     outcome = replay.simulated_outcome(table, space, genes, 0, repetition=0, now=0.0)
     seed = replay.seed_of(0, genes, table.seeds)
-    assert outcome.result.bits_per_byte == pytest.approx(smooth_value(genes, 2, seed))
-    assert outcome.result.tokens == trial_cost(space, genes, 0).tokens
+    assert outcome.result.metric("bits_per_byte") == pytest.approx(smooth_value(genes, 2, seed))
+    assert outcome.result.metric("tokens") == trial_cost(space, genes, 0).tokens
 
 
 def test_hypervolume_of_a_known_front():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import steady_space_dict, write_corpus
+from conftest import outcome, steady_space_dict, write_corpus
 from plotly.offline import get_plotlyjs
 
 from evo.cli import main as evo
@@ -131,12 +131,12 @@ def run(store: Storage) -> dict[str, object]:
             trial = store.add_trial(RUN, genome, generation=generation)
             store.mark_running(trial, host="box", device="cpu")
             if generation == 0 and i == 4:
-                store.finish_trial(trial, "failed", {"status": "failed", "error": ERROR})
+                store.finish_trial(trial, outcome("failed", {"status": "failed", "error": ERROR}))
             elif generation == 1 and i == 4:
-                store.finish_trial(trial, "timeout", {"error": "timed out after 180 s"})
+                store.finish_trial(trial, outcome("timeout", {"error": "timed out after 180 s"}))
             else:
                 value = (2.5 - 0.2 * generation - 0.03 * i, 901.7 + 150 * i - 40 * generation)
-                store.finish_trial(trial, "done", result(*value))
+                store.finish_trial(trial, outcome("done", result(*value)))
                 metrics[trial] = value
         store.save_generation(RUN, generation, population, rng.getstate(), {"evaluated": 5})
     store.record_promotion(RUN, population[1], "runs/promoted-1", "done", PROMOTED)
@@ -244,7 +244,7 @@ def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> No
     store.create_run(RUN, SPACE_YAML, seed=0)
     genome = store.genome_id(RUN, {"n_layers": 2})
     store.finish_trial(
-        store.add_trial(RUN, genome, generation=0), "invalid", {"error": "bad <genome>"}
+        store.add_trial(RUN, genome, generation=0), outcome("invalid", {"error": "bad <genome>"})
     )
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
     for heading in HEADINGS[:-1]:
@@ -265,7 +265,7 @@ def test_report_with_one_objective(store: Storage, tmp_path: Path) -> None:
     store.create_run(RUN, yaml.safe_dump(space), seed=0)
     for i, genes in enumerate([{"n_layers": 1}, {"n_layers": 2}]):
         trial = store.add_trial(RUN, store.genome_id(RUN, genes), generation=i)
-        store.finish_trial(trial, "done", {"val_loss": 3.0 - i, "curve": []})
+        store.finish_trial(trial, outcome("done", {"val_loss": 3.0 - i, "curve": []}))
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "val_loss (min)" in section(page, "Summary")
     # One objective has no front: the history of its values, with the best so far.
@@ -287,7 +287,7 @@ def test_a_rung_whose_trials_all_stalled_says_so_where_others_learned(
     genome = store.genome_id(RUN, {"n_layers": 2})
     for rung, value in enumerate([4.6, 3.2]):  # stalled at rung 1, learned by rung 2
         trial = store.add_trial(RUN, genome, rung=rung)
-        store.finish_trial(trial, "done", result(value, 1000.0, adapt=False))
+        store.finish_trial(trial, outcome("done", result(value, 1000.0, adapt=False)))
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
     genes = section(page, "Genes")
     assert "No trial has learned at rung 1 yet: 1 succeeded there but stalled" in genes
@@ -322,11 +322,13 @@ def one(store: Storage) -> dict[int, float]:
             device = "cuda:0" if not scores else "cpu"
             store.mark_running(trial, host="box", device=device)
             measured = {"device": device, "peak_memory_bytes": GPU_PEAK} if not scores else {}
-            store.finish_trial(trial, "done", {**result(value, 1000.0, adapt=False), **measured})
+            store.finish_trial(
+                trial, outcome("done", {**result(value, 1000.0, adapt=False), **measured})
+            )
             scores[trial] = value
         store.save_generation(RUN, generation, population, rng.getstate(), {})
     failed = store.add_trial(RUN, population[0], generation=2)
-    store.finish_trial(failed, "diverged", {"error": "pretrain: loss became NaN"})
+    store.finish_trial(failed, outcome("diverged", {"error": "pretrain: loss became NaN"}))
     return scores
 
 

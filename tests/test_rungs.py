@@ -13,8 +13,8 @@ from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import FAILED, fitness_class
 from evo.schedule.rungs import Ladder, RungResults
+from evo.search.trials import make_job
 from evo.space import Objective, load_space
-from evo.trials import make_job
 from llm.optim import planned_steps
 
 
@@ -127,13 +127,13 @@ def test_a_genome_continued_rung_by_rung_equals_one_trained_straight(workdir) ->
     second = execute_job(make_job(space, vocab, 1, genes, 1, first.checkpoint), data)
     third = execute_job(make_job(space, vocab, 1, genes, 2, second.checkpoint), data)
     straight = execute_job(make_job(space, vocab, 1, genes, 2), data)
-    assert third.result.bits_per_byte == straight.result.bits_per_byte
-    assert third.result.val_loss == straight.result.val_loss
+    assert third.result.metric("bits_per_byte") == straight.result.metric("bits_per_byte")
+    assert third.result.metric("val_loss") == straight.result.metric("val_loss")
     assert third.checkpoint is None  # nothing continues from the top rung
     # Each rung trains on from where the one below cooled down: its own steps only,
     # and a learning curve that starts there instead of at step 0.
     stable = [planned_steps(make_job(space, vocab, 1, genes, r).train) for r in range(3)]
-    assert [o.result.steps for o in (first, second, third)] == [
+    assert [o.result.metric("steps") for o in (first, second, third)] == [
         3,
         9 - stable[0][0],
         27 - stable[1][0],

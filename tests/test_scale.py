@@ -14,8 +14,9 @@ from rich.console import Console
 from sqlalchemy import create_engine, insert
 
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run
+from evo.driver import open_run
 from evo.executor import LocalExecutor
+from evo.search.steady_state import SteadyStateSearch
 from evo.space import load_space
 from evo.status import print_status
 from evo.storage import Storage
@@ -69,10 +70,12 @@ def fill(url: str, run: str, rng: random.Random) -> dict[int, int]:
                     "status": "done",
                     "started_at": start,
                     "finished_at": start + timedelta(seconds=2),
-                    "bits_per_byte": 4.0 - 0.3 * rung - rng.random(),
-                    "steps": 3,
-                    "tokens": 192,
-                    "wall_seconds": 2.0,
+                    "metrics": {
+                        "bits_per_byte": 4.0 - 0.3 * rung - rng.random(),
+                        "steps": 3,
+                        "tokens": 192,
+                        "wall_seconds": 2.0,
+                    },
                 }
             )
         connection.execute(insert(GenomeRow.__table__), genomes)

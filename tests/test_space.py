@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from evo.search.trials import make_job
 from evo.space import SearchSpace, load_space, space_from_dict
-from evo.trials import make_job
 from llm.config import load_run_config
 from llm.errors import ConfigError
 

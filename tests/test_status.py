@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import space_dict, steady_space_dict, write_corpus
+from conftest import outcome, space_dict, steady_space_dict, write_corpus
 from rich.console import Console
 
 from evo.metrics import EVAL_TOKENS
@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> Iterator[Storage]:
             genes = {"n_layers": layers, "d_model": 16, "n_heads": 1, "learning_rate": rate}
             genome = storage.genome_id(RUN, genes)
             trial = storage.add_trial(RUN, genome, generation=generation)
-            storage.finish_trial(trial, "done", {"bits_per_byte": value, "device": "cpu"})
+            storage.finish_trial(trial, outcome("done", {"bits_per_byte": value, "device": "cpu"}))
             if generation < 2:
                 storage.save_generation(RUN, generation, [genome], None, {})
         metrics = {"bits_per_byte": 2.31, "tokens": 3_771_648, EVAL_TOKENS: 50_678}
@@ -63,7 +63,7 @@ def test_stalled_trials_below_the_top_rung_are_not_counted_as_stalled_at_the_top
         storage.set_unigram_baseline(RUN, 4.7)
         genome = storage.genome_id(RUN, {"n_layers": 1, "d_model": 16, "n_heads": 1})
         trial = storage.add_trial(RUN, genome, rung=0)
-        storage.finish_trial(trial, "done", {"bits_per_byte": 4.8, "device": "cpu"})
+        storage.finish_trial(trial, outcome("done", {"bits_per_byte": 4.8, "device": "cpu"}))
         text = status_text(storage)
     assert "1 stalled (of the done" in text
     assert "no successful trial at the top rung yet" in text

@@ -19,13 +19,14 @@ from conftest import replayed_decisions, steady_space_dict, write_corpus
 from evo.checkpoints import TrialCheckpoints
 from evo.cli import main as evo
 from evo.data import prepare_data
-from evo.driver import SteadyStateSearch, open_run, trials_folder
+from evo.driver import open_run
 from evo.executor import LocalExecutor
 from evo.metrics import TrialStatus
 from evo.operators import to_individual
 from evo.schedule.budget import cost_to_top
 from evo.schedule.rungs import Ladder
 from evo.schedule.steady_state import Advance, Breed, SteadyStateScheduler, min_members
+from evo.search.steady_state import SteadyStateSearch, trials_folder
 from evo.space import SearchSpace, load_space, space_from_dict
 from evo.storage import Storage, TrialRecord
 from llm.optim import planned_steps
@@ -201,17 +202,19 @@ def test_a_search_advances_the_top_third_and_stops_at_its_budget(
             assert trial.continued_from == below.id and below.recorded <= trial.seen
             # It was in the top third of its rung when the decision was made.
             peers = sorted(
-                (t.bits_per_byte, t.genome_id)
+                (t.metric("bits_per_byte"), t.genome_id)
                 for t in trials
                 if t.rung == trial.rung - 1 and t.recorded <= trial.seen
             )
             top = [genome for _, genome in peers[: len(peers) // 3]]
             assert trial.genome_id in top
             stable = planned_steps(space.train_config({}, space.rung_budgets()[trial.rung - 1]))
-            assert trial.steps == space.rung_budgets()[trial.rung]["max_steps"] - stable[0]
+            assert (
+                trial.metric("steps") == space.rung_budgets()[trial.rung]["max_steps"] - stable[0]
+            )
     assert Counter(t.rung for t in trials)[2] >= 1  # the top rung was reached
     # The best at the top rung is what the search reports, and no checkpoint outlives it.
-    top_rung = [t.bits_per_byte for t in trials if t.rung == 2]
+    top_rung = [t.metric("bits_per_byte") for t in trials if t.rung == 2]
     assert search.best() == {"bits_per_byte": min(top_rung)}
     assert not trials_folder("s").exists()
     assert all(t.checkpoint is None for t in storage.trials("s"))
@@ -309,7 +312,13 @@ def outcome(storage: Storage, name: str) -> list[tuple[Any, ...]]:
     """What a search did, independent of timing: each decision's genome, rung and result."""
     genomes = storage.genomes(name)
     return sorted(
-        (t.decision, sorted(genomes[t.genome_id].items()), t.rung, t.status, t.bits_per_byte)
+        (
+            t.decision,
+            sorted(genomes[t.genome_id].items()),
+            t.rung,
+            t.status,
+            t.metric("bits_per_byte"),
+        )
         for t in results(storage, name)
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import random
 import sqlite3
@@ -14,13 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from conftest import outcome
 
 from evo.metrics import METRICS, TrialStatus
-from evo.storage import SCHEMA_VERSION, Spent, Storage, TrialRecord, genome_hash
+from evo.storage import SCHEMA_VERSION, Spent, Storage, genome_hash
+from evo.storage.store import HEAD_REVISION, MIGRATIONS
 from llm.errors import UserError
-from llm.trial import CurvePoint, TrialResult
+from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 SCHEMA_1 = Path(__file__).parent / "data" / "evo-schema-1.db"  # written by evo-llm 0.1
+# Written by evo at schema 5 (commit ac33fae), when each metric was a column of evo_trials:
+# a done trial with every metric, an invalid one, a retried attempt and its interrupted
+# retry, a validation, a promotion, a session and a generation.
+SCHEMA_5 = Path(__file__).parent / "data" / "evo-schema-5.db"
 
 SPACE = "model:\n  n_layers: {choice: [2, 4]}\n"
 
@@ -39,20 +46,22 @@ def store(db_path: Path) -> Iterator[Storage]:
 def full_result() -> TrialResult:
     """A result with every field set, including a two-stage curve and pretrain metrics."""
     return TrialResult(
-        status=TrialStatus.DONE,
-        val_loss=2.5,
-        perplexity=12.18,
-        bits_per_byte=1.25,
-        accuracy=0.41,
-        train_tokens_per_s=1234.5,
-        decode_tokens_per_s=88.0,
-        params=3_000_000_000,  # beyond 32 bits
-        params_non_embedding=2_500_000,
-        flops_per_token=18_000_000_000,
-        peak_memory_bytes=7_000_000_000,
-        wall_seconds=61.5,
-        steps=200,
-        tokens=409_600,
+        status=TrialEnd.DONE,
+        metrics={
+            "val_loss": 2.5,
+            "perplexity": 12.18,
+            "bits_per_byte": 1.25,
+            "accuracy": 0.41,
+            "train_tokens_per_s": 1234.5,
+            "decode_tokens_per_s": 88.0,
+            "params": 3_000_000_000,  # beyond 32 bits
+            "params_non_embedding": 2_500_000,
+            "flops_per_token": 18_000_000_000,
+            "peak_memory_bytes": 7_000_000_000,
+            "wall_seconds": 61.5,
+            "steps": 200,
+            "tokens": 409_600,
+        },
         device="cuda:0",
         error=None,
         curve=[
@@ -118,13 +127,6 @@ def test_genome_ids_are_idempotent_and_canonical(store: Storage) -> None:
     assert genomes[first] == {"n_layers": 4, "lr": 0.1, "norm": "rmsnorm"}
 
 
-def test_metric_columns_match_trial_result() -> None:
-    not_metrics = {"status", "device", "error", "curve", "pretrain"}
-    fields = {f.name for f in dataclasses.fields(TrialResult)} - not_metrics
-    assert set(METRICS) == fields
-    assert fields <= {f.name for f in dataclasses.fields(TrialRecord)}
-
-
 def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     genome = store.genome_id("r", {"n_layers": 2})
@@ -136,7 +138,7 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
         3,
         1,
     )
-    assert queued.started_at is None and queued.val_loss is None
+    assert queued.started_at is None and queued.metric("val_loss") is None
 
     store.mark_running(trial_id, host="node1", device="cuda:1", worker="w-3")
     (running,) = store.trials("r")
@@ -149,13 +151,14 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
     assert running.started_at is not None and running.finished_at is None
 
     result = full_result()
-    store.finish_trial(trial_id, "done", result.to_dict(), lent_seconds=12.5)
+    assert set(result.metrics) == set(METRICS), "a result with every metric of the registry"
+    store.finish_trial(trial_id, outcome("done", result, lent_seconds=12.5))
     (done,) = store.trials("r")
     assert done.status == "done"
     assert store.trials_frame("r")["lent_seconds"].tolist() == [12.5]
     for name in METRICS:
-        assert getattr(done, name) == pytest.approx(getattr(result, name)), name
-    assert done.params == 3_000_000_000 and isinstance(done.params, int)
+        assert done.metric(name) == pytest.approx(result.metric(name)), name
+    assert done.metric("params") == 3_000_000_000 and isinstance(done.metrics["params"], int)
     assert done.metric("val_loss") == 2.5
     assert done.device == "cuda:0"  # the device the trial reports having used
     assert done.pretrain == {"val_loss": 2.9, "bits_per_byte": 1.4}
@@ -165,9 +168,13 @@ def test_trial_lifecycle_round_trips_metrics_and_curve(store: Storage) -> None:
 
     # Finishing again (a retried write) replaces the curve rather than duplicating it.
     failed = TrialResult(status="failed", error="CUDA out of memory", curve=result.curve[:1])
-    store.finish_trial(trial_id, "failed", failed.to_dict())
+    store.finish_trial(trial_id, outcome("failed", failed))
     (again,) = store.trials("r")
-    assert (again.status, again.error, again.val_loss) == ("failed", "CUDA out of memory", None)
+    assert (again.status, again.error, again.metric("val_loss")) == (
+        "failed",
+        "CUDA out of memory",
+        None,
+    )
     assert len(store.curve(trial_id)) == 1
 
 
@@ -176,9 +183,9 @@ def test_bad_trial_writes_are_refused(store: Storage) -> None:
     store.create_run("other", SPACE, seed=0)
     trial_id = store.add_trial("r", store.genome_id("r", {"x": 1}), generation=0)
     with pytest.raises(ValueError, match="must be one of"):
-        store.finish_trial(trial_id, "running", {})
+        store.finish_trial(trial_id, outcome("running", {}))
     with pytest.raises(ValueError, match="'surprise'"):
-        store.finish_trial(trial_id, "done", {"surprise": 1.0})
+        store.finish_trial(trial_id, outcome("done", {"surprise": 1.0}))
     with pytest.raises(ValueError, match="not part of run"):
         store.add_trial("other", store.genome_id("r", {"x": 1}), generation=0)
     with pytest.raises(ValueError, match="no trial with id 999"):
@@ -195,14 +202,14 @@ def test_finished_result_is_the_latest_terminal_trial(store: Storage) -> None:
     store.mark_running(first, host="h", device="cpu")
     assert store.finished_result("r", genome) is None
 
-    store.finish_trial(first, "timeout", {"error": "timed out after 60 s"})
+    store.finish_trial(first, outcome("timeout", {"error": "timed out after 60 s"}))
     reused = store.finished_result("r", genome)
     assert reused is not None and (reused.id, reused.status) == (first, "timeout")
 
     second = store.add_trial("r", genome, generation=1, attempt=1)
-    store.finish_trial(second, "done", full_result().to_dict())
+    store.finish_trial(second, outcome("done", full_result()))
     reused = store.finished_result("r", genome)
-    assert reused is not None and (reused.id, reused.val_loss) == (second, 2.5)
+    assert reused is not None and (reused.id, reused.metric("val_loss")) == (second, 2.5)
     assert store.finished_result("r", other) is None
 
 
@@ -225,7 +232,7 @@ def test_interrupted_trials_stay_in_the_history(store: Storage) -> None:
     store.create_run("other", SPACE, seed=0)
     genomes = [store.genome_id("r", {"n": n}) for n in range(3)]
     done, running, queued = (store.add_trial("r", g, generation=0) for g in genomes)
-    store.finish_trial(done, "done", full_result().to_dict())
+    store.finish_trial(done, outcome("done", full_result()))
     store.mark_running(running, host="h", device="cpu")
     untouched = store.add_trial("other", store.genome_id("other", {"n": 0}), generation=0)
 
@@ -255,7 +262,7 @@ def test_a_lost_attempt_is_kept_as_retried_beside_its_retry(store: Storage) -> N
     same = ("genome_id", "rung", "decision", "seen", "budget")
     assert [getattr(retry, key) for key in same] == [getattr(lost, key) for key in same]
     assert store.finished_result("r", genome, rung=1) is None  # a lost attempt is no result
-    store.finish_trial(second, "done", full_result().to_dict())
+    store.finish_trial(second, outcome("done", full_result()))
     found = store.finished_result("r", genome, rung=1)
     assert found is not None and found.id == second
     assert store.finished_result("r", genome, rung=0) is None
@@ -267,14 +274,14 @@ def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> 
     trials = [store.add_trial("r", store.genome_id("r", {"n": n})) for n in range(3)]
     assert [t.decision for t in store.trials("r")] == trials  # a decision of its own each
     other = store.add_trial("other", store.genome_id("other", {"n": 0}))
-    assert store.finish_trial(trials[2], "done", {}) == 1
-    assert store.finish_trial(other, "done", {}) == 1  # numbered within its own run
-    assert store.finish_trial(trials[0], "failed", {"error": "x"}) == 2
+    assert store.finish_trial(trials[2], outcome("done", {})) == 1
+    assert store.finish_trial(other, outcome("done", {})) == 1  # numbered within its own run
+    assert store.finish_trial(trials[0], outcome("failed", {"error": "x"})) == 2
     recorded = {t.id: t.recorded for t in store.trials("r")}
     assert recorded == {trials[0]: 2, trials[1]: None, trials[2]: 1}
     # A result is a change to the run: `updated` in status, report and dashboard follows.
     before = store.require_run("r").updated_at
-    store.finish_trial(trials[1], "done", {})
+    store.finish_trial(trials[1], outcome("done", {}))
     assert store.require_run("r").updated_at > before
 
 
@@ -283,17 +290,19 @@ def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
     assert store.spent("r") == Spent(0, 0, 0.0, 0)
     genome = store.genome_id("r", {"n": 0})
     first = store.add_trial("r", genome, decision=0)
-    store.finish_trial(first, "done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5})
+    store.finish_trial(first, outcome("done", {"steps": 10, "tokens": 640, "wall_seconds": 2.5}))
     lost = store.add_trial("r", genome, rung=1, decision=1)
     store.mark_running(lost, host="h", device="cpu")
     retry = store.retry_trial(lost, "worker lost")
-    store.finish_trial(retry, "done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0})
+    store.finish_trial(retry, outcome("done", {"steps": 20, "tokens": 1280, "wall_seconds": 4.0}))
     interrupted = store.add_trial("r", genome, rung=2, decision=2)
     store.mark_running(interrupted, host="h", device="cpu")
     (cut,) = store.interrupt_active("r")  # a killed driver: it stopped at the last record
     spent = store.spent("r")
     # The lost attempts' time counts (what they had run); their steps are not known.
-    lost_seconds = [t.wall_seconds for t in store.trials("r") if t.id in (lost, interrupted)]
+    lost_seconds = [
+        t.metric("wall_seconds") for t in store.trials("r") if t.id in (lost, interrupted)
+    ]
     assert all(seconds is not None and seconds >= 0 for seconds in lost_seconds)
     assert cut.finished_at is not None and cut.finished_at >= cut.started_at
     assert (spent.steps, spent.tokens, spent.trials) == (30, 1920, 3)
@@ -303,7 +312,7 @@ def test_spent_counts_training_time_and_decisions(store: Storage) -> None:
 def test_checkpoints_and_sessions_are_recorded(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     trial = store.add_trial("r", store.genome_id("r", {"n": 0}))
-    store.finish_trial(trial, "done", {}, checkpoint="genome-1/rung-0")
+    store.finish_trial(trial, outcome("done", {}), checkpoint="genome-1/rung-0")
     assert store.trials("r")[0].checkpoint == "genome-1/rung-0"
     store.forget_checkpoint(trial)
     assert store.trials("r")[0].checkpoint is None
@@ -330,7 +339,9 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
         for run in runs.values():  # the default mode changed; old runs were generational
             assert yaml.safe_load(run.space_yaml)["search"]["mode"] == "generational"
         trials = [t for name in runs for t in store.trials(name)]
-        assert sorted((t.id, t.status, t.bits_per_byte) for t in trials) == sorted(old_trials)
+        assert sorted((t.id, t.status, t.metric("bits_per_byte")) for t in trials) == sorted(
+            old_trials
+        )
         assert all(t.rung == 0 and t.decision == t.id for t in trials)
         assert all((t.recorded == t.id) == t.status.is_result for t in trials)
         assert sum(len(store.curve(t.id)) for t in trials) == old_curves
@@ -346,7 +357,7 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
             "steps": 3,
         }
         # Those trials trained on a CPU, where no peak memory of a trial is measured.
-        assert all(t.device == "cpu" and t.peak_memory_bytes is None for t in trials)
+        assert all(t.device == "cpu" and t.metric("peak_memory_bytes") is None for t in trials)
         assert all(run.unigram_bits_per_byte is None for run in runs.values())
     with sqlite3.connect(path) as new:
         assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
@@ -365,6 +376,50 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
     assert not (tmp_path / "evo.db.schema-2.bak").exists()
     Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
     assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
+
+
+def test_a_schema_5_database_keeps_every_metric_value_as_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "evo.db"
+    path.write_bytes(SCHEMA_5.read_bytes())
+    columns = ", ".join(METRICS)  # schema 5 had a column of each metric of today
+    with sqlite3.connect(SCHEMA_5) as old:
+        old_values = old.execute(f"SELECT id, {columns} FROM evo_trials ORDER BY id").fetchall()
+        old_sums = old.execute(
+            "SELECT SUM(steps), SUM(tokens), SUM(wall_seconds), COUNT(DISTINCT decision) "
+            "FROM evo_trials"
+        ).fetchone()
+        old_frame = pd.read_sql(f"SELECT {columns} FROM evo_trials ORDER BY id", old)
+    old.close()
+    with Storage(f"sqlite:///{path}", create=False) as store:
+        trials = store.trials("five")
+        assert [t.id for t in trials] == [row[0] for row in old_values]
+        for trial, (_, *values) in zip(trials, old_values, strict=True):
+            stored = {name: v for name, v in zip(METRICS, values, strict=True) if v is not None}
+            assert trial.metrics == stored, trial.id
+            assert all(type(trial.metrics[n]) is type(v) for n, v in stored.items()), trial.id
+        assert [t.status for t in trials] == ["done", "invalid", "retried", "interrupted"]
+        assert trials[0].metrics["params"] == 3_000_000_000 and trials[0].pretrain is not None
+        assert store.spent("five") == Spent(*old_sums)
+        frame = store.trials_frame("five")
+        pd.testing.assert_frame_equal(frame[list(METRICS)], old_frame, check_dtype=False)
+        assert frame["lent_seconds"].tolist()[0] == 12.5
+        assert len(store.curve(trials[0].id)) == 1
+        (validation,) = store.validations("five")
+        assert validation.metric("bits_per_byte") == 1.25
+        assert store.finished_result("five", trials[0].genome_id) == trials[0]
+    with sqlite3.connect(path) as new:
+        assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
+        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
+    new.close()
+    Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
+    assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
+
+
+def test_the_migrations_end_at_this_evos_schema_version() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head == HEAD_REVISION and int(head) == SCHEMA_VERSION
 
 
 def test_a_run_keeps_its_unigram_baseline(store: Storage) -> None:
@@ -442,7 +497,7 @@ def test_trials_frame_has_a_column_per_gene_and_metric(store: Storage) -> None:
     small = store.genome_id("r", {"n_layers": 2, "lr": 0.01})
     lora = store.genome_id("r", {"n_layers": 4, "lr": 0.02, "lora_rank": 8})
     finished = store.add_trial("r", small, generation=0)
-    store.finish_trial(finished, "done", full_result().to_dict())
+    store.finish_trial(finished, outcome("done", full_result()))
     store.add_trial("r", lora, generation=1)
 
     frame = store.trials_frame("r")
@@ -510,7 +565,7 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     first = store.start_validation("r", genome, {"max_tokens": 2e6}, seed=7)
     other = store.start_validation("r", genome, {"max_tokens": 2_000_000}, seed=8)
     store.finish_validation(
-        first, TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": [], "error": None}
+        first, outcome(TrialStatus.DONE, {"bits_per_byte": 1.25, "curve": [], "error": None})
     )
     assert store.interrupt_validations("r") == 1  # `other` was left running
     records = {v.id: v for v in store.validations("r")}
@@ -521,4 +576,4 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     assert store.start_validation("r", genome, {"max_tokens": 2_000_000.0}, seed=8) == other
     assert [v.budget for v in store.validations("r")] == [{"max_tokens": 2_000_000}] * 2
     with pytest.raises(ValueError, match="status must be one of"):
-        store.finish_validation(other, TrialStatus.RUNNING, {})
+        store.finish_validation(other, outcome(TrialStatus.RUNNING, {}))

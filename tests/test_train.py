@@ -435,13 +435,16 @@ def test_fit_leaves_global_state_as_it_was() -> None:
 def test_threads_lent_while_training_are_used_and_kept_out_of_the_throughput() -> None:
     threads = torch.get_num_threads()
     asked: list[int] = []
+    steps: list[int] = []
 
-    def threads_now() -> int:
+    def lend(step: int) -> None:
         asked.append(torch.get_num_threads())  # what the step before ran with
-        return 1 if len(asked) <= 3 else 2  # two threads lent from the fourth step on
+        steps.append(step)
+        torch.set_num_threads(1 if len(asked) <= 3 else 2)  # two lent from the fourth step on
 
-    outcome = fit(dataclasses.replace(TRAIN, threads=1), threads_now=threads_now)
+    outcome = fit(dataclasses.replace(TRAIN, threads=1), before_step=[lend])
     assert asked == [1, 1, 1, 1, 2, 2]
+    assert steps == [1, 2, 3, 4, 5, 6], "each hook hears the number of the step about to run"
     assert len(outcome.step_times) == 3, "steps with lent threads are not timed"
     assert torch.get_num_threads() == threads
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from evo.metrics import METRICS
 from llm.config import ModelConfig, TrainConfig
 from llm.data import TokenSplits
 from llm.trial import AdaptSpec, TrialSpec, run_trial
@@ -40,29 +41,35 @@ def spec(**train_overrides) -> TrialSpec:
 def test_a_trial_reports_every_metric():
     result = run_trial(spec())
     assert result.status == "done", result.error
-    assert result.steps == 12 and result.tokens == 12 * 8 * 32
-    assert 0 < result.bits_per_byte < 20
-    assert math.isclose(result.perplexity, math.exp(result.val_loss), rel_tol=1e-6)
-    assert result.train_tokens_per_s > 0 and result.decode_tokens_per_s > 0
-    assert result.params == spec().model.param_count().total
-    assert result.flops_per_token == spec().model.flops_per_token(32)
-    assert result.wall_seconds > 0
+    assert result.metric("steps") == 12 and result.metric("tokens") == 12 * 8 * 32
+    assert 0 < result.metric("bits_per_byte") < 20
+    assert math.isclose(
+        result.metric("perplexity"), math.exp(result.metric("val_loss")), rel_tol=1e-6
+    )
+    assert result.metric("train_tokens_per_s") > 0 and result.metric("decode_tokens_per_s") > 0
+    assert result.metric("params") == spec().model.param_count().total
+    assert result.metric("flops_per_token") == spec().model.flops_per_token(32)
+    assert result.metric("wall_seconds") > 0
     if result.device == "cpu":  # peak memory is measured on a GPU only: see memory_peak
-        assert result.peak_memory_bytes is None
+        assert result.metric("peak_memory_bytes") is None
     else:
-        assert result.peak_memory_bytes is not None and result.peak_memory_bytes > 0
+        peak = result.metric("peak_memory_bytes")
+        assert peak is not None and peak > 0
     assert [p.step for p in result.curve] == sorted(p.step for p in result.curve)
     assert result.curve[-1].step == 12
+    # The search's registry describes every metric a trial reports, and no other.
+    on_gpu = result.device != "cpu"
+    assert set(result.metrics) == {n for n, m in METRICS.items() if on_gpu or not m.gpu_only}
 
 
 def test_a_trial_is_a_pure_function_of_its_inputs_and_seed():
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     first, second = run_trial(spec()), run_trial(spec())
-    assert first.val_loss == second.val_loss
+    assert first.metric("val_loss") == second.metric("val_loss")
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.get_rng_state(), rng)
     other_seed = run_trial(TrialSpec(**{**spec().__dict__, "seed": 4}))
-    assert other_seed.val_loss != first.val_loss
+    assert other_seed.metric("val_loss") != first.metric("val_loss")
 
 
 def test_an_invalid_genome_is_reported_not_raised():
@@ -93,10 +100,10 @@ def test_the_adapt_stage_reports_its_own_validation_set():
         result = run_trial(TrialSpec(**{**spec().__dict__, "adapt": adapt}))
         assert result.status == "done", result.error
         assert result.pretrain is not None
-        assert result.pretrain["bits_per_byte"] != result.bits_per_byte
+        assert result.pretrain["bits_per_byte"] != result.metric("bits_per_byte")
         stages = {p.stage for p in result.curve}
         assert stages == {"pretrain", "adapt"}
-        assert result.steps == 24
+        assert result.metric("steps") == 24
 
 
 def test_a_qlora_adapt_stage_learns_on_four_bit_weights_about_as_well():
@@ -107,10 +114,11 @@ def test_a_qlora_adapt_stage_learns_on_four_bit_weights_about_as_well():
         assert results[quantize].status == "done", results[quantize].error
     float_base, nf4 = results[None], results["nf4"]
     assert float_base.pretrain == nf4.pretrain  # the same pretraining
-    assert nf4.bits_per_byte != float_base.bits_per_byte  # the base really was quantized
+    base_bpb, nf4_bpb = (r.metric("bits_per_byte") for r in (float_base, nf4))
+    assert nf4_bpb != base_bpb  # the base really was quantized
     adapting = [p.train_loss for p in nf4.curve if p.stage == "adapt"]
     assert adapting[-1] < adapting[0]  # the adapters learned the new stream
-    assert abs(nf4.bits_per_byte - float_base.bits_per_byte) < 0.1 * float_base.bits_per_byte
+    assert abs(nf4_bpb - base_bpb) < 0.1 * base_bpb
 
 
 def test_a_lora_adapt_stage_is_a_pure_function_of_its_inputs_and_seed():

@@ -2,7 +2,10 @@
 
 Only `store.py` (the Storage API) and the migrations use them; the rest of evo sees plain
 records. Every column type is portable, so SQLite and PostgreSQL get the same schema.
-A change here needs a migration in `migrations/versions/` and a new SCHEMA_VERSION.
+A change here needs a migration in `migrations/versions/` and a new SCHEMA_VERSION (the
+migration's revision is the version, four digits). A trial's metrics are one JSON
+object of the metrics it measured, by name: a metric added to `evo.metrics.METRICS`
+needs no change here.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class RunStatus(str, enum.Enum):
@@ -139,21 +142,11 @@ class TrialRow(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    val_loss: Mapped[float | None] = mapped_column(Float)
-    perplexity: Mapped[float | None] = mapped_column(Float)
-    bits_per_byte: Mapped[float | None] = mapped_column(Float)
-    accuracy: Mapped[float | None] = mapped_column(Float)
-    train_tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    decode_tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    params: Mapped[int | None] = mapped_column(BigInteger)
-    params_non_embedding: Mapped[int | None] = mapped_column(BigInteger)
-    flops_per_token: Mapped[int | None] = mapped_column(BigInteger)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    # What the trial measured, by name of evo.metrics.METRICS (a metric it did not
+    # measure is absent); its compute (steps, tokens, wall_seconds) among them.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Idle workers' time that trained this trial (their cores lent to it), worker-seconds.
     lent_seconds: Mapped[float | None] = mapped_column(Float)
-    steps: Mapped[int | None] = mapped_column(BigInteger)
-    tokens: Mapped[int | None] = mapped_column(BigInteger)
     pretrain: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
 

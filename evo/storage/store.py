@@ -65,15 +65,17 @@ from llm.errors import UserError
 if TYPE_CHECKING:
     import pandas as pd
 
+    # The executor brings torch, which a reader of the database does without.
+    from evo.executor import TrialOutcome
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/evo.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0005"
+HEAD_REVISION = f"{SCHEMA_VERSION:04d}"  # the migration that makes a database of this schema
 BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table) has
 
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
-_RESULT_KEYS = frozenset({*METRICS, "status", "device", "error", "curve", "pretrain"})
 # Columns of trials_frame around the genes and metrics.
 _FRAME_HEAD = ("trial_id", "generation", "rung", "decision", "attempt", "status", "genome_id")
 _FRAME_TAIL = (
@@ -124,24 +126,12 @@ class TrialRecord:
     worker: str | None
     started_at: datetime | None
     finished_at: datetime | None
-    val_loss: float | None
-    perplexity: float | None
-    bits_per_byte: float | None
-    accuracy: float | None
-    train_tokens_per_s: float | None
-    decode_tokens_per_s: float | None
-    params: int | None
-    params_non_embedding: int | None
-    flops_per_token: int | None
-    peak_memory_bytes: int | None
-    wall_seconds: float | None
-    steps: int | None
-    tokens: int | None
+    metrics: dict[str, float]  # what it measured, by name of METRICS (an integer's as int)
     pretrain: dict[str, Any] | None
     error: str | None
 
     def metric(self, name: str) -> float | None:
-        value = getattr(self, name)
+        value = self.metrics.get(name)
         return None if value is None else float(value)
 
 
@@ -221,7 +211,20 @@ def _record(cls: type[_Record], row: Base) -> _Record:
 def _trial_record(row: TrialRow) -> TrialRecord:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(TrialRecord)}
     values["status"] = TrialStatus(row.status)
+    values["metrics"] = row.metrics or {}
     return TrialRecord(**values)
+
+
+def _measured(values: dict[str, Any]) -> dict[str, Any]:
+    """The metrics among `values` that have a value, as JSON data (a non-finite float has
+    none: JSON has no NaN or infinity)."""
+    metrics = _jsonable({name: values.get(name) for name in METRICS})
+    return {name: value for name, value in metrics.items() if value is not None}
+
+
+def _with_wall_seconds(row: TrialRow, seconds: float | None) -> dict[str, Any] | None:
+    """The trial's metrics with its wall_seconds (by the driver's clock) set."""
+    return _measured({**(row.metrics or {}), "wall_seconds": seconds}) or None
 
 
 def budget_key(budget: dict[str, Any]) -> str:
@@ -230,22 +233,30 @@ def budget_key(budget: dict[str, Any]) -> str:
     return json.dumps(whole, sort_keys=True)
 
 
+def _finished_status(outcome: TrialOutcome, what: str) -> TrialStatus:
+    """The outcome's status, once it is known to be a result with metrics evo knows."""
+    status = TrialStatus(outcome.status)
+    if not status.is_result:
+        raise ValueError(f"a finished {what}'s status must be one of {RESULTS}")
+    unknown = set(outcome.result.metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"{what} result has metrics evo.metrics lacks: {sorted(unknown)}")
+    return status
+
+
 def _mark_finished(
-    row: TrialRow | ValidationRow,
-    status: TrialStatus,
-    host: str | None,
-    worker: str | None,
-    started: float | None,
-    finished: float | None,
+    row: TrialRow | ValidationRow, status: TrialStatus, outcome: TrialOutcome
 ) -> None:
     """Set a finished training's status, and where and when it ran: the worker's own
-    epoch times when given (not the driver's dispatch time)."""
+    host and epoch times (not the driver's dispatch time). What the outcome does not
+    report (an empty host, a time of None) stays as the driver recorded it; the end is
+    then now."""
     row.status = status.value
-    row.finished_at = _now() if finished is None else _from_epoch(finished)
-    if started is not None:
-        row.started_at = _from_epoch(started)
-    row.host = host or row.host
-    row.worker = worker or row.worker
+    row.finished_at = _now() if outcome.finished is None else _from_epoch(outcome.finished)
+    if outcome.started is not None:
+        row.started_at = _from_epoch(outcome.started)
+    row.host = outcome.host or row.host
+    row.worker = outcome.worker or row.worker
 
 
 def _now() -> datetime:
@@ -636,7 +647,7 @@ class Storage:
             row.status = TrialStatus.RETRIED.value
             row.error = error
             row.finished_at = _now()
-            row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
+            row.metrics = _with_wall_seconds(row, _seconds_between(row.started_at, row.finished_at))
             retry = TrialRow(
                 **{
                     key: getattr(row, key)
@@ -661,35 +672,24 @@ class Storage:
     def finish_trial(
         self,
         trial_id: int,
-        status: TrialStatus,
-        result: dict[str, Any],
+        outcome: TrialOutcome,
         *,
-        host: str | None = None,
-        worker: str | None = None,
-        started: float | None = None,
-        finished: float | None = None,
         checkpoint: str | None = None,
         forget: Sequence[int] = (),
-        lent_seconds: float | None = None,
     ) -> int:
-        """Store a `TrialResult.to_dict()`: its metrics, error, pretrain metrics and curve,
-        and where its stable checkpoint was kept; in the same transaction, record that the
-        checkpoints of the trials in `forget` are no longer kept (the search's decisions
-        that came with this result). Returns the result's place in the order results
-        were recorded.
+        """Store a trial's outcome: its status, where and when it ran (the worker's clock,
+        not the driver's dispatch time), the idle workers' time lent to it
+        (`evo.executor.CoreLending`), and its result's metrics, error, pretrain metrics and
+        curve; also where its stable checkpoint was kept, and, in the same transaction,
+        that the checkpoints of the trials in `forget` are no longer kept (the search's
+        decisions that came with this result). Returns the result's place in the order
+        results were recorded.
 
-        A result may be partial (a timeout knows only its error); missing fields are stored
-        as NULL. A curve stored earlier for the trial is replaced. `host`, `worker` and the
-        epoch times `started`/`finished`, when given, say where and when the trial really
-        ran (the worker's clock, not the driver's dispatch time); `lent_seconds`, the idle
-        workers' time lent to it (`evo.executor.CoreLending`).
+        A result may be partial (a timeout knows only its error); a metric it lacks has no
+        value. A curve stored earlier for the trial is replaced.
         """
-        status = TrialStatus(status)
-        if not status.is_result:
-            raise ValueError(f"a finished trial's status must be one of {RESULTS}")
-        unknown = set(result) - _RESULT_KEYS
-        if unknown:
-            raise ValueError(f"trial result has fields the database lacks: {sorted(unknown)}")
+        status = _finished_status(outcome, "trial")
+        result = outcome.result
         with self._sessions.begin() as session:
             row = self._trial(session, trial_id)
             run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
@@ -698,18 +698,20 @@ class Storage:
             run_row.results += 1
             run_row.updated_at = _now()
             row.recorded = run_row.results
-            _mark_finished(row, status, host, worker, started, finished)
+            _mark_finished(row, status, outcome)
             row.checkpoint = checkpoint
-            row.lent_seconds = lent_seconds
-            for name in METRICS:
-                setattr(row, name, _scalar(result.get(name)))
-            row.error = result.get("error")
-            row.pretrain = _jsonable(result.get("pretrain"))
-            row.device = result.get("device") or row.device
+            row.lent_seconds = outcome.lent_seconds
+            row.metrics = _measured(result.metrics)
+            row.error = result.error
+            row.pretrain = _jsonable(result.pretrain)
+            row.device = result.device or row.device
             session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id == trial_id))
             session.add_all(
-                CurvePointRow(trial_id=trial_id, **{key: _scalar(v) for key, v in point.items()})
-                for point in result.get("curve") or []
+                CurvePointRow(
+                    trial_id=trial_id,
+                    **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()},
+                )
+                for point in result.curve
             )
             if forget:
                 session.execute(
@@ -738,7 +740,8 @@ class Storage:
             for row in rows:
                 row.status = TrialStatus.INTERRUPTED.value
                 row.finished_at = row.finished_at or at
-                row.wall_seconds = _seconds_between(row.started_at, row.finished_at)
+                seconds = _seconds_between(row.started_at, row.finished_at)
+                row.metrics = _with_wall_seconds(row, seconds)
             return [_trial_record(row) for row in rows]
 
     def forget_checkpoint(self, trial_id: int) -> None:
@@ -756,11 +759,12 @@ class Storage:
         even if its result was lost), and how many decisions it has made."""
         with self._sessions.begin() as session:
             run_id = self._run(session, run).id
+            metrics = TrialRow.metrics
             steps, tokens, seconds, decisions = session.execute(
                 select(
-                    func.sum(TrialRow.steps),
-                    func.sum(TrialRow.tokens),
-                    func.sum(TrialRow.wall_seconds),
+                    func.sum(metrics["steps"].as_integer()),
+                    func.sum(metrics["tokens"].as_integer()),
+                    func.sum(metrics["wall_seconds"].as_float()),
                     func.count(func.distinct(TrialRow.decision)),
                 )
                 .join(GenomeRow)
@@ -791,7 +795,7 @@ class Storage:
 
         # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
         table = TrialRow.__table__.c
-        names = {*_FRAME_HEAD[1:], *METRICS, *_FRAME_TAIL, "pretrain"} - {"trial_id"}
+        names = {*_FRAME_HEAD[1:], *_FRAME_TAIL, "metrics", "pretrain"} - {"trial_id"}
         with self._sessions.begin() as session:
             run_id = self._run(session, run).id
             rows = session.execute(
@@ -800,19 +804,25 @@ class Storage:
                 .where(GenomeRow.run_id == run_id)
                 .order_by(table.id)
             ).mappings()
-            records = []
+            records, genes, pretrain = [], set(), set()
             for row in rows:
                 record = {key: row[key] for key in _FRAME_HEAD[1:]}
                 record["trial_id"] = row["id"]
                 record.update((f"gene.{name}", value) for name, value in row["genes"].items())
-                record.update((key, row[key]) for key in METRICS)
-                pretrain = row["pretrain"] or {}
-                record.update((f"pretrain.{name}", value) for name, value in pretrain.items())
+                record.update(row["metrics"] or {})
+                stage = row["pretrain"] or {}
+                record.update((f"pretrain.{name}", value) for name, value in stage.items())
                 record.update((key, row[key]) for key in _FRAME_TAIL)
                 records.append(record)
-        genes = sorted({key for record in records for key in record if key.startswith("gene.")})
-        pretrain = sorted({key for r in records for key in r if key.startswith("pretrain.")})
-        columns = [*_FRAME_HEAD, *genes, *METRICS, *pretrain, *_FRAME_TAIL]
+                genes.update(row["genes"])
+                pretrain.update(stage)
+        columns = [
+            *_FRAME_HEAD,
+            *(f"gene.{name}" for name in sorted(genes)),
+            *METRICS,
+            *(f"pretrain.{name}" for name in sorted(pretrain)),
+            *_FRAME_TAIL,
+        ]
         frame = pd.DataFrame(records, columns=columns)
         frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric)
         return frame
@@ -966,29 +976,17 @@ class Storage:
             session.flush()
             return row.id
 
-    def finish_validation(
-        self,
-        validation_id: int,
-        status: TrialStatus,
-        result: dict[str, Any],
-        *,
-        host: str | None = None,
-        worker: str | None = None,
-        started: float | None = None,
-        finished: float | None = None,
-    ) -> None:
-        """Store a validation's outcome from a `TrialResult.to_dict()`: its status, its
-        metrics and its error (the curve is not kept); where and when as in finish_trial."""
-        status = TrialStatus(status)
-        if not status.is_result:
-            raise ValueError(f"a finished validation's status must be one of {RESULTS}")
+    def finish_validation(self, validation_id: int, outcome: TrialOutcome) -> None:
+        """Store a validation's outcome: its status, its result's metrics and error (the
+        curve is not kept), and where and when it ran, as finish_trial does."""
+        status = _finished_status(outcome, "validation")
         with self._sessions.begin() as session:
             row = session.get(ValidationRow, validation_id)
             if row is None:
                 raise ValueError(f"no validation with id {validation_id} in {self.url}")
-            _mark_finished(row, status, host, worker, started, finished)
-            row.metrics = _jsonable({k: v for k, v in result.items() if k in METRICS})
-            row.error = result.get("error")
+            _mark_finished(row, status, outcome)
+            row.metrics = _measured(outcome.result.metrics)
+            row.error = outcome.result.error
 
     def interrupt_validations(self, run: str) -> int:
         """Mark validations a stopped `evo validate` left running as interrupted; returns

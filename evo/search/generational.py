@@ -19,6 +19,7 @@ import contextlib
 import random
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from evo.data import TrialData
@@ -35,14 +36,26 @@ from evo.operators import (
     to_individual,
     worst_fitness,
 )
+from evo.search.loop import SearchLoop
+from evo.search.trials import SearchSummary, make_job, objective_values
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
-from evo.trials import SearchSummary, make_job, objective_values
-from evo.view import QuietView, SearchView
+from evo.view import SearchView
 from llm.trial import TrialResult
 
 
-class GenerationalSearch:
+@dataclass
+class _Evaluation:
+    """The trials of one generation being trained."""
+
+    generation: int
+    groups: dict[int, list[Any]]  # genome id → the individuals it gives a fitness to
+    started: float  # seconds since the epoch
+    busy_seconds: float = 0.0  # the workers' time its trials took
+    done: int = 0  # trials finished
+
+
+class GenerationalSearch(SearchLoop):
     """One run of the generational algorithm, recorded in `storage` under `name`."""
 
     def __init__(
@@ -55,18 +68,15 @@ class GenerationalSearch:
         vocab_size: int,
         view: SearchView | None = None,
     ) -> None:
-        self.space, self.name, self.storage, self.executor = space, name, storage, executor
-        self.vocab_size = vocab_size
-        self.view = view or QuietView()
+        super().__init__(space, name, storage, executor, data, vocab_size, view)
         self.toolbox = make_toolbox(space, vocab_size)
         self.statistics = make_statistics(space)
         self.logbook = make_logbook(space)
         self.elite = make_elite_archive(space)
-        self.trials_run = 0
         self.seen: set[tuple[Any, ...]] = set()  # every genome bred so far, as a tuple
         self._ga_state: Any = None
         self._utilization: float | None = None
-        executor.load_data(data)
+        self._evaluation: _Evaluation | None = None
 
     @property
     def generations(self) -> int:
@@ -164,13 +174,11 @@ class GenerationalSearch:
                 jobs.append(make_job(self.space, self.vocab_size, genome_id, genes))
         self.view.progress(f"generation {generation + 1}/{self.generations}", 0, max(len(jobs), 1))
         if jobs:
-            started = time.time()
-            recorder = _TrialRecorder(
-                self, generation, {j.genome_id: by_genome[j.genome_id] for j in jobs}
-            )
-            self.executor.run(jobs, recorder)
-            self._utilization = recorder.busy_seconds / (
-                self.executor.capacity * max(time.time() - started, 1e-9)
+            groups = {j.genome_id: by_genome[j.genome_id] for j in jobs}
+            self._evaluation = evaluation = _Evaluation(generation, groups, time.time())
+            self.executor.run(jobs, self)
+            self._utilization = evaluation.busy_seconds / (
+                self.executor.capacity * max(time.time() - evaluation.started, 1e-9)
             )
         else:
             self._utilization = None
@@ -192,70 +200,36 @@ class GenerationalSearch:
         self.storage.save_generation(self.name, generation, ids, self._ga_state, record)
         self.view.note(f"generation {generation} done")
 
-    def best(self) -> dict[str, float]:
-        trials = [t for t in self.storage.trials(self.name) if t.status is TrialStatus.DONE]
-        best = {}
-        for objective in self.space.search.objectives:
-            value = objective.best(t.metric(objective.metric) for t in trials)
-            if value == value:  # not NaN: some trial has a value
-                best[objective.metric] = value
-        return best
+    # What the executor reports
 
-
-class _TrialRecorder:
-    """Records each trial's life in storage and hands fitness back to its individuals."""
-
-    def __init__(
-        self, search: GenerationalSearch, generation: int, groups: dict[int, list[Any]]
-    ) -> None:
-        self.search, self.generation, self.groups = search, generation, groups
-        self.trial_ids: dict[int, int] = {}  # genome id → its trial's row
-        self.busy_seconds = 0.0
-        self.done = 0
-
-    def started(self, job: TrialJob, attempt: int) -> None:
-        storage, name = self.search.storage, self.search.name
+    def _attempt_row(self, job: TrialJob, attempt: int) -> int:
+        assert self._evaluation is not None  # the executor runs a generation's jobs
         trial_id = self.trial_ids.get(job.genome_id) if attempt else None
         if trial_id is None:
-            trial_id = storage.add_trial(
-                name,
+            trial_id = self.storage.add_trial(
+                self.name,
                 job.genome_id,
-                generation=self.generation,
-                budget=self.search.space.rung_budgets()[0],
+                generation=self._evaluation.generation,
+                budget=self.space.rung_budgets()[0],
                 seed=job.seed,
             )
-        device = "cuda" if self.search.space.trial.resources.gpus > 0 else "cpu"
-        storage.mark_running(trial_id, host="", device=device)
-        self.trial_ids[job.genome_id] = trial_id
-        self.search.view.trial_started(self._genes(job), job.rung, attempt)
-
-    def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
-        # The lost attempt stays in the history as retried; its retry is queued with it.
-        storage = self.search.storage
-        self.trial_ids[job.genome_id] = storage.retry_trial(self.trial_ids[job.genome_id], error)
-
-    def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
-        result = outcome.result
-        self.search.storage.finish_trial(
-            self.trial_ids[job.genome_id],
-            outcome.status,
-            result.to_dict(),
-            host=outcome.host,
-            worker=outcome.worker,
-            started=outcome.started,
-            finished=outcome.finished,
-            lent_seconds=outcome.lent_seconds,
-        )
-        self.busy_seconds += outcome.finished - outcome.started
-        self.search.trials_run += 1
-        self.done += 1
-        self.search._assign(self.groups[job.genome_id], outcome.status, result)
-        self.search.view.trial_finished(self._genes(job), job.rung, outcome)
-        self.search.view.progress(
-            f"generation {self.generation + 1}/{self.search.generations}",
-            self.done,
-            len(self.groups),
-        )
+        return trial_id
 
     def _genes(self, job: TrialJob) -> dict[str, Any]:
-        return to_genome(self.search.space, self.groups[job.genome_id][0])
+        assert self._evaluation is not None
+        return to_genome(self.space, self._evaluation.groups[job.genome_id][0])
+
+    def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
+        evaluation = self._evaluation
+        assert evaluation is not None
+        self.storage.finish_trial(self.trial_ids.pop(job.genome_id), outcome)
+        evaluation.busy_seconds += outcome.finished - outcome.started
+        self.trials_run += 1
+        evaluation.done += 1
+        self._assign(evaluation.groups[job.genome_id], outcome.status, outcome.result)
+        self.view.trial_finished(self._genes(job), job.rung, outcome)
+        self.view.progress(
+            f"generation {evaluation.generation + 1}/{self.generations}",
+            evaluation.done,
+            len(evaluation.groups),
+        )

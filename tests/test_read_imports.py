@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import space_dict, write_corpus
+from conftest import outcome, space_dict, write_corpus
 
 from evo.storage import Storage
 
@@ -34,7 +34,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> str:
         for layers, status in ((1, "done"), (2, "failed")):
             genes = {"n_layers": layers, "d_model": 16, "n_heads": 1, "learning_rate": 0.001}
             trial = storage.add_trial(RUN, storage.genome_id(RUN, genes), generation=0)
-            storage.finish_trial(trial, status, {"bits_per_byte": 2.5, "device": "cpu"})
+            storage.finish_trial(trial, outcome(status, {"bits_per_byte": 2.5, "device": "cpu"}))
     return url
 
 

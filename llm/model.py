@@ -45,6 +45,10 @@ class StandardParametrization:
     """One init scale and one learning rate for every weight: attention scores scaled by
     1/sqrt(d_head), logits as the output head computes them."""
 
+    # The factor of a readout: a layer out of the residual stream into a size that does not
+    # grow with width (the output head, a router, the kv latent's down-projection).
+    readout_multiplier = 1.0
+
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
 
@@ -53,8 +57,7 @@ class StandardParametrization:
         return None
 
     def readout(self) -> nn.Module:
-        """What follows a layer that reads the residual stream out into a size that does not
-        grow with width: the output head, a router, the kv latent's down-projection."""
+        """What follows a readout layer."""
         return nn.Identity()
 
     def init_scales(self, model: nn.Module) -> dict[str, float]:
@@ -82,7 +85,7 @@ class MuParametrization(StandardParametrization):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         base = config.mup_base()
-        self.width_mult = config.d_model / base.d_model
+        self.readout_multiplier = base.d_model / config.d_model
         self.head_mult = config.head_dim / base.head_dim
 
     def attention_scale(self, qk_dim: int) -> float:
@@ -91,7 +94,7 @@ class MuParametrization(StandardParametrization):
         return (base / qk_dim) / math.sqrt(base)
 
     def readout(self) -> nn.Module:
-        return Scale(1 / self.width_mult)
+        return Scale(self.readout_multiplier)
 
     def init_scales(self, model: nn.Module) -> dict[str, float]:
         return {name: mult**-0.5 for name, mult in fan_in_multipliers(model, self.config).items()}

@@ -45,8 +45,9 @@ class StandardParametrization:
     """One init scale and one learning rate for every weight: attention scores scaled by
     1/sqrt(d_head), logits as the output head computes them."""
 
-    # The factor of a readout: a layer out of the residual stream into a size that does not
-    # grow with width (the output head, a router, the kv latent's down-projection).
+    # The factor of a readout's input: a readout is a layer out of the width into a size
+    # that does not grow with it (the output head, a router, the kv latent's down-
+    # projection). On the input, as mup's MuReadout has it, a bias is left unscaled.
     readout_multiplier = 1.0
 
     def __init__(self, config: ModelConfig) -> None:
@@ -57,7 +58,7 @@ class StandardParametrization:
         return None
 
     def readout(self) -> nn.Module:
-        """What follows a readout layer."""
+        """What a readout's input passes through first."""
         return nn.Identity()
 
     def init_scales(self, model: nn.Module) -> dict[str, float]:
@@ -75,8 +76,8 @@ class MuParametrization(StandardParametrization):
     - vector-like weights (embeddings, norms, biases, and layers into or out of a fixed
       size): init and rate as they are;
     - a readout (out of the width into a fixed size: logits, router scores, the kv latent)
-      is multiplied by 1/m: the tied embedding stays vector-like and the logits shrink
-      instead (mup's MuSharedReadout);
+      has its input multiplied by 1/m: the tied embedding stays vector-like and the logits
+      shrink instead (mup's MuSharedReadout);
     - attention scores scaled by 1/d_head, written sqrt(base d_head)/d_head.
 
     At its base width every factor is 1 and the model is the standard one, bit for bit.
@@ -241,7 +242,7 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        logits = self.router_readout(self.router(flat)).float()
+        logits = self.router(self.router_readout(flat)).float()
         probs = logits.softmax(-1)
         top, chosen = probs.topk(self.k, dim=-1)
         gates = (top / top.sum(-1, keepdim=True)).to(x.dtype)
@@ -412,7 +413,7 @@ class LatentAttention(nn.Module):
         B, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
         q = self.q(x).view(B, T, H, hd + self.rotary)
-        down = self.kv_readout(self.kv_down(x))
+        down = self.kv_down(self.kv_readout(x))
         latent = down[..., : self.latent][:, None]  # (B, 1, T, latent)
         k_rotary = positions.rotate(down[..., self.latent :][:, :, None]).transpose(1, 2)
         if cache is not None:
@@ -520,7 +521,7 @@ class Transformer(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
-        return self.logit_readout(self.lm_head(self.final_norm(x)))
+        return self.lm_head(self.logit_readout(self.final_norm(x)))
 
     def attention_positions(
         self, q_pos: Tensor, k_pos: Tensor, *, padded: bool = False

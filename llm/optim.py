@@ -51,7 +51,6 @@ class ScaledAdamW(torch.optim.AdamW):
     """AdamW whose groups each step at their rate times their `lr_scale`, so that a
     schedule setting every group's `lr` to one rate keeps μP's multipliers."""
 
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         rates = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:

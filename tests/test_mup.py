@@ -191,13 +191,18 @@ def test_a_wider_model_starts_its_hidden_matrices_smaller_and_shrinks_its_logits
 
 def test_a_growing_head_size_scales_attention_by_one_over_the_head_size() -> None:
     """sqrt(base head size)/head size: at head size 64 from 16, 1/16 where the standard
-    parametrization has 1/8; latent attention's kv latent, a readout, shrinks by 1/4."""
+    parametrization has 1/8. Latent attention's kv down-projection is a readout: its input
+    shrinks by 1/4, its bias does not (as mup's MuReadout)."""
     config = mup(MODEL, 32, d_model=128, d_ff=256, mup_base_head_dim=16)
     assert Transformer(config).blocks[0].attn.scale == pytest.approx(math.sqrt(16) / 64)
-    latent = dataclasses.replace(config, attention="mla", pos_encoding="none")
-    net = Transformer(latent)
-    assert net.blocks[0].attn.scale == pytest.approx(math.sqrt(16) / 64)
-    assert net.blocks[0].attn.kv_readout.factor == pytest.approx(32 / 128)
+    latent = dataclasses.replace(config, attention="mla", pos_encoding="none", bias=True)
+    attn = Transformer(latent).blocks[0].attn
+    assert attn.scale == pytest.approx(math.sqrt(16) / 64)
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        torch.nn.init.normal_(attn.kv_down.bias)
+        expected = torch.nn.functional.linear(x / 4, attn.kv_down.weight) + attn.kv_down.bias
+        torch.testing.assert_close(attn.kv_down(attn.kv_readout(x)), expected)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,10 @@ ExpertMlp = Literal["swiglu", "gelu"]
 AttentionKind = Literal["mha", "mla"]
 TokenizerKind = Literal["bpe", "unigram", "wordpiece", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# standard: one init scale and one learning rate for every weight. mup: the maximal update
+# parametrization (Tensor Programs V), under which a genome's rate and init tuned at
+# mup_base_width carry over to wider models (llm.model.MuParametrization).
+Parametrization = Literal["standard", "mup"]
 # cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
 # the peak rate until the last `decay_fraction` of the budget, then a cool-down to the floor.
 Schedule = Literal["cosine", "wsd"]
@@ -79,6 +83,12 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     gradient_checkpointing: bool = False
+    # mup: the d_model at which the learning rate and init_std were tuned (required), and the
+    # head size there; None: the same head size as now (heads were added at a fixed head
+    # size). Both are ignored under the standard parametrization.
+    parametrization: Parametrization = "standard"
+    mup_base_width: int | None = None
+    mup_base_head_dim: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -127,7 +137,55 @@ class ModelConfig:
             out.append(f"rope_theta must be positive (got {self.rope_theta})")
         if self.init_std <= 0:
             out.append(f"init_std must be positive (got {self.init_std})")
+        if self.parametrization == "mup":
+            out += self._mup_problems(out)
         return out
+
+    def _mup_problems(self, found: list[str]) -> list[str]:
+        """The μP settings' problems, and the base model's that `found` (this model's own)
+        does not already name."""
+        base, head = self.mup_base_width, self.mup_base_head_dim
+        if base is None:
+            return [
+                "parametrization mup needs mup_base_width (the d_model the genome was tuned at)"
+            ]
+        if base < 1 or (head is not None and head < 1):
+            return [f"mup_base_width and mup_base_head_dim must be at least 1 (got {base}, {head})"]
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            return []  # reported above; the base's head size is unknown
+        head = head or self.head_dim
+        if base % head:
+            return [f"mup_base_width ({base}) must be a multiple of the base head size ({head})"]
+        if self.attention == "mla" and self.pos_encoding == "rope" and head != self.head_dim:
+            # Latent attention's shared rotary key is head_dim wide and its latent is not:
+            # one matrix with a fixed and a growing part has no μP rule.
+            return [
+                "mup with latent attention and rope needs a fixed head size "
+                "(leave mup_base_head_dim unset or equal to d_model/n_heads)"
+            ]
+        return [f"the μP base model: {p}" for p in self.mup_base().problems() if p not in found]
+
+    def mup_base(self) -> ModelConfig:
+        """The model μP scales from: this one at d_model = mup_base_width, with d_ff in
+        proportion to d_model, the base head size (heads in proportion when it is the
+        same), the key/value heads grouped as now where they divide, and everything that
+        is not a width (layers, vocabulary, experts, the kv latent) unchanged. Its
+        parametrization is the standard one, which it equals at its own width."""
+        assert self.mup_base_width is not None, "only under parametrization mup"
+        base = self.mup_base_width
+        head = self.mup_base_head_dim or self.head_dim
+        heads = max(1, base // head)
+        kv_heads = None
+        if self.n_kv_heads is not None:
+            kv_heads = math.gcd(heads, max(1, self.n_kv_heads * heads // self.n_heads))
+        return dataclasses.replace(
+            self,
+            d_model=base,
+            d_ff=max(1, round(self.d_ff * base / self.d_model)),
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            parametrization="standard",
+        )
 
     def validate(self) -> ModelConfig:
         problems = self.problems()

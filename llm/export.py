@@ -16,10 +16,12 @@ tokenizer files (llm/hf_tokenizer.py) and generation_config.json are written onl
 the model has a tokenizer. Nothing here imports transformers, so exporting works where it
 is not installed. A model of another family (ALiBi, LayerNorm, GELU, ...), or a tokenizer
 that transformers cannot reproduce exactly, is refused with a ConfigError.
+A μP model's attention-score and logit multipliers are folded into its weights.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from llm.checkpoint import CONFIG_FILE, TOKENIZER_DIR, load_model_dir, read_mode
 from llm.config import ModelConfig
 from llm.errors import CheckpointError, ConfigError, UserError
 from llm.hf_tokenizer import HF_TOKENIZER_FILES, hf_tokenizer_files
+from llm.model import parametrization
 from llm.tokenizer import Tokenizer
 
 HF_CONFIG_FILE = "config.json"
@@ -142,8 +145,31 @@ def llama_weights(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Te
             out[f"{theirs}mlp.gate_proj.{param}"] = gate
             out[f"{theirs}mlp.up_proj.{param}"] = up
             out[f"{theirs}mlp.down_proj.{param}"] = state[f"{ours}mlp.down.{param}"]
+    fold_multipliers(out, config)
     # safetensors refuses tensors that share memory, as the splits of one matrix do.
     return {name: tensor.detach().clone() for name, tensor in out.items()}
+
+
+def fold_multipliers(weights: dict[str, Tensor], config: ModelConfig) -> None:
+    """Fold μP's multipliers into the Llama `weights`, in place: Llama scales attention
+    scores by 1/sqrt(head_dim) alone, so each query projection takes the rest of μP's
+    scale, and it has no logit multiplier, so the output head takes it (a tied head then
+    becomes a matrix of its own). The standard parametrization has neither."""
+    rules = parametrization(config)
+    scale = rules.attention_scale(config.head_dim)
+    if scale is not None:
+        query = scale * math.sqrt(config.head_dim)
+        weights.update({n: w * query for n, w in weights.items() if ".self_attn.q_proj." in n})
+    if not ties_embeddings(config) and config.tie_embeddings:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    if rules.readout_multiplier != 1.0:
+        weights["lm_head.weight"] = weights["lm_head.weight"] * rules.readout_multiplier
+
+
+def ties_embeddings(config: ModelConfig) -> bool:
+    """Whether the export shares its input and output embeddings: not where a logit
+    multiplier had to be folded into the head."""
+    return config.tie_embeddings and parametrization(config).readout_multiplier == 1.0
 
 
 def llama_config(
@@ -168,7 +194,7 @@ def llama_config(
         # transformers 5 reads rope_parameters, 4.x reads rope_theta; both say the same.
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "tie_word_embeddings": config.tie_embeddings,
+        "tie_word_embeddings": ties_embeddings(config),
         "attention_bias": config.bias,
         "mlp_bias": config.bias,
         # Llama drops out only attention weights; our residual dropout has no counterpart,

@@ -1,13 +1,14 @@
 """A decoder-only transformer, built from one `ModelConfig`.
 
 Pre-norm residual blocks: x + attention(norm(x)), then x + mlp(norm(x)). Variants are
-small classes picked from the config by name: norms and MLPs here, position encodings
-in `llm/positions.py`. The model knows nothing of mixed precision, compilation, LoRA or
-distribution; the trainer applies those from outside.
+small classes picked from the config by name: norms, MLPs and parametrizations here,
+position encodings in `llm/positions.py`. The model knows nothing of the optimizer,
+mixed precision, compilation, LoRA or distribution; the trainer applies those from outside.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,117 @@ from llm.positions import (
     causal_mask,
     window_mask,
 )
+
+
+class Scale(nn.Module):
+    """Multiplies by a constant."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+class StandardParametrization:
+    """One init scale and one learning rate for every weight: attention scores scaled by
+    1/sqrt(d_head), logits as the output head computes them."""
+
+    # The factor of a readout's input: a readout is a layer out of the width into a size
+    # that does not grow with it (the output head, a router, the kv latent's down-
+    # projection). On the input, as mup's MuReadout has it, a bias is left unscaled.
+    readout_multiplier = 1.0
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def attention_scale(self, qk_dim: int) -> float | None:
+        """The factor of the scores q·k of `qk_dim`-wide queries; None: SDPA's 1/sqrt(qk_dim)."""
+        return None
+
+    def readout(self) -> nn.Module:
+        """What a readout's input passes through first."""
+        return nn.Identity()
+
+    def init_scales(self, model: nn.Module) -> dict[str, float]:
+        """Parameter name -> factor of `init_std` (1 where left out)."""
+        return {}
+
+
+class MuParametrization(StandardParametrization):
+    """The maximal update parametrization for Adam (Tensor Programs V, Yang et al. 2022),
+    in the form the `mup` package gives it, relative to the base model
+    `config.mup_base()`, with m = d_model / mup_base_width:
+
+    - matrix-like weights (both dimensions grow with width): init std × sqrt(base fan-in /
+      fan-in); their Adam rate ÷ that fan-in multiplier (llm.optim);
+    - vector-like weights (embeddings, norms, biases, and layers into or out of a fixed
+      size): init and rate as they are;
+    - a readout (out of the width into a fixed size: logits, router scores, the kv latent)
+      has its input multiplied by 1/m: the tied embedding stays vector-like and the logits
+      shrink instead (mup's MuSharedReadout);
+    - attention scores scaled by 1/d_head, written sqrt(base d_head)/d_head.
+
+    At its base width every factor is 1 and the model is the standard one, bit for bit.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        base = config.mup_base()
+        self.readout_multiplier = base.d_model / config.d_model
+        self.head_mult = config.head_dim / base.head_dim
+
+    def attention_scale(self, qk_dim: int) -> float:
+        base = qk_dim / self.head_mult
+        # (base/qk)/sqrt(base), not sqrt(base)/qk: at the base width exactly 1/sqrt(qk).
+        return (base / qk_dim) / math.sqrt(base)
+
+    def readout(self) -> nn.Module:
+        return Scale(self.readout_multiplier)
+
+    def init_scales(self, model: nn.Module) -> dict[str, float]:
+        return {name: mult**-0.5 for name, mult in fan_in_multipliers(model, self.config).items()}
+
+
+PARAMETRIZATIONS: dict[str, type[StandardParametrization]] = {
+    "standard": StandardParametrization,
+    "mup": MuParametrization,
+}
+
+
+def parametrization(config: ModelConfig) -> StandardParametrization:
+    return PARAMETRIZATIONS[config.parametrization](config)
+
+
+@functools.cache
+def base_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """The parameter shapes of μP's base model for `config` (built without memory)."""
+    with torch.device("meta"):
+        base = Transformer(config.mup_base())
+    return {name: p.shape for name, p in base.named_parameters()}
+
+
+def fan_in_multipliers(model: nn.Module, config: ModelConfig) -> dict[str, float]:
+    """μP's width multipliers (the `mup` package's infshapes), by parameter name: each
+    matrix-like parameter of `model`, one whose two dimensions both differ from the same
+    parameter's in the base model, with its fan-in over the base's. Empty under the
+    standard parametrization, and at the base width. A parameter the base model lacks
+    (added from outside, as LoRA's adapters, whose rank does not grow) is not matrix-like."""
+    if config.parametrization == "standard":
+        return {}
+    base = base_shapes(config)
+    out = {}
+    for name, p in model.named_parameters():
+        base_shape = base.get(name)
+        if base_shape is None or p.dim() != 2:
+            continue
+        if all(size != was for size, was in zip(p.shape, base_shape, strict=True)):
+            out[name] = p.shape[1] / base_shape[1]
+    return out
 
 
 def layer_norm(config: ModelConfig) -> nn.Module:
@@ -122,6 +234,7 @@ class MixtureOfExperts(nn.Module):
         self.k = config.experts_per_token
         self.weights = config.moe_aux_loss, config.moe_z_loss
         self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
+        self.router_readout = parametrization(config).readout()
         self.experts = nn.ModuleList(
             EXPERTS[config.mlp_expert](config) for _ in range(config.n_experts)
         )
@@ -129,7 +242,7 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        logits = self.router(flat).float()
+        logits = self.router(self.router_readout(flat)).float()
         probs = logits.softmax(-1)
         top, chosen = probs.topk(self.k, dim=-1)
         gates = (top / top.sum(-1, keepdim=True)).to(x.dtype)
@@ -241,6 +354,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.dropout = config.dropout
+        self.scale = parametrization(config).attention_scale(self.head_dim)
 
     def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
@@ -259,6 +373,7 @@ class Attention(nn.Module):
             attn_mask=positions.mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=positions.is_causal,
+            scale=self.scale,
             enable_gqa=self.kv_heads != self.n_heads,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
@@ -287,16 +402,18 @@ class LatentAttention(nn.Module):
             config.d_model, config.n_heads * (self.head_dim + self.rotary), config.bias
         )
         self.kv_down = nn.Linear(config.d_model, self.latent + self.rotary, bias=config.bias)
+        self.kv_readout = parametrization(config).readout()
         self.k_up = nn.Linear(self.latent, width, bias=config.bias)
         self.v_up = nn.Linear(self.latent, width, bias=config.bias)
         self.proj = nn.Linear(width, config.d_model, bias=config.bias)
         self.dropout = config.dropout
+        self.scale = parametrization(config).attention_scale(self.head_dim + self.rotary)
 
     def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
         q = self.q(x).view(B, T, H, hd + self.rotary)
-        down = self.kv_down(x)
+        down = self.kv_down(self.kv_readout(x))
         latent = down[..., : self.latent][:, None]  # (B, 1, T, latent)
         k_rotary = positions.rotate(down[..., self.latent :][:, :, None]).transpose(1, 2)
         if cache is not None:
@@ -314,6 +431,7 @@ class LatentAttention(nn.Module):
             attn_mask=positions.mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=positions.is_causal,
+            scale=self.scale,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
@@ -348,16 +466,20 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.logit_readout = parametrization(config).readout()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights; the projections that write into the residual stream
-        are scaled by 1/sqrt(2·n_layers) so the stream's variance does not grow with depth."""
+        """Normal(0, init_std) weights, times the parametrization's factor; the projections
+        that write into the residual stream are scaled by 1/sqrt(2·n_layers) so the stream's
+        variance does not grow with depth."""
         std = self.config.init_std
+        widths = parametrization(self.config).init_scales(self)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 residual = name.endswith(("attn.proj", ".down"))
                 scale = 1 / math.sqrt(2 * self.config.n_layers) if residual else 1.0
+                scale *= widths.get(f"{name}.weight", 1.0)
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -399,7 +521,7 @@ class Transformer(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.final_norm(x))
+        return self.lm_head(self.logit_readout(self.final_norm(x)))
 
     def attention_positions(
         self, q_pos: Tensor, k_pos: Tensor, *, padded: bool = False

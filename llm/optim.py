@@ -1,6 +1,7 @@
 """The optimizer, the learning-rate schedule and the budget: AdamW with weight decay on
-matrices only, linear warmup, then a cosine decay or warmup-stable-decay (wsd), over a
-step, token or time budget, whichever is reached first."""
+matrices only (and μP's per-matrix rates under that parametrization), linear warmup, then a
+cosine decay or warmup-stable-decay (wsd), over a step, token or time budget, whichever is
+reached first."""
 
 from __future__ import annotations
 
@@ -13,37 +14,60 @@ from torch import nn
 from llm.checkpoint import TrainState
 from llm.config import TrainConfig
 from llm.errors import ConfigError
+from llm.model import Transformer, fan_in_multipliers
 
 BudgetReason = Literal["max_steps", "max_tokens", "max_seconds"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: matrices decay; norms, biases and embeddings
-    (of any nn.Embedding, tied output heads included) do not."""
+    """Trainable parameters in groups: matrices decay; norms, biases and embeddings (of any
+    nn.Embedding, tied output heads included) do not. Under μP each matrix-like weight's
+    group has the rate multiplier `lr_scale` = 1 / its fan-in multiplier (Tensor Programs
+    V's Adam rule), and a weight decay larger by that multiplier: AdamW decays by rate ×
+    weight_decay, which stays as it was (as the `mup` package's MuAdamW does)."""
     embeddings = {
         id(p)
         for module in model.modules()
         if isinstance(module, nn.Embedding)
         for p in module.parameters()
     }
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.dim() >= 2 and id(p) not in embeddings]
-    decay_ids = {id(p) for p in decay}
-    no_decay = [p for p in trainable if id(p) not in decay_ids]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+    widths = fan_in_multipliers(model, model.config) if isinstance(model, Transformer) else {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decays = p.dim() >= 2 and id(p) not in embeddings
+            groups.setdefault((decays, widths.get(name, 1.0)), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay * width if decays else 0.0,
+            "lr_scale": 1 / width,
+        }
+        for (decays, width), params in sorted(groups.items(), key=lambda item: not item[0][0])
     ]
-    return [group for group in groups if group["params"]]
 
 
-def build_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device
-) -> torch.optim.AdamW:
+class ScaledAdamW(torch.optim.AdamW):
+    """AdamW whose groups each step at their rate times their `lr_scale`, so that a
+    schedule setting every group's `lr` to one rate keeps μP's multipliers."""
+
+    def step(self, closure: Any = None) -> Any:
+        rates = [group["lr"] for group in self.param_groups]
+        for group in self.param_groups:
+            # A state saved before μP existed has no lr_scale: it was a standard model's.
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for group, rate in zip(self.param_groups, rates, strict=True):
+                group["lr"] = rate
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> ScaledAdamW:
     groups = param_groups(model, config.weight_decay)
     if not groups:
         raise ConfigError("the model has no trainable parameters")
-    return torch.optim.AdamW(
+    return ScaledAdamW(
         groups,
         lr=config.learning_rate,
         betas=(config.beta1, config.beta2),

@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -148,6 +149,9 @@ class CoreLending:
         handle, name = tempfile.mkstemp(prefix=prefix, suffix=".txt", dir=parent)
         os.close(handle)
         self.path = Path(name)
+        # Removed by close(), or when this object is collected or the process exits, so
+        # that an executor nobody closed (a script, a test) leaves nothing behind.
+        self._remove = weakref.finalize(self, self.path.unlink, missing_ok=True)
         self.posted = 0
         self.share(capacity)
 
@@ -164,7 +168,7 @@ class CoreLending:
             self.posted = per_trial
 
     def close(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self._remove()
 
 
 def _usable_cores() -> int | None:

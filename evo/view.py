@@ -208,7 +208,10 @@ class TrackedView:
     def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None:
         self.view.trial_finished(genes, rung, outcome)
         name = f"{genome_hash(genes)[:12]}-rung-{rung + 1}"
-        tracking = open_tracker(self.tracker, self.folder, project="evo", run=name, group=self.name)
+        config = {"genes": genes, "rung": rung + 1, "search": self.name}
+        tracking = open_tracker(
+            self.tracker, self.folder, project="evo", run=name, group=self.name, config=config
+        )
         try:
             tracking.text("genes", genes_text(genes))
             for point in outcome.result.curve:

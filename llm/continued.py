@@ -141,7 +141,8 @@ def continue_run(
         model, tokenizer = grown, grown_tokenizer
     splits = _splits(data, tokenizer)
 
-    tracking = open_tracker(tracker, out_dir)
+    config = {**arguments, "model": to_dict(model.config), "train": to_dict(train_config)}
+    tracking = open_tracker(tracker, out_dir, config=config)
     trainer = Trainer(
         model.train(), train_config, splits, out_dir=out_dir, progress=progress, log=tracking.record
     )

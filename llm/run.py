@@ -69,7 +69,7 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.train.seed)
         model = Transformer(model_config)
-    tracking = open_tracker(tracker if main else "none", out_dir)
+    tracking = open_tracker(tracker if main else "none", out_dir, config=run_dict)
     trainer = Trainer(
         model,
         run_config.train,

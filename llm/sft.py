@@ -25,7 +25,7 @@ import torch
 from llm.atomic import write_json
 from llm.chat import ChatTemplate, Turn, read_messages, save_chat_template
 from llm.checkpoint import check_out_dir, load_model_dir, save_model_dir
-from llm.config import TrainConfig, from_dict
+from llm.config import TrainConfig, from_dict, to_dict
 from llm.data import TokenSplits, check_val_fraction, read_jsonl_file
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.lora import ATTENTION_TARGETS, MLP_TARGETS, LoRAConfig, apply_lora, fold_lora, save_adapter
@@ -179,7 +179,15 @@ def sft_run(
     with torch.random.fork_rng(devices=[]):  # the adapters' initial values follow the seed
         torch.manual_seed(train_config.seed)
         apply_lora(model.train(), lora)
-    tracking = open_tracker(tracker, out_dir)
+    config = {
+        "model_dir": str(Path(model_dir).resolve()),
+        "data": str(data),
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        "lora": to_dict(lora),
+        "val_fraction": options.val_fraction,
+    }
+    tracking = open_tracker(tracker, out_dir, config=config)
     trainer = Trainer(
         model, train_config, splits, out_dir=out_dir, progress=progress, log=tracking.record
     )

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import train_small_model
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from llm.checkpoint import load_model_dir
 from llm.cli import main as llm
@@ -62,9 +64,20 @@ def continued(
     out = tmp_path_factory.mktemp("more") / "more"
     settings = ["train.max_steps=120", "train.batch_size=16", "train.threads=1"]
     args = ["continue", str(base), "--corpus", str(corpora[1]), "--out", str(out)]
-    args += ["--expand-vocab", "64"] + [arg for s in settings for arg in ("--set", s)]
-    assert llm(args) == 0
+    args += ["--expand-vocab", "64", "--tracker", "tensorboard"]
+    assert llm(args + [arg for s in settings for arg in ("--set", s)]) == 0
     return out
+
+
+def test_a_tracked_continuation_logs_its_config(continued: Path, corpora: tuple[Path, Path]):
+    events = EventAccumulator(str(continued / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    logged = HParamsPluginData.FromString(content).session_start_info.hparams
+    assert logged["corpus"].string_value == str(corpora[1])
+    assert logged["expand_vocab"].number_value == 64
+    assert logged["train.max_steps"].number_value == 120
+    assert logged["model.d_model"].number_value == 64
 
 
 @pytest.mark.parametrize(("kind", "size"), [("bpe", 400), ("unigram", 400), ("wordpiece", 600)])

@@ -152,6 +152,22 @@ def test_the_idle_workers_cores_are_lent_to_the_trials_still_running(
     assert LentThreads(lending.path, own=2, own_steps=0).threads(1) == 2  # nothing posted: own
 
 
+def test_a_lending_file_nobody_closed_is_removed_when_its_process_ends(tmp_path: Path) -> None:
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom evo.executor import CoreLending\n"
+        "lending = CoreLending(threads=1, capacity=2, folder=Path(sys.argv[1]))\n"
+        "print(lending.path.exists())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.stdout == "True\n", done.stderr
+    assert list(tmp_path.iterdir()) == []
+    lending = CoreLending(threads=1, capacity=2, folder=tmp_path)
+    del lending  # collected: removed too
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_lent_threads_as_a_training_hook_set_torchs_thread_count(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     posted = tmp_path / "lend.txt"

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import steady_space_dict, write_corpus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from evo.cli import main as evo
 from evo.storage import Storage
@@ -24,6 +25,15 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {
         tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
     }
+
+
+def hparams(folder: Path) -> dict[str, object]:
+    """The configuration a TensorBoard run logged for its HParams tab."""
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    logged = HParamsPluginData.FromString(content).session_start_info.hparams
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in logged.items()}
 
 
 def write_tiny_config(workdir: Path) -> None:
@@ -45,6 +55,9 @@ def test_llm_train_writes_its_curves_for_tensorboard(workdir):
     assert [step for step, _ in curves["train/loss"]] == [2, 4, 6]
     assert [step for step, _ in curves["val/bits_per_byte"]] == [3, 6]
     assert {"train/learning_rate", "train/tokens_per_s", "val/loss"} <= set(curves)
+    config = hparams(workdir / "model" / "tensorboard")
+    assert config["model.d_model"] == 32 and config["train.max_steps"] == 6
+    assert config["data.tokenizer"] == "char" and config["train.learning_rate"] > 0
 
 
 def test_evo_run_writes_one_tensorboard_run_per_trial(workdir):
@@ -60,6 +73,16 @@ def test_evo_run_writes_one_tensorboard_run_per_trial(workdir):
     assert {run.name.rsplit("-rung-", 1)[1] for run in runs} <= {"1", "2", "3"}
     curves = scalars(runs[0])
     assert curves["train/loss"] and curves["val/bits_per_byte"]
+    genomes = Storage(url).genomes("space")
+    logged = [hparams(run) for run in runs]  # TensorBoard keeps numbers as floats
+    for config, run in zip(logged, runs, strict=True):
+        assert config["search"] == "space" and config["rung"] == int(run.name.rsplit("-")[-1])
+    searched = {tuple(sorted(genomes[t.genome_id].items())) for t in trials}
+    shown = {
+        tuple(sorted((k.removeprefix("genes."), v) for k, v in c.items() if k.startswith("genes.")))
+        for c in logged
+    }
+    assert shown == searched
 
 
 def test_a_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
@@ -81,6 +104,8 @@ def test_llm_train_writes_an_offline_wandb_run(workdir, monkeypatch):
     [run] = wandb_runs(workdir / "model")
     for tag in (b"train/loss", b"train/learning_rate", b"val/bits_per_byte"):
         assert tag in run
+    for key in (b"model.d_model", b"train.learning_rate", b"data.corpus"):  # the run's config
+        assert key in run
 
 
 def test_evo_run_writes_one_offline_wandb_run_per_trial(workdir):
@@ -93,6 +118,7 @@ def test_evo_run_writes_one_offline_wandb_run_per_trial(workdir):
     runs = wandb_runs(workdir / "results" / "space")
     assert len(runs) == 3
     assert all(b"val/bits_per_byte" in run and b"-rung-1" in run for run in runs)
+    assert all(b"genes.n_layers" in run and b"genes.learning_rate" in run for run in runs)
 
 
 def test_a_missing_wandb_is_one_clear_error(tmp_path, monkeypatch):

@@ -2,8 +2,8 @@
 body, decorators left out), in the packages given (default: llm and evo).
 
 Prints one line per function over the limit, `path:line name (N lines)`, longest first,
-and exits 1 when there is any; 0 and nothing printed when there is none. Not yet part of
-`.ci/run`: it joins the tests once the tree passes.
+and exits 1 when there is any; 0 and nothing printed when there is none. The test suite
+holds llm and evo to it (tests/test_long_functions.py).
 
     python .ci/long_functions.py
     python .ci/long_functions.py llm evo bench --limit 60

@@ -378,19 +378,7 @@ def prepare(
             " documents (a directory of files or a .jsonl file) or a different val_fraction"
         )
     corpus_fp = corpus_fingerprint(docs)
-    if tokenizer is not None:
-        tokenizer_key: dict[str, Any] = {"fingerprint": tokenizer.fingerprint()}
-    else:
-        tokenizer_key = {"kind": config.tokenizer, "vocab_size": config.vocab_size}
-    key = _hash_json(
-        {
-            "format": FORMAT,
-            "corpus": corpus_fp,
-            "tokenizer": tokenizer_key,
-            "val_fraction": config.val_fraction,
-            "split_seed": config.split_seed,
-        }
-    )
+    key = _cache_key(config, corpus_fp, tokenizer)
     directory = Path(config.cache_dir) / key if out is None else Path(out)
     existing = _reusable(directory, key)
     if existing is not None:
@@ -437,6 +425,24 @@ def prepare(
             }
         write_json(tmp / "meta.json", meta)
     return load_prepared(directory)
+
+
+def _cache_key(config: DataConfig, corpus_fp: str, tokenizer: Tokenizer | None) -> str:
+    """What names a prepared corpus: the text, the tokenizer (a given one by its
+    fingerprint, one to train by its kind and size) and the split."""
+    if tokenizer is not None:
+        tokenizer_key: dict[str, Any] = {"fingerprint": tokenizer.fingerprint()}
+    else:
+        tokenizer_key = {"kind": config.tokenizer, "vocab_size": config.vocab_size}
+    return _hash_json(
+        {
+            "format": FORMAT,
+            "corpus": corpus_fp,
+            "tokenizer": tokenizer_key,
+            "val_fraction": config.val_fraction,
+            "split_seed": config.split_seed,
+        }
+    )
 
 
 def _check_vocab_size(config: DataConfig, tokenizer: Tokenizer) -> None:

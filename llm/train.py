@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +71,25 @@ class TrainOutcome:
     best_val_loss: float | None
     step_times: list[float]  # seconds per optimizer step, this session only
     curve: list[dict[str, Any]]  # step, tokens, seconds, train_loss, val_loss (or None)
+
+
+@dataclass
+class _Session:
+    """What one call of `Trainer.fit` carries from step to step."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    generator: torch.Generator
+    compiler: Compiler
+    resumed: bool
+    first_step: int  # where this session started
+    first_tokens: int
+    own_threads: int  # the run's thread count: only steps at it are timed
+    stable_saved: bool
+    saved_at: int  # the step of the last checkpoint this session wrote (-1: none)
+    evaluated_at: int = -1
+    final: EvalResult | None = None
+    step_times: list[float] = field(default_factory=list)
 
 
 class Trainer:
@@ -150,108 +169,130 @@ class Trainer:
             torch.set_num_threads(threads)
 
     def _fit(self, resume_from: Path | None) -> TrainOutcome:
-        config, model = self.config, self.model.to(self.device)
-        model.train()
-        optimizer = build_optimizer(model, config, self.device)
-        scaler = torch.amp.GradScaler(self.device.type) if self.use_scaler else None
-        generator = torch.Generator().manual_seed(config.seed)
-        self.state = TrainState()
-        resume = resume_from is not None
-        if resume_from is not None:
-            self.state = load_checkpoint(
-                resume_from, model=model, optimizer=optimizer, scaler=scaler
-            )
-            restore_rng(self.state, generator)
-        # The uncompiled model is what gets saved.
-        compiler = Compiler(self.parallel.wrap(model), config.compile, self.device.type)
-        self._session_start = time.perf_counter() - self.state.seconds
-        first_step, first_tokens = self.state.step, self.state.tokens
-        step_times: list[float] = []
-        own_threads = torch.get_num_threads()
-        final: EvalResult | None = None
-        evaluated_at, saved_at = -1, self.state.step if resume else -1
-        stable_saved = self.stable_dir is None
-        # The losses since the last log line, and when that line was written.
-        self._window_losses: list[float] = []
-        self._window_tokens, self._window_time = self.state.tokens, self.state.seconds
-        self._last_lr = 0.0
+        session = self._start(resume_from)
         main = self.parallel.is_main
         log = training_log(
             self.out_dir if main else None,
-            config,
-            append=resume,
+            self.config,
+            append=session.resumed,
             callback=self.log if main else None,
             progress=self.progress and main,
         )
         with log as emit, self.parallel.interrupts() as interrupted:
-            if resume:
+            if session.resumed:
                 emit({"kind": "resume", **self._position()})
-            stop = budget_reached(config, self.state)
+            stop = budget_reached(self.config, self.state)
             try:
                 while stop is None:
-                    for hook in self.before_step:
-                        hook(self.state.step + 1)
-                    started = time.perf_counter()
-                    progress = self._progress()
-                    if not stable_saved and cooling_down(config, progress):
-                        stable_saved = self._save_stable(optimizer, scaler)
-                    loss, failed = compiler.step(
-                        partial(
-                            self._train_step,
-                            optimizer=optimizer,
-                            scaler=scaler,
-                            generator=generator,
-                            progress=progress,
-                        )
-                    )
-                    for decision in (failed, compiler.after_step(progress, self.parallel.agree)):
-                        if decision is not None:
-                            emit({"kind": "compile", **self._position(), **asdict(decision)})
-                    if not math.isfinite(loss):
-                        stop = "diverged"
-                        break
-                    if torch.get_num_threads() == own_threads:
-                        step_times.append(time.perf_counter() - started)
-                    stop, stopped = self.parallel.decide(
-                        budget_reached(config, self.state), interrupted()
-                    )
-                    if stopped:
-                        raise KeyboardInterrupt
-                    self._record_train(loss, emit)
-                    step = self.state.step
-                    if stop or due(step, config.eval_interval):
-                        final = self._evaluate(compiler.forward, emit)
-                        evaluated_at = step
-                    if self.out_dir and (stop or due(step, config.checkpoint_interval)):
-                        val_loss = final.loss if final and evaluated_at == step else None
-                        if not self._save(optimizer, scaler, val_loss):
-                            stop = "diverged"
-                            break
-                        saved_at = step
+                    stop = self._step(session, emit, interrupted)
             except KeyboardInterrupt:
                 stop = "interrupted"
-                if self.out_dir and saved_at != self.state.step:
-                    self._save(optimizer, scaler, None)
-            if not stable_saved and stop not in ("diverged", "interrupted"):
-                # The budget ended before a cool-down began: the end is the stable point.
-                stable_saved = self._save_stable(optimizer, scaler)
-            if stop not in ("diverged", "interrupted") and evaluated_at != self.state.step:
-                final = self._evaluate(compiler.forward, emit)  # a finished run resumed
-            emit({"kind": "end", "stop_reason": stop, **self._position()})
+                if self.out_dir and session.saved_at != self.state.step:
+                    self._save(session.optimizer, session.scaler, None)
+            self._end(session, stop, emit)
         diverged = stop == "diverged"
         return TrainOutcome(
             status="diverged" if diverged else "ok",
             stop_reason=stop,
             step=self.state.step,
             tokens=self.state.tokens,
-            first_step=first_step,
-            first_tokens=first_tokens,
+            first_step=session.first_step,
+            first_tokens=session.first_tokens,
             seconds=self._elapsed(),
-            final=None if diverged or stop == "interrupted" else final,
+            final=None if diverged or stop == "interrupted" else session.final,
             best_val_loss=self.state.best_val_loss,
-            step_times=step_times,
+            step_times=session.step_times,
             curve=self.state.curve,
         )
+
+    def _start(self, resume_from: Path | None) -> _Session:
+        """The model on its device, the optimizer and the data's random stream, as at the
+        checkpoint `resume_from` when given."""
+        config, model = self.config, self.model.to(self.device)
+        model.train()
+        optimizer = build_optimizer(model, config, self.device)
+        scaler = torch.amp.GradScaler(self.device.type) if self.use_scaler else None
+        generator = torch.Generator().manual_seed(config.seed)
+        self.state = TrainState()
+        if resume_from is not None:
+            self.state = load_checkpoint(
+                resume_from, model=model, optimizer=optimizer, scaler=scaler
+            )
+            restore_rng(self.state, generator)
+        self._session_start = time.perf_counter() - self.state.seconds
+        # The losses since the last log line, and when that line was written.
+        self._window_losses: list[float] = []
+        self._window_tokens, self._window_time = self.state.tokens, self.state.seconds
+        self._last_lr = 0.0
+        return _Session(
+            optimizer=optimizer,
+            scaler=scaler,
+            generator=generator,
+            # The uncompiled model is what gets saved.
+            compiler=Compiler(self.parallel.wrap(model), config.compile, self.device.type),
+            resumed=resume_from is not None,
+            first_step=self.state.step,
+            first_tokens=self.state.tokens,
+            own_threads=torch.get_num_threads(),
+            stable_saved=self.stable_dir is None,
+            saved_at=self.state.step if resume_from is not None else -1,
+        )
+
+    def _step(
+        self, session: _Session, emit: Callable[[LogRecord], None], interrupted: Callable[[], bool]
+    ) -> StopReason | None:
+        """One optimizer step, with its log line, evaluation and checkpoint when due; why
+        training stops after it, or None to go on."""
+        config = self.config
+        for hook in self.before_step:
+            hook(self.state.step + 1)
+        started = time.perf_counter()
+        progress = self._progress()
+        if not session.stable_saved and cooling_down(config, progress):
+            session.stable_saved = self._save_stable(session.optimizer, session.scaler)
+        loss, failed = session.compiler.step(
+            partial(
+                self._train_step,
+                optimizer=session.optimizer,
+                scaler=session.scaler,
+                generator=session.generator,
+                progress=progress,
+            )
+        )
+        for decision in (failed, session.compiler.after_step(progress, self.parallel.agree)):
+            if decision is not None:
+                emit({"kind": "compile", **self._position(), **asdict(decision)})
+        if not math.isfinite(loss):
+            return "diverged"
+        if torch.get_num_threads() == session.own_threads:
+            session.step_times.append(time.perf_counter() - started)
+        stop, stopped = self.parallel.decide(budget_reached(config, self.state), interrupted())
+        if stopped:
+            raise KeyboardInterrupt
+        self._record_train(loss, emit)
+        step = self.state.step
+        if stop or due(step, config.eval_interval):
+            session.final = self._evaluate(session.compiler.forward, emit)
+            session.evaluated_at = step
+        if self.out_dir and (stop or due(step, config.checkpoint_interval)):
+            final, evaluated = session.final, session.evaluated_at == step
+            if not self._save(
+                session.optimizer, session.scaler, final.loss if final and evaluated else None
+            ):
+                return "diverged"
+            session.saved_at = step
+        return stop
+
+    def _end(self, session: _Session, stop: StopReason, emit: Callable[[LogRecord], None]) -> None:
+        """What a run that ended still owes: its stable checkpoint and its final evaluation
+        (a finished run resumed), and the log's last line."""
+        if stop not in ("diverged", "interrupted"):
+            if not session.stable_saved:
+                # The budget ended before a cool-down began: the end is the stable point.
+                session.stable_saved = self._save_stable(session.optimizer, session.scaler)
+            if session.evaluated_at != self.state.step:
+                session.final = self._evaluate(session.compiler.forward, emit)
+        emit({"kind": "end", "stop_reason": stop, **self._position()})
 
     def _train_step(
         self,

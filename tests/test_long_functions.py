@@ -27,3 +27,11 @@ def test_functions_and_methods_over_the_limit_are_found_with_their_length(tmp_pa
     found = {(f.path.name, f.name, f.lines) for f in check.long_functions(package)}
     assert found == {("a.py", "long", 81), ("b.py", "method", 90)}
     assert check.long_functions(package, limit=90) == []
+
+
+def test_no_function_of_the_packages_is_over_80_lines():
+    root = SCRIPT.parents[1]
+    found = [
+        f.describe() for package in ("llm", "evo") for f in check.long_functions(root / package)
+    ]
+    assert found == []

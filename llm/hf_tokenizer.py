@@ -47,7 +47,6 @@ from llm.tokenizer import (
     CHAR_SPECIALS,
     SPACE_SYMBOL,
     UNKNOWN_TEXT,
-    WP_CONTINUATION,
     ByteTokenizer,
     CharTokenizer,
     SentencePieceTokenizer,
@@ -289,7 +288,7 @@ def convert_wordpiece(tokenizer: Tokenizer) -> HFTokenizer:
     _add_specials(backend)
     # Our decode strips the continuation prefix from every piece, then undoes the bytes
     # (U+FFFD, in no byte-level piece, passes as itself).
-    prefix = Regex("^" + re.escape(WP_CONTINUATION))
+    prefix = Regex("^" + re.escape(tokenizer.continuation))
     backend.decoder = decoders.Sequence(
         [decoders.Replace(prefix, ""), _unknown_as_ours(), decoders.ByteLevel()]
     )

@@ -4,7 +4,7 @@
 that `decode(encode(text)) == text` for any Unicode text: no normalization, no dummy
 prefix, whitespace kept as written, and byte fallback so no character is ever unknown.
 `wordpiece` is a WordPiece model of Hugging Face's `tokenizers` over the 256 UTF-8 byte
-values (GPT-2's byte-level alphabet), every byte both as a word start and as a `##`
+values (GPT-2's byte-level alphabet), every byte both as a word start and as a
 continuation, so no word is unknown unless it is longer than WP_MAX_WORD_CHARS; it too
 decodes back to the exact text. `char` maps the corpus's most frequent characters to ids
 (the rest to an unknown id) and `byte` uses the 256 UTF-8 byte values.
@@ -55,7 +55,10 @@ SP_TRAIN_THREADS = 4
 
 CHAR_SPECIALS = 4  # pad, bos, eos, unk
 WP_SPECIALS = ("[UNK]", "<s>", "</s>", "<pad>")  # ids 0-3
-WP_CONTINUATION = "##"
+# The mark of a piece that continues a word: a character outside the byte-level alphabet,
+# so no piece that starts a word can begin with it. With BERT's "##", a corpus of markdown
+# learns "##" as a word start, which decoding took for a continuation and dropped.
+WP_CONTINUATION = "\u21aa"
 WP_MIN_VOCAB = len(WP_SPECIALS) + 2 * 256  # every byte as a start and as a continuation
 WP_MAX_WORD_CHARS = 1000  # longer words (runs of one symbol) become the unknown id
 BYTE_VOCAB = 256 + 3  # bytes, then pad, bos, eos
@@ -200,7 +203,8 @@ class CharTokenizer(Tokenizer):
 
 class WordPieceTokenizer(Tokenizer):
     """A byte-level WordPiece model: ids 0-3 are unknown, bos, eos and pad, then the 256
-    bytes as `##` continuations, then as word starts, then the learned pieces."""
+    bytes as continuations (WP_CONTINUATION), then as word starts, then the learned
+    pieces."""
 
     kind = "wordpiece"
     model_file = "wordpiece.json"
@@ -214,6 +218,8 @@ class WordPieceTokenizer(Tokenizer):
         self._hf = HFTokenizer.from_str(model_json)
         self._bytes = decoders.ByteLevel()
         self._pieces = [self._hf.id_to_token(i) for i in range(self._hf.get_vocab_size())]
+        # A tokenizer saved by an older version keeps the "##" it was trained with.
+        self.continuation = json.loads(model_json)["model"]["continuing_subword_prefix"]
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
@@ -278,7 +284,7 @@ class WordPieceTokenizer(Tokenizer):
                 pieces = []
             elif i >= len(WP_SPECIALS):
                 piece = self._pieces[i]
-                pieces.append(piece.removeprefix(WP_CONTINUATION))
+                pieces.append(piece.removeprefix(self.continuation))
         return "".join(text) + self._bytes.decode(pieces)
 
     def _manifest(self) -> dict[str, Any]:
@@ -291,10 +297,17 @@ class WordPieceTokenizer(Tokenizer):
         # WordPiece matches the longest piece in the vocabulary, so an appended piece is
         # used wherever it fits; the learned model lists its pieces in the order learned.
         learned = WordPieceTokenizer.train(texts, self.vocab_size + n)
+        # Learned pieces spelled with this tokenizer's mark (an older one's is "##").
+        spelled = [
+            self.continuation + p.removeprefix(WP_CONTINUATION)
+            if p.startswith(WP_CONTINUATION)
+            else p
+            for p in learned._pieces
+        ]
         known = set(self._pieces)
         model = json.loads(self.model_json)
         vocab = model["model"]["vocab"]
-        for piece in [p for p in learned._pieces if p not in known][:n]:
+        for piece in [p for p in spelled if p not in known][:n]:
             vocab[piece] = len(vocab)
         return WordPieceTokenizer(json.dumps(model, ensure_ascii=False))
 

@@ -12,6 +12,7 @@ from llm.tokenizer import (
     SP_MIN_VOCAB,
     CharTokenizer,
     Tokenizer,
+    WordPieceTokenizer,
     load_tokenizer,
     train_tokenizer,
 )
@@ -222,6 +223,30 @@ def test_wordpiece_has_every_byte_and_fills_the_vocabulary(tokenizers):
     ids = tokenizer.encode(long)
     assert ids.count(tokenizer.unk_id) == 1
     assert tokenizer.decode(ids) == "ab\ufffd cd"  # the word " ===…" with its space
+
+
+def test_wordpiece_keeps_markdown_headings_it_learned_as_pieces():
+    markdown = ["## Heading\nsome text here\n### Sub\n" * 50, "plain words and more " * 100]
+    tokenizer = train_tokenizer("wordpiece", markdown, 700)
+    for text in ("## Heading", "### Sub", "##", "a ## b", "\u21aax \u21aa"):
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_a_wordpiece_saved_with_berts_mark_decodes_and_grows_with_it(tokenizers, tmp_path):
+    model = json.loads(tokenizers["wordpiece"].model_json)
+    mark = model["model"]["continuing_subword_prefix"]
+    vocab = model["model"]["vocab"]
+    model["model"]["vocab"] = {
+        ("##" + p.removeprefix(mark) if p.startswith(mark) else p): i for p, i in vocab.items()
+    }
+    model["model"]["continuing_subword_prefix"] = "##"
+    old = WordPieceTokenizer(json.dumps(model))  # as an older version trained it
+    text = "the model reads tokens"
+    assert old.encode(text) == tokenizers["wordpiece"].encode(text)
+    assert old.decode(old.encode(text)) == text
+    grown = old.grow([CORPUS[0] + " quokka quokkas"] * 20, 8)
+    assert grown.continuation == "##" and grown.decode(grown.encode(text)) == text
+    assert not any(p.startswith(mark) for p in grown._pieces)
 
 
 def test_missing_directory_is_a_checkpoint_error(tmp_path):

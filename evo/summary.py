@@ -66,6 +66,11 @@ def run_space(info: RunInfo) -> SearchSpace:
     return space_from_dict(data, where)
 
 
+def mode_text(mode: str) -> str:
+    """A search mode as every view writes it: "steady-state", "generational"."""
+    return mode.replace("_", "-")
+
+
 def budget_text(budget: dict[str, float]) -> str:
     return ", ".join(f"{value:,.0f} {UNITS[key]}" for key, value in budget.items())
 

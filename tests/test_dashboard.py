@@ -4,7 +4,6 @@ real browser (headless Chromium, driven through chromedriver) watches a run chan
 from __future__ import annotations
 
 import html
-import random
 import re
 import shutil
 import socket
@@ -23,9 +22,11 @@ import yaml
 from conftest import outcome
 from fastapi.testclient import TestClient
 from test_report import (  # noqa: F401 (fixtures)
+    LIVE,
     RUN,
     SPACE_YAML,
     figures,
+    live,
     one,
     result,
     run,
@@ -43,8 +44,6 @@ from llm.errors import UserError
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 NO_BROWSER = "no chromium or chromedriver here (apt install chromium chromium-driver)"
-LIVE = "live"
-TINY = Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml"
 
 
 @pytest.fixture
@@ -55,50 +54,6 @@ def reader(store: Storage, run: dict[str, object]) -> Iterator[Storage]:  # noqa
 
 def browser_get(client: TestClient, path: str) -> httpx.Response:
     return client.get(path, headers={"Accept": "text/html,application/xhtml+xml"})
-
-
-def add_done(store: Storage, genome: int, rung: int, value: float, **where: Any) -> int:  # noqa: F811
-    """A trial of `genome` at `rung` that ran on worker w1 and scored `value`."""
-    space = run_space(store.require_run(LIVE))
-    budget = space.rung_budgets()[rung]
-    trial = store.add_trial(LIVE, genome, rung=rung, budget=budget, seed=100 + genome, **where)
-    store.mark_running(trial, host="box", device="cpu", worker="w1")
-    tokens = budget["max_tokens"] - (space.rung_budgets()[rung - 1]["max_tokens"] if rung else 0)
-    measured = {**result(value, 900.0 + 10 * genome, adapt=False), "tokens": tokens}
-    store.finish_trial(trial, outcome("done", measured))
-    return trial
-
-
-def build_live_run(store: Storage) -> dict[str, int]:  # noqa: F811
-    """The tiny space's steady-state search (rungs of 222k, 666k and 2M tokens) caught while
-    it runs: at the lowest rung 12 trials done, one failed and one queued; at the middle
-    rung three done, each continuing one below, and one running; one done at the top.
-    Returns trial ids by what they are."""
-    store.create_run(LIVE, TINY.read_text(encoding="utf-8"), seed=0)
-    store.start_session(LIVE, workers=2)
-    space = run_space(store.require_run(LIVE))
-    rng, genomes = random.Random(4), []
-    while len(genomes) < 15:
-        genome = store.genome_id(LIVE, space.sample(rng))
-        genomes += [] if genome in genomes else [genome]
-    lowest = [add_done(store, g, 0, 2.0 + 0.037 * i) for i, g in enumerate(genomes[:12])]
-    failed = store.add_trial(LIVE, genomes[12], rung=0, seed=1)
-    store.mark_running(failed, host="box", device="cpu", worker="w2")
-    store.finish_trial(failed, outcome("failed", {"error": "RuntimeError: out of memory"}))
-    queued = store.add_trial(LIVE, genomes[13], rung=0, seed=2)
-    middle = [
-        add_done(store, genomes[i], 1, 1.8 + 0.02 * i, continued_from=lowest[i]) for i in range(3)
-    ]
-    running = store.add_trial(LIVE, genomes[3], rung=1, continued_from=lowest[3], seed=3)
-    store.mark_running(running, host="box", device="cpu", worker="w2")
-    top = add_done(store, genomes[0], 2, 1.6, continued_from=middle[0])
-    return {"lowest": lowest[0], "failed": failed, "queued": queued, "running": running,
-            "middle": middle[0], "top": top, "fresh": genomes[14]}  # fmt: skip
-
-
-@pytest.fixture
-def live(store: Storage) -> dict[str, int]:  # noqa: F811
-    return build_live_run(store)
 
 
 def test_the_runs_page_and_api_list_every_run(reader: Storage, run: dict[str, object]) -> None:  # noqa: F811
@@ -134,7 +89,7 @@ def test_the_runs_list_shows_the_best_at_the_top_rung(store: Storage) -> None:  
 
 def test_the_trials_api_answers_at_every_moment_of_a_run(
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
 ) -> None:
     client = TestClient(build_app(store))
     reply = client.get(f"/api/runs/{LIVE}/trials")
@@ -156,7 +111,7 @@ def test_the_trials_api_answers_at_every_moment_of_a_run(
 
 def test_the_run_api_has_what_the_run_page_shows_as_numbers(
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
 ) -> None:
     client = TestClient(build_app(store))
     (listed,) = client.get("/api/runs").json()
@@ -191,7 +146,7 @@ def test_a_run_page_is_the_live_report_with_plotly_served_cached_and_compressed(
     assert "cdn" not in page.text.lower() and 'http-equiv="refresh"' not in page.text
     assert page.headers["content-encoding"] == "gzip"
     (plotly,) = re.findall(r'<script src="(/static/plotly-[\d.]+\.min\.js)"', page.text)
-    (live,) = re.findall(r'<script src="(/static/live-\w+\.js)" data-seconds="5"', page.text)
+    (updater,) = re.findall(r'<script src="(/static/live-\w+\.js)" data-seconds="5"', page.text)
     script = client.get(plotly)
     assert script.status_code == 200 and len(script.content) > 1_000_000
     assert script.headers["cache-control"] == "public, max-age=31536000, immutable"
@@ -200,7 +155,7 @@ def test_a_run_page_is_the_live_report_with_plotly_served_cached_and_compressed(
     assert int(raw.headers["content-length"]) < len(script.content) / 2
     again = client.get(plotly, headers={"If-None-Match": script.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
-    assert "Plotly.react" in client.get(live).text
+    assert "Plotly.react" in client.get(updater).text
     assert client.get("/static/plotly-0.0.0.min.js").status_code == 404
 
 
@@ -213,7 +168,7 @@ def test_the_runs_page_polls_instead_of_reloading(reader: Storage) -> None:
 
 def test_a_view_sends_its_sections_only_when_its_run_changed(
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
 ) -> None:
     client = TestClient(build_app(store))
     first = client.get(f"/api/view/runs/{LIVE}").json()
@@ -254,7 +209,7 @@ def test_a_run_with_one_objective_shows_its_history(
 
 def test_a_trial_page_shows_what_the_database_holds(
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
 ) -> None:
     client = TestClient(build_app(store))
     page = client.get(f"/runs/{LIVE}/trials/{live['middle']}").text
@@ -322,7 +277,7 @@ def test_missing_pages_answer_a_page_to_a_browser_and_json_to_a_script(reader: S
 
 def test_pages_say_steady_state_with_times_in_utc_and_link_back(
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
 ) -> None:
     client = TestClient(build_app(store))
     runs = client.get("/").text
@@ -454,14 +409,15 @@ class Browser:
         (element,) = self.run(script).values()
         self.http.post(f"{self.session}/element/{element}/click", json={}).raise_for_status()
 
-    def drag(self, script: str, down: int) -> None:
-        """A pointer drag from the middle of the element `script` returns, `down` pixels."""
+    def drag(self, script: str, right: int, down: int) -> None:
+        """A pointer drag across the middle of the element `script` returns, `right` and
+        `down` pixels."""
         element = self.run(script)
         self.run("arguments[0].scrollIntoView({block: 'center'})", element)
         steps = [
-            {"type": "pointerMove", "origin": element, "x": 0, "y": -down // 2},
+            {"type": "pointerMove", "origin": element, "x": -right // 2, "y": -down // 2},
             {"type": "pointerDown", "button": 0},
-            {"type": "pointerMove", "origin": "pointer", "x": 0, "y": down, "duration": 200},
+            {"type": "pointerMove", "origin": "pointer", "x": right, "y": down, "duration": 200},
             {"type": "pointerUp", "button": 0},
         ]
         pointer = {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}}
@@ -511,7 +467,7 @@ DRAWN = "return document.querySelectorAll('.main-svg').length >= arguments[0];"
 def test_a_live_run_page_updates_in_place(
     served: str,
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
     browser: Browser,
 ) -> None:
     browser.open(f"{served}/runs/{LIVE}")
@@ -527,24 +483,25 @@ def test_a_live_run_page_updates_in_place(
     assert browser.run("return document.querySelector('#trials th[aria-sort]').textContent") == (
         "rung"
     )
-    # What a reader did before the run changed: zoomed, hid a legend entry, selected a
-    # range of parallel coordinates, typed a filter.
+    # What a reader did before the run changed, with the pointer: zoomed, hid a legend
+    # entry, selected a range of parallel coordinates; then typed a filter.
+    history = "return document.querySelector('#history .plot').layout.xaxis.range"
+    whole = browser.run(history)
+    browser.drag("return document.querySelector('#history .nsewdrag')", 200, 0)
+    zoomed = browser.run(history)
+    assert zoomed != whole
+    browser.click("return document.querySelectorAll('#history .legendtoggle')[1]")
+    browser.drag("return document.querySelector('#genes .axis-brush .background')", 0, 80)
+    selected = "return document.querySelector('#genes .plot').data[0].dimensions[0].constraintrange"
+    chosen = browser.run(selected)
+    assert chosen is not None
     browser.run("""
       window.__marker = "kept";
-      const [history, genes] = ["#history .plot", "#genes .plot"].map((s) =>
-        document.querySelector(s));
-      Plotly.relayout(history, {"xaxis.range": [1, 5]});
       const filter = document.querySelector("#trials input.filter");
       filter.focus();
       filter.value = "rung:1";
       filter.dispatchEvent(new Event("input"));
     """)
-    browser.click("return document.querySelectorAll('#history .legendtoggle')[1]")
-    browser.drag("return document.querySelector('#genes .axis-brush .background')", 80)
-    selected = "return document.querySelector('#genes .plot').data[0].dimensions[0].constraintrange"
-    chosen = browser.run(selected)
-    assert chosen is not None
-    browser.run("document.querySelector('#trials input.filter').focus()")
     lowest = sum(1 for row in state["rows"] if row[1] == "1")
     fresh = store.add_trial(LIVE, live["fresh"], rung=0)
     for status in ("queued", "running", "done"):
@@ -564,14 +521,14 @@ def test_a_live_run_page_updates_in_place(
               genes.data[0].dimensions[0].constraintrange,
               document.querySelector("#trials input.filter").value, location.hash];
     """)
-    assert kept == [[1, 5], "legendonly", chosen, "rung:1", "#filter=rung%3A1"]
+    assert kept == [zoomed, "legendonly", chosen, "rung:1", "#filter=rung%3A1"]
     assert browser.run(DRAWN, 8)
 
 
 def test_a_live_trial_page_and_runs_list_update_in_place(
     served: str,
     store: Storage,  # noqa: F811
-    live: dict[str, int],
+    live: dict[str, int],  # noqa: F811
     browser: Browser,
 ) -> None:
     fresh = store.add_trial(LIVE, live["fresh"], rung=0)

@@ -86,7 +86,9 @@ def workers_section(frame: pd.DataFrame) -> str:
         hover_name="label",
         category_orders={"rung": sorted(ran["rung"].unique())},
     )
-    fig.update_layout(height=160 + 40 * ran["where"].nunique(), yaxis_title="worker")
+    fig.update_layout(
+        height=160 + 40 * ran["where"].nunique(), yaxis_title="worker", xaxis_title="time (UTC)"
+    )
     return section("workers", "Workers", how, figure(fig))
 
 

@@ -37,6 +37,7 @@ from test_report import (  # noqa: F401 (fixtures)
 )
 
 from evo.dashboard import build_app, serve_dashboard
+from evo.dashboard.database import Database
 from evo.storage import Storage
 from evo.summary import run_space
 from llm.errors import UserError
@@ -328,7 +329,7 @@ def test_a_dashboard_started_before_the_database_waits_for_it(tmp_path: Path) ->
     with sqlite3.connect(other) as foreign:
         foreign.execute("CREATE TABLE invoices (id INTEGER)")
     with pytest.raises(UserError, match="not an evo database"):
-        serve_dashboard(f"sqlite:///{other}", port=0)
+        Database(f"sqlite:///{other}").storage()  # so `evo dashboard` refuses it at start
 
 
 def test_a_token_guards_every_page_and_a_browser_keeps_it(reader: Storage) -> None:

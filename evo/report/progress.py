@@ -56,8 +56,10 @@ def rungs_section(run: Run) -> str:
                 hoverinfo="text",
             )
         )
-    # Ticks from one at or below the lowest value: none is drawn below the lowest tick.
-    yaxis = {"title": {"text": axis_title(objective)}, **round_ticks(done[objective.metric]).axis()}
+    # Ticks from one at or below the lowest value (none is drawn below the lowest tick),
+    # and a little room beyond the first and last.
+    ticks = round_ticks(done[objective.metric]).axis(pad=0.25)
+    yaxis = {"title": {"text": axis_title(objective)}, **ticks}
     fig.update_layout(height=420, yaxis=yaxis, showlegend=False)
     return section("rungs", "Rungs", how, table + figure(fig))
 

@@ -87,10 +87,12 @@ def page_html(view: View, poll_seconds: float) -> str:
 
 
 def view_json(view: View, since: str | None) -> dict[str, Any]:
-    """A view for the page's live updates: its sections only when its version is not `since`."""
+    """A view for the page's live updates: its version and the moment it was read, and its
+    sections only when its version is not `since`."""
+    answer = {"version": view.version, "subtitle": _subtitle()}
     if since == view.version:
-        return {"version": view.version}
-    return {"version": view.version, "subtitle": _subtitle(), "sections": view.sections()}
+        return answer
+    return answer | {"sections": view.sections()}
 
 
 def _subtitle() -> str:
@@ -170,7 +172,8 @@ def add_api_routes(app: FastAPI, pages: Pages, auth: list[Any]) -> None:
 
 
 def add_static_routes(app: FastAPI) -> None:
-    """plotly.js and the live script under versioned names, cached for good; the icon."""
+    """plotly.js and the live script under versioned names, cached for good; the icon,
+    under the name browsers ask for, for a day."""
 
     def serve(asset: Asset, request: Request, cache: str = IMMUTABLE) -> Response:
         headers = {"Cache-Control": cache, "ETag": asset.etag}
@@ -180,9 +183,8 @@ def add_static_routes(app: FastAPI) -> None:
 
     @app.get("/static/{name}")
     def static(name: str, request: Request) -> Response:
-        for asset in (live_asset(), favicon_asset()):
-            if name == asset.name:
-                return serve(asset, request)
+        if name == live_asset().name:
+            return serve(live_asset(), request)
         if name.startswith("plotly-") and name == plotly_asset().name:
             return serve(plotly_asset(), request)
         raise HTTPException(404, f"no static file {name!r}")

@@ -12,7 +12,7 @@ from fastapi import HTTPException
 
 from evo.dashboard.api import digest, run_summary, run_version
 from evo.dashboard.database import Database
-from evo.report.markup import Html, format_value, html_table, link, note, section, time_text
+from evo.report.markup import format_value, html_table, link, note, section, time_text
 from evo.storage import RunInfo, Storage
 from evo.summary import mode_text, run_space, spent_text
 
@@ -104,7 +104,7 @@ class Pages:
         storage = self.storage()
         version = run_version(info, storage.trials_frame(name))
         trial_url = run_path(name) + "/trials/{}"
-        nav = Html('<nav><a href="/">← all runs</a></nav>')
+        nav = '<nav><a href="/">← all runs</a></nav>'
         return View(
             f"evo run {name}",
             version,

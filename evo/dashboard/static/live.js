@@ -50,6 +50,8 @@
   }
 
   function update(view) {
+    document.getElementById("subtitle").textContent = view.subtitle;
+    if (!view.sections) return;
     const main = document.querySelector("main");
     const parsed = new DOMParser().parseFromString(view.sections.join(""), "text/html");
     const fresh = Array.from(parsed.body.children);
@@ -67,7 +69,6 @@
       }
       previous = document.getElementById(section.id);
     }
-    document.getElementById("subtitle").textContent = view.subtitle;
   }
 
   async function poll() {
@@ -78,7 +79,7 @@
       const reply = await fetch(url, { headers: { Accept: "application/json" } });
       if (reply.ok) {
         const view = await reply.json();
-        if (view.sections) update(view);
+        update(view);
         version = view.version;
       }
     } catch (err) {

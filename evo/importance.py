@@ -22,7 +22,7 @@ from evo.space import Domain, Objective, SearchSpace
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
-MIN_TRIALS = 10  # fewer successful trials than this at a rung say nothing about genes
+MIN_TRIALS = 20  # fewer successful trials than this at a rung say nothing about genes
 
 
 def gene_importance(

@@ -17,6 +17,7 @@ from evo.summary import (
     STALLED,
     anytime_curve,
     budget_text,
+    mode_text,
     pareto_front,
     run_space,
     rung_rows,
@@ -50,7 +51,8 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         console.print(_rung_table(frame, space))
     workers = worker_time(frame, storage.run_sessions(name))
     if workers.utilization is not None:
-        console.print(f"worker utilization: {workers.describe()}")
+        running = run.status == RunStatus.RUNNING.value
+        console.print(f"worker utilization: {workers.describe(running)}")
     else:  # a run from before sessions were recorded
         per_generation = [g.stats.get("utilization") for g in storage.generations(name)]
         known = [u for u in per_generation if u]
@@ -89,7 +91,7 @@ def _progress(run: RunInfo, space: SearchSpace) -> str:
     if space.search.mode == "generational":
         done = generations_complete(run)
         return f"{done} of {space.search.generations} generations complete"
-    return "steady-state search"
+    return f"{mode_text(space.search.mode)} search"
 
 
 def _print_promotions(
@@ -139,7 +141,7 @@ def _print_anytime(
 
 def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
     table = Table(title="rungs", title_justify="left")
-    headers = ("rung", "budget", "trials", "done", "failed", "in flight", "advanced")
+    headers = ("rung", "budget", "trials", "done", "failed", "queued or running", "advanced")
     for column in headers:
         table.add_column(column, justify="left" if column == "budget" else "right")
     rows = rung_rows(frame, space)

@@ -66,6 +66,11 @@ def run_space(info: RunInfo) -> SearchSpace:
     return space_from_dict(data, where)
 
 
+def mode_text(mode: str) -> str:
+    """A search mode as every view writes it: "steady-state", "generational"."""
+    return mode.replace("_", "-")
+
+
 def budget_text(budget: dict[str, float]) -> str:
     return ", ".join(f"{value:,.0f} {UNITS[key]}" for key, value in budget.items())
 
@@ -217,13 +222,15 @@ class WorkerTime:
             return None
         return min((self.busy + self.lent) / self.available, 1.0)
 
-    def describe(self) -> str:
-        """One line for status and report: the utilization and its idle parts."""
+    def describe(self, running: bool = False) -> str:
+        """One line for status and report: the utilization and its idle parts. While the
+        run is `running` no trial is its workers' last yet: a worker idle since its latest
+        trial is between trials."""
         share = 100 / self.available
-        idle = (
-            f"idle: {share * self.starting:.1f}% starting, {share * self.between:.1f}% "
-            f"between trials, {share * self.ending:.1f}% after the last trials"
-        )
+        between = self.between + (self.ending if running else 0.0)
+        idle = f"idle: {share * self.starting:.1f}% starting, {share * between:.1f}% between trials"
+        if not running:
+            idle += f", {share * self.ending:.1f}% after the last trials"
         text = f"{100 * (self.utilization or 0):.0f}% (busy worker-seconds / available; {idle})"
         if self.lent > 0:
             text += (

@@ -24,11 +24,12 @@ from evo.data import prepare_data, unigram_bits_per_byte
 from evo.export import export_trials
 from evo.metrics import EVAL_TOKENS
 from evo.report.labels import NOT_MEASURED
+from evo.report.markup import format_value
 from evo.report.page import write_report
 from evo.report.run import NO_SUCCESS
 from evo.space import Objective, load_space, space_from_dict
 from evo.storage import Storage
-from evo.summary import STALLED_RULE, pareto_front
+from evo.summary import STALLED_RULE, pareto_front, run_space
 from llm.errors import UserError
 
 # The shipped tiny space as a generational search, with a speed objective, whose best
@@ -43,6 +44,8 @@ _TINY["search"] = {
 _TINY["trial"]["max_steps"] = 150
 SPACE_YAML = yaml.safe_dump(_TINY, sort_keys=False)
 RUN = "demo"
+LIVE = "live"
+TINY = Path(__file__).parents[1] / "search_spaces" / "tiny.yaml"
 HEADINGS = (
     "Summary",
     "Objectives per generation",
@@ -143,24 +146,60 @@ def run(store: Storage) -> dict[str, object]:
     return {"metrics": metrics, "promoted": population[1]}
 
 
+def add_done(store: Storage, genome: int, rung: int, value: float, **where: Any) -> int:
+    """A trial of `genome` at `rung` that ran on worker w1 and scored `value`."""
+    space = run_space(store.require_run(LIVE))
+    budget = space.rung_budgets()[rung]
+    trial = store.add_trial(LIVE, genome, rung=rung, budget=budget, seed=100 + genome, **where)
+    store.mark_running(trial, host="box", device="cpu", worker="w1")
+    tokens = budget["max_tokens"] - (space.rung_budgets()[rung - 1]["max_tokens"] if rung else 0)
+    measured = {**result(value, 900.0 + 10 * genome, adapt=False), "tokens": tokens}
+    store.finish_trial(trial, outcome("done", measured))
+    return trial
+
+
+def build_live_run(store: Storage) -> dict[str, int]:
+    """The tiny space's steady-state search (rungs of 222k, 666k and 2M tokens) caught while
+    it runs: at the lowest rung 12 trials done, one failed and one queued; at the middle
+    rung three done, each continuing one below, and one running; one done at the top.
+    Returns trial ids by what they are."""
+    store.create_run(LIVE, TINY.read_text(encoding="utf-8"), seed=0)
+    store.start_session(LIVE, workers=2)
+    space = run_space(store.require_run(LIVE))
+    rng, genomes = random.Random(4), []
+    while len(genomes) < 15:
+        genome = store.genome_id(LIVE, space.sample(rng))
+        genomes += [] if genome in genomes else [genome]
+    lowest = [add_done(store, g, 0, 2.0 + 0.037 * i) for i, g in enumerate(genomes[:12])]
+    failed = store.add_trial(LIVE, genomes[12], rung=0, seed=1)
+    store.mark_running(failed, host="box", device="cpu", worker="w2")
+    store.finish_trial(failed, outcome("failed", {"error": "RuntimeError: out of memory"}))
+    queued = store.add_trial(LIVE, genomes[13], rung=0, seed=2)
+    middle = [
+        add_done(store, genomes[i], 1, 1.8 + 0.02 * i, continued_from=lowest[i]) for i in range(3)
+    ]
+    running = store.add_trial(LIVE, genomes[3], rung=1, continued_from=lowest[3], seed=3)
+    store.mark_running(running, host="box", device="cpu", worker="w2")
+    top = add_done(store, genomes[0], 2, 1.6, continued_from=middle[0])
+    return {"lowest": lowest[0], "failed": failed, "queued": queued, "running": running,
+            "middle": middle[0], "top": top, "fresh": genomes[14]}  # fmt: skip
+
+
+@pytest.fixture
+def live(store: Storage) -> dict[str, int]:
+    return build_live_run(store)
+
+
 def section(page: str, heading: str) -> str:
     start = page.index(f"<h2>{heading}</h2>")
     return page[start : page.index("</section>", start)]
 
 
 def figures(part: str) -> list[dict[str, Any]]:
-    """The plotly figures in part of a page, as {"data": [...], "layout": {...}}, read
-    from the JSON arguments of their Plotly.newPlot calls."""
-    decoder, comma = json.JSONDecoder(), re.compile(r"\s*,\s*")
-    found = []
-    for call in re.finditer(r"Plotly\.newPlot\(\s*", part):
-        position, arguments = call.end(), []
-        for _ in range(3):  # the element's id, the data, the layout
-            value, end = decoder.raw_decode(part, position)
-            arguments.append(value)
-            position = comma.match(part, end).end()  # type: ignore[union-attr]
-        found.append({"data": arguments[1], "layout": arguments[2]})
-    return found
+    """The plotly figures in part of a page, as {"data": [...], "layout": {...}, ...}, read
+    from the JSON the page draws them from."""
+    found = re.findall(r'<script type="application/json" class="figure-data">(.*?)</script>', part)
+    return [json.loads(data) for data in found]
 
 
 def values(array: Any) -> list[Any]:
@@ -177,14 +216,18 @@ def trace(figure: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def tables(part: str) -> list[list[dict[str, str]]]:
-    """The HTML tables with a header row in part of a page, each as its rows by header."""
+    """The HTML tables with a header row in part of a page, each as its rows by header
+    (cells as text: links and other markup left out)."""
     found = []
     for table in re.findall(r"<table[^>]*>(.*?)</table>", part, flags=re.S):
         rows = [
-            [html.unescape(cell) for cell in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
+            [
+                html.unescape(re.sub(r"<[^>]+>", "", cell))
+                for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)
+            ]
             for row in re.findall(r"<tr>(.*?)</tr>", table)
         ]
-        if table.startswith("<thead><tr><th>"):
+        if table.startswith("<thead>"):
             found.append([dict(zip(rows[0], row, strict=True)) for row in rows[1:]])
     return found
 
@@ -202,7 +245,10 @@ def test_report_is_one_self_contained_page(
     assert "https://cdn" not in "".join(re.findall(r"<script[^>]*>", page))
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
-    assert page.count("Plotly.newPlot(") == 6
+    assert len(figures(page)) == 6
+    # The plotly template is in the page once, not once per figure (about 7 KB each).
+    assert page.count('id="plotly-template"') == 1
+    assert not any("template" in drawn["layout"] for drawn in figures(page))
     assert "Parcoords".lower() in page.lower()
 
     genes = section(page, "Genes")
@@ -251,7 +297,7 @@ def test_report_of_a_run_without_successes(store: Storage, tmp_path: Path) -> No
         assert f"<h2>{heading}</h2>" in page
     assert "<h2>Promotions</h2>" not in page
     assert page.count(NO_SUCCESS) == 5
-    assert "Plotly.newPlot(" not in page
+    assert figures(page) == []
     assert "bad &lt;genome&gt;" in section(page, "Failures")
 
     store.create_run("empty", SPACE_YAML, seed=0)
@@ -272,7 +318,7 @@ def test_report_with_one_objective(store: Storage, tmp_path: Path) -> None:
     assert "<h2>Pareto front</h2>" not in page
     assert "best so far" in section(page, "Optimisation history")
     assert "No learning curves were recorded." in section(page, "Learning curves")
-    assert page.count("Plotly.newPlot(") == 4
+    assert len(figures(page)) == 4
 
 
 def test_a_rung_whose_trials_all_stalled_says_so_where_others_learned(
@@ -332,22 +378,58 @@ def one(store: Storage) -> dict[int, float]:
     return scores
 
 
+def many_trials(store: Storage, count: int) -> None:
+    """A generational run of `count` successful trials with one objective, which the
+    number of layers decides (plus noise)."""
+    space = yaml.safe_load(SPACE_YAML)
+    space["search"].update(objectives=["bits_per_byte"])
+    store.create_run(RUN, yaml.safe_dump(space), seed=0)
+    sampler, rng = space_from_dict(space), random.Random(7)
+    for _ in range(count):
+        genes = sampler.sample(rng)
+        trial = store.add_trial(RUN, store.genome_id(RUN, genes), generation=0)
+        value = 2.0 + 0.1 * genes["n_layers"] + 0.01 * rng.random()
+        store.finish_trial(trial, outcome("done", result(value, 1000.0, adapt=False)))
+
+
 def test_gene_importance_ranks_the_genes_and_slices_the_most_important(
-    store: Storage, one: dict[int, float], tmp_path: Path
+    store: Storage, tmp_path: Path
 ) -> None:
+    many_trials(store, 24)
     page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
-    bars, slices = figures(section(page, "Gene importance"))
+    part = section(page, "Gene importance")
+    assert "over the 24 successful trials" in part  # how many it rests on
+    bars, slices = figures(part)
     (importance,) = bars["data"]
     genes = importance["y"]
     varying = {"n_layers", "n_heads", "d_model", "d_ff_mult", "pos_encoding", "batch_size"}
     assert varying | {"learning_rate"} >= set(genes) >= varying  # every gene that varies
+    assert genes[0] == "n_layers" and bars["layout"]["yaxis"]["tickvals"] == genes
+    assert bars["layout"]["xaxis"]["title"]["text"] == "importance over 24 trials (sums to 1)"
     assert sum(values(importance["x"])) == pytest.approx(1.0)
     assert [t["name"] for t in slices["data"]] == genes[:4]  # the four most important
     assert "bits_per_byte" in slices["layout"]["yaxis"]["title"]["text"]
-    # A run with fewer successful trials says why it shows none.
-    store.create_run("small", SPACE_YAML, seed=0)
-    small = write_report(store, "small", tmp_path / "small.html").read_text(encoding="utf-8")
-    assert "at least 10 are needed" in section(small, "Gene importance")
+    space = space_from_dict(yaml.safe_load(SPACE_YAML))
+    for number, trace in enumerate(slices["data"], start=1):
+        axis = slices["layout"][f"xaxis{number if number > 1 else ''}"]
+        domain = space.genes[trace["name"]]
+        if domain.choice is not None:  # in the space's order, integers without ".0"
+            order = [format_value(v) for v in domain.values()]
+            assert axis["categoryarray"][: len(order)] == order
+            assert not any(label.endswith(".0") for label in trace["x"])
+        elif domain.kind == "int":  # ticks at whole numbers only
+            assert axis["dtick"] >= 1 and float(axis["tick0"]).is_integer()
+            assert axis["tickformat"] == ",.0f"
+
+
+def test_gene_importance_below_its_minimum_shows_the_count(
+    store: Storage, one: dict[int, float], tmp_path: Path
+) -> None:
+    page = write_report(store, RUN, tmp_path / "report.html").read_text(encoding="utf-8")
+    part = section(page, "Gene importance")
+    assert figures(part) == []  # 10 trials that learned: no bars to mislead
+    assert "10 successful trials so far: too few to say which genes matter" in part
+    assert "(importance is drawn from 20)" in part
 
 
 def test_one_objective_is_drawn_as_an_optimisation_history(
@@ -367,6 +449,11 @@ def test_one_objective_is_drawn_as_an_optimisation_history(
     layout = history["layout"]
     assert layout["yaxis"]["title"]["text"] == "bits_per_byte (bits/byte)<br>lower is better"
     assert layout["xaxis"]["title"]["text"] == "trial"
+    assert layout["xaxis"]["dtick"] >= 1 and layout["xaxis"]["tickformat"] == ",.0f"
+    low, high = layout["xaxis"]["range"]
+    assert (
+        low < min(learned) and high > max(learned) and float(layout["xaxis"]["tick0"]).is_integer()
+    )
     # The legend is a row above the plot: it cannot cover the plot, an axis or a colour bar.
     assert layout["legend"]["orientation"] == "h"
     assert layout["legend"]["y"] >= 1 and layout["legend"]["yanchor"] == "bottom"
@@ -475,6 +562,16 @@ def test_parallel_coordinates_label_log_genes_with_values_and_single_out_the_bes
     ticks = [float(t) for t in rate["ticktext"]]
     assert ticks[0] == pytest.approx(3e-4) and ticks[-1] == pytest.approx(2e-2)
     assert [10**v for v in rate["tickvals"]] == pytest.approx(ticks, rel=0.05)
+
+    # Other axes run from one round tick to another: whole numbers for an int gene.
+    layers = next(d for d in parcoords["dimensions"] if d["label"] == "n_layers")
+    assert layers["range"] == [1, 6] and layers["tickvals"] == [1, 2, 3, 4, 5, 6]
+    assert layers["ticktext"] == ["1", "2", "3", "4", "5", "6"]
+    bits = next(d for d in parcoords["dimensions"] if d["label"] == "bits_per_byte")
+    assert bits["range"] == [bits["tickvals"][0], bits["tickvals"][-1]]
+    assert bits["range"][0] <= min(values(bits["values"])) <= max(values(bits["values"]))
+    assert max(values(bits["values"])) <= bits["range"][1]
+    assert all(len(text.split(".")[-1]) <= 2 for text in bits["ticktext"])  # not 3.93391
 
     line = parcoords["line"]
     scores = values(line["color"])
@@ -627,3 +724,56 @@ def test_report_of_a_steady_state_search_shows_its_rungs(workdir: Path) -> None:
     assert "best bits_per_byte at the top rung" in section(page, "Summary")
     assert '"line":{"shape":"hv"}' in section(page, "Best against compute")
     assert "rung 3" in section(page, "Workers")
+
+
+def test_a_live_runs_trials_are_sorted_by_rung_then_score(store: Storage, tmp_path: Path) -> None:
+    ids = build_live_run(store)
+    page = write_report(store, LIVE, tmp_path / "report.html").read_text(encoding="utf-8")
+    part = section(page, "Trials")
+    (rows,) = tables(part)
+    rungs = [int(row["rung"]) for row in rows]
+    assert rungs == sorted(rungs, reverse=True) and rows[0]["trial"] == str(ids["top"])
+    middle = [r["bits_per_byte (bits/byte)"] for r in rows if r["rung"] == "2"]
+    assert middle == ["1.8", "1.82", "1.84", "—"]  # best first, the running one last
+    assert '<th aria-sort="descending">rung</th>' in part
+    assert '<th aria-sort="ascending">bits_per_byte (bits/byte)</th>' in part
+    assert "generation" not in rows[0]  # a steady-state run has none
+    (_, failed) = tables(section(page, "Failures"))
+    assert list(failed[0]) == ["trial", "rung", "status", "error or reason"]
+    (rungs_chart,) = figures(section(page, "Rungs"))
+    axis = rungs_chart["layout"]["yaxis"]
+    drawn = [v for trace in rungs_chart["data"] for v in values(trace["y"])]
+    assert axis["range"][0] < axis["tick0"] <= min(drawn)  # none below the lowest tick
+
+
+def test_words_a_live_run_reads_in(store: Storage, tmp_path: Path) -> None:
+    build_live_run(store)
+    page = write_report(store, LIVE, tmp_path / "report.html").read_text(encoding="utf-8")
+    summary = section(page, "Summary")
+    rows = dict(_pairs(summary))
+    assert rows["mode"] == "steady-state"
+    assert rows["created"].endswith(" UTC") and rows["updated"].endswith(" UTC")
+    assert "between trials" in rows["worker utilization"]
+    assert "after the last trials" not in rows["worker utilization"]  # it still runs
+    assert "for the best genome by bits_per_byte" in section(page, "Learning curves")
+    (workers,) = figures(section(page, "Workers"))
+    assert workers["layout"]["xaxis"]["title"]["text"] == "time (UTC)"
+    store.set_run_status(LIVE, "finished")
+    done = write_report(store, LIVE, tmp_path / "done.html").read_text(encoding="utf-8")
+    assert "after the last trials" in section(done, "Summary")
+
+
+def _pairs(part: str) -> list[tuple[str, str]]:
+    return [
+        (html.unescape(a), html.unescape(b))
+        for a, b in re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", part)
+    ]
+
+
+def test_status_says_queued_or_running(
+    store: Storage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_live_run(store)
+    assert evo(["status", LIVE, "--storage", f"sqlite:///{tmp_path / 'evo.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert "in flight" not in out and "queued" in out and "after the last trials" not in out

@@ -16,6 +16,8 @@ The numbers come from `evo.summary`; this package draws them. `page` writes the 
 compute), `front` (optimisation history or Pareto front), `genes` (parallel coordinates,
 gene importance), `curves` (learning curves), `trials` (the trials table, workers,
 failures) and `retrained` (validation, promotions). They all read `run.Run`; `labels`
-says how trials, metrics and genes read, and `markup` holds the HTML, which loads no
-plotly. Nothing is imported here, so that `evo.report.markup` stays light.
+says how trials, metrics and genes read, `ticks` how axes are ranged and ticked, and
+`markup` holds the HTML, which loads no plotly: each figure is its JSON, which the page's
+script (`page.js`, inline in the page) draws, and which `evo dashboard` redraws in place.
+Nothing is imported here, so that `evo.report.markup` stays light.
 """

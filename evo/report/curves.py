@@ -38,9 +38,10 @@ def curves_section(run: Run, storage: Storage) -> str:
 def _curves_text(fig: go.Figure, genomes: int, objective: Objective, rungs: bool) -> str:
     """How to read the learning curves, naming only what `fig` draws."""
     lines = [t for t in fig.data if t.mode == "lines"]
+    which = "the best genome" if genomes == 1 else f"the {genomes} best genomes"
     parts = [
         f"Training loss (nats per token: the mean cross-entropy of the next token) against "
-        f"tokens trained, for the {genomes} best genomes by {objective.metric}, one colour each"
+        f"tokens trained, for {which} by {objective.metric}, one colour each"
     ]
     if any(t.line.dash == "dash" for t in lines):
         parts.append("solid while pretraining, dashed while adapting")

@@ -11,6 +11,7 @@ from plotly.colors import qualitative
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, note, section
 from evo.report.run import Run
+from evo.report.ticks import round_ticks
 from evo.summary import pareto_front, ranked
 from llm.errors import UserError
 
@@ -57,7 +58,10 @@ def history_section(run: Run) -> str:
     fig = go.Figure([trials, line, circle])
     fig.update_layout(
         height=480,
-        xaxis_title="trial",
+        xaxis={
+            "title": {"text": "trial"},
+            **round_ticks(ordered["trial_id"], whole=True).axis(0.5),
+        },
         yaxis_title=axis_title(first),
         legend=_LEGEND_ABOVE,
     )

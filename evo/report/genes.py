@@ -15,6 +15,7 @@ from evo.importance import MIN_TRIALS, gene_importance
 from evo.report.labels import axis_title, gene_columns, unit_title
 from evo.report.markup import figure, format_value, is_missing, note, section
 from evo.report.run import Run
+from evo.report.ticks import round_ticks
 from evo.space import Domain, Objective
 from evo.summary import ranked, successful_trials
 
@@ -39,10 +40,11 @@ def genes_section(run: Run) -> str:
     finished = ranked(finished, first).iloc[::-1]  # the best drawn last, on top
     names = [c.removeprefix("gene.") for c in gene_columns(run)]
     dimensions = [_dimension(n, finished[f"gene.{n}"], space.genes.get(n)) for n in names]
-    dimensions += [
-        {"label": o.metric, "values": finished[o.metric].to_numpy(dtype=float)}
-        for o in run.objectives
-    ]
+    for objective in run.objectives:
+        values = finished[objective.metric].to_numpy(dtype=float)
+        dimensions.append(
+            {"label": objective.metric, "values": values, **round_ticks(values).dimension()}
+        )
     values = finished[first.metric].to_numpy(dtype=float)
     line = {
         "color": values,
@@ -71,7 +73,8 @@ def _best_colorscale(values: np.ndarray, objective: Objective) -> list[list[Any]
 
 
 def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str, Any]:
-    """One parallel-coordinates axis. Ranges are numbers as they are (log ranges on a log
+    """One parallel-coordinates axis. Ranges are numbers as they are, over the domain's
+    bounds and ticked at round values (whole numbers for an int gene; log ranges on a log
     axis, labelled with the values themselves); choices, and genes some genomes lack, are
     integer codes labelled with their values in the space's order."""
     numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
@@ -87,7 +90,9 @@ def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str,
                 "tickvals": ticks.tolist(),
                 "ticktext": [f"{10**t:.2g}" for t in ticks],
             }
-        return {"label": name, "values": values}
+        bounds = domain.bounds if domain is not None else ()
+        ticks = round_ticks([*values, *bounds], whole=domain is not None and domain.kind == "int")
+        return {"label": name, "values": values, **ticks.dimension()}
     labels = [MISSING if is_missing(v) else format_value(v) for v in column]
     known = (
         [format_value(v) for v in domain.values()] if domain is not None and domain.choice else []
@@ -103,36 +108,56 @@ def _dimension(name: str, column: pd.Series, domain: Domain | None) -> dict[str,
 
 def importance_section(run: Run) -> str:
     first = run.objectives[0]
+    where = " at the lowest rung" if run.rungs else ""
+    trials = successful_trials(run.learned[run.learned["rung"] == 0], run.objectives)
     how = (
         f"How much each gene decides {first.metric}, by Optuna's PED-ANOVA over the "
-        f"successful trials{' at the lowest rung' if run.rungs else ''} (at least "
-        f"{MIN_TRIALS}; the importances sum to 1): how differently a gene is set among the "
-        "best tenth than among all. Then, for the most important genes, every trial's "
-        f"{first.metric} against the gene's value (boxes for choices)."
+        f"{len(trials)} successful trials{where} (it needs at least {MIN_TRIALS}; the "
+        "importances sum to 1): how differently a gene is set among the best tenth than "
+        f"among all. Then, for the most important genes, every trial's {first.metric} "
+        "against the gene's value (boxes for choices)."
     )
-    trials = successful_trials(run.learned[run.learned["rung"] == 0], run.objectives)
     importance = gene_importance(trials, run.space, first)
     if importance is None:
-        too_few = f"{len(trials)} successful trials to judge by; at least {MIN_TRIALS} are needed."
+        too_few = (
+            f"{len(trials)} successful trials{where} so far: too few to say which genes "
+            f"matter (importance is drawn from {MIN_TRIALS})."
+        )
         return section("importance", "Gene importance", how, note(too_few))
     bars = go.Figure(go.Bar(x=list(importance.values()), y=list(importance), orientation="h"))
     bars.update_layout(
         height=80 + 28 * len(importance),
-        yaxis={"autorange": "reversed", "title": {"text": "gene"}},
-        xaxis={"title": {"text": "importance (PED-ANOVA; sums to 1)"}},
+        yaxis={"autorange": "reversed", "title": {"text": "gene"}, "tickvals": list(importance)},
+        xaxis={"title": {"text": f"importance over {len(trials)} trials (sums to 1)"}},
         margin={"l": 140},
     )
+    return section(
+        "importance", "Gene importance", how, figure(bars) + _slices(run, trials, importance)
+    )
+
+
+def _slices(run: Run, trials: pd.DataFrame, importance: dict[str, float]) -> str:
+    """The objective against each of the most important genes: choices as boxes in the
+    space's order, whole numbers ticked as whole numbers."""
+    first = run.objectives[0]
     top = list(importance)[:SLICE_GENES]
     slices = make_subplots(rows=1, cols=len(top), subplot_titles=top, shared_yaxes=True)
     for column, gene in enumerate(top, start=1):
         x, y = trials[f"gene.{gene}"], trials[first.metric]
         domain = run.space.genes[gene]
         if domain.choice is not None:
-            slices.add_trace(go.Box(x=x.astype(str), y=y, name=gene, boxpoints="all"), 1, column)
-        else:
-            slices.add_trace(go.Scatter(x=x, y=y, mode="markers", name=gene), 1, column)
-            if domain.log:
-                slices.update_xaxes(type="log", row=1, col=column)
+            labels = [MISSING if is_missing(v) else format_value(v) for v in x]
+            order = [format_value(v) for v in domain.values()]
+            order += sorted(set(labels) - set(order))
+            slices.add_trace(go.Box(x=labels, y=y, name=gene, boxpoints="all"), 1, column)
+            slices.update_xaxes(categoryorder="array", categoryarray=order, row=1, col=column)
+            continue
+        slices.add_trace(go.Scatter(x=x, y=y, mode="markers", name=gene), 1, column)
+        if domain.log:
+            slices.update_xaxes(type="log", row=1, col=column)
+        elif domain.kind == "int":
+            ticks = round_ticks([*x, *domain.bounds], whole=True)
+            slices.update_xaxes(**ticks.axis(pad=0.5), row=1, col=column)
     slices.update_layout(height=380, showlegend=False)
     slices.update_yaxes(title_text=axis_title(first), row=1, col=1)
-    return section("importance", "Gene importance", how, figure(bars) + figure(slices))
+    return figure(slices)

@@ -9,11 +9,16 @@ from typing import Any
 import pandas as pd
 
 from evo.metrics import METRICS
-from evo.report.markup import format_value, is_missing
+from evo.report.markup import Html, format_value, is_missing, link
 from evo.report.run import Run
 from evo.space import Objective
 
 NOT_MEASURED = "n/a (CPU)"  # a GPU-only metric of a trial that trained elsewhere
+
+
+def trial_cell(run: Run, trial_id: int) -> Html | int:
+    """A trial's id in a table: a link to its page where the run's pages have them."""
+    return link(run.trial_url.format(trial_id), trial_id) if run.trial_url else trial_id
 
 
 def gene_text(name: str, value: Any) -> str:

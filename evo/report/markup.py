@@ -1,12 +1,14 @@
 """The page's HTML, which needs no plotly: its style, tables, sections and the page
 around them, and how values are written (`evo dashboard` builds its own pages from these
 without loading plotly). A figure is made into markup by `figure`, which only calls the
-figure's own `to_html`."""
+figure's own `to_json`; the page's script (page.js) draws it."""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,75 +21,33 @@ if TYPE_CHECKING:
 PAGE_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
   padding: 0 1em; }
+nav { margin-bottom: 1em; }
 section { margin-bottom: 2.5em; }
 p.how { color: #555; font-style: italic; }
 .wide { overflow-x: auto; }
+/* A wide table may use the window's width beyond the text's, centred on it. */
+section .wide { width: calc(100vw - 3em); max-width: max-content; position: relative;
+  left: 50%; transform: translateX(-50%); min-width: 100%; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; white-space: pre-wrap; }
 table.sortable th { cursor: pointer; }
-input.filter { margin-bottom: 0.5em; width: 20em; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+input.filter { margin-bottom: 0.5em; width: 22em; max-width: 100%; }
 """
 
+# The page's script (draws the figures, sorts and filters tables): see page.js.
+PAGE_SCRIPT = (Path(__file__).parent / "page.js").read_text(encoding="utf-8")
 
-# Sorting and filtering of the trials table, in plain JavaScript: a click on a heading sorts
-# by that column (numbers as numbers), again to reverse; the box keeps the rows containing
-# its text. Both are kept in the address (#sort=HEADING&filter=TEXT, -HEADING descending),
-# so a link shares the view and the dashboard's redraw (a reload) keeps it.
-_TABLE_SCRIPT = """<script>
-document.addEventListener("DOMContentLoaded", () => {
-  const view = new URLSearchParams(location.hash.slice(1));
-  const remember = () => history.replaceState(null, "", "#" + view.toString());
-  for (const table of document.querySelectorAll("table.sortable")) {
-    const body = table.tBodies[0];
-    const filter = document.createElement("input");
-    filter.className = "filter";
-    filter.placeholder = "filter rows";
-    const keep = () => {
-      const text = filter.value.toLowerCase();
-      for (const row of body.rows) {
-        row.hidden = !row.textContent.toLowerCase().includes(text);
-      }
-    };
-    filter.addEventListener("input", () => {
-      filter.value ? view.set("filter", filter.value) : view.delete("filter");
-      remember();
-      keep();
-    });
-    table.parentNode.insertBefore(filter, table);
-    table.querySelectorAll("th").forEach((th, column) => {
-      th.addEventListener("click", () => {
-        const up = th.dataset.order !== "up";
-        th.dataset.order = up ? "up" : "down";
-        const key = (row) => {
-          const text = row.cells[column].textContent.replace(/,/g, "");
-          const number = parseFloat(text);
-          return isNaN(number) ? text : number;
-        };
-        const rows = Array.from(body.rows).sort((a, b) => {
-          const x = key(a), y = key(b);
-          const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0)
-            : (typeof x === "number" ? -1 : 1);
-          return up ? order : -order;
-        });
-        body.append(...rows);
-        view.set("sort", (up ? "" : "-") + th.textContent);
-        remember();
-      });
-    });
-    const wanted = (view.get("sort") || "").match(/^(-?)(.+)$/);
-    const heading = wanted && Array.from(table.querySelectorAll("th"))
-      .find((th) => th.textContent === wanted[2]);
-    if (heading) {
-      heading.click();
-      if (wanted[1]) heading.click();
-    }
-    filter.value = view.get("filter") || "";
-    keep();
-  }
-});
-</script>"""
+
+class Html(str):
+    """Markup to put in a table cell as it is, not escaped (a link)."""
+
+
+def link(href: str, text: Any) -> Html:
+    return Html(f'<a href="{html.escape(href)}">{html.escape(str(text))}</a>')
 
 
 def format_value(value: Any) -> str:
@@ -101,7 +61,12 @@ def format_value(value: Any) -> str:
 
 
 def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+    return (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or value is pd.NA
+        or value is pd.NaT
+    )
 
 
 def first_line(error: Any) -> str:
@@ -114,23 +79,54 @@ def note(text: str) -> str:
 
 
 def html_table(
-    rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, css_class: str = ""
+    rows: Iterable[Sequence[Any]],
+    header: Sequence[str] | None = None,
+    css_class: str = "",
+    order: dict[str, str] | None = None,
 ) -> str:
+    """A table of `rows` (cells escaped, but for `Html` ones) under `header`; `order`
+    marks the columns the rows are sorted by ("ascending" or "descending", by heading)."""
     head = ""
     if header is not None:
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        marks = order or {}
+        cells = "".join(
+            f'<th aria-sort="{marks[h]}">{html.escape(h)}</th>'
+            if h in marks
+            else f"<th>{html.escape(h)}</th>"
+            for h in header
+        )
         head = f"<thead><tr>{cells}</tr></thead>"
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows
     )
     attribute = f' class="{css_class}"' if css_class else ""
     return f"<table{attribute}>{head}<tbody>{body}</tbody></table>"
 
 
+def _cell(value: Any) -> str:
+    return value if isinstance(value, Html) else html.escape(str(value))
+
+
 def figure(fig: go.Figure) -> str:
-    fig.update_layout(template="plotly_white")
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+    """The figure's element, drawn by the page's script from its JSON. The JSON leaves out
+    the template, which the page holds once (`template_tag`); `uirevision` keeps what a
+    reader changed (zoom, legend, selections) when the dashboard redraws the figure."""
+    fig.layout.template = None
+    fig.update_layout(uirevision="kept")
+    height = fig.layout.height
+    style = f' style="height:{height}px"' if height else ""
+    data = fig.to_json().replace("<", "\\u003c")  # no "</script>" inside the tag
+    config = '"config":{"displaylogo":false,"responsive":true}'
+    return (
+        f'<div class="figure"><div class="plot"{style}></div><script type="application/json" '
+        f'class="figure-data">{data[:-1]},{config}}}</script></div>'
+    )
+
+
+def template_tag(template_json: str) -> str:
+    """The plotly template of every figure on the page, once (see `figure`)."""
+    data = template_json.replace("<", "\\u003c")
+    return f'<script type="application/json" id="plotly-template">{data}</script>'
 
 
 def section(anchor: str, title: str, how_to_read: str, body: str) -> str:
@@ -140,12 +136,23 @@ def section(anchor: str, title: str, how_to_read: str, body: str) -> str:
     )
 
 
-def html_page(title: str, subtitle: str, script: str, sections: Sequence[str]) -> str:
-    # plotly.js in the head, once, before any figure that needs it.
+def time_text(moment: datetime | pd.Timestamp | None) -> str:
+    """A moment as every page writes it: to the second, in UTC, saying so."""
+    if moment is None or is_missing(moment):
+        return "—"
+    when = pd.Timestamp(moment)
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def html_page(title: str, subtitle: str, head: str, sections: Sequence[str], nav: str = "") -> str:
+    """A whole page: `head` (plotly.js and anything else the page needs) before the page's
+    own script, then `nav`, the title, `subtitle` and the sections."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style>\n"
-        f"{script}\n{_TABLE_SCRIPT}\n</head>\n<body>\n"
-        f'<h1>{html.escape(title)}</h1>\n<p class="how">{html.escape(subtitle)}</p>\n'
-        f"{''.join(sections)}</body></html>\n"
+        f"{head}\n<script>{PAGE_SCRIPT}</script>\n</head>\n<body>\n{nav}"
+        f'<h1>{html.escape(title)}</h1>\n<p class="how" id="subtitle">{html.escape(subtitle)}</p>\n'
+        f"<main>{''.join(sections)}</main></body></html>\n"
     )

@@ -3,19 +3,18 @@ the workers' utilization and the best value of each objective."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from evo.generations import generations_complete
 from evo.report.labels import gene_lines
-from evo.report.markup import format_value, html_table, section
+from evo.report.markup import format_value, html_table, section, time_text
 from evo.report.run import Run
-from evo.storage import Storage
+from evo.storage import RunStatus, Storage
 from evo.summary import (
     ACTIVE,
     FAILURES,
     LOST,
     SUCCESS,
     budget_text,
+    mode_text,
     ranked,
     spent_text,
     worker_time,
@@ -27,9 +26,9 @@ def summary_section(run: Run, storage: Storage) -> str:
     rows: list[tuple[str, str]] = [
         ("run", info.name),
         ("status", info.status),
-        ("mode", space.search.mode.replace("_", "-")),
-        ("created", _when(info.created_at)),
-        ("updated", _when(info.updated_at)),
+        ("mode", mode_text(space.search.mode)),
+        ("created", time_text(info.created_at)),
+        ("updated", time_text(info.updated_at)),
         ("seed", str(info.seed)),
     ]
     target = space.target_budget()
@@ -47,7 +46,8 @@ def summary_section(run: Run, storage: Storage) -> str:
     rows.append(("unigram baseline", _baseline_text(info.unigram_bits_per_byte)))
     workers = worker_time(run.frame, storage.run_sessions(info.name))
     if workers.utilization is not None:
-        rows.append(("worker utilization", workers.describe()))
+        running = info.status == RunStatus.RUNNING.value
+        rows.append(("worker utilization", workers.describe(running)))
     rows.append(("objectives", ", ".join(f"{o.metric} ({o.direction})" for o in run.objectives)))
     for objective in run.objectives:
         best = "—"
@@ -84,7 +84,3 @@ def _baseline_text(baseline: float | None) -> str:
             "stores it), so no trial is judged stalled"
         )
     return f"{baseline:.4g} bits/byte (a trial no better than this stalled; see Failures)"
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import html
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import plotly.io as pio
+from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from evo.report.curves import curves_section
 from evo.report.front import history_section, pareto_section
 from evo.report.genes import genes_section, importance_section
-from evo.report.markup import html_page
+from evo.report.markup import html_page, template_tag, time_text
 from evo.report.overview import summary_section
 from evo.report.progress import anytime_section, generations_section, rungs_section
 from evo.report.retrained import promotions_section, validation_section
@@ -26,6 +29,7 @@ from llm.errors import UserError
 
 PlotlyMode = Literal["inline", "file"]
 PLOTLY_MODES: tuple[PlotlyMode, ...] = ("inline", "file")
+TEMPLATE = "plotly_white"  # every figure's look
 
 
 def write_report(
@@ -48,14 +52,27 @@ def render_report(
     script: str,
     head: str = "",
     front: tuple[str, str] | None = None,
+    nav: str = "",
+    trial_url: str = "",
 ) -> str:
     """The report page of run `info`, with `script` (the tag that loads plotly.js) and any
-    `head` markup (the dashboard's live updates) in its head. `front` names the two
-    objectives the Pareto front is drawn on (default: the first two); given, the page
-    also links every other pair (`?front=A,B`), as the dashboard serves it."""
+    `head` markup (the dashboard's live updates) in its head, and `nav` (links to other
+    pages) above its title; see `report_sections` for `front` and `trial_url`."""
+    sections = report_sections(storage, info, front, trial_url)
+    head = script + plotly_template() + head
+    return html_page(f"evo run {info.name}", generated_text(), head, sections, nav)
+
+
+def report_sections(
+    storage: Storage, info: RunInfo, front: tuple[str, str] | None = None, trial_url: str = ""
+) -> list[str]:
+    """The report's sections in page order, each one `<section>` with an id. `front` names
+    the two objectives the Pareto front is drawn on (default: the first two); given, the
+    page also links every other pair (`?front=A,B`), as the dashboard serves it.
+    `trial_url` (a format taking a trial id) makes every trial id a link to it."""
     run = info.name
     frame = storage.trials_frame(run)
-    data = Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte))
+    data = Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte), trial_url)
     validated = validation_report(storage, run, data.space)
     sections = [
         summary_section(data, storage),
@@ -72,8 +89,17 @@ def render_report(
         validation_section(validated),
         promotions_section(data, storage.promotions(run), storage.genomes(run), validated),
     ]
-    generated = f"generated at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-    return html_page(f"evo run {info.name}", generated, script + head, sections)
+    return [s for s in sections if s]
+
+
+def generated_text() -> str:
+    return f"generated at {time_text(datetime.now(timezone.utc))}"
+
+
+@functools.cache
+def plotly_template() -> str:
+    """The tag with the one plotly template of the page's figures (see markup.figure)."""
+    return template_tag(to_json_plotly(pio.templates[TEMPLATE]))
 
 
 def _plotly_script(page: Path, mode: PlotlyMode) -> str:

@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, html_table, note, section
 from evo.report.run import Run
+from evo.report.ticks import round_ticks
 from evo.space import Objective
 from evo.summary import SUCCESS, anytime_curve, budget_text, rung_rows, successful_trials
 
@@ -55,7 +56,11 @@ def rungs_section(run: Run) -> str:
                 hoverinfo="text",
             )
         )
-    fig.update_layout(height=420, yaxis_title=axis_title(objective), showlegend=False)
+    # Ticks from one at or below the lowest value (none is drawn below the lowest tick),
+    # and a little room beyond the first and last.
+    ticks = round_ticks(done[objective.metric]).axis(pad=0.25)
+    yaxis = {"title": {"text": axis_title(objective)}, **ticks}
+    fig.update_layout(height=420, yaxis=yaxis, showlegend=False)
     return section("rungs", "Rungs", how, table + figure(fig))
 
 
@@ -114,6 +119,8 @@ def anytime_section(run: Run) -> str:
         go.Scatter(x=curve["tokens"], y=curve["best"], mode="lines+markers", line_shape="hv")
     )
     fig.update_layout(
-        height=420, xaxis_title="training tokens spent", yaxis_title=axis_title(objective)
+        height=420,
+        xaxis={"title": {"text": "training tokens spent"}, "rangemode": "tozero"},
+        yaxis_title=axis_title(objective),
     )
     return section("anytime", "Best against compute", how, figure(fig))

@@ -22,6 +22,7 @@ class Run:
     space: SearchSpace
     frame: pd.DataFrame  # Storage.trials_frame
     stalled: pd.Series  # aligned with frame
+    trial_url: str = ""  # a format taking a trial id: where trial ids link to; "" for none
 
     @property
     def objectives(self) -> list[Objective]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 
-from evo.report.labels import gene_columns, metric_text, unit_title
+from evo.report.labels import gene_columns, metric_text, trial_cell, unit_title
 from evo.report.markup import figure, first_line, format_value, html_table, note, section
 from evo.report.run import Run
 from evo.storage import TRIAL_STATUSES
@@ -15,27 +15,34 @@ from evo.summary import FAILURES, STALLED, STALLED_RULE, ranked
 
 def trials_section(run: Run) -> str:
     first = run.objectives[0]
+    order = f"best {first.metric} first (trials without a value last)"
+    if run.rungs:
+        order = (
+            "by rung, the top first (scores at different rungs are not comparable), and within "
+            f"a rung {order}"
+        )
     how = (
-        f"Every trial, best {first.metric} first (trials without a value last): its genome, "
-        "rung, status (stalled for a success that learned nothing; see Failures), "
-        "objectives and genes."
+        f"Every trial, {order}: its genome, rung, status (stalled for a success that learned "
+        "nothing; see Failures), objectives and genes. Click a heading to sort by it; the "
+        "box keeps the rows with every word typed, or with a column's value (rung:2)."
     )
     if run.frame.empty:
         return section("trials", "Trials", how, note("No trials yet."))
     genes = gene_columns(run)
     generational = run.space.search.mode == "generational"
+    objectives = [unit_title(o.metric) for o in run.objectives]
     header = [
         "trial",
         "genome",
         "rung",
         *(["generation"] if generational else []),
         "status",
-        *(unit_title(o.metric) for o in run.objectives),
+        *objectives,
         *(c.removeprefix("gene.") for c in genes),
     ]
     rows = [
         [
-            row["trial_id"],
+            trial_cell(run, row["trial_id"]),
             row["genome_id"],
             row["rung"] + 1,
             *([format_value(row["generation"])] if generational else []),
@@ -43,10 +50,20 @@ def trials_section(run: Run) -> str:
             *(metric_text(row, o.metric) for o in run.objectives),
             *(format_value(row[c]) for c in genes),
         ]
-        for index, row in ranked(run.frame, first).iterrows()
+        for index, row in _table_order(run).iterrows()
     ]
-    table = html_table(rows, header, css_class="sortable")
+    marks = {objectives[0]: "ascending" if first.sign > 0 else "descending"}
+    if run.rungs:
+        marks["rung"] = "descending"
+    table = html_table(rows, header, css_class="sortable", order=marks)
     return section("trials", "Trials", how, f'<div class="wide">{table}</div>')
+
+
+def _table_order(run: Run) -> pd.DataFrame:
+    """The trials by rung, the top first, then best first by the first objective (stable:
+    ties, and trials without a value, in trial order)."""
+    best_first = ranked(run.frame, run.objectives[0])
+    return best_first.sort_values("rung", ascending=False, kind="stable")
 
 
 def workers_section(frame: pd.DataFrame) -> str:
@@ -69,7 +86,9 @@ def workers_section(frame: pd.DataFrame) -> str:
         hover_name="label",
         category_orders={"rung": sorted(ran["rung"].unique())},
     )
-    fig.update_layout(height=160 + 40 * ran["where"].nunique(), yaxis_title="worker")
+    fig.update_layout(
+        height=160 + 40 * ran["where"].nunique(), yaxis_title="worker", xaxis_title="time (UTC)"
+    )
     return section("workers", "Workers", how, figure(fig))
 
 
@@ -81,10 +100,11 @@ def failures_section(run: Run) -> str:
         count_rows.append((f"{STALLED} (of the done)", int(run.stalled.sum())))
     body = html_table(count_rows, ("status", "trials")) if count_rows else note("No trials yet.")
     listed = frame[frame["status"].isin(FAILURES) | run.stalled]
+    generational = run.space.search.mode == "generational"
     rows = [
         (
-            row["trial_id"],
-            format_value(row["generation"]),
+            trial_cell(run, row["trial_id"]),
+            *([format_value(row["generation"])] if generational else []),
             row["rung"] + 1,
             STALLED if run.stalled[index] else row["status"],
             _stalled_reason(row, baseline) if run.stalled[index] else first_line(row["error"]),
@@ -92,7 +112,9 @@ def failures_section(run: Run) -> str:
         for index, row in listed.iterrows()
     ]
     if rows:
-        body += html_table(rows, ("trial", "generation", "rung", "status", "error or reason"))
+        header = ["trial", *(["generation"] if generational else []), "rung", "status"]
+        header.append("error or reason")
+        body += html_table(rows, header)
     else:
         body += note("No trial has failed or stalled.")
     how = (

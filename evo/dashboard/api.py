@@ -1,0 +1,188 @@
+"""The dashboard's JSON for scripts: each run's summary (`/api/runs`), what a run's page
+shows (`/api/runs/NAME`) and its trials (`/api/runs/NAME/trials`). Numbers are numbers
+(a budget spent is its amount and its limit, not a sentence), counts and integer genes
+and metrics are integers, moments are ISO 8601 in UTC, and a missing value is null.
+Rungs count from 0, as in the database and `evo export` (the pages count from 1)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from evo.generations import generations_complete
+from evo.metrics import METRICS
+from evo.space import SearchSpace
+from evo.storage import RunInfo, Storage
+from evo.summary import (
+    ACTIVE,
+    ranked,
+    run_space,
+    rung_rows,
+    stalled,
+    successful_trials,
+    top_rung,
+    worker_time,
+)
+
+# Columns of Storage.trials_frame that count or name something: integers.
+_COUNT_COLUMNS = ("trial_id", "generation", "rung", "decision", "attempt", "genome_id", "recorded")
+
+
+def run_version(info: RunInfo, frame: pd.DataFrame) -> str:
+    """Changes whenever the run does: a trial added, started or ended, or the run's status."""
+    statuses = frame["status"].value_counts().sort_index()
+    counts = ",".join(f"{status}:{count}" for status, count in statuses.items())
+    last = frame["recorded"].max()
+    return digest(f"{info.updated_at.isoformat()}|{len(frame)}|{counts}|{last}|{info.status}")
+
+
+def digest(text: str) -> str:
+    """A version, short and plain enough for an address."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def run_summary(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str, Any]:
+    """What the runs list shows of a run: its status, trials, budget spent, and the best
+    value of its first objective where scores are comparable and count (at the top rung,
+    stalled trials left out)."""
+    space = run_space(info)
+    objective = space.search.objectives[0]
+    learned = frame[~stalled(frame, info.unigram_bits_per_byte)]
+    values = successful_trials(top_rung(learned, space), [objective])[objective.metric]
+    best = objective.best(values.to_numpy(dtype=float)) if len(values) else math.nan
+    spent = storage.spent(info.name)
+    whole = {"steps": True, "tokens": True, "worker_seconds": False, "trials": True}
+    return {
+        "name": info.name,
+        "status": info.status,
+        "mode": space.search.mode,
+        "trials": len(frame),
+        "active": int(frame["status"].isin(ACTIVE).sum()),
+        "objective": objective.metric,
+        "best": json_value(best),
+        "spent": {
+            limit: {
+                "spent": json_value(spent.of(limit), integer=whole[limit]),
+                "limit": json_value(value, integer=whole[limit]),
+            }
+            for limit, value in space.search.budget.limits().items()
+        },
+        "created": json_value(info.created_at),
+        "updated": json_value(info.updated_at),
+        "version": run_version(info, frame),
+    }
+
+
+def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str, Any]:
+    """What the run's page shows, as numbers: the summary, the rungs, the trials by status,
+    the workers' time and the best trial of each objective."""
+    space = run_space(info)
+    stuck = stalled(frame, info.unigram_bits_per_byte)
+    finished = successful_trials(top_rung(frame[~stuck], space), space.search.objectives)
+    workers = worker_time(frame, storage.run_sessions(info.name))
+    bests = {o.metric: _best(ranked(finished, o).head(1), space) for o in space.search.objectives}
+    detail = run_summary(storage, info, frame) | {
+        "seed": info.seed,
+        "target": _budget(space.target_budget()),
+        "rungs": [
+            {
+                "rung": row.rung,
+                "budget": _budget(row.budget),
+                "trials": row.trials,
+                "done": row.done,
+                "failed": row.failed,
+                "active": row.active,
+                "advanced": row.advanced,
+            }
+            for row in rung_rows(frame, space)
+        ],
+        "statuses": {str(s): int(n) for s, n in frame["status"].value_counts().items()},
+        "stalled": int(stuck.sum()),
+        "unigram_bits_per_byte": info.unigram_bits_per_byte,
+        "workers": {
+            "available_seconds": workers.available,
+            "busy_seconds": workers.busy,
+            "utilization": workers.utilization,
+        },
+        "objectives": [
+            {
+                "metric": objective.metric,
+                "direction": objective.direction,
+                "best": bests[objective.metric] if len(finished) else None,
+            }
+            for objective in space.search.objectives
+        ],
+    }
+    if space.search.mode == "generational":
+        detail["generations_complete"] = generations_complete(info)
+    return detail
+
+
+def trial_records(frame: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
+    """The trials as `Storage.trials_frame` has them (the columns of `evo export`), one
+    JSON object each."""
+    integers = _integer_columns(frame, space)
+    return [
+        {key: json_value(value, integer=key in integers) for key, value in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
+def json_value(value: Any, integer: bool = False) -> Any:
+    """`value` as JSON has it: NaN and NaT are null, a moment ISO 8601, a numpy scalar a
+    number, and with `integer` a whole float an int."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, datetime):  # a pandas Timestamp too
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if integer and value.is_integer():
+            return int(value)
+    return value
+
+
+def _best(top: pd.DataFrame, space: SearchSpace) -> dict[str, Any]:
+    """The best trial (`top`, one row): where it is, its objectives and its genes."""
+    (row,) = trial_records(top, space)
+    genes = {
+        key.removeprefix("gene."): value
+        for key, value in row.items()
+        if key.startswith("gene.") and value is not None
+    }
+    return {
+        **{key: row[key] for key in ("trial_id", "genome_id", "rung")},
+        **{o.metric: row[o.metric] for o in space.search.objectives},
+        "genes": genes,
+    }
+
+
+def _budget(budget: dict[str, float] | None) -> dict[str, Any] | None:
+    if budget is None:
+        return None
+    return {key: json_value(value, integer=key != "max_seconds") for key, value in budget.items()}
+
+
+def _integer_columns(frame: pd.DataFrame, space: SearchSpace) -> set[str]:
+    """The frame's columns whose values are whole numbers: counts, integer metrics (also
+    before adapting), and genes whose every value is an integer."""
+    integer_metrics = {name for name, metric in METRICS.items() if metric.integer}
+    genes = {
+        f"gene.{name}"
+        for name, domain in space.genes.items()
+        if domain.kind == "int"
+        or (domain.kind == "choice" and all(isinstance(v, int) for v in domain.values()))
+    }
+    return {
+        *_COUNT_COLUMNS,
+        *integer_metrics,
+        *(f"pretrain.{name}" for name in integer_metrics),
+        *genes,
+    } & set(frame.columns)

@@ -26,7 +26,7 @@ from llm.lora import LoRAConfig, apply_lora
 from llm.model import Transformer
 from llm.optim import build_optimizer
 from llm.train import Trainer
-from tests.conftest import space_dict, write_corpus
+from conftest import space_dict, write_corpus
 
 MODEL = ModelConfig(vocab_size=64, n_layers=2, d_model=32, n_heads=2, d_ff=64, max_seq_len=16)
 TRAIN = TrainConfig(

@@ -15,18 +15,21 @@ from evo.space import SearchSpace
 from evo.storage import RunInfo, RunStatus, Storage
 from evo.summary import (
     STALLED,
+    ForecastSummary,
     anytime_curve,
     budget_text,
+    forecast_summary,
     pareto_front,
     run_space,
     rung_rows,
     search_scores,
     spent_text,
     stalled,
+    target_lines,
     top_rung,
     worker_time,
 )
-from evo.validate import ValidationReport, validation_report
+from evo.validate import ValidationReport, target_seed_noise, validation_report
 from evo.view import genes_text
 from llm.errors import UserError
 
@@ -60,6 +63,10 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     _print_front(frame, stuck, space, console)
     _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)
+    forecast = storage.forecast(name)
+    shown = forecast_summary(frame, space, forecast, target_seed_noise(report, forecast))
+    if shown is not None:
+        print_forecast(shown, console)
     if report is not None:
         print_validation(report, console, table=False)
     running = frame[frame["status"] == TrialStatus.RUNNING.value]
@@ -115,6 +122,8 @@ def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Con
         (unit, value), top = next(iter(target.items())), space.rung_budgets()[-1]
         share = top[unit] / value
         console.print(f"target: {budget_text(target)}; rungs: {rungs} (top rung {share:.0%})")
+    for line in target_lines(space, storage.require_run(name).train_tokens):
+        console.print(line)
     limits = space.search.budget.limits()
     if limits:
         console.print(f"spent: {spent_text(storage.spent(name), limits)}")
@@ -194,6 +203,41 @@ def _print_front(
     console.print(table)
 
 
+def print_forecast(forecast: ForecastSummary, console: Console) -> None:
+    """The search's pick for the target and its best genomes: each one's measured rung
+    scores beside its prediction at the target and the interval."""
+    if not forecast.genomes:
+        return
+    pick = forecast.genomes[0]
+    level = f"{forecast.level:.0%}"
+    console.print(
+        f"pick for the target: genome {pick.genome_id}, {forecast.metric} {pick.mean:.4g} "
+        f"predicted at {budget_text(forecast.budget)} ({level} interval {pick.low:.4g} to "
+        f"{pick.high:.4g})"
+    )
+    console.print(_forecast_table(forecast))
+    console.print(f"the law: {forecast.describe()}")
+
+
+def _forecast_table(forecast: ForecastSummary) -> Table:
+    rungs = max(rung for g in forecast.genomes for rung in g.scores) + 1
+    title = (
+        f"{forecast.metric} predicted at {budget_text(forecast.budget)}, "
+        f"{forecast.beyond:.3g}× the top rung (the search's order)"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("genome", justify="right")
+    for rung in range(rungs):
+        table.add_column(f"rung {rung + 1}", justify="right")
+    table.add_column("predicted", justify="right")
+    table.add_column(f"{forecast.level:.0%} interval", justify="right")
+    for genome in forecast.genomes[:FRONT_ROWS]:
+        measured = [f"{genome.scores[r]:.4g}" if r in genome.scores else "—" for r in range(rungs)]
+        interval = f"{genome.low:.4g} to {genome.high:.4g}"
+        table.add_row(str(genome.genome_id), *measured, f"{genome.mean:.4g}", interval)
+    return table
+
+
 def print_validation(report: ValidationReport, console: Console, *, table: bool) -> None:
     """The search's ranking against the validated one: ρ, τ and the noise floor, and with
     `table` every validated genome."""
@@ -220,6 +264,8 @@ def print_validation(report: ValidationReport, console: Console, *, table: bool)
             f"median gap between neighbouring genomes {report.gap:.4g}"
             + (" — most neighbours are within noise" if report.gap < report.noise else "")
         )
+    if report.check is not None:
+        console.print(f"predictions at the target: {report.check.describe()}")
 
 
 def _validation_table(report: ValidationReport) -> Table:

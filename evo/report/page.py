@@ -14,6 +14,7 @@ from evo.report.front import history_section, pareto_section
 from evo.report.genes import genes_section, importance_section
 from evo.report.markup import html_page
 from evo.report.overview import summary_section
+from evo.report.predictions import predictions_section
 from evo.report.progress import anytime_section, generations_section, rungs_section
 from evo.report.retrained import promotions_section, validation_section
 from evo.report.run import Run
@@ -65,6 +66,7 @@ def render_report(
         history_section(data) if len(data.objectives) == 1 else pareto_section(data, front),
         genes_section(data),
         importance_section(data),
+        predictions_section(data, storage, validated),
         curves_section(data, storage),
         trials_section(data),
         workers_section(data.frame),

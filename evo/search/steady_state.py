@@ -241,13 +241,16 @@ class SteadyStateSearch(SearchLoop):
             self.checkpoints.write(name, outcome.checkpoint)
         if flight.continued_from is not None:
             dropped.append(flight.continued_from)  # the genome has moved on from it
-        # The result and the checkpoints it frees are recorded at once: a resumed search
-        # knows which genomes still wait from what is stored.
+        # The result, the checkpoints it frees and the forecast refitted with it are
+        # recorded at once: a resumed search knows which genomes still wait from what is
+        # stored, and a reader never sees a forecast of other results than those stored.
+        forecast = self.scheduler.forecast
         self.last_recorded = self.storage.finish_trial(
             trial_id,
             outcome,
             checkpoint=name,
             forget=[freed for freed in dropped if freed in self.kept],
+            forecast=forecast.record() if forecast is not None and values is not None else None,
         )
         if name is not None:
             self.kept[trial_id] = name

@@ -118,12 +118,11 @@ def run_law_search(space: SearchSpace, storage: Storage, name: str = "far") -> S
 
 
 @pytest.fixture
-def far(workdir: Path) -> tuple[Storage, SearchSpace]:
+def far(workdir: Path) -> tuple[Storage, SearchSpace, SteadyStateSearch]:
     """A finished search with a target 100 times its top rung, answered by `law`."""
     space = far_space(workdir)
     storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
-    run_law_search(space, storage)
-    return storage, space
+    return storage, space, run_law_search(space, storage)
 
 
 def top_rung_order(storage: Storage, name: str = "far") -> list[int]:
@@ -133,7 +132,7 @@ def top_rung_order(storage: Storage, name: str = "far") -> list[int]:
 
 
 def test_a_far_target_run_ranks_its_genomes_by_their_predicted_score(far) -> None:
-    storage, space = far
+    storage, space, search = far
     measured = top_rung_order(storage)
     genomes = storage.genomes("far")
     truth = sorted(measured, key=lambda g: law(genomes[g], TARGET))
@@ -146,6 +145,7 @@ def test_a_far_target_run_ranks_its_genomes_by_their_predicted_score(far) -> Non
     ranking = search_ranking(storage, "far", space)
     assert [c.genome_id for c in ranking[: len(measured)]] == truth
     assert ranking[0].genome_id != measured[0]
+    assert f"pick for the target: genome {truth[0]}, bits_per_byte" in search.detail()
     # What promote and validate take first is the pick by prediction.
     assert pick_trial(storage, "far", space, None, None).genome_id == truth[0]
     chosen, reason = pick_genome(storage, "far", space, None, None)
@@ -159,7 +159,7 @@ def test_a_far_target_run_ranks_its_genomes_by_their_predicted_score(far) -> Non
 
 
 def test_the_stored_forecast_is_the_fit_of_the_recorded_results(far) -> None:
-    storage, space = far
+    storage, space, _ = far
     events, _ = history(space, storage.trials("far"), storage.genomes("far"))
     fresh = TargetForecast.of(space)
     assert fresh is not None
@@ -179,6 +179,7 @@ def test_with_the_target_at_the_top_rung_nothing_is_forecast(workdir: Path) -> N
     storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
     search = run_law_search(space, storage)
     assert search.scheduler.forecast is None and storage.forecast("far") is None
+    assert "pick" not in search.detail()
     ranking = [c.genome_id for c in search_ranking(storage, "far", space)]
     assert ranking[: len(top_rung_order(storage))] == top_rung_order(storage)
 
@@ -212,7 +213,7 @@ def status_text(storage: Storage, name: str = "far") -> str:
 def test_status_and_report_show_each_top_genomes_rungs_beside_its_prediction(
     far, workdir: Path
 ) -> None:
-    storage, _ = far
+    storage, _, _ = far
     storage.set_train_tokens("far", 50_000)
     forecast = storage.forecast("far")
     assert forecast is not None
@@ -233,7 +234,7 @@ def test_status_and_report_show_each_top_genomes_rungs_beside_its_prediction(
 
 
 def test_validating_at_the_target_checks_the_predictions(far) -> None:
-    storage, space = far
+    storage, space, _ = far
     ranking = search_ranking(storage, "far", space)[:4]
     genomes = storage.genomes("far")
     target = {"max_steps": TARGET}

@@ -311,7 +311,19 @@ class SteadyStateSearch(SearchLoop):
         trials = self.storage.trials(self.name)
         per_rung = Counter(t.rung for t in trials if t.status.is_result)
         rungs = ", ".join(f"{per_rung[r]} at rung {r + 1}" for r in range(len(self.budgets)))
-        return f"{len({t.decision for t in trials})} trials ({rungs})"
+        text = f"{len({t.decision for t in trials})} trials ({rungs})"
+        forecast = self.scheduler.forecast
+        if forecast is None or not forecast.points:
+            return text
+        from evo.validate import search_ranking  # the one ranking (reads pandas' summary)
+
+        pick = search_ranking(self.storage, self.name, self.space)[0]
+        if pick.predicted is None:
+            return text
+        return (
+            f"{text}; pick for the target: genome {pick.genome_id}, "
+            f"{forecast.objective.metric} {pick.predicted.mean:.4g} predicted"
+        )
 
 
 def history(

@@ -108,7 +108,7 @@ class RunInfo:
     unigram_bits_per_byte: float | None
     # Tokens in the training split of its pretraining corpus; None for a run no search
     # has prepared data for since schema 7.
-    train_tokens: int | None
+    train_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,17 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         if known:
             busy = 100 * sum(known) / len(known)
             console.print(f"worker utilization: {busy:.0f}% (busy worker-seconds / available)")
-    _print_front(frame, stuck, space, console)
-    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)
     forecast = storage.forecast(name)
     shown = forecast_summary(frame, space, forecast, target_seed_noise(report, forecast))
+    # Where the target is forecast, the best is the pick for it (one objective) rather
+    # than the best score measured at the top rung.
+    _print_front(
+        frame, stuck, space, console, table=shown is None or len(space.search.objectives) > 1
+    )
     if shown is not None:
         print_forecast(shown, console)
+    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     if report is not None:
         print_validation(report, console, table=False)
     running = frame[frame["status"] == TrialStatus.RUNNING.value]
@@ -167,10 +171,10 @@ def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
 
 
 def _print_front(
-    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console
+    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console, *, table: bool
 ) -> None:
-    """The best trials at the top rung, leaving out the `stuck` (stalled) ones: the Pareto
-    front for several objectives."""
+    """The best values at the top rung, leaving out the `stuck` (stalled) trials, and with
+    `table` their trials: the Pareto front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(frame, space)
     top_stuck = stuck[top.index]
@@ -189,6 +193,8 @@ def _print_front(
     for objective in objectives:
         best = objective.best(front[objective.metric])
         console.print(f"best {objective.metric} ({objective.direction}){where}: {best:.4g}")
+    if not table:
+        return
     title = ("Pareto front" if len(objectives) > 1 else "best trials") + where
     table = Table(title=title)
     table.add_column("genome", justify="right")
@@ -213,7 +219,7 @@ def print_forecast(forecast: ForecastSummary, console: Console) -> None:
     console.print(
         f"pick for the target: genome {pick.genome_id}, {forecast.metric} {pick.mean:.4g} "
         f"predicted at {budget_text(forecast.budget)} ({level} interval {pick.low:.4g} to "
-        f"{pick.high:.4g})"
+        f"{pick.high:.4g}): {genes_text(pick.genes)}"
     )
     console.print(_forecast_table(forecast))
     console.print(f"the law: {forecast.describe()}")

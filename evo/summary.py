@@ -185,6 +185,7 @@ class GenomeForecast:
     """A genome's measured rung scores beside its predicted score at the target."""
 
     genome_id: int
+    genes: dict[str, object]
     scores: dict[int, float]  # the objective at each rung it reached (0-based), as measured
     mean: float  # predicted at the target
     low: float  # the interval at the forecast's level
@@ -254,14 +255,17 @@ def forecast_summary(
         index=False, name=None
     ):
         measured.setdefault(int(genome), {})[int(rung)] = float(value)
+    gene_columns = [c for c in frame.columns if c.startswith("gene.")]
+    first = done.drop_duplicates("genome_id").set_index("genome_id")[gene_columns]
     predicted = {g: p.mean for g, p in forecast.predictions.items()}
     genomes = []
     for genome in search_order(search_scores(frame, objective), objective, predicted):
         prediction = forecast.predictions.get(genome)
         if prediction is None:
             continue
+        genes = {c.removeprefix("gene."): v for c, v in first.loc[genome].items() if v == v}
         low, high = shown_interval(prediction, forecast, seed_noise)
-        genomes.append(GenomeForecast(genome, measured[genome], prediction.mean, low, high))
+        genomes.append(GenomeForecast(genome, genes, measured[genome], prediction.mean, low, high))
     unit, target = next(iter(forecast.budget.items()))
     return ForecastSummary(
         metric=forecast.metric,

@@ -15,6 +15,7 @@ import yaml
 from conftest import outcome, steady_space_dict, write_corpus
 from rich.console import Console
 
+from evo.cli import main as evo
 from evo.data import TrialData
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
@@ -279,3 +280,22 @@ def test_passes_over_the_training_split_per_target_unit(workdir: Path) -> None:
     data["search"]["rungs"] = [100, 300, 900]
     (workdir / "tokens.yaml").write_text(yaml.safe_dump(data))
     assert target_passes(load_space(workdir / "tokens.yaml"), 400) == (2.5, 2.5)
+
+
+def test_evo_run_says_first_how_far_the_target_is_and_how_many_passes_it_makes(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    far_space(workdir)  # writes space.yaml
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    args = ["run", "space.yaml", "--set", "search.budget.trials=2", "--local", "--quiet"]
+    assert evo([*args, "--storage", url]) == 0
+    err = capsys.readouterr().err.splitlines()
+    train = Storage(url).require_run("space").train_tokens
+    assert train is not None and 0 < train < 172_800
+    passes = f"{172_800 / train:.3g}"
+    assert err[:2] == [
+        "evo: target 2,700 steps is 100× the top rung: genomes are ranked by their "
+        "bits_per_byte predicted there from their rung scores (docs/extrapolation.md)",
+        f"evo: the target passes over the training split ({train:,} tokens) {passes} times: "
+        "later passes see text a genome has already trained on",
+    ]

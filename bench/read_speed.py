@@ -48,6 +48,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="trials in flight while generating")
     p.add_argument("--seed", type=int, default=0, help="of the synthetic results")
     p.add_argument("--scratch", type=Path, default=SCRATCH, help="where trials are generated")
+    p.add_argument(
+        "--beyond",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="the target F times the top rung: the run forecasts it (default 1: it does not)",
+    )
+    p.add_argument(
+        "--peer-keep",
+        type=Path,
+        help="the peer's own database (made by its read_speed.py), for a peer of another "
+        "schema (default: the same database)",
+    )
     return p.parse_args()
 
 
@@ -90,13 +103,15 @@ def commands(folder: Path) -> dict[str, list[str]]:
 
 def measure(folder: Path, args: argparse.Namespace) -> None:
     checkouts = {"this": ROOT, **({"peer": args.peer.resolve()} if args.peer else {})}
+    folders = {"this": folder, "peer": args.peer_keep or folder}
     for name, checkout in checkouts.items():
-        print(f"{name}: {checkout}", flush=True)
-    for label, command in commands(folder).items():
+        print(f"{name}: {checkout}, database in {folders[name]}", flush=True)
+    for label in commands(folder):
         times = {name: Times() for name in checkouts}
         for _ in range(args.runs):
             for name, checkout in checkouts.items():
-                run_once(command, checkout, folder, times[name])
+                command = commands(folders[name])[label]
+                run_once(command, checkout, folders[name], times[name])
         line = " | ".join(f"{name} {times[name].text()}" for name in checkouts)
         if label.startswith("evo status"):
             verdict = "ok" if statistics.median(times["this"].wall) < STATUS_GOAL_S else "MISSED"

@@ -76,18 +76,27 @@ from evo.data import TrialData
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
 from evo.metrics import TrialStatus
-from evo.operators import repair, to_genome, to_individual
+from evo.operators import FAILED, repair, to_genome, to_individual
 from evo.schedule.budget import cost_to_top, trial_cost
+from evo.schedule.forecast import TargetForecast
+from evo.schedule.rungs import Ladder, RungResults
 from evo.search.generational import GenerationalSearch
 from evo.search.steady_state import SteadyStateSearch
 from evo.space import Domain, SearchSpace, space_from_dict
-from evo.storage import Storage, genome_hash
+from evo.storage import ForecastRecord, Storage, genome_hash
 from llm.config import apply_overrides
 from llm.trial import TrialEnd, TrialResult
 
 METHODS = [
-    "evo", "evo-generational", "random", "random+asha", "tpe", "tpe+hyperband", "nsga2"
+    "evo", "evo-generational", "random", "random+asha", "tpe", "tpe+hyperband", "nsga2",
+    "evo+predicted-pick", "evo+predicted-advance",
 ]  # fmt: skip
+# evo's search with a target beyond the top rung (give rungs below the table's top, e.g.
+# --set 'search.rungs=[25000, 75000]'): its incumbent is its pick, the top-rung genome
+# with the best score predicted at the target (evo.summary.search_order), not the best
+# score at the top rung; with -advance it also advances the genomes of a rung in the
+# order of their predicted scores at the target, not of their scores at the rung.
+PREDICTED = ("evo+predicted-pick", "evo+predicted-advance")
 OPTUNA = ("tpe", "tpe+hyperband", "nsga2")
 # After each result: (tokens spent, the incumbent's true value, the best value observed)
 Curve = list[tuple[float, float, float]]
@@ -407,7 +416,13 @@ def no_data() -> TrialData:
 
 
 def driver_run(
-    table: Table, space: SearchSpace, mode: str, workers: int, repetition: int, limit: float
+    table: Table,
+    space: SearchSpace,
+    mode: str,
+    workers: int,
+    repetition: int,
+    limit: float,
+    method: str = "evo",
 ) -> Curve:
     storage = Storage("sqlite://")
     name = f"replay-{repetition}"
@@ -421,10 +436,11 @@ def driver_run(
 
     executor = TableExecutor(table, space, genes_of, workers, repetition)
     vocab = table.vocab_size
+    forecasts = keep_forecasts(storage)
     if mode == "generational":
         GenerationalSearch(space, name, storage, executor, no_data(), vocab).run()
     else:
-        SteadyStateSearch(
+        search = SteadyStateSearch(
             space,
             name,
             storage,
@@ -433,7 +449,13 @@ def driver_run(
             vocab,
             proposer=mode,  # type: ignore[arg-type]
             checkpoints=MemoryCheckpoints(),
-        ).run()
+        )
+        forecast = search.scheduler.forecast
+        if method == "evo+predicted-advance" and forecast is not None:
+            search.scheduler.ladder = PredictedLadder(
+                search.ladder.budgets, search.ladder.eta, search.ladder.slack, forecast
+            )
+        search.run()
     frame = storage.trials_frame(name)
     finished = frame[frame["recorded"].notna()]
     # A generation is trained whole once started, past the budget if need be: a trial
@@ -446,12 +468,102 @@ def driver_run(
     tokens = finished["tokens"].fillna(0).cumsum().to_numpy()
     top = len(space.rung_budgets()) - 1
     tracker = tracker_for(table, space)
+    if method in PREDICTED and forecasts:
+        tracker = PredictedPick(table, forecasts)
     curve: Curve = []
     for spent, row in zip(tokens, finished.itertuples(), strict=True):
         done = row.status == TrialStatus.DONE.value and row.rung == top
-        tracker.offer(genomes[row.genome_id], row.bits_per_byte if done else None)
+        value = row.bits_per_byte if done else None
+        if isinstance(tracker, PredictedPick):
+            tracker.result(row.genome_id, genomes[row.genome_id], value, int(row.recorded))
+        else:
+            tracker.offer(genomes[row.genome_id], value)
         curve.append((float(spent), tracker.true, tracker.observed))
     return curve
+
+
+def keep_forecasts(storage: Storage) -> dict[int, ForecastRecord]:
+    """The forecast the search stored with each result, by the result's place in the
+    order (storage itself keeps only the latest)."""
+    forecasts: dict[int, ForecastRecord] = {}
+    finish = storage.finish_trial
+
+    def finish_and_keep(trial_id: int, outcome: TrialOutcome, **kwargs: Any) -> int:
+        recorded = finish(trial_id, outcome, **kwargs)
+        if kwargs.get("forecast") is not None:
+            forecasts[recorded] = kwargs["forecast"]
+        return recorded
+
+    storage.finish_trial = finish_and_keep  # type: ignore[method-assign]
+    return forecasts
+
+
+class PredictedPick:
+    """The search's pick after each result: of the genomes with a top-rung result, the
+    one with the best score predicted at the target by the forecast stored with the
+    latest result (as `evo.summary.search_order` ranks them); its true value."""
+
+    def __init__(self, table: Table, forecasts: dict[int, ForecastRecord]) -> None:
+        self.table, self.forecasts = table, forecasts
+        self.predicted: dict[int, float] = {}
+        self.top: dict[int, tuple[dict[str, Any], float]] = {}  # genome → genes, score
+        self.genome: int | None = None
+        self.observed = self.true = math.inf
+
+    def result(
+        self, genome_id: int, genes: dict[str, Any], value: float | None, recorded: int
+    ) -> None:
+        """A result: its genome, its top-rung score (None: not one), its place."""
+        forecast = self.forecasts.get(recorded)
+        if forecast is not None:
+            self.predicted = {g: p.mean for g, p in forecast.predictions.items()}
+        if value is not None and math.isfinite(value):
+            self.top[genome_id] = (genes, value)
+        if self.top:
+            pick = min(self.top, key=lambda g: self.predicted.get(g, math.inf))
+            if pick != self.genome:
+                genes, value = self.top[pick]
+                self.genome, self.observed, self.true = pick, value, self.table.true_value(genes)
+
+
+class _PredictedOrder:
+    """A rung's results as the ladder reads them (`best`, `quota`, length), ranked by
+    each genome's score predicted at the target (a failure there last)."""
+
+    def __init__(self, results: RungResults, forecast: TargetForecast) -> None:
+        self.results, self.forecast = results, forecast
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def quota(self, eta: float) -> int:
+        return self.results.quota(eta)
+
+    def best(self, k: int) -> list[int]:
+        scored = [g for g in self.results.genomes if self.results.values(g)[0] < FAILED]
+        predicted = self.forecast.predictions(scored)
+        sign = self.forecast.objective.sign
+        ranked = sorted(scored, key=lambda g: sign * predicted[g].mean)
+        failed = [g for g in self.results.genomes if g not in predicted]
+        return (ranked + failed)[:k]
+
+
+@dataclass(frozen=True)
+class PredictedLadder(Ladder):
+    """The ladder, advancing (and dropping) a rung's genomes in the order of their scores
+    predicted at the target instead of their scores at the rung (evo+predicted-advance)."""
+
+    forecast: TargetForecast | None = None
+
+    def to_advance(self, results: RungResults, waiting: set[int]) -> int | None:
+        assert self.forecast is not None
+        return super().to_advance(
+            cast(RungResults, _PredictedOrder(results, self.forecast)), waiting
+        )
+
+    def to_drop(self, results: RungResults, waiting: set[int]) -> list[int]:
+        assert self.forecast is not None
+        return super().to_drop(cast(RungResults, _PredictedOrder(results, self.forecast)), waiting)
 
 
 def hypervolume(points: list[tuple[float, float]], reference: np.ndarray) -> float:
@@ -657,8 +769,9 @@ def run_one(
     if method in OPTUNA:
         curve = optuna_run(table, space, method, workers, repetition, limit)
     else:
-        mode = {"evo": "evolution", "evo-generational": "generational"}.get(method, "random")
-        curve = driver_run(table, space, mode, workers, repetition, limit)
+        modes = {"evo": "evolution", "evo-generational": "generational"}
+        mode = modes.get(method, "evolution" if method in PREDICTED else "random")
+        curve = driver_run(table, space, mode, workers, repetition, limit, method)
     return curve, table.exact / max(table.answered, 1)
 
 

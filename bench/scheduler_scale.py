@@ -25,12 +25,19 @@ Then, with those trials stored:
 - `evo status NAME` run as a subprocess (median of `--status-runs`), `print_status` in
   this process (the query and rendering work), and the imports alone.
 
+With `--beyond F` the space's target is F times its top rung: the search forecasts the
+target (evo.schedule.forecast), refitting the rung scores with every result and storing
+every genome's prediction with it; `refit` is that part of a result's bookkeeping (the
+fit and the predictions, not the write), and the genomes fitted are printed. A decision
+reads the fit made with the last result and never fits.
+
 Prints one line per figure with its goal beside it (judged on the median). With the
 defaults it takes about 20 minutes on a busy 2-core machine, most of it the two-objective
 run's generation and restore (each of its results re-ranks its rung).
 
     python bench/scheduler_scale.py
     python bench/scheduler_scale.py --trials 2000 --space search_spaces/small.yaml
+    python bench/scheduler_scale.py --space search_spaces/tiny.yaml --trials 1450 --beyond 9
 """
 
 from __future__ import annotations
@@ -93,6 +100,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", type=Path, help="keep the databases in this folder")
     p.add_argument("--scratch", type=Path, default=SCRATCH, help="where trials are generated")
     p.add_argument("--show-status", action="store_true", help="print what `evo status` says")
+    p.add_argument(
+        "--beyond",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="the target F times the top rung: the search forecasts it (default 1: it does not)",
+    )
     args = p.parse_args()
     args.space = args.space or SPACES
     return args
@@ -247,9 +261,14 @@ class SyntheticExecutor(Executor):
 # The run
 
 
-def bench_space(path: str, trials: int) -> SearchSpace:
-    """The space, with a budget of exactly `trials` decisions."""
-    return load_space(ROOT / path, [f"search.budget={{trials: {trials}}}"])
+def bench_space(path: str, trials: int, beyond: float = 1.0) -> SearchSpace:
+    """The space, with a budget of exactly `trials` decisions and its target `beyond`
+    times its top rung."""
+    budget = [f"search.budget={{trials: {trials}}}"]
+    space = load_space(ROOT / path, budget)
+    unit, top = next(iter(space.rung_budgets()[-1].items()))
+    target = top * beyond if unit == "max_seconds" else int(top * beyond)
+    return load_space(ROOT / path, [*budget, f"search.target.{unit}={target}"])
 
 
 def make_driver(
@@ -271,7 +290,7 @@ def generate(path: str, name: str, folder: Path, args: argparse.Namespace) -> fl
     It is written in `args.scratch` (memory, where SQLite's commits cost no disk flush),
     then moved. The run is left interrupted, its paused genomes' checkpoints kept, as a
     killed driver leaves it."""
-    space = bench_space(path, args.trials)
+    space = bench_space(path, args.trials, args.beyond)
     clock = Clock()
     executor = SyntheticExecutor(space, clock, args.workers, args.seed)
     started = time.perf_counter()
@@ -292,28 +311,37 @@ def generate(path: str, name: str, folder: Path, args: argparse.Namespace) -> fl
 
 @dataclass(frozen=True)
 class Times:
-    """Milliseconds of repeated calls."""
+    """Milliseconds of repeated calls, of the wall clock and (where measured) of this
+    process's CPU, the steadier figure on a busy machine."""
 
     values: list[float]
+    cpu: list[float] = dataclasses.field(default_factory=list)
 
     def text(self) -> str:
         v = sorted(self.values)
         p95 = v[min(len(v) - 1, math.ceil(0.95 * len(v)) - 1)]
-        return f"median {statistics.median(v):.1f} ms, p95 {p95:.1f} ms, max {v[-1]:.1f} ms"
+        text = f"median {statistics.median(v):.1f} ms, p95 {p95:.1f} ms, max {v[-1]:.1f} ms"
+        if self.cpu:
+            text += f" (CPU median {statistics.median(self.cpu):.1f} ms)"
+        return text
 
     def verdict(self) -> str:
         return "ok" if statistics.median(self.values) < DECISION_GOAL_MS else "MISSED"
 
 
-def timed(func: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
-    """`func`, appending the milliseconds of each call to `into`."""
+def timed(
+    func: Callable[..., Any], into: list[float], cpu: list[float] | None = None
+) -> Callable[..., Any]:
+    """`func`, appending the milliseconds of each call to `into` (and of CPU to `cpu`)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, processed = time.perf_counter(), time.process_time()
         try:
             return func(*args, **kwargs)
         finally:
             into.append(1000 * (time.perf_counter() - started))
+            if cpu is not None:
+                cpu.append(1000 * (time.process_time() - processed))
 
     return wrapper
 
@@ -325,11 +353,13 @@ class Decisions:
     decide: Times
     result: Times
     trial: Times  # everything the driver does for one trial
+    refit: Times  # of which: the forecast's refit and predictions (none without one)
+    genomes: int  # fitted by the last refit
 
 
 def measure_decisions(path: str, name: str, folder: Path, args: argparse.Namespace) -> Decisions:
     """Restart a driver on the stored run, then time `args.decisions` trials one at a time."""
-    space = bench_space(path, args.trials + args.decisions + 1)
+    space = bench_space(path, args.trials + args.decisions + 1, args.beyond)
     executor = SyntheticExecutor(space, Clock(), 1, args.seed)
     with Storage(f"sqlite:///{folder / 'evo.db'}", create=False) as storage:
         read = time.perf_counter()
@@ -343,8 +373,14 @@ def measure_decisions(path: str, name: str, folder: Path, args: argparse.Namespa
         result: list[float] = []
         trial: list[float] = []
         scheduler = driver.scheduler
-        scheduler.decide = timed(scheduler.decide, decide)  # type: ignore[method-assign]
+        decide_cpu: list[float] = []
+        scheduler.decide = timed(scheduler.decide, decide, decide_cpu)  # type: ignore[method-assign]
         scheduler.result = timed(scheduler.result, result)  # type: ignore[method-assign]
+        refit: list[float] = []
+        refit_cpu: list[float] = []
+        forecast = scheduler.forecast
+        if forecast is not None:
+            forecast.record = timed(forecast.record, refit, refit_cpu)  # type: ignore[method-assign]
         for _ in range(args.decisions):
             begun = time.perf_counter()
             job = driver._decide()
@@ -355,7 +391,16 @@ def measure_decisions(path: str, name: str, folder: Path, args: argparse.Namespa
             resumed = time.perf_counter()
             driver.finished(job, outcome)
             trial.append(1000 * (time.perf_counter() - resumed + between - begun))
-    return Decisions(restore_s, read_s, Times(decide), Times(result), Times(trial))
+    genomes = len(forecast.fit.genomes) if forecast is not None else 0
+    return Decisions(
+        restore_s,
+        read_s,
+        Times(decide, decide_cpu),
+        Times(result),
+        Times(trial),
+        Times(refit, refit_cpu),
+        genomes,
+    )
 
 
 @dataclass(frozen=True)
@@ -402,7 +447,10 @@ def measure_status(name: str, folder: Path, runs: int) -> StatusTimes:
 def describe(space: SearchSpace, trials: int) -> str:
     objectives = len(space.search.objectives)
     kind = "one objective" if objectives == 1 else f"{objectives} objectives"
-    return f"{kind}, {trials:,} trials"
+    target = space.search.target
+    top = space.rung_budgets()[-1]
+    beyond = "" if target is None else f", target {target.value / top[target.unit]:g}× the top rung"
+    return f"{kind}, {trials:,} trials{beyond}"
 
 
 def summary(label: str, made_s: float, decisions: Decisions, status: StatusTimes) -> list[str]:
@@ -416,6 +464,12 @@ def summary(label: str, made_s: float, decisions: Decisions, status: StatusTimes
         f"result() ({label}): {decisions.result.text()}",
         f"decision with bookkeeping ({label}): {decisions.trial.text()} {goal} "
         f"{decisions.trial.verdict()}",
+        f"forecast refit per result ({label}): "
+        + (
+            f"{decisions.refit.text()}, {decisions.genomes:,} genomes fitted"
+            if decisions.refit.values
+            else "none (the target is the top rung)"
+        ),
         f"evo status ({label}): median {status.command_s:.2f} s (goal < {STATUS_GOAL_S:.0f} s) "
         f"{ok}; print_status in-process {status.in_process_s:.2f} s, imports "
         f"{status.imports_s:.2f} s",
@@ -429,7 +483,7 @@ def bench(path: str, root: Path, args: argparse.Namespace) -> list[str]:
     if (folder / "evo.db").exists():
         raise SystemExit(f"{folder / 'evo.db'} exists already; --keep needs a new folder")
     folder.mkdir(parents=True, exist_ok=True)
-    label = describe(bench_space(path, args.trials), args.trials)
+    label = describe(bench_space(path, args.trials, args.beyond), args.trials)
     print(f"== {path} ({label})", flush=True)
     made_s = generate(path, name, folder, args)
     print(f"generated in {made_s:.1f} s; timing `evo status`", flush=True)

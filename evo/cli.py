@@ -209,9 +209,12 @@ def search(
     from evo.driver import make_search
     from evo.executor import make_executor
     from evo.storage import RunStatus
+    from evo.summary import target_lines
     from evo.view import TrackedView, make_view
 
     data, vocab_size = prepared
+    for line in target_lines(space, len(data.pretrain.train)):
+        print(f"evo: {line}", file=sys.stderr)
     executor = make_executor(space, local=args.local, address=args.address)
     try:
         with make_view(space, name, quiet=args.quiet) as shown:
@@ -313,11 +316,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from evo.executor import make_executor
     from evo.promote import Budget
     from evo.status import print_validation
-    from evo.validate import validate, validation_budget, validation_jobs, validation_report
+    from evo.summary import budget_text
+    from evo.validate import (
+        check_request,
+        validate,
+        validation_budget,
+        validation_jobs,
+        validation_report,
+    )
 
+    check_request(args.top, args.seeds)
     storage = open_storage(args)
     space = load_run_space(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
+    print(
+        f"evo: validating run {args.name!r}: its best {args.top} genomes, {args.seeds} seeds "
+        f"each, at {budget_text(budget)}",
+        file=sys.stderr,
+        flush=True,
+    )
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
     record_unigram_baseline(storage, args.name, data)  # for a run made before it was stored
     jobs = validation_jobs(

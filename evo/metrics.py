@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 Direction = Literal["min", "max"]
+# How a metric follows the training budget, for predicting it at a target beyond the top
+# rung (evo.schedule.forecast): "loss", a loss that falls towards a floor as a power law
+# of the budget, extrapolated as it is; "log", the exp of one (perplexity), extrapolated
+# through its log. A metric with none (throughput, size, accuracy) is not extrapolated.
+Extrapolation = Literal["loss", "log"]
 
 __all__ = [
     "EVAL_TOKENS",
@@ -24,6 +29,7 @@ __all__ = [
     "OBJECTIVE_METRICS",
     "RESULT_STATUSES",
     "Direction",
+    "Extrapolation",
     "Metric",
     "TrialStatus",
     "best",
@@ -92,6 +98,7 @@ class Metric:
     integer: bool = False
     objective: bool = True  # whether a search may optimise it
     gpu_only: bool = False  # measured only when a trial trains on a GPU; else None
+    extrapolation: Extrapolation | None = None  # see Extrapolation
 
 
 METRICS: dict[str, Metric] = {
@@ -102,9 +109,18 @@ METRICS: dict[str, Metric] = {
             "min",
             "bits/byte",
             "validation loss in bits per UTF-8 byte of text, comparable across tokenizers",
+            extrapolation="loss",
         ),
-        Metric("perplexity", "min", "", "exp of the validation loss per token"),
-        Metric("val_loss", "min", "nats/token", "validation cross-entropy per token"),
+        Metric(
+            "perplexity", "min", "", "exp of the validation loss per token", extrapolation="log"
+        ),
+        Metric(
+            "val_loss",
+            "min",
+            "nats/token",
+            "validation cross-entropy per token",
+            extrapolation="loss",
+        ),
         Metric("accuracy", "max", "", "share of validation tokens predicted exactly"),
         Metric("train_tokens_per_s", "max", "tokens/s", "training throughput (median step)"),
         Metric("decode_tokens_per_s", "max", "tokens/s", "cached greedy decoding throughput"),

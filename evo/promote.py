@@ -21,7 +21,7 @@ from evo.search.trials import trial_seed
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
 from evo.summary import budget_text
-from evo.validate import validation_report
+from evo.validate import search_ranking, validation_report
 from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir
 from llm.cli_support import EXIT_INTERRUPTED
@@ -62,7 +62,9 @@ def pick_trial(
     storage: Storage, run: str, space: SearchSpace, genome_id: int | None, objective: str | None
 ) -> TrialRecord:
     """The successful trial of `genome_id` at its highest rung, else the best by
-    `objective` (default: the first) at the highest rung with a success."""
+    `objective` at the highest rung with a success; by the first objective (the default),
+    the search's best is its pick (`evo.validate.search_ranking`: predicted at a target
+    beyond the top rung) and this its best trial at the highest rung it reached."""
     done = [t for t in storage.trials(run) if t.status is TrialStatus.DONE]
     if genome_id is not None:
         done = [t for t in done if t.genome_id == genome_id]
@@ -76,6 +78,9 @@ def pick_trial(
     scored = [t for t in done if t.metric(metric) is not None]
     if not scored:
         raise UserError(f"run {run!r} has no successful trial to promote yet")
+    if metric == space.search.objectives[0].metric:
+        pick = search_ranking(storage, run, space)[0].genome_id
+        scored = [t for t in scored if t.genome_id == pick]
     top = max(t.rung for t in scored)
     sign = objectives[metric].sign
     return min((t for t in scored if t.rung == top), key=lambda t: sign * (t.metric(metric) or 0.0))
@@ -102,6 +107,15 @@ def pick_genome(
     if genome_id is not None:
         return trial.genome_id, f"genome {genome_id}, as asked"
     metric = objective or first.metric
+    predicted = storage.forecast(run) if metric == first.metric else None
+    prediction = predicted.predictions.get(trial.genome_id) if predicted else None
+    if predicted is not None and prediction is not None:
+        return trial.genome_id, (
+            f"the search's best predicted at {budget_text(predicted.budget)}: {metric} "
+            f"{prediction.mean:.4g} ({predicted.level:.0%} interval {prediction.low:.4g} to "
+            f"{prediction.high:.4g}; {trial.metric(metric):.4g} at rung {trial.rung + 1}; "
+            "not validated, see `evo validate`)"
+        )
     return trial.genome_id, (
         f"the search's best at rung {trial.rung + 1}: {metric} {trial.metric(metric):.4g}"
         " (not validated; see `evo validate`)"

@@ -15,8 +15,10 @@ from evo.space import SearchSpace
 from evo.storage import RunInfo, RunStatus, Storage
 from evo.summary import (
     STALLED,
+    ForecastSummary,
     anytime_curve,
     budget_text,
+    forecast_summary,
     mode_text,
     pareto_front,
     run_space,
@@ -24,10 +26,11 @@ from evo.summary import (
     search_scores,
     spent_text,
     stalled,
+    target_lines,
     top_rung,
     worker_time,
 )
-from evo.validate import ValidationReport, validation_report
+from evo.validate import ValidationReport, target_seed_noise, validation_report
 from evo.view import genes_text
 from llm.errors import UserError
 
@@ -59,9 +62,17 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
         if known:
             busy = 100 * sum(known) / len(known)
             console.print(f"worker utilization: {busy:.0f}% (busy worker-seconds / available)")
-    _print_front(frame, stuck, space, console)
-    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     report = validation_report(storage, name, space)
+    forecast = storage.forecast(name)
+    shown = forecast_summary(frame, space, forecast, target_seed_noise(report, forecast))
+    # Where the target is forecast, the best is the pick for it (one objective) rather
+    # than the best score measured at the top rung.
+    _print_front(
+        frame, stuck, space, console, table=shown is None or len(space.search.objectives) > 1
+    )
+    if shown is not None:
+        print_forecast(shown, console)
+    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
     if report is not None:
         print_validation(report, console, table=False)
     running = frame[frame["status"] == TrialStatus.RUNNING.value]
@@ -117,6 +128,8 @@ def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Con
         (unit, value), top = next(iter(target.items())), space.rung_budgets()[-1]
         share = top[unit] / value
         console.print(f"target: {budget_text(target)}; rungs: {rungs} (top rung {share:.0%})")
+    for line in target_lines(space, storage.require_run(name).train_tokens):
+        console.print(line)
     limits = space.search.budget.limits()
     if limits:
         console.print(f"spent: {spent_text(storage.spent(name), limits)}")
@@ -160,10 +173,10 @@ def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
 
 
 def _print_front(
-    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console
+    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console, *, table: bool
 ) -> None:
-    """The best trials at the top rung, leaving out the `stuck` (stalled) ones: the Pareto
-    front for several objectives."""
+    """The best values at the top rung, leaving out the `stuck` (stalled) trials, and with
+    `table` their trials: the Pareto front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(frame, space)
     top_stuck = stuck[top.index]
@@ -182,6 +195,8 @@ def _print_front(
     for objective in objectives:
         best = objective.best(front[objective.metric])
         console.print(f"best {objective.metric} ({objective.direction}){where}: {best:.4g}")
+    if not table:
+        return
     title = ("Pareto front" if len(objectives) > 1 else "best trials") + where
     table = Table(title=title)
     table.add_column("genome", justify="right")
@@ -194,6 +209,41 @@ def _print_front(
         values = [f"{row[o.metric]:.4g}" for o in objectives]
         table.add_row(str(row["genome_id"]), *values, genes_text(genes))
     console.print(table)
+
+
+def print_forecast(forecast: ForecastSummary, console: Console) -> None:
+    """The search's pick for the target and its best genomes: each one's measured rung
+    scores beside its prediction at the target and the interval."""
+    if not forecast.genomes:
+        return
+    pick = forecast.genomes[0]
+    level = f"{forecast.level:.0%}"
+    console.print(
+        f"pick for the target: genome {pick.genome_id}, {forecast.metric} {pick.mean:.4g} "
+        f"predicted at {budget_text(forecast.budget)} ({level} interval {pick.low:.4g} to "
+        f"{pick.high:.4g}): {genes_text(pick.genes)}"
+    )
+    console.print(_forecast_table(forecast))
+    console.print(f"the law: {forecast.describe()}")
+
+
+def _forecast_table(forecast: ForecastSummary) -> Table:
+    rungs = max(rung for g in forecast.genomes for rung in g.scores) + 1
+    title = (
+        f"{forecast.metric} predicted at {budget_text(forecast.budget)}, "
+        f"{forecast.beyond:.3g}× the top rung (the search's order)"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("genome", justify="right")
+    for rung in range(rungs):
+        table.add_column(f"rung {rung + 1}", justify="right")
+    table.add_column("predicted", justify="right")
+    table.add_column(f"{forecast.level:.0%} interval", justify="right")
+    for genome in forecast.genomes[:FRONT_ROWS]:
+        measured = [f"{genome.scores[r]:.4g}" if r in genome.scores else "—" for r in range(rungs)]
+        interval = f"{genome.low:.4g} to {genome.high:.4g}"
+        table.add_row(str(genome.genome_id), *measured, f"{genome.mean:.4g}", interval)
+    return table
 
 
 def print_validation(report: ValidationReport, console: Console, *, table: bool) -> None:
@@ -222,6 +272,8 @@ def print_validation(report: ValidationReport, console: Console, *, table: bool)
             f"median gap between neighbouring genomes {report.gap:.4g}"
             + (" — most neighbours are within noise" if report.gap < report.noise else "")
         )
+    if report.check is not None:
+        console.print(f"predictions at the target: {report.check.describe()}")
 
 
 def _validation_table(report: ValidationReport) -> Table:

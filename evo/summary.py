@@ -2,13 +2,16 @@
 record and its trials (`Storage.trials_frame`): the run's search space, trials and
 advances per rung, the budget spent, the successful trials and their Pareto front, the
 anytime curve (the best value at the top rung against compute spent), how busy the
-workers were, each genome's score in the search, and which trials stalled. How many
+workers were, each genome's score in the search and the search's order of the genomes
+(`search_order`, predicted at a target beyond the top rung: `forecast_summary`), how
+many passes over the training data the target makes, and which trials stalled. How many
 generations a run has completed is in `evo.generations` (read without pandas, for `evo ls`).
 What draws these numbers is in `evo.report`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,8 +20,9 @@ import pandas as pd
 import yaml
 
 from evo.metrics import TrialStatus
+from evo.schedule.forecast import forecast_objective, shown_interval
 from evo.space import Objective, SearchSpace, space_from_dict
-from evo.storage import RunInfo, SessionRecord, Spent
+from evo.storage import ForecastRecord, RunInfo, SessionRecord, Spent
 from llm.errors import ConfigError
 
 UNITS = {"max_steps": "steps", "max_tokens": "tokens", "max_seconds": "s"}
@@ -161,6 +165,182 @@ def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, Search
     last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
     rows = last[["genome_id", objective.metric, "rung"]].itertuples(index=False, name=None)
     return {int(genome): SearchScore(float(value), int(rung)) for genome, value, rung in rows}
+
+
+def search_order(
+    scores: Mapping[int, SearchScore], objective: Objective, predicted: Mapping[int, float]
+) -> list[int]:
+    """The genomes of `scores` best first, as the search ranks them: the one rule for
+    what `evo status` calls best, what `evo promote` promotes without validations and
+    what `evo validate` retrains first. The highest rung reached first; within a rung, by
+    the score `predicted` at the target (a target beyond the top rung: the genome's
+    prediction, `evo.schedule.forecast`), else by the score measured there (a genome
+    without a prediction after those with one). Ties keep the order of `scores`."""
+
+    def key(genome: int) -> tuple[int, bool, float]:
+        score, value = scores[genome], predicted.get(genome)
+        shown = score.value if value is None else value
+        return (-score.rung, value is None, objective.sign * shown)
+
+    return sorted(scores, key=key)
+
+
+@dataclass(frozen=True)
+class GenomeForecast:
+    """A genome's measured rung scores beside its predicted score at the target."""
+
+    genome_id: int
+    genes: dict[str, object]
+    scores: dict[int, float]  # the objective at each rung it reached (0-based), as measured
+    mean: float  # predicted at the target
+    low: float  # the interval at the forecast's level
+    high: float
+
+
+@dataclass(frozen=True)
+class ForecastSummary:
+    """A run's forecast of its target, as shown: the fit, and the genomes in the search's
+    order (`search_order`), each with its rung scores and prediction."""
+
+    metric: str
+    budget: dict[str, float]  # the target
+    beyond: float  # the target over the top rung's budget
+    level: float
+    alpha: float
+    law_error: float  # κ
+    noise: float  # the seed noise in the intervals, on the law's scale
+    noise_source: str  # "validated" (`evo validate`'s seed spread), "residuals" or "assumed"
+    check: dict[str, float | None] | None  # the law tried on the run (extrapolate.Check)
+    recorded: int | None  # fitted after this result
+    genomes: list[GenomeForecast]
+
+    def describe(self) -> str:
+        """The fit in a line, for status and report: its exponent, the law's error, the
+        seed noise and where it came from, and how the law did on the run itself."""
+        noise = {
+            "validated": "measured by evo validate",
+            "residuals": "estimated from the rung scores",
+            "assumed": "assumed (1% of the scores)",
+        }[self.noise_source]
+        text = (
+            f"L(D) = E + A·D^(−α) with α {self.alpha:.3g} shared by the genomes; law error κ "
+            f"{self.law_error:.2f} of a predicted drop; seed noise {self.noise:.3g} ({noise})"
+        )
+        check = self.check
+        if check and check.get("tau") is not None and check.get("tau_naive") is not None:
+            text += (
+                f"; tried one rung ahead on {check['genomes']} genomes: Kendall τ "
+                f"{check['tau']:.2f}, against {check['tau_naive']:.2f} for the rung below's "
+                "scores"
+            )
+        return text
+
+
+def forecast_summary(
+    frame: pd.DataFrame,
+    space: SearchSpace,
+    forecast: ForecastRecord | None,
+    seed_noise: float | None = None,
+) -> ForecastSummary | None:
+    """The run's forecast (`Storage.forecast`) with each scored genome's rung scores (from
+    `Storage.trials_frame`), in the search's order; None when the run forecasts nothing.
+    `seed_noise`: `evo validate`'s seed spread at the target on the law's scale
+    (`evo.validate.target_seed_noise`), which replaces the fit's estimate in the
+    intervals. What `evo status`, the report and the dashboard show:
+
+        forecast_summary(storage.trials_frame(run), space, storage.forecast(run),
+                         target_seed_noise(validation_report(storage, run, space), forecast))
+    """
+    objective = forecast_objective(space)
+    if forecast is None or objective is None or forecast.metric != objective.metric:
+        return None
+    done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
+    measured: dict[int, dict[int, float]] = {}
+    for genome, rung, value in done[["genome_id", "rung", objective.metric]].itertuples(
+        index=False, name=None
+    ):
+        measured.setdefault(int(genome), {})[int(rung)] = float(value)
+    gene_columns = [c for c in frame.columns if c.startswith("gene.")]
+    first = done.drop_duplicates("genome_id").set_index("genome_id")[gene_columns]
+    predicted = {g: p.mean for g, p in forecast.predictions.items()}
+    genomes = []
+    for genome in search_order(search_scores(frame, objective), objective, predicted):
+        prediction = forecast.predictions.get(genome)
+        if prediction is None:
+            continue
+        genes = {c.removeprefix("gene."): v for c, v in first.loc[genome].items() if v == v}
+        low, high = shown_interval(prediction, forecast, seed_noise)
+        genomes.append(GenomeForecast(genome, genes, measured[genome], prediction.mean, low, high))
+    unit, target = next(iter(forecast.budget.items()))
+    return ForecastSummary(
+        metric=forecast.metric,
+        budget=forecast.budget,
+        beyond=target / space.rung_budgets()[-1][unit],
+        level=forecast.level,
+        alpha=forecast.alpha,
+        law_error=forecast.law_error,
+        noise=forecast.noise if seed_noise is None else seed_noise,
+        noise_source=forecast.noise_source if seed_noise is None else "validated",
+        check=forecast.check,
+        recorded=forecast.recorded,
+        genomes=genomes,
+    )
+
+
+PER_STEP = ("batch_size", "seq_len", "grad_accum")  # the genes a step's tokens depend on
+
+
+def target_passes(space: SearchSpace, train_tokens: int | None) -> tuple[float, float] | None:
+    """How many times a run of the space's target goes over a training split of
+    `train_tokens` tokens: the fewest and the most over the space's genomes (a step
+    target trains more tokens with a larger batch). None for a target in seconds, or
+    without a target or the split's size."""
+    target = space.search.target
+    if target is None or not train_tokens or target.unit == "max_seconds":
+        return None
+    if target.unit == "max_tokens":
+        return target.value / train_tokens, target.value / train_tokens
+    names = [name for name in PER_STEP if name in space.genes]
+    per_step = [
+        space.train_config(dict(zip(names, values, strict=True))).tokens_per_step
+        for values in itertools.product(*(space.genes[name].values() for name in names))
+    ]
+    return (
+        target.value * min(per_step) / train_tokens,
+        target.value * max(per_step) / train_tokens,
+    )
+
+
+def target_lines(space: SearchSpace, train_tokens: int | None) -> list[str]:
+    """What `evo run` says first and `evo status` beside the budgets about the target:
+    how far beyond the top rung it is, and so what the search ranks genomes by; and how
+    many passes over the training split it makes, where more than one."""
+    lines = []
+    target = space.target_budget()
+    top = space.rung_budgets()[-1]
+    if target is not None:
+        (unit, value), objective = next(iter(target.items())), space.search.objectives[0]
+        if value > top[unit]:
+            where = f"target {budget_text(target)} is {value / top[unit]:.3g}× the top rung"
+            if forecast_objective(space) is not None:
+                lines.append(
+                    f"{where}: genomes are ranked by their {objective.metric} predicted there "
+                    "from their rung scores (docs/extrapolation.md)"
+                )
+            else:
+                lines.append(
+                    f"{where}; {objective.metric} is not extrapolated, so genomes are ranked "
+                    "by their top-rung score"
+                )
+    passes = target_passes(space, train_tokens)
+    if passes is not None and passes[1] > 1:
+        low, high = passes
+        times = f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g} (by tokens per step)"
+        lines.append(
+            f"the target passes over the training split ({train_tokens:,} tokens) {times} "
+            "times: later passes see text a genome has already trained on"
+        )
+    return lines
 
 
 def anytime_curve(

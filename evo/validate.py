@@ -2,12 +2,15 @@
 budget that matters, with other seeds?
 
 `evo validate` takes a run's best genomes in the search's own order (the highest rung
-each reached, then its first objective there: successive halving's ranking), retrains
-each at the validation budget (the space's target by default) with fresh seeds, on the
-same executor and data as the search's trials, and stores every result as a validation
-of the run. `validation_report` then puts the two rankings side by side: Spearman ρ and
-Kendall τ between them, and the noise floor — the seed-to-seed spread of one genome
-beside the gaps between neighbouring genomes. A gap well under the spread is a coin toss.
+each reached, then its first objective there: successive halving's ranking; with a
+target beyond the top rung, the objective predicted at the target: `evo.summary.
+search_order`), retrains each at the validation budget (the space's target by default)
+with fresh seeds, on the same executor and data as the search's trials, and stores every
+result as a validation of the run. `validation_report` then puts the two rankings side
+by side: Spearman ρ and Kendall τ between them, and the noise floor — the seed-to-seed
+spread of one genome beside the gaps between neighbouring genomes. A gap well under the
+spread is a coin toss. At the target of a search that forecast it, the report also
+checks the predictions against the validated scores (`PredictionCheck`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from evo.metrics import TrialStatus
+from evo.metrics import METRICS, TrialStatus
+from evo.schedule.forecast import shown_interval, to_loss
 from evo.space import SearchSpace
-from evo.storage import Storage, budget_key, genome_hash
+from evo.storage import ForecastRecord, PredictionRecord, Storage, budget_key, genome_hash
+from evo.summary import SearchScore, search_order
 from llm.errors import UserError
 
 if TYPE_CHECKING:  # the executor brings torch, which `evo status` does without
@@ -31,6 +36,9 @@ if TYPE_CHECKING:  # the executor brings torch, which `evo status` does without
 
 DEFAULT_TOP = 8
 DEFAULT_SEEDS = 2
+# The most validation trials one `evo validate` runs (--top × --seeds): each trains a
+# genome for the whole validation budget, and the jobs are made before the first starts.
+MAX_VALIDATIONS = 1000
 UNTARGETED_FACTOR = 10  # a space without a target is validated at 10 × its trial budget
 
 
@@ -43,6 +51,7 @@ class Candidate:
     rung: int  # the highest rung it reached with a success
     value: float  # its first objective there
     rank: int  # 1 is the search's best
+    predicted: PredictionRecord | None = None  # at the target, when the search forecast it
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,39 @@ class ValidationReport:
     noise: float | None  # pooled seed-to-seed standard deviation
     gap: float | None  # median gap between neighbouring validated means
     pending: int  # validations not finished (interrupted or never run)
+    check: PredictionCheck | None = None  # at the target the search forecast
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """The search's predictions at its target against the scores validated there."""
+
+    genomes: int  # validated genomes with a prediction
+    kendall: float | None  # τ of the predicted against the validated means (None: < 3)
+    spearman: float | None
+    mae: float  # mean absolute error of the predicted against the validated means
+    inside: float  # share of the validated scores (one per seed) inside the intervals
+    level: float  # the intervals' coverage
+    naive_kendall: float | None  # τ of the top-rung ranking against the validated means
+    seed_noise: float | None  # `evo validate`'s spread on the law's scale, in the intervals
+
+    def describe(self) -> str:
+        """How the predictions fared, in a line, for status and report."""
+        ranks = "Kendall τ needs three genomes"
+        if self.kendall is not None and self.spearman is not None:
+            ranks = f"Kendall τ {self.kendall:.2f}, Spearman ρ {self.spearman:.2f}"
+            if self.naive_kendall is not None:
+                ranks += f" (ranked by the top-rung score alone: τ {self.naive_kendall:.2f})"
+        return (
+            f"{ranks}; mean absolute error {self.mae:.3g}; {self.inside:.0%} of the validated "
+            f"scores inside the {self.level:.0%} intervals ({self.genomes} genomes)"
+        )
 
 
 def search_ranking(storage: Storage, run: str, space: SearchSpace) -> list[Candidate]:
-    """Every genome with a success, the search's best first."""
+    """Every genome with a success, the search's best first (`evo.summary.search_order`:
+    by rung, then by the first objective predicted at the target where the search
+    forecast it, else measured)."""
     best: dict[int, tuple[int, float]] = {}
     objective = space.search.objectives[0]
     for trial in storage.trials(run):
@@ -77,11 +115,14 @@ def search_ranking(storage: Storage, run: str, space: SearchSpace) -> list[Candi
         key = (trial.rung, -objective.sign * value)
         if trial.genome_id not in best or key > best[trial.genome_id]:
             best[trial.genome_id] = key
+    scores = {g: SearchScore(-objective.sign * value, rung) for g, (rung, value) in best.items()}
+    forecast = storage.forecast(run)
+    predictions = forecast.predictions if forecast and forecast.metric == objective.metric else {}
+    predicted = {g: p.mean for g, p in predictions.items()}
     genomes = storage.genomes(run)
-    order = sorted(best, key=lambda g: best[g], reverse=True)
     return [
-        Candidate(g, genomes[g], best[g][0], -objective.sign * best[g][1], rank)
-        for rank, g in enumerate(order, start=1)
+        Candidate(g, genomes[g], scores[g].rung, scores[g].value, rank, predictions.get(g))
+        for rank, g in enumerate(search_order(scores, objective, predicted), start=1)
     ]
 
 
@@ -138,6 +179,18 @@ class _Recorder:
         )
 
 
+def check_request(top: int, seeds: int) -> None:
+    """Refuse a number of genomes or seeds that `evo validate` cannot run."""
+    if top < 1 or seeds < 1:
+        raise UserError("--top and --seeds must be at least 1")
+    if top * seeds > MAX_VALIDATIONS:
+        raise UserError(
+            f"--top {top:,} × --seeds {seeds:,} asks for {top * seeds:,} validation trials, "
+            f"more than the {MAX_VALIDATIONS:,} one `evo validate` runs (each trains for the "
+            "whole validation budget); ask for fewer"
+        )
+
+
 def validation_jobs(
     storage: Storage,
     run: str,
@@ -152,8 +205,7 @@ def validation_jobs(
     less those already validated with a result."""
     from evo.executor import TrialJob
 
-    if top < 1 or seeds < 1:
-        raise UserError("--top and --seeds must be at least 1")
+    check_request(top, seeds)
     candidates = search_ranking(storage, run, space)[:top]
     if not candidates:
         raise UserError(f"run {run!r} has no successful trial to validate yet")
@@ -231,7 +283,7 @@ def validation_report(
         for i, c in enumerate(ranking, start=1)
     ]
     spearman, kendall = rank_agreement(genomes)
-    return ValidationReport(
+    report = ValidationReport(
         metric=objective.metric,
         budget=records[0].budget,
         genomes=genomes,
@@ -241,24 +293,89 @@ def validation_report(
         gap=median_gap(genomes),
         pending=sum(1 for v in records if not v.status.is_result),
     )
+    forecast = storage.forecast(run)
+    if forecast is None or budget_key(forecast.budget) != key:
+        return report
+    check = prediction_check(space, genomes, forecast, target_seed_noise(report, forecast))
+    return dataclasses.replace(report, check=check)
+
+
+def target_seed_noise(
+    report: ValidationReport | None, forecast: ForecastRecord | None
+) -> float | None:
+    """`evo validate`'s seed-to-seed spread at the forecast's target, on the law's scale
+    (perplexity's log): the seed noise the forecast's intervals show once it is measured.
+    None without validations of the forecast metric at the target with several seeds."""
+    if report is None or forecast is None or report.metric != forecast.metric:
+        return None
+    kind = METRICS[forecast.metric].extrapolation
+    if kind is None or budget_key(report.budget) != budget_key(forecast.budget):
+        return None
+    return _pooled_std([[to_loss(kind, value) for value in g.values] for g in report.genomes])
+
+
+def prediction_check(
+    space: SearchSpace,
+    genomes: Sequence[ValidatedGenome],
+    forecast: ForecastRecord,
+    seed_noise: float | None,
+) -> PredictionCheck | None:
+    """The forecast's predictions for the validated `genomes` (at its target) against their
+    validated scores, beside the ranking by top-rung score alone; None when none of them
+    has a prediction."""
+    checked = [g for g in genomes if g.candidate.predicted is not None]
+    if not checked:
+        return None
+    predicted = [g.candidate.predicted for g in checked if g.candidate.predicted is not None]
+    intervals = [shown_interval(p, forecast, seed_noise) for p in predicted]
+    inside = [
+        low <= value <= high
+        for g, (low, high) in zip(checked, intervals, strict=True)
+        for value in g.values
+    ]
+    objective = space.search.objectives[0]
+    scores = {
+        g.candidate.genome_id: SearchScore(g.candidate.value, g.candidate.rung) for g in checked
+    }
+    naive = search_order(scores, objective, {})
+    validated = [g.rank for g in checked]
+    spearman, kendall = _agreement([g.candidate.rank for g in checked], validated)
+    _, naive_kendall = _agreement([naive.index(g.candidate.genome_id) for g in checked], validated)
+    return PredictionCheck(
+        genomes=len(checked),
+        kendall=kendall,
+        spearman=spearman,
+        mae=statistics.fmean(abs(p.mean - g.mean) for p, g in zip(predicted, checked, strict=True)),
+        inside=statistics.fmean(inside),
+        level=forecast.level,
+        naive_kendall=naive_kendall,
+        seed_noise=seed_noise,
+    )
 
 
 def rank_agreement(genomes: Sequence[ValidatedGenome]) -> tuple[float | None, float | None]:
     """Spearman ρ and Kendall τ-b between the search's ranks and the validated ones."""
-    if len(genomes) < 3:
+    return _agreement([g.candidate.rank for g in genomes], [g.rank for g in genomes])
+
+
+def _agreement(a: Sequence[float], b: Sequence[float]) -> tuple[float | None, float | None]:
+    """Spearman ρ and Kendall τ-b between two rankings of the same genomes; None with fewer
+    than three."""
+    if len(a) < 3:
         return None, None
     from scipy import stats  # imported here: `evo status` should not wait for scipy
 
-    search = [g.candidate.rank for g in genomes]
-    validated = [g.rank for g in genomes]
-    return float(stats.spearmanr(search, validated)[0]), float(
-        stats.kendalltau(search, validated)[0]
-    )
+    return float(stats.spearmanr(a, b)[0]), float(stats.kendalltau(a, b)[0])
 
 
 def pooled_spread(genomes: Sequence[ValidatedGenome]) -> float | None:
     """The seed-to-seed standard deviation, pooled over genomes with several seeds."""
-    variances = [(len(g.values) - 1, g.spread**2) for g in genomes if g.spread is not None]
+    return _pooled_std([g.values for g in genomes])
+
+
+def _pooled_std(groups: Sequence[Sequence[float]]) -> float | None:
+    """The standard deviation within groups, pooled over those of two values or more."""
+    variances = [(len(v) - 1, statistics.variance(v)) for v in groups if len(v) > 1]
     dof = sum(n for n, _ in variances)
     return math.sqrt(sum(n * v for n, v in variances) / dof) if dof else None
 

@@ -231,3 +231,25 @@ def test_the_schur_solver_finds_scipys_optimum() -> None:
     reference = optimize.least_squares(residuals, start, xtol=1e-12, ftol=1e-12).x
     assert np.allclose(solved_shared, reference[:2], atol=1e-4)
     assert np.allclose(solved_genome.T.ravel(), reference[2:], atol=1e-4)
+
+
+def test_many_predictions_at_once_are_each_ones_and_their_sd_gives_the_interval() -> None:
+    points, _, _ = synthetic(np.random.default_rng(6), 30, rungs_seen=[1, 2, 3] * 10)
+    fit = fit_curves(points)
+    ids = [29, 0, 7, 3]
+    many = fit.predict_many(ids, TARGET)
+    assert many == [fit.predict(g, TARGET) for g in ids]
+    for p in many:
+        # Without the seed noise the law is still uncertain; with it, the stated interval.
+        assert p.sd > 0
+        assert extrapolate.interval(p.mean, p.sd, fit.noise, fit.level) == pytest.approx(
+            (p.low, p.high)
+        )
+    # Another figure of the seed noise widens or narrows the same interval.
+    wide = extrapolate.interval(many[0].mean, many[0].sd, 10 * fit.noise, fit.level)
+    assert wide[0] < many[0].low and wide[1] > many[0].high
+    # A genome measured at the budget is its score, uncertain by the seed noise only.
+    (measured,) = fit.predict_many([2], RUNGS[-1])  # genome 2 was seen at all three
+    assert measured.measured and measured.sd == 0.0
+    with pytest.raises(ExtrapolationError, match="genome 99 has no finite score"):
+        fit.predict_many([0, 99], TARGET)

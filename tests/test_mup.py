@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import space_dict, write_corpus
 
 from evo.space import load_space
 from llm.checkpoint import CONFIG_FILE, load_model_dir, read_model_config, save_model_dir
@@ -26,7 +27,6 @@ from llm.lora import LoRAConfig, apply_lora
 from llm.model import Transformer
 from llm.optim import build_optimizer
 from llm.train import Trainer
-from conftest import space_dict, write_corpus
 
 MODEL = ModelConfig(vocab_size=64, n_layers=2, d_model=32, n_heads=2, d_ff=64, max_seq_len=16)
 TRAIN = TrainConfig(

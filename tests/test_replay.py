@@ -21,7 +21,7 @@ import replay
 
 from evo.schedule.budget import trial_cost
 from evo.space import SearchSpace, space_from_dict
-from evo.storage import genome_hash
+from evo.storage import ForecastRecord, PredictionRecord, genome_hash
 
 RATES = [1.0e-3, 4.0e-3, 1.6e-2]
 
@@ -276,3 +276,39 @@ def test_the_table_configurations_are_valid_new_and_reproducible(tmp_path):
     assert all(space.is_valid(genes, 64) for genes in neighbours)
     for genes in neighbours:  # one mutation away from a parent: most genes kept
         assert max(sum(genes[k] == p[k] for k in genes) for p in best) >= len(genes) - 2
+
+
+def forecast_of(means: dict[int, float]) -> ForecastRecord:
+    predictions = {g: PredictionRecord(m, m - 0.1, m + 0.1, 0.05, False) for g, m in means.items()}
+    return ForecastRecord(
+        "bits_per_byte", {"max_steps": 81}, 0.8, 0.3, 0.5, 0.02, "residuals", None, predictions
+    )
+
+
+def test_the_predicted_pick_follows_the_forecast_not_the_top_rung_score(table):
+    genes = all_configs()
+    pick = replay.PredictedPick(
+        table,
+        {
+            1: forecast_of({1: 2.0}),
+            2: forecast_of({1: 2.0, 2: 1.5}),
+            3: forecast_of({1: 1.0, 2: 1.5}),
+        },
+    )
+    pick.result(1, genes[1], 2.4, 1)  # a top-rung score
+    assert (pick.genome, pick.observed) == (1, 2.4)
+    pick.result(2, genes[2], 2.6, 2)  # worse at the top rung, better predicted
+    assert (pick.genome, pick.observed, pick.true) == (2, 2.6, table.true_value(genes[2]))
+    pick.result(3, genes[3], None, 3)  # a lower rung's result refits: genome 1 comes first
+    assert pick.genome == 1 and pick.true == table.true_value(genes[1])
+
+
+@pytest.mark.parametrize("method", replay.PREDICTED)
+def test_a_search_towards_a_target_beyond_its_rungs_picks_by_prediction(tmp_path, method):
+    space = make_space(tmp_path)
+    path = write_table(tmp_path, space)
+    far = ("search.rungs=[3, 9]",)  # the table's top rung, 27 steps, is the target
+    curve, _ = replay.run_one(path, method, 1, 1, 20_000, overrides=far)
+    assert math.isfinite(curve[-1][1])
+    table = replay.load_table(path)
+    assert curve[-1][1] >= table.top_mean.min()

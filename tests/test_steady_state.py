@@ -395,3 +395,49 @@ def test_kill_9_at_any_moment_then_resume_gives_the_same_search(
         Counter((t.genome_id, t.rung) for t in results(storage, "space")).most_common(1)[0][1] == 1
     )
     assert not trials_folder("space").exists()  # no checkpoint left behind
+
+
+FAR = ["--set", "search.target.max_steps=81"]  # 3 times the top rung: the search forecasts it
+
+
+@pytest.fixture(scope="module")
+def straight_far(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[Any, ...]], Any]:
+    """The outcome and the final forecast of the far-target search run without interruption."""
+    folder = tmp_path_factory.mktemp("straight-far")
+    corpus = write_corpus(folder / "corpus")
+    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{folder / 'evo.db'}"
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        assert evo(["run", "space.yaml", *FAR, "--local", "--quiet", "--storage", url]) == 0
+    finally:
+        os.chdir(here)
+    storage = Storage(url)
+    return outcome(storage, "space"), storage.forecast("space")
+
+
+@pytest.mark.parametrize("moment", ["after a result is recorded", "in the middle of a trial"])
+def test_a_far_target_search_killed_and_resumed_forecasts_the_same(
+    space: SearchSpace, workdir: Path, straight_far: tuple[list[tuple[Any, ...]], Any], moment: str
+) -> None:
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    where, name, when, calls = MOMENTS[moment]
+    command = [sys.executable, "-c", DIE, where, name, when, str(calls)]
+    command += ["run", "space.yaml", *FAR, "--local", "--quiet", "--storage", url]
+    killed = subprocess.run(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == 9, killed.stderr
+    storage = Storage(url)
+    stored = storage.forecast("space")
+    # What a reader sees meanwhile is the forecast of the results stored, no other.
+    recorded = max((t.recorded or 0 for t in storage.trials("space")), default=0)
+    assert stored is not None and stored.recorded == recorded
+    assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
+    expected_outcome, expected_forecast = straight_far
+    assert outcome(storage, "space") == expected_outcome
+    resumed = storage.forecast("space")
+    assert expected_forecast is not None and resumed is not None
+    assert resumed.predictions == expected_forecast.predictions  # bit for bit
+    assert resumed.alpha == expected_forecast.alpha
+    space = load_space(workdir / "space.yaml", FAR[1:])
+    assert replayed_decisions(space, prepare_data(space)[1], storage, "space") == 16

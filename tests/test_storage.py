@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import random
 import sqlite3
@@ -16,9 +17,17 @@ import yaml
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from conftest import outcome
+from sqlalchemy.exc import IntegrityError
 
 from evo.metrics import METRICS, TrialStatus
-from evo.storage import SCHEMA_VERSION, Spent, Storage, genome_hash
+from evo.storage import (
+    SCHEMA_VERSION,
+    ForecastRecord,
+    PredictionRecord,
+    Spent,
+    Storage,
+    genome_hash,
+)
 from evo.storage.store import HEAD_REVISION, MIGRATIONS
 from llm.errors import UserError
 from llm.trial import CurvePoint, TrialEnd, TrialResult
@@ -407,6 +416,11 @@ def test_a_schema_5_database_keeps_every_metric_value_as_a_row(tmp_path: Path) -
         (validation,) = store.validations("five")
         assert validation.metric("bits_per_byte") == 1.25
         assert store.finished_result("five", trials[0].genome_id) == trials[0]
+        # Schema 7 adds a run's forecast and the size of its training split: none yet.
+        assert store.forecast("five") is None
+        assert store.require_run("five").train_tokens is None
+        store.set_train_tokens("five", 4_400_000)
+        assert store.require_run("five").train_tokens == 4_400_000
     with sqlite3.connect(path) as new:
         assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
         assert new.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -420,6 +434,55 @@ def test_the_migrations_end_at_this_evos_schema_version() -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(config).get_current_head()
     assert head == HEAD_REVISION and int(head) == SCHEMA_VERSION
+
+
+def forecast_of(predictions: dict[int, float], alpha: float = 0.3) -> ForecastRecord:
+    return ForecastRecord(
+        metric="bits_per_byte",
+        budget={"max_tokens": 4_000_000},
+        level=0.8,
+        alpha=alpha,
+        law_error=0.5,
+        noise=0.02,
+        noise_source="residuals",
+        check={"genomes": 3, "law_error": 0.4, "mean_error": 0.01, "tau": None, "tau_naive": 0.3},
+        predictions={
+            genome: PredictionRecord(mean, mean - 0.1, mean + 0.1, 0.05, False)
+            for genome, mean in predictions.items()
+        },
+    )
+
+
+def test_a_result_stores_the_forecast_refitted_with_it_in_its_transaction(
+    store: Storage,
+) -> None:
+    store.create_run("r", SPACE, seed=0)
+    store.create_run("other", SPACE, seed=0)
+    a, b = (store.genome_id("r", {"n_layers": n}) for n in (2, 4))
+    first, second, third = (store.add_trial("r", g, rung=0) for g in (a, b, a))
+    assert store.forecast("r") is None
+    store.finish_trial(
+        first, outcome("done", {"bits_per_byte": 2.0}), forecast=forecast_of({a: 1.5})
+    )
+    stored = store.forecast("r")
+    assert stored == dataclasses.replace(forecast_of({a: 1.5}), recorded=1)
+    # The next one replaces it whole: the predictions of the genomes it holds, its fit.
+    later = forecast_of({b: 1.4}, alpha=0.25)
+    store.finish_trial(second, outcome("done", {"bits_per_byte": 2.1}), forecast=later)
+    assert store.forecast("r") == dataclasses.replace(later, recorded=2)
+    assert store.forecast("other") is None
+    # A result without a refit (a failure) leaves the forecast as it was.
+    store.finish_trial(third, outcome("failed", {}))
+    assert store.forecast("r") == dataclasses.replace(later, recorded=2)
+    # A forecast that cannot be stored (a genome that does not exist) takes its result
+    # with it: the two are one transaction.
+    retry = store.add_trial("r", b, rung=1)
+    with pytest.raises(IntegrityError):
+        store.finish_trial(
+            retry, outcome("done", {"bits_per_byte": 1.9}), forecast=forecast_of({999: 1.0})
+        )
+    assert store.trials("r")[-1].status == "queued" and store.trials("r")[-1].recorded is None
+    assert store.forecast("r") == dataclasses.replace(later, recorded=2)
 
 
 def test_a_run_keeps_its_unigram_baseline(store: Storage) -> None:

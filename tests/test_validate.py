@@ -4,7 +4,12 @@ compared, and promotion preferring validated results."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -138,3 +143,43 @@ def test_validate_refuses_a_run_with_nothing_to_validate(workdir, capsys):
     assert evo(["validate", "space", "--local", "--storage", url]) == 2
     assert "no successful trial to validate" in capsys.readouterr().err
     assert evo(["validate", "space", "--seeds", "0", "--local", "--storage", url]) == 2
+
+
+def test_validate_refuses_more_trials_than_it_runs_before_doing_anything(workdir, capsys):
+    url = f"sqlite:///{workdir / 'evo.db'}"  # no database: the request is refused first
+    args = ["validate", "space", "--seeds", "1000000", "--local", "--storage", url]
+    assert evo(args) == 2
+    err = capsys.readouterr().err
+    assert "--top 8 × --seeds 1,000,000 asks for 8,000,000 validation trials" in err
+    assert f"more than the {validation.MAX_VALIDATIONS:,}" in err
+    assert not (workdir / "evo.db").exists()
+    assert evo([*args[:3], str(validation.MAX_VALIDATIONS // 8 + 1), *args[4:]]) == 2
+
+
+def test_ctrl_c_stops_validate_at_once_and_keeps_what_it_finished(searched, workdir):
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "evo.cli", "validate", "space", "--seeds", "100"]
+    command += ["--top", "8", "--local", "--storage", searched]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    validating = subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    assert validating.stderr is not None
+    lines = []
+    for line in validating.stderr:  # it says what it will do before doing it
+        lines.append(line)
+        if line.startswith("evo: validated genome "):
+            break
+    assert lines[0].startswith("evo: validating run 'space': its best 8 genomes, 100 seeds"), lines
+    validating.send_signal(signal.SIGINT)
+    try:
+        code = validating.wait(timeout=60)
+    finally:
+        validating.kill()
+    rest = validating.stderr.read()
+    assert code == 130, rest
+    assert "stopped; run `evo validate space` again to finish" in rest
+    stored = Storage(searched).validations("space")
+    assert stored and TrialStatus.DONE in {v.status for v in stored}
+    assert not any(v.status is TrialStatus.RUNNING for v in stored)

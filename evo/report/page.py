@@ -17,6 +17,7 @@ from evo.report.front import history_section, pareto_section
 from evo.report.genes import genes_section, importance_section
 from evo.report.markup import html_page, template_tag, time_text
 from evo.report.overview import summary_section
+from evo.report.predictions import predictions_section
 from evo.report.progress import anytime_section, generations_section, rungs_section
 from evo.report.retrained import promotions_section, validation_section
 from evo.report.run import Run
@@ -82,6 +83,7 @@ def report_sections(
         history_section(data) if len(data.objectives) == 1 else pareto_section(data, front),
         genes_section(data),
         importance_section(data),
+        predictions_section(data, storage, validated),
         curves_section(data, storage),
         trials_section(data),
         workers_section(data.frame),

@@ -52,6 +52,8 @@ def validation_section(report: ValidationReport | None) -> str:
         f"seeds (`evo validate`): their mean {report.metric} (bars: one standard deviation "
         f"over seeds) against their rank in the search. {agreement}.{noise}"
     )
+    if report.check is not None:
+        how += f" The search's predictions at the target: {report.check.describe()}."
     rows = [
         (
             g.candidate.genome_id,

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-from scipy import stats
 
 from llm.errors import UserError
 
@@ -79,6 +78,17 @@ class Prediction:
     low: float
     high: float
     measured: bool  # the genome was scored at this budget: `mean` is that score
+    # The standard deviation of the law's value, the fit's and the law's own error
+    # together, without the seed noise (0 for a measured score): with another figure of
+    # the seed noise, `interval(mean, sd, noise, level)` is the interval.
+    sd: float = 0.0
+
+
+def interval(mean: float, sd: float, noise: float, level: float) -> tuple[float, float]:
+    """The interval at `level` around `mean` of a score whose law is uncertain by `sd` and
+    whose one seed's measurement spreads by `noise` (both standard deviations)."""
+    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(sd**2 + noise**2)
+    return mean - half, mean + half
 
 
 @dataclass(frozen=True)
@@ -301,36 +311,66 @@ class CurveFit:
     def predict(self, genome_id: int, budget: float) -> Prediction:
         """The genome's score after a complete run of `budget`: its measured score when it
         has one there, else the law's."""
-        z = NormalDist().inv_cdf(0.5 + self.level / 2)
-        measured = self._measured.get((genome_id, float(budget)))
-        if measured is not None:
-            return Prediction(measured, measured - z * self.noise, measured + z * self.noise, True)
+        return self.predict_many([genome_id], budget)[0]
+
+    def predict_many(self, genome_ids: Sequence[int], budget: float) -> list[Prediction]:
+        """`predict` for each of `genome_ids`, the law evaluated for all of them at once."""
+        keys = [(g, float(budget)) for g in genome_ids]
+        measured = [self._measured.get(key) for key in keys]
+        predicted = [g for g, m in zip(genome_ids, measured, strict=True) if m is None]
+        law = iter(self._law(predicted, budget) if predicted else [])
+        return [
+            Prediction(m, *interval(m, 0.0, self.noise, self.level), True)
+            if m is not None
+            else next(law)
+            for m in measured
+        ]
+
+    def _law(self, genome_ids: Sequence[int], budget: float) -> list[Prediction]:
+        """The law's predictions at `budget` (no genome's measured score)."""
         if not (math.isfinite(budget) and budget > 0):
             raise ExtrapolationError(f"budget {budget}: must be a positive number")
-        fit, g = self._located(genome_id)
+        fit, g = self._located(genome_ids)
         x = math.log(budget / self.top_budget)
-        seen = self._data.x[self._data.index == g]
-        nearest = seen[np.argmin(np.abs(seen - x))]
-        (mean, anchor), (variance, _) = fit.at(np.array([g, g]), np.array([x, nearest]))
-        law = self.law_error * (anchor - mean)
-        half = z * math.sqrt(max(float(variance), 0.0) + self.noise**2 + law**2)
-        return Prediction(float(mean), float(mean) - half, float(mean) + half, False)
+        # Each genome's measured budget nearest to x: the law's error grows with the
+        # distance from it.
+        d = self._data
+        order = np.lexsort((np.abs(d.x - x), d.index))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = d.index[order][1:] != d.index[order][:-1]
+        nearest = np.empty(len(d.genomes))
+        nearest[d.index[order][first]] = d.x[order][first]
+        both = np.concatenate([g, g])
+        (values, variances) = fit.at(both, np.concatenate([np.full(len(g), x), nearest[g]]))
+        mean, anchor, variance = values[: len(g)], values[len(g) :], variances[: len(g)]
+        sd = np.sqrt(np.maximum(variance, 0.0) + (self.law_error * (anchor - mean)) ** 2)
+        return [
+            Prediction(
+                float(m), *interval(float(m), float(s), self.noise, self.level), False, float(s)
+            )
+            for m, s in zip(mean, sd, strict=True)
+        ]
 
     def rank(self, genome_ids: Iterable[int], budget: float) -> list[int]:
         """`genome_ids` best first by their predicted score at `budget` (ties: the lower
         id first). Genomes all scored at `budget` keep the order of their scores."""
         return sorted(sorted(set(genome_ids)), key=lambda g: self.predict(g, budget).mean)
 
-    def _located(self, genome_id: int) -> tuple[_Fit, int]:
-        """The fit and the genome's position in it."""
-        position = int(np.searchsorted(self.genomes, genome_id))
-        if self._fit is None or self.genomes[position : position + 1] != (genome_id,):
-            raise ExtrapolationError(f"genome {genome_id} has no finite score to extrapolate from")
+    def _located(self, genome_ids: Sequence[int]) -> tuple[_Fit, np.ndarray]:
+        """The fit and the genomes' positions in it."""
+        known = np.asarray(self.genomes, dtype=np.int64)
+        wanted = np.asarray(genome_ids, dtype=np.int64)
+        position = np.searchsorted(known, wanted)
+        found = position < len(known)
+        found[found] = known[position[found]] == wanted[found]
+        if self._fit is None or not found.all():
+            missing = int(wanted[~found][0]) if len(wanted) else None
+            raise ExtrapolationError(f"genome {missing} has no finite score to extrapolate from")
         return self._fit, position
 
     def parameters(self, genome_id: int) -> tuple[float, float]:
         """The genome's E and A in L = E + A·D^(−α) (D in the points' unit)."""
-        fit, g = self._located(genome_id)
+        fit, (g,) = self._located([genome_id])
         level, log_slope = fit.genome[g]
         slope = math.exp(log_slope)
         return level - slope / self.alpha, slope * self.top_budget**self.alpha / self.alpha
@@ -441,6 +481,8 @@ def _check(problem: _Problem, fit: _Fit) -> Check | None:
 
 def _kendall(a: np.ndarray, b: np.ndarray) -> float | None:
     """Kendall's τ, None where it is undefined (all of one side tied)."""
+    from scipy import stats  # here: a reader of stored predictions (`evo status`) needs none
+
     tau = float(stats.kendalltau(a, b).statistic)
     return tau if math.isfinite(tau) else None
 

@@ -12,6 +12,10 @@ a new one arrives (regularized evolution, Real et al. 2019). The parents are cro
 mutated with DEAP's operators (`varAnd`), repaired, and mutated again until the child
 is a genome never bred before.
 
+With a target beyond the top rung, every result also goes to the forecast of the target
+(`forecast`): the law fitted to the rung scores, refitted when read after a new result,
+by which the search's pick is made (`evo.summary.search_order`).
+
 A decision depends only on the results recorded before it, in the order they were
 recorded, and on a random stream of its own, drawn from the run's seed and the
 decision's number. So `replay` rebuilds the exact state from the stored history, and a
@@ -30,6 +34,7 @@ from typing import Any, Literal
 from deap import algorithms
 
 from evo.operators import distinct, make_toolbox, to_genome, to_individual
+from evo.schedule.forecast import TargetForecast
 from evo.schedule.rungs import Ladder, RungResults
 from evo.space import SearchSpace
 
@@ -99,6 +104,7 @@ class SteadyStateScheduler:
         # run again after an interruption), so waiting for one always ends.
         self.training: list[set[int]] = [set() for _ in rungs]
         self.genes: dict[int, dict[str, Any]] = {}
+        self.forecast = TargetForecast.of(space)  # None: the target is the top rung
         self.seen: set[tuple[Any, ...]] = set()
         self.bred = 0
         with drawing_from(random.Random(f"{space.search.seed}:initial")):
@@ -131,6 +137,8 @@ class SteadyStateScheduler:
         checkpoints are no longer needed: genomes dropped for good at this rung (unless
         `drop` is false: a replay that learns the drops from the stored history)."""
         self.results[rung].add(genome_id, values)
+        if self.forecast is not None:
+            self.forecast.add(genome_id, rung, None if values is None else values[0])
         self.windows[rung].append(genome_id)
         self.training[rung].discard(genome_id)
         waiting = self.waiting[rung]

@@ -241,13 +241,16 @@ class SteadyStateSearch(SearchLoop):
             self.checkpoints.write(name, outcome.checkpoint)
         if flight.continued_from is not None:
             dropped.append(flight.continued_from)  # the genome has moved on from it
-        # The result and the checkpoints it frees are recorded at once: a resumed search
-        # knows which genomes still wait from what is stored.
+        # The result, the checkpoints it frees and the forecast refitted with it are
+        # recorded at once: a resumed search knows which genomes still wait from what is
+        # stored, and a reader never sees a forecast of other results than those stored.
+        forecast = self.scheduler.forecast
         self.last_recorded = self.storage.finish_trial(
             trial_id,
             outcome,
             checkpoint=name,
             forget=[freed for freed in dropped if freed in self.kept],
+            forecast=forecast.record() if forecast is not None and values is not None else None,
         )
         if name is not None:
             self.kept[trial_id] = name
@@ -308,7 +311,19 @@ class SteadyStateSearch(SearchLoop):
         trials = self.storage.trials(self.name)
         per_rung = Counter(t.rung for t in trials if t.status.is_result)
         rungs = ", ".join(f"{per_rung[r]} at rung {r + 1}" for r in range(len(self.budgets)))
-        return f"{len({t.decision for t in trials})} trials ({rungs})"
+        text = f"{len({t.decision for t in trials})} trials ({rungs})"
+        forecast = self.scheduler.forecast
+        if forecast is None or not forecast.points:
+            return text
+        from evo.validate import search_ranking  # the one ranking (reads pandas' summary)
+
+        pick = search_ranking(self.storage, self.name, self.space)[0]
+        if pick.predicted is None:
+            return text
+        return (
+            f"{text}; pick for the target: genome {pick.genome_id}, "
+            f"{forecast.objective.metric} {pick.predicted.mean:.4g} predicted"
+        )
 
 
 def history(

@@ -4,7 +4,9 @@
 from evo.storage.models import RUN_STATUSES, SCHEMA_VERSION, TRIAL_STATUSES, RunStatus
 from evo.storage.store import (
     DEFAULT_URL,
+    ForecastRecord,
     GenerationRecord,
+    PredictionRecord,
     PromotionRecord,
     RunInfo,
     SessionRecord,
@@ -21,7 +23,9 @@ __all__ = [
     "RUN_STATUSES",
     "SCHEMA_VERSION",
     "TRIAL_STATUSES",
+    "ForecastRecord",
     "GenerationRecord",
+    "PredictionRecord",
     "PromotionRecord",
     "RunInfo",
     "RunStatus",

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -33,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class RunStatus(str, enum.Enum):
@@ -96,6 +97,9 @@ class RunRow(Base):
     # Bits per byte of the best unigram model of the validation text trials are scored on
     # (evo.data.unigram_bits_per_byte); NULL until a search of the run prepared its data.
     unigram_bits_per_byte: Mapped[float | None] = mapped_column(Float)
+    # Tokens in the training split of the run's pretraining corpus (how many passes over
+    # it the target makes); NULL until a search of the run prepared its data, since schema 7.
+    train_tokens: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -239,3 +243,39 @@ class ValidationRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ForecastRow(Base):
+    """A run's latest forecast of its target (`evo.schedule.forecast`, when the target lies
+    beyond the top rung): the law fitted to the rung scores after result `recorded`."""
+
+    __tablename__ = "evo_forecasts"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64))  # the objective forecast
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON)  # the target, as TrainConfig keys
+    level: Mapped[float] = mapped_column(Float)  # the intervals' coverage
+    recorded: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)  # the law's shared exponent
+    law_error: Mapped[float] = mapped_column(Float)  # κ
+    noise: Mapped[float] = mapped_column(Float)  # one score's seed noise, on the law's scale
+    noise_source: Mapped[str] = mapped_column(String(16))  # "residuals" or "assumed"
+    check: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the law tried on the run
+
+
+class PredictionRow(Base):
+    """A genome's predicted score at its run's target, from the run's latest forecast."""
+
+    __tablename__ = "evo_predictions"
+
+    genome_id: Mapped[int] = mapped_column(
+        ForeignKey("evo_genomes.id", ondelete="CASCADE"), primary_key=True
+    )
+    run_id: Mapped[int] = mapped_column(ForeignKey("evo_runs.id", ondelete="CASCADE"), index=True)
+    mean: Mapped[float] = mapped_column(Float)  # in the metric's unit, as low and high
+    low: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    sd: Mapped[float] = mapped_column(Float)  # the law's uncertainty, without the seed noise
+    measured: Mapped[bool] = mapped_column(Boolean)  # scored at the target: no prediction

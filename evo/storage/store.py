@@ -49,9 +49,11 @@ from evo.storage.models import (
     SCHEMA_VERSION,
     Base,
     CurvePointRow,
+    ForecastRow,
     GenerationRow,
     GenomeRow,
     MemberRow,
+    PredictionRow,
     PromotionRow,
     RunRow,
     RunStatus,
@@ -104,6 +106,9 @@ class RunInfo:
     # What a trial that learned nothing beyond token frequencies scores (see
     # evo.summary.stalled); None for a run no search has prepared data for since schema 4.
     unigram_bits_per_byte: float | None
+    # Tokens in the training split of its pretraining corpus; None for a run no search
+    # has prepared data for since schema 7.
+    train_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,34 @@ class ValidationRecord:
         return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class PredictionRecord:
+    """A genome's predicted score at its run's target (`evo.schedule.forecast`)."""
+
+    mean: float  # in the metric's unit, as low and high
+    low: float  # the interval at the forecast's level
+    high: float
+    sd: float  # the law's uncertainty without the seed noise, on the law's scale
+    measured: bool  # the genome was scored at the target: `mean` is that score
+
+
+@dataclass(frozen=True)
+class ForecastRecord:
+    """A run's forecast of its target: the law fitted to its rung scores of one metric,
+    and each genome's prediction."""
+
+    metric: str
+    budget: dict[str, float]  # the target, as TrainConfig keys
+    level: float  # the intervals' coverage
+    alpha: float  # the law's shared exponent
+    law_error: float  # κ: the share of a predicted drop the law may get wrong
+    noise: float  # one score's seed noise, on the law's scale
+    noise_source: str  # "residuals" (estimated from the run) or "assumed"
+    check: dict[str, Any] | None  # the law tried on the run (`extrapolate.Check`'s fields)
+    predictions: dict[int, PredictionRecord]  # by genome
+    recorded: int | None = None  # fitted after this result (as stored; None before)
+
+
 _Record = TypeVar("_Record")
 
 
@@ -257,6 +290,31 @@ def _mark_finished(
         row.started_at = _from_epoch(outcome.started)
     row.host = outcome.host or row.host
     row.worker = outcome.worker or row.worker
+
+
+def _replace_forecast(
+    session: Session, run_id: int, recorded: int, forecast: ForecastRecord
+) -> None:
+    """Make `forecast` the run's, fitted after result `recorded` (inside the caller's
+    transaction)."""
+    fit = {
+        f.name: _jsonable(getattr(forecast, f.name))
+        for f in dataclasses.fields(ForecastRecord)
+        if f.name != "predictions"
+    }
+    row = session.get(ForecastRow, run_id) or ForecastRow(run_id=run_id)
+    for name, value in {**fit, "recorded": recorded}.items():
+        setattr(row, name, value)
+    session.add(row)
+    session.execute(delete(PredictionRow).where(PredictionRow.run_id == run_id))
+    if forecast.predictions:
+        session.execute(
+            insert(PredictionRow),
+            [
+                {"genome_id": genome, "run_id": run_id, **dataclasses.asdict(prediction)}
+                for genome, prediction in forecast.predictions.items()
+            ],
+        )
 
 
 def _now() -> datetime:
@@ -550,6 +608,11 @@ class Storage:
         with self._sessions.begin() as session:
             self._run(session, name).unigram_bits_per_byte = bits_per_byte
 
+    def set_train_tokens(self, name: str, tokens: int) -> None:
+        """Record the tokens of the training split of the run's pretraining corpus."""
+        with self._sessions.begin() as session:
+            self._run(session, name).train_tokens = tokens
+
     # Genomes and trials
 
     def genome_id(self, run: str, genes: dict[str, Any]) -> int:
@@ -676,14 +739,16 @@ class Storage:
         *,
         checkpoint: str | None = None,
         forget: Sequence[int] = (),
+        forecast: ForecastRecord | None = None,
     ) -> int:
         """Store a trial's outcome: its status, where and when it ran (the worker's clock,
         not the driver's dispatch time), the idle workers' time lent to it
         (`evo.executor.CoreLending`), and its result's metrics, error, pretrain metrics and
         curve; also where its stable checkpoint was kept, and, in the same transaction,
         that the checkpoints of the trials in `forget` are no longer kept (the search's
-        decisions that came with this result). Returns the result's place in the order
-        results were recorded.
+        decisions that came with this result), and the run's forecast refitted with it
+        (replacing the one before). Returns the result's place in the order results were
+        recorded.
 
         A result may be partial (a timeout knows only its error); a metric it lacks has no
         value. A curve stored earlier for the trial is replaced.
@@ -717,7 +782,31 @@ class Storage:
                 session.execute(
                     update(TrialRow).where(TrialRow.id.in_(forget)).values(checkpoint=None)
                 )
+            if forecast is not None:
+                _replace_forecast(session, run_row.id, row.recorded, forecast)
             return row.recorded
+
+    def forecast(self, run: str) -> ForecastRecord | None:
+        """The run's latest forecast of its target; None when it has none (a target at the
+        top rung, or no result yet)."""
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            row = session.get(ForecastRow, run_id)
+            if row is None:
+                return None
+            table = PredictionRow.__table__.c
+            predictions = {
+                genome: PredictionRecord(mean, low, high, sd, measured)
+                for genome, mean, low, high, sd, measured in session.execute(
+                    select(
+                        table.genome_id, table.mean, table.low, table.high, table.sd, table.measured
+                    ).where(table.run_id == run_id)
+                )
+            }
+            fields = {f.name for f in dataclasses.fields(ForecastRecord)} - {"predictions"}
+            return ForecastRecord(
+                **{name: getattr(row, name) for name in fields}, predictions=predictions
+            )
 
     def interrupt_active(self, run: str, at: datetime | None = None) -> list[TrialRecord]:
         """Mark the trials a stopped driver left queued or running as interrupted (they

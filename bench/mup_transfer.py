@@ -2,7 +2,7 @@
 on our stack: learning-rate sweeps at several widths, under the standard parametrization
 and under μP (`model.parametrization: mup`, base width the narrowest), side by side.
 
-Each run is a 2-layer model (SwiGLU, d_ff 3·d_model, head size 16: more heads as it
+Each run is a 2-layer model (`--layers`; SwiGLU, d_ff 3·d_model, head size 16: more heads as it
 widens, as `evo promote --width` widens a genome) trained by the stack's Trainer for the
 same tokens, batch and cosine schedule on builtin:python-code (BPE, 1024 tokens), scored
 on the first 16k validation tokens in nats per token. Every (parametrization, width,
@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--factor", type=float, default=2.0, help="between neighbouring rates")
     p.add_argument("--tokens", type=int, default=300_000, help="training tokens per run")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--layers", type=int, default=2, help="of every model")
     p.add_argument(
         "--base-width",
         type=int,
@@ -87,10 +88,10 @@ class Run:
     seed: int
 
 
-def model_config(run: Run, vocab_size: int, base_width: int) -> ModelConfig:
+def model_config(run: Run, vocab_size: int, base_width: int, layers: int) -> ModelConfig:
     return ModelConfig(
         vocab_size=vocab_size,
-        n_layers=2,
+        n_layers=layers,
         d_model=run.width,
         n_heads=run.width // HEAD_DIM,
         d_ff=3 * run.width,
@@ -127,12 +128,12 @@ def load_data() -> None:
     _DATA = in_memory(prepared.splits(), tokenizer, VAL_TOKENS), int(tokenizer.vocab_size)
 
 
-def train(run: Run, tokens: int, base_width: int) -> float:
+def train(run: Run, tokens: int, base_width: int, layers: int) -> float:
     """The run's final validation loss; infinite if it diverged."""
     assert _DATA is not None, "load_data runs first in every worker"
     splits, vocab_size = _DATA
     torch.manual_seed(run.seed)
-    model = Transformer(model_config(run, vocab_size, base_width))
+    model = Transformer(model_config(run, vocab_size, base_width, layers))
     outcome = Trainer(model, train_config(run, tokens), splits).fit()
     return outcome.final.loss if outcome.final is not None else math.inf
 
@@ -150,7 +151,9 @@ def sweep(args: argparse.Namespace, rates: list[float]) -> dict[Run, float]:
     with concurrent.futures.ProcessPoolExecutor(
         args.workers, mp_context=context, initializer=load_data
     ) as pool:
-        futures = {pool.submit(train, run, args.tokens, args.base_width): run for run in runs}
+        futures = {
+            pool.submit(train, run, args.tokens, args.base_width, args.layers): run for run in runs
+        }
         return {futures[f]: f.result() for f in concurrent.futures.as_completed(futures)}
 
 
@@ -262,7 +265,8 @@ def main() -> None:
     results = {p: transfer(losses, p, args.widths, rates, args.seeds) for p in PARAMETRIZATIONS}
     minutes = (time.perf_counter() - started) / 60
     print(
-        f"2 layers, head size {HEAD_DIM}, widths {args.widths}, {args.tokens:,} tokens per run, "
+        f"{args.layers} layers, head size {HEAD_DIM}, widths {args.widths}, "
+        f"{args.tokens:,} tokens per run, "
         f"{args.seeds} seed(s), μP base width {args.base_width}; "
         f"{len(losses)} runs in {minutes:.1f} min on {args.workers} worker(s)"
     )

@@ -114,6 +114,24 @@ def add_retraining_commands(command: Command) -> None:
     promote.add_argument("--genome", type=int, help="genome id (default: the best)")
     promote.add_argument("--objective", help="rank by this objective (default: the first)")
     add_budget_options(promote, "default: the space's target")
+    promote.add_argument(
+        "--width",
+        type=int,
+        metavar="D",
+        help="train at d_model D: heads at the genome's head size, d_ff by its multiplier",
+    )
+    promote.add_argument(
+        "--layers",
+        type=int,
+        metavar="L",
+        help="train with L layers (μP does not carry across depth)",
+    )
+    promote.add_argument(
+        "--parametrization",
+        choices=["standard", "mup"],
+        help="default: mup when --width changes the width (the genome's rate and init carry "
+        "over, its searched width the base), else the genome's own",
+    )
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
     promote.add_argument("--out", type=Path, help="model directory to write")
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
@@ -361,23 +379,22 @@ def _progress_line(line: str) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from evo.driver import load_run_space
-    from evo.promote import Budget, pick_genome, promote
+    from evo.promote import Budget, Scaling, promote
 
-    storage = open_storage(args)
-    space = load_run_space(storage, args.name)
-    genome, reason = pick_genome(storage, args.name, space, args.genome, args.objective)
-    print(f"evo: promoting genome {genome}, {reason}", file=sys.stderr)
+    budget = Budget(args.steps, args.tokens, args.seconds)
+    scaling = Scaling(args.width, args.layers, args.parametrization)
     out = promote(
-        storage,
+        open_storage(args),
         args.name,
-        genome_id=genome,
+        genome_id=args.genome,
         objective=args.objective,
-        budget=Budget(args.steps, args.tokens, args.seconds),
+        budget=budget,
+        scaling=scaling,
         corpus=args.corpus,
         out=args.out,
         resume=args.resume,
         nproc=args.nproc,
+        say=_progress_line,
     )
     print(out)
     return 0

@@ -6,11 +6,18 @@ best at the highest rung the search reached (the rung nearest the budget that ma
 by the first objective; the budget is the space's `search.target`. The promoted run
 trains with the genome's own seed and schedule, so when the top rung is the target, the
 promoted model is the one the search scored.
+
+A promotion may also be wider or deeper than the genome searched (`Scaling`;
+`ModelConfig.widened` says how a model widens, under μP by default so that the genome's
+learning rate and init carry over). Where the model came from is written beside it
+(`provenance.json`) and into the promotion's record (under `provenance` in its metrics).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +32,17 @@ from evo.validate import search_ranking, validation_report
 from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir
 from llm.cli_support import EXIT_INTERRUPTED
-from llm.config import RunConfig, to_dict
+from llm.config import ModelConfig, Parametrization, RunConfig, to_dict
 from llm.data import prepare
 from llm.distributed import check_divisible, launch
 from llm.errors import UserError
 from llm.evaluate import EVAL_METRICS
-from llm.run import METRICS_FILE, train_run
+from llm.run import METRICS_FILE, check_same_run, model_config_for, train_run
 
 Metrics = dict[str, Any] | None
 PROMOTION_CONFIG = "promotion.json"  # the run's config, for the processes of --nproc
+PROVENANCE_FILE = "provenance.json"  # where the promoted model came from
+PROVENANCE = "provenance"  # the same, as a key of the promotion's recorded metrics
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,44 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget(max_steps=2000)  # for a space without a target
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How the promoted model differs in shape from the genome searched: its width
+    (heads at the genome's head size, d_ff by its multiplier), its depth, and its
+    parametrization (None: μP when the width changes, else the genome's own). μP
+    promises that the learning rate and init carry over across width, not depth."""
+
+    width: int | None = None
+    layers: int | None = None
+    parametrization: Parametrization | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("width", "layers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name} must be at least 1 (got {value})")
+
+    def apply(self, model: ModelConfig, genes: dict[str, Any]) -> ModelConfig:
+        """The genome's model `model` scaled thus (unchanged when nothing is asked)."""
+        if self.width is not None or self.parametrization is not None:
+            width = self.width or model.d_model
+            model = model.widened(width, genes.get("d_ff_mult"), self.parametrization)
+        if self.layers is not None:
+            model = dataclasses.replace(model, n_layers=self.layers)
+        return model
+
+    def folder_suffix(self, searched: ModelConfig) -> str:
+        """What the default folder name adds to tell this promotion from a plain one."""
+        parts = []
+        if self.width is not None and self.width != searched.d_model:
+            parts.append(f"-width-{self.width}")
+        if self.layers is not None and self.layers != searched.n_layers:
+            parts.append(f"-layers-{self.layers}")
+        if self.parametrization is not None and self.parametrization != searched.parametrization:
+            parts.append(f"-{self.parametrization}")
+        return "".join(parts)
 
 
 def pick_trial(
@@ -130,11 +177,17 @@ def promotion_budget(space: SearchSpace, budget: Budget) -> dict[str, float]:
 
 
 def promotion_config(
-    space: SearchSpace, genes: dict[str, Any], budget: dict[str, float], corpus: str | None
+    space: SearchSpace,
+    genes: dict[str, Any],
+    budget: dict[str, float],
+    corpus: str | None,
+    scaling: Scaling = Scaling(),
 ) -> RunConfig:
-    """The genome's model and training settings with a pretraining budget, on the search's
-    corpus and tokenizer (or on `corpus`, with a tokenizer of the same kind trained for it)."""
-    model = space.model_config(genes, vocab_size=None)  # the tokenizer sets it
+    """The genome's model, scaled, and training settings with a pretraining budget, on
+    the search's corpus and tokenizer (or on `corpus`, with a tokenizer of the same kind
+    trained for it)."""
+    searched = space.model_config(genes, vocab_size=None)  # the tokenizer sets the vocabulary
+    model = scaling.apply(searched, genes)
     train = space.train_config(genes, budget)
     steps = train.max_steps or 1000
     train = dataclasses.replace(
@@ -158,24 +211,41 @@ def promote(
     genome_id: int | None = None,
     objective: str | None = None,
     budget: Budget = Budget(),
+    scaling: Scaling = Scaling(),
     corpus: str | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     nproc: int = 1,
+    say: Callable[[str], None] = lambda line: None,
 ) -> Path:
+    """Train the chosen genome (see pick_genome), scaled, into `out` (default:
+    results/RUN/promoted-genome-G…), recorded in `storage`; `say` is told which genome
+    and why, and the promoted model's shape when it was scaled. Returns the folder."""
     space = load_run_space(storage, run)
-    chosen, _ = pick_genome(storage, run, space, genome_id, objective)
+    chosen, reason = pick_genome(storage, run, space, genome_id, objective)
+    say(f"promoting genome {chosen}, {reason}")
     genes = storage.genomes(run)[chosen]
-    config = promotion_config(space, genes, promotion_budget(space, budget), corpus)
-    out_dir = Path(out) if out else Path("results") / run / f"promoted-genome-{chosen}"
-    # Whatever can be refused is refused before the promotion is recorded, so that a typo
-    # leaves no failed promotion behind. The data is prepared here, and found in the cache
-    # by the run.
-    check_out_dir(out_dir, resume)
-    check_divisible(config.train.batch_size, nproc)
-    prepare(config.data, progress=False)
+    limits = promotion_budget(space, budget)
+    config = promotion_config(space, genes, limits, corpus, scaling)
+    searched = space.model_config(genes, vocab_size=None)
+    folder = f"promoted-genome-{chosen}{scaling.folder_suffix(searched)}"
+    out_dir = Path(out) if out else Path("results") / run / folder
+    check_promotion(config, out_dir, resume, nproc)
+    if config.model != searched:
+        say(f"scaled from {shape_text(searched)} to {shape_text(config.model)}")
+    provenance = {
+        "run": run,
+        "genome_id": chosen,
+        "genes": genes,
+        "chosen": reason,
+        "searched": model_shape(searched),
+        "promoted": model_shape(config.model),
+        "budget": limits,
+    }
     make_folder(out_dir)
-    promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, None)
+    write_json(out_dir / PROVENANCE_FILE, provenance)
+    recorded = {PROVENANCE: provenance}
+    promotion = storage.record_promotion(run, chosen, str(out_dir), RunStatus.RUNNING, recorded)
     try:
         if nproc > 1:
             status, metrics = train_in_processes(config, out_dir, resume, nproc)
@@ -184,8 +254,45 @@ def promote(
     except BaseException:
         storage.update_promotion(promotion, RunStatus.FAILED, None)
         raise
-    storage.update_promotion(promotion, status, metrics)
+    storage.update_promotion(promotion, status, None if metrics is None else metrics | recorded)
     return out_dir
+
+
+def check_promotion(config: RunConfig, out_dir: Path, resume: bool, nproc: int) -> None:
+    """Refuse whatever can be refused before the promotion is recorded, so that a typo
+    leaves no failed promotion behind: the folder, a resume of another config, the
+    processes, the data (prepared here, and found in the cache by the run) and the model
+    with the tokenizer's vocabulary."""
+    check_out_dir(out_dir, resume)
+    if resume:
+        check_same_run(out_dir, json.loads(json.dumps(to_dict(config))))
+    check_divisible(config.train.batch_size, nproc)
+    tokenizer = prepare(config.data, progress=False).tokenizer
+    model_config_for(config.model, tokenizer.vocab_size)
+
+
+def shape_text(model: ModelConfig) -> str:
+    """A model's shape and parametrization in words, as promotion says it."""
+    base = f", base width {model.mup_base_width}" if model.parametrization == "mup" else ""
+    heads = f"{model.n_heads} heads" + (
+        f" ({model.kv_heads} key/value)" if model.n_kv_heads is not None else ""
+    )
+    return (
+        f"d_model {model.d_model}, {model.n_layers} layers, {heads}, d_ff {model.d_ff} "
+        f"({model.parametrization}{base})"
+    )
+
+
+def model_shape(model: ModelConfig) -> dict[str, Any]:
+    """What provenance records of a model's shape and parametrization."""
+    keys = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "parametrization")
+    shape = {key: getattr(model, key) for key in keys}
+    if model.parametrization == "mup":
+        shape |= {
+            "mup_base_width": model.mup_base_width,
+            "mup_base_head_dim": model.mup_base_head_dim,
+        }
+    return shape
 
 
 def train_here(config: RunConfig, out_dir: Path, resume: bool) -> tuple[RunStatus, Metrics]:

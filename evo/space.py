@@ -667,32 +667,21 @@ class SearchSpace:
             raise _Problem(
                 ("fixed", "train", "schedule"), "rungs continue trials, which needs schedule: wsd"
             )
-        lowest = self._lowest_rung_steps()
-        if lowest is None:
-            return
-        train = TrainConfig(**{**self.fixed.train, "max_steps": 1})
-        stable = (1 - train.decay_fraction) * lowest
-        if train.warmup_steps >= stable:
+        varying = {"warmup_steps", "decay_fraction"}
+        if "max_tokens" in self.rung_budgets()[0]:
+            varying |= {"batch_size", "seq_len", "grad_accum"}  # the tokens of a step
+        if varying & set(self.genes):
+            return  # checked genome by genome (`problems`), where repair can make it fit
+        train = self.train_config({})
+        overrun = self._warmup_overrun(train)
+        if overrun is not None:
+            lowest, stable = overrun
             raise _Problem(
                 ("search", "rungs" if self.search.min_budget is None else "min_budget"),
                 f"the lowest rung ({lowest:g} steps) cools down after {stable:g} steps, "
                 f"before warmup ({train.warmup_steps} steps) ends; raise it or lower "
                 "fixed.train.warmup_steps",
             )
-
-    def _lowest_rung_steps(self) -> float | None:
-        """The steps of the lowest rung, when every genome takes the same (no gene sets
-        warmup, the cool-down's share or, for a token budget, the tokens of a step)."""
-        per_step = {"batch_size", "seq_len", "grad_accum"}
-        if {"warmup_steps", "decay_fraction"} & set(self.genes):
-            return None
-        lowest = self.rung_budgets()[0]
-        if "max_steps" in lowest:
-            return lowest["max_steps"]
-        if "max_tokens" in lowest and not per_step & set(self.genes):
-            tokens_per_step = TrainConfig(**{**self.fixed.train, "max_steps": 1}).tokens_per_step
-            return lowest["max_tokens"] / tokens_per_step
-        return None
 
     def _default_timeout(self) -> float:
         """Three times the time budget of the longest trial plus a minute for start-up;
@@ -793,7 +782,27 @@ class SearchSpace:
             if ceiling is not None and value > ceiling:
                 problems.append(f"{name} ({value:,}) is above max_{name} ({ceiling:,})")
                 excess += value / ceiling - 1
+        overrun = self._warmup_overrun(train)
+        if overrun is not None:
+            _, stable = overrun
+            # The excess shrinks as warmup does, so that repair steps it down to fit.
+            problems.append(
+                f"warmup_steps ({train.warmup_steps}) must end before the lowest rung "
+                f"cools down, after {stable:g} steps"
+            )
+            excess += (train.warmup_steps + 1 - stable) / max(stable, 1)
         return problems, excess
+
+    def _warmup_overrun(self, train: TrainConfig) -> tuple[float, float] | None:
+        """(The lowest rung's steps, its stable phase's) when warmup under `train` lasts
+        past the stable phase of the lowest rung, which every higher rung continues from;
+        None when it ends in time, or with a single rung or a budget in seconds."""
+        budgets = self.rung_budgets()
+        if len(budgets) < 2 or "max_seconds" in budgets[0]:
+            return None
+        lowest = budgets[0].get("max_steps") or budgets[0]["max_tokens"] / train.tokens_per_step
+        stable = (1 - train.decay_fraction) * lowest
+        return (lowest, stable) if train.warmup_steps >= stable else None
 
     def model_config(self, genome: dict[str, Any], vocab_size: int | None) -> ModelConfig:
         """The genome's model: fixed.model, then the model genes, with d_ff from d_ff_mult."""

@@ -187,6 +187,59 @@ class ModelConfig:
             parametrization="standard",
         )
 
+    def widened(
+        self,
+        d_model: int,
+        d_ff_mult: float | None = None,
+        parametrization: Parametrization | None = None,
+    ) -> ModelConfig:
+        """This model at width `d_model`, as a searched genome is trained wider: the head
+        size kept (n_heads, and the key/value heads, in proportion), d_ff = d_ff_mult ×
+        d_model (default: this model's d_ff / d_model), everything else as it is.
+
+        `parametrization` None is μP when the width changes and this model's own when it
+        does not. Under μP the base is where this model's learning rate and init were
+        tuned: its own μP base if it has one, else this model itself (its width and head
+        size), so that at this width the widened model is this one (tests/test_mup.py).
+        Raises ConfigError for a width the head size does not divide, or whose heads
+        cannot keep this model's grouping of query heads per key/value head."""
+        head = self.head_dim
+        if d_model < 1 or d_model % head:
+            raise ConfigError(
+                f"cannot widen to d_model {d_model}: the head size {head} "
+                f"(d_model {self.d_model} / n_heads {self.n_heads}) must divide it; "
+                f"try a multiple of {head}"
+            )
+        heads = d_model // head
+        kv_heads = None
+        if self.n_kv_heads is not None:
+            group = self.n_heads // self.kv_heads
+            if heads % group:
+                raise ConfigError(
+                    f"cannot widen to d_model {d_model}: its {heads} heads cannot be grouped "
+                    f"{group} per key/value head as now; try a multiple of {head * group}"
+                )
+            kv_heads = heads // group
+        mult = d_ff_mult if d_ff_mult is not None else self.d_ff / self.d_model
+        kind = parametrization or ("mup" if d_model != self.d_model else self.parametrization)
+        mup: dict[str, Any] = {"mup_base_width": None, "mup_base_head_dim": None}
+        if kind == "mup" and self.parametrization == "mup":
+            mup = {
+                "mup_base_width": self.mup_base_width,
+                "mup_base_head_dim": self.mup_base_head_dim,
+            }
+        elif kind == "mup":
+            mup["mup_base_width"] = self.d_model
+        return dataclasses.replace(
+            self,
+            d_model=d_model,
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            d_ff=max(1, round(mult * d_model)),
+            parametrization=kind,
+            **mup,
+        )
+
     def validate(self) -> ModelConfig:
         problems = self.problems()
         if problems:

@@ -319,6 +319,39 @@ def test_repair_moves_to_a_valid_neighbour(space: SearchSpace) -> None:
     assert changed == {"d_model"} and repaired["d_model"] == 48
 
 
+def test_repair_steps_warmup_down_to_end_in_the_lowest_rungs_stable_phase() -> None:
+    """Every rung continues the lowest one's stable phase: a warmup longer than that is
+    invalid, and repair shortens it to the longest that fits."""
+    space = space_from_dict(
+        {
+            "genes": {
+                "warmup_steps": {"int": [0, 30], "step": 2},
+                "learning_rate": {"float": [1.0e-3, 1.0e-2], "log": True},
+            },
+            "fixed": {
+                "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 64},
+                "train": {"decay_fraction": 0.5},
+            },
+            "data": {"vocab_size": VOCAB},
+            "trial": {"resources": {"cpus": 1}},
+            "search": {
+                "target": {"max_steps": 180},
+                "rungs": [20, 60, 180],
+                "budget": {"trials": 9},
+            },
+        }
+    )
+    genome = {"warmup_steps": 30, "learning_rate": 3.0e-3}
+    [problem] = space.problems(genome, VOCAB)
+    assert "warmup_steps (30) must end before the lowest rung cools down, after 10 steps" in problem
+    assert not space.is_valid({**genome, "warmup_steps": 10}, VOCAB)
+    random.seed(0)
+    repaired = operators.to_genome(
+        space, operators.repair(operators.to_individual(space, genome), space, VOCAB)
+    )
+    assert repaired == {**genome, "warmup_steps": 8}
+
+
 def test_repair_steps_sizes_down_under_max_params(space: SearchSpace) -> None:
     genome = {
         "n_layers": 8,

@@ -72,6 +72,9 @@ def test_tiny_is_the_documented_default() -> None:
     rungs = (222_000, 666_000, 2_000_000)
     assert space.rung_budgets() == [{"max_tokens": t} for t in rungs]  # the top is the target
     assert space.trial.resources.cpus == 1 and space.search.budget.limits() == {"tokens": 15e6}
+    # The schedule and the optimizer are searched too, not only the shape and the rate.
+    assert {"warmup_steps", "decay_fraction", "weight_decay", "beta2"} <= set(space.genes)
+    assert "warmup_steps" not in space.fixed.train
 
 
 def test_tiny_starts_from_the_hand_picked_config() -> None:

@@ -155,15 +155,18 @@ class Batcher:
         return events
 
     def prefill(self, events: list[tuple[Row, TextDelta]]) -> None:
+        """Feed prompt pieces, first come first served, until this step's budget is spent
+        (the first piece of a step goes in whatever its length)."""
         budget = self.prefill_budget
-        for row in list(self.prefilling):
+        while self.prefilling:
+            row = self.prefilling[0]
             if row.max_new <= 0:  # the prompt fills the context: nothing to generate
-                self.prefilling.remove(row)
+                self.prefilling.pop(0)
                 events.append((row, TextDelta(row.index, "", "length", 0)))
                 continue
             chunk = row.prompt[row.fed : row.fed + self.prefill_chunk]
             if len(chunk) > budget and budget < self.prefill_budget:
-                break  # at least one piece per step, however long
+                return
             budget -= len(chunk)
             if row.cache is None:
                 row.cache = KVCache(
@@ -173,14 +176,12 @@ class Batcher:
             logits = self.model(tokens, row.cache, last_only=True)[:, -1]
             row.fed += len(chunk)
             if row.fed == len(row.prompt):
-                self.prefilling.remove(row)
+                self.prefilling.pop(0)
                 if not self.accept(row, row.sampler.pick(logits), events):
                     row.slot = len(self.decoding)
                     self.cache.load(row.slot, row.cache)
                     self.decoding.append(row)
                 row.cache = None
-            if budget <= 0:
-                break
 
     def decode(self, events: list[tuple[Row, TextDelta]]) -> None:
         rows = list(self.decoding)

@@ -466,8 +466,7 @@ class GenerationWorker:
 
     def end_all(self, error: APIError) -> None:
         """End every job, admitted or waiting, with `error`."""
-        for row in self.batcher.clear():
-            self.running.pop(row.owner, None)
+        self.batcher.clear()
         for job in [*self.running, *self.take_waiting()]:
             job.emit(error)
         self.running.clear()

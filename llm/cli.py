@@ -207,6 +207,12 @@ def add_serve(cli: CommandLine) -> None:
     serve.add_argument(
         "--queue-size", type=int, default=16, help="requests that may wait; more get 503"
     )
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="prompts decoded together (continuous batching); 1: one at a time",
+    )
     serve.add_argument("--model-name", help="the model's id in the API (default: folder name)")
 
 
@@ -512,6 +518,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         device=args.device,
         max_tokens_limit=args.max_tokens_limit,
         queue_size=args.queue_size,
+        max_batch=args.max_batch,
         model_name=args.model_name,
     )
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,16 +76,64 @@ def sample_next_token(logits: Tensor, params: SamplingParams, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def row_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index` of a request seeded with `seed`: each prompt draws from a
+    generator of its own, so its text does not depend on its neighbours or their timing."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
+class RowSampler:
+    """Picks one row's tokens with the row's own settings and random generator."""
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt: Sequence[int],
+        index: int,
+        vocab: int,
+        device: torch.device | str,
+    ) -> None:
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        if params.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(row_seed(params.seed, index))
+        self.seen: Tensor | None = None  # the tokens a repetition penalty applies to
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+            self.seen[0, list(prompt)] = True
+
+    @property
+    def argmax(self) -> bool:
+        """Whether the token is the plain argmax of the logits (greedy, no penalty)."""
+        return self.params.temperature == 0 and self.seen is None
+
+    def pick(self, logits: Tensor) -> int:
+        """The next token from this row's logits (1, vocab)."""
+        if self.seen is not None:
+            logits = penalize_repetition(logits, self.seen, self.params.repetition_penalty)
+        token = int(sample_next_token(logits, self.params, self.generator)[0])
+        if self.seen is not None:
+            self.seen[0, token] = True
+        return token
+
+
 @contextlib.contextmanager
 def generation_mode(model: Transformer) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd bookkeeping; the training mode comes back after."""
+    """Eval mode (no dropout) and no autograd bookkeeping; the training mode comes back after.
+    A model in eval mode already is left alone: setting a mode walks every module, which a
+    decoding step would pay each time."""
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -124,7 +173,8 @@ class BatchDecoder:
     column; each row counts its positions from its own first real token and never attends
     to padding, so a row decodes exactly as it would alone. One prefill fills the
     pre-allocated KV cache, then each step feeds one token per row. Iterating yields, per
-    step, each row's new token, or None for a row that has finished (eos, `finish`).
+    step, each row's new token, or None for a row that has finished (eos). Each row samples
+    with a generator of its own, as in `stream_completions`.
     """
 
     def __init__(
@@ -150,23 +200,10 @@ class BatchDecoder:
         self.tokens = torch.tensor(rows, dtype=torch.long, device=device)
         self.max_new_tokens = min(params.max_new_tokens, model.config.max_seq_len - width)
         self.done = [False] * len(prompts)
-        self.generator = torch.Generator(device=device)
-        if params.seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(params.seed)
-        self.seen = self.seen_tokens(prompts) if params.repetition_penalty != 1.0 else None
-
-    def seen_tokens(self, prompts: Sequence[Sequence[int]]) -> Tensor:
-        vocab = self.model.config.vocab_size or 0
-        seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=self.tokens.device)
-        for row, prompt in enumerate(prompts):
-            seen[row, list(prompt)] = True
-        return seen
-
-    def finish(self, row: int) -> None:
-        """Stop generating for `row` (e.g. its text reached a stop string)."""
-        self.done[row] = True
+        vocab = model.config.vocab_size or 0
+        self.samplers = [
+            RowSampler(params, prompt, i, vocab, device) for i, prompt in enumerate(prompts)
+        ]
 
     def __iter__(self) -> Iterator[list[int | None]]:
         if self.max_new_tokens <= 0:
@@ -192,12 +229,11 @@ class BatchDecoder:
                 step_input = self.tokens
 
     def next_token(self, logits: Tensor) -> Tensor:
-        if self.seen is not None:
-            logits = penalize_repetition(logits, self.seen, self.params.repetition_penalty)
-        token = sample_next_token(logits, self.params, self.generator)
-        if self.seen is not None:
-            self.seen[torch.arange(len(token)), token] = True
-        return token
+        """One token per row, each drawn by the row's own sampler."""
+        if all(sampler.argmax for sampler in self.samplers):
+            return logits.argmax(dim=-1)
+        picks = [sampler.pick(logits[i : i + 1]) for i, sampler in enumerate(self.samplers)]
+        return torch.tensor(picks, device=logits.device)
 
     def record(self, tokens: list[int]) -> list[int | None]:
         """The step's tokens as seen by the caller; eos finishes its row after it."""
@@ -331,30 +367,27 @@ def stream_completions(
     """Text pieces continuing each prompt (token ids), as they are generated; the pieces of
     row i joined are its completion. Each row's last delta has its `finish_reason`.
 
+    The prompts decode together on a continuous batcher (`llm.batching`), exactly as
+    `llm serve` decodes them: a prompt's text is the same here and there, alone or beside
+    others. With a seed, each prompt samples from a generator of its own.
+
     `cancelled` is asked after every decoding step; once it answers True the stream ends
     at once, without last deltas (a server uses it when its client has gone away).
     """
-    decoder = BatchDecoder(model, prompts, params)
-    rows = [RowText(tokenizer, params.stop) for _ in prompts]
-    with generation_mode(model):
-        for step in decoder:
-            if cancelled is not None and cancelled():
-                return
-            for i, token in enumerate(step):
-                if token is None:
-                    continue
-                if token == params.eos_id:
-                    yield TextDelta(i, rows[i].flush(), "stop", len(rows[i].ids) + 1)
-                    continue
-                piece, stopped = rows[i].add(token)
-                if stopped:
-                    decoder.finish(i)
-                    yield TextDelta(i, piece, "stop", len(rows[i].ids))
-                elif piece:
-                    yield TextDelta(i, piece)
-    for i, row in enumerate(rows):
-        if not decoder.done[i]:
-            yield TextDelta(i, row.flush(), "length", len(row.ids))
+    from llm.batching import DEFAULT_MAX_BATCH, Batcher  # it builds on this module
+
+    if not prompts:
+        raise UserError("no prompts to generate from")
+    for i, prompt in enumerate(prompts):
+        check_prompt(model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
+    batcher = Batcher(model, tokenizer, max_batch=min(len(prompts), DEFAULT_MAX_BATCH))
+    for i, prompt in enumerate(prompts):
+        batcher.add(prompt, params, index=i)
+    while batcher.rows():
+        deltas = [delta for _, delta in batcher.step()]
+        if cancelled is not None and cancelled():
+            return
+        yield from deltas
 
 
 def complete(

@@ -274,13 +274,16 @@ def dropout(config: ModelConfig) -> nn.Module:
 
 class KVCache:
     """Keys and values of every layer, pre-allocated, so decoding writes one slot per step
-    instead of concatenating tensors.
+    instead of concatenating tensors. Every row of the batch holds the same number of
+    positions (`length`).
 
     It holds `max_len` positions, or with sliding-window attention only the last
     `attn_window` of them: a ring buffer in which position p lives in slot p mod window, so
     memory does not grow with the length generated. Attention does not care in which order
     it reads the keys, only at which positions they are (`key_positions`).
     """
+
+    ragged = False  # every row's keys are all its own: only causality masks them
 
     def __init__(
         self,
@@ -292,6 +295,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.max_len = max_len or config.max_seq_len
+        self.context = config.max_seq_len
         self.slots = min(self.max_len, config.attn_window or self.max_len)
         heads, key_dim, value_dim = cached_widths(config)
         keys = (config.n_layers, batch_size, heads, self.slots, key_dim)
@@ -300,6 +304,19 @@ class KVCache:
         self.keys = torch.zeros(keys, device=device, dtype=dtype).unbind(0)
         self.values = torch.zeros(values, device=device, dtype=dtype).unbind(0)
         self.length = 0  # positions seen so far
+
+    def positions(self, new: int) -> tuple[Tensor, Tensor]:
+        """(query positions (1, new), key positions (1, keys)) of a forward that feeds
+        `new` more tokens per row."""
+        if self.length + new > self.context:
+            raise ValueError(
+                f"sequence of {self.length + new} tokens exceeds max_seq_len {self.context}"
+            )
+        keys = self.key_positions(new)[None]
+        return keys[:, -new:], keys
+
+    def advance(self, new: int) -> None:
+        self.length += new
 
     def key_positions(self, new: int) -> Tensor:
         """The positions of the keys `update` returns when `new` more arrive, in its order:
@@ -332,6 +349,95 @@ class KVCache:
         return out
 
 
+class SlotCache:
+    """Keys and values of many independent sequences, one slot each, for decoding them
+    together one token per step (continuous batching): each slot has its own length, and a
+    slot is filled from a prefilled `KVCache` (`load`) or handed to another sequence.
+
+    A forward runs on the first `active` slots. Each slot is a ring like `KVCache`'s (slot
+    index p mod window for position p), so sliding-window models keep their small cache;
+    keys past a slot's length are masked (`ragged`). Attention reads the fewest whole
+    blocks of `key_block` keys that hold the longest slot: on a CPU, SDPA's math kernel
+    then gives each row the same result, to the bit, whatever the other rows hold and
+    however many masked blocks follow its own (measured with MKL on AVX-512 for head
+    widths 4 to 128: softmax sums 16 lanes at a time, and the weighted sum of values runs
+    over 2 KB blocks, 512 / head_dim keys; a partial block is summed in another order).
+    So a sequence decodes the same alone or inside any batch.
+    """
+
+    ragged = True
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        slots: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.context = config.max_seq_len
+        self.ring = min(self.context, config.attn_window or self.context)
+        self.key_block = max(16, 512 // config.head_dim)
+        width = -(-self.ring // self.key_block) * self.key_block
+        heads, key_dim, value_dim = cached_widths(config)
+        keys = (config.n_layers, slots, heads, width, key_dim)
+        values = (config.n_layers, slots, heads, width, value_dim)
+        self.keys = torch.zeros(keys, device=device, dtype=dtype).unbind(0)
+        self.values = torch.zeros(values, device=device, dtype=dtype).unbind(0)
+        self.lengths = [0] * slots  # positions each slot holds
+        self.active = 0
+        self.device = torch.device(device)
+        self.read = 0  # keys attention reads in this forward
+        self.written = torch.zeros(0, dtype=torch.long)  # the index of each row's new key
+
+    def positions(self, new: int) -> tuple[Tensor, Tensor]:
+        """(query positions (active, 1), key positions (active, keys)); an unused key
+        (past a slot's length, or outside its ring) is at position -1."""
+        if new != 1:
+            raise ValueError(f"a SlotCache decodes one token per row (got {new})")
+        lengths = self.lengths[: self.active]
+        if max(lengths) >= self.context:
+            raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds max_seq_len")
+        block = self.key_block
+        self.read = min(self.keys[0].shape[2], -(-(max(lengths) + 1) // block) * block)
+        last = torch.tensor(lengths, device=self.device)[:, None]  # the new token's position
+        index = torch.arange(self.read, device=self.device)
+        held = last - (last - index) % self.ring  # the newest position stored at each index
+        k_pos = torch.where((index < self.ring) & (held >= 0), held, -1)
+        self.written = (last % self.ring)[:, :, None, None]  # (active, 1, 1, 1)
+        return last, k_pos
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store each row's new key/value in its slot; return the keys attention reads."""
+        keys, values = self.keys[layer][: self.active], self.values[layer][: self.active]
+        keys.scatter_(2, self.written.expand(k.shape), k)
+        values.scatter_(2, self.written.expand(v.shape), v)
+        return keys[:, :, : self.read], values[:, :, : self.read]
+
+    def advance(self, new: int) -> None:
+        for slot in range(self.active):
+            self.lengths[slot] += new
+
+    def load(self, slot: int, cache: KVCache) -> None:
+        """Fill `slot` with the one sequence `cache` holds (its ring has the same layout)."""
+        held = min(cache.length, cache.slots)
+        for layer in range(len(self.keys)):
+            self.keys[layer][slot, :, :held] = cache.keys[layer][0, :, :held]
+            self.values[layer][slot, :, :held] = cache.values[layer][0, :, :held]
+        self.lengths[slot] = cache.length
+
+    def move(self, source: int, target: int) -> None:
+        """Copy the sequence in slot `source` to slot `target`."""
+        held = min(self.lengths[source], self.ring)
+        for layer in range(len(self.keys)):
+            self.keys[layer][target, :, :held] = self.keys[layer][source, :, :held]
+            self.values[layer][target, :, :held] = self.values[layer][source, :, :held]
+        self.lengths[target] = self.lengths[source]
+
+
+AttentionCache = KVCache | SlotCache
+
+
 def cached_widths(config: ModelConfig) -> tuple[int, int, int]:
     """(heads, key width, value width) of what attention caches per position and layer:
     keys and values, or for latent attention its latent (as the key) and its shared
@@ -356,7 +462,9 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.scale = parametrization(config).attention_scale(self.head_dim)
 
-    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: AttentionPositions, cache: AttentionCache | None
+    ) -> Tensor:
         B, T, _ = x.shape
         H, KV = self.n_heads, self.kv_heads
         qkv = self.qkv(x).view(B, T, H + 2 * KV, self.head_dim)
@@ -409,7 +517,9 @@ class LatentAttention(nn.Module):
         self.dropout = config.dropout
         self.scale = parametrization(config).attention_scale(self.head_dim + self.rotary)
 
-    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: AttentionPositions, cache: AttentionCache | None
+    ) -> Tensor:
         B, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
         q = self.q(x).view(B, T, H, hd + self.rotary)
@@ -448,7 +558,9 @@ class Block(nn.Module):
         self.mlp = MLPS[config.mlp](config)
         self.dropout = dropout(config)
 
-    def forward(self, x: Tensor, positions: AttentionPositions, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: AttentionPositions, cache: AttentionCache | None
+    ) -> Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), positions, cache))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
@@ -487,30 +599,32 @@ class Transformer(nn.Module):
     def forward(
         self,
         tokens: Tensor,
-        cache: KVCache | None = None,
+        cache: AttentionCache | None = None,
         *,
         last_only: bool = False,
         pad: Tensor | None = None,
     ) -> Tensor:
         """Logits for every position of `tokens` (B, T), or only the last with `last_only`.
 
-        With a cache, `tokens` continue the sequence the cache holds: their positions start
-        at `cache.length`, and the cache is advanced past them. `pad` (B,) counts the padding
-        tokens on the left of each row (of the whole sequence, cached part included); those
-        are never attended to, and each row's real tokens count their positions from 0.
+        With a cache, `tokens` continue the sequences the cache holds: their positions start
+        where each row's sequence ends, and the cache is advanced past them. `pad` (B,)
+        counts the padding tokens on the left of each row (of the whole sequence, cached part
+        included); those are never attended to, and each row's real tokens count their
+        positions from 0.
         """
-        start = cache.length if cache is not None else 0
         T = tokens.shape[1]
-        if start + T > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}"
-            )
-        k_pos = cache.key_positions(T) if cache is not None else torch.arange(T)
-        k_pos = k_pos.to(tokens.device)[None]
+        if cache is None:
+            if self.config.max_seq_len < T:
+                raise ValueError(
+                    f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}"
+                )
+            q_pos = k_pos = torch.arange(T, device=tokens.device)[None]
+        else:
+            q_pos, k_pos = (pos.to(tokens.device) for pos in cache.positions(T))
         if pad is not None:
-            k_pos = k_pos - pad[:, None]
-        q_pos = k_pos[:, -T:]
-        positions = self.attention_positions(q_pos, k_pos, padded=pad is not None)
+            q_pos, k_pos = q_pos - pad[:, None], k_pos - pad[:, None]
+        masked = pad is not None or (cache is not None and cache.ragged)
+        positions = self.attention_positions(q_pos, k_pos, padded=masked)
         x = self.dropout(self.positions.embed(self.embed(tokens), q_pos))
         for block in self.blocks:
             if self.config.gradient_checkpointing and self.training:
@@ -518,7 +632,7 @@ class Transformer(nn.Module):
             else:
                 x = block(x, positions, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.logit_readout(self.final_norm(x)))

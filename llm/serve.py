@@ -1,13 +1,16 @@
 """An OpenAI-compatible HTTP server for one model: `POST /v1/completions`,
 `POST /v1/chat/completions`, `GET /v1/models` (and `/v1/models/{id}`) and `GET /health`.
 
-One worker thread runs the model, one request at a time in arrival order: generation on a
-shared model is not safe to run concurrently, and on a CPU parallel requests would only
-fight over the cores. The prompts of one request (a list) are generated together as one
-batch. Requests wait in a bounded queue; when it is full the server answers 503 at once.
-The worker hands each text piece to the event loop as it is made, so a streamed response
-never blocks the loop; a client that disconnects has its generation stopped within a step
-or so, and a request it left waiting is skipped.
+One worker thread runs the model with continuous batching (`llm.batching`): every step it
+admits waiting requests into the running decode batch (up to `max_batch` rows; each prompt
+of a request is a row), decodes one token for all of them in one forward pass, and retires
+the finished ones at once. A request's text is the same as it would be alone (greedy, or
+sampled with a seed). Requests that find the batch full wait in a bounded queue; when that
+is full too the server answers 503 with Retry-After at once. The worker hands each step's
+text pieces to the event loop as they are made, so a streamed response never blocks the
+loop; a client that disconnects has its rows dropped within a step, and a request it left
+waiting is skipped. On SIGTERM (or Ctrl-C) new requests get 503 while those in flight
+finish, for up to `DRAIN_S` seconds; the rest are then ended with a 503.
 
 `/v1/completions` takes OpenAI's fields `model` (optional; must name the served model),
 `prompt` (a string, a list of strings, a list of token ids or a list of such lists),
@@ -51,10 +54,11 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator
-from contextlib import asynccontextmanager, closing
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import uvicorn
@@ -63,17 +67,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException
 
+from llm.batching import DEFAULT_MAX_BATCH, PREFILL_CHUNK, Batcher, Row
 from llm.chat import ChatTemplate, Turn, load_chat_template, read_messages
 from llm.checkpoint import load_model_dir
 from llm.device import resolve_device
 from llm.errors import CheckpointError, ConfigError, UserError
-from llm.generate import (
-    SamplingParams,
-    TextDelta,
-    check_prompt,
-    stream_completions,
-    truncate_prompt,
-)
+from llm.generate import SamplingParams, TextDelta, check_prompt, truncate_prompt
 from llm.model import Transformer
 from llm.net import is_loopback, listening_socket
 from llm.tokenizer import Tokenizer
@@ -87,8 +86,10 @@ DEFAULT_QUEUE_SIZE = 16
 DEFAULT_MAX_PROMPTS = 16  # one request's prompts form one batch: this bounds its memory
 MAX_STOP_STRINGS = 4
 MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
-# How long open connections may finish after Ctrl-C before their requests are cancelled.
-SHUTDOWN_GRACE_S = 5
+# After SIGTERM or Ctrl-C the requests in flight have DRAIN_S seconds to finish; then the
+# worker ends them with a 503, just before uvicorn's own limit would cut their connections.
+SHUTDOWN_GRACE_S = 30
+DRAIN_S = SHUTDOWN_GRACE_S - 2
 
 # OpenAI options this server does not implement, and the values at which they change nothing.
 NEUTRAL_VALUES: dict[str, tuple[object, ...]] = {
@@ -351,41 +352,68 @@ class Job:
 
 
 class GenerationWorker:
-    """Runs jobs one at a time, in arrival order, on a thread of its own. `queue_size`
-    jobs may wait while one runs; `start` and `stop` follow the app's lifespan."""
+    """Runs every job on one continuous batcher (`llm.batching`), on a thread of its own:
+    a job's prompts join the running decode batch as soon as there is room (`max_batch`
+    rows decode together) and leave it the step they finish. `queue_size` jobs may wait
+    for room; `start`, `drain` and `stop` follow the server's life."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, queue_size: int) -> None:
-        self.model, self.tokenizer, self.queue_size = model, tokenizer, queue_size
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        queue_size: int,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        prefill_budget: int = PREFILL_CHUNK,
+    ) -> None:
+        self.queue_size = queue_size
+        self.batcher = Batcher(model, tokenizer, max_batch=max_batch, prefill_budget=prefill_budget)
         self.jobs: queue.Queue[Job | None] = queue.Queue(queue_size)
-        self.lock = threading.Lock()  # a submit never races a stop
+        self.lock = threading.Lock()  # a submit never races a stop or a drain
         self.thread: threading.Thread | None = None
-        self.current: Job | None = None
+        self.deadline: float | None = None  # set by `drain`: when to give up on the jobs
+        self.running: dict[Job, set[Row]] = {}  # each admitted job's unfinished rows
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.serve_jobs, name="llm-generation", daemon=True)
         self.thread.start()
+
+    def drain(self, grace_s: float) -> None:
+        """Refuse new jobs from now on; the ones accepted go on for up to `grace_s` seconds,
+        after which they are ended with a 503. (Called from a signal handler, which may
+        have interrupted a `submit` holding the lock: so it takes no lock.)"""
+        self.deadline = time.monotonic() + grace_s
+        log.info("shutting down: finishing the requests in flight (up to %.0f s)", grace_s)
+
+    @property
+    def draining(self) -> bool:
+        return self.deadline is not None
 
     def stop(self) -> None:
         with self.lock:
             thread, self.thread = self.thread, None
             if thread is None:
                 return
-            abandoned = []
-            while not self.jobs.empty():
-                abandoned.append(self.jobs.get_nowait())
+            abandoned = self.take_waiting()
             self.jobs.put_nowait(None)  # there is room: the queue was just emptied
         for job in abandoned:
-            if job is not None:
-                job.emit(APIError(503, "the server is shutting down", code="shutting_down"))
-        running = self.current
-        if running is not None:
-            running.cancelled.set()
+            job.emit(shutting_down())
         thread.join()
+
+    def take_waiting(self) -> list[Job]:
+        jobs = []
+        while not self.jobs.empty():
+            job = self.jobs.get_nowait()
+            if job is not None:
+                jobs.append(job)
+        return jobs
 
     def submit(self, job: Job) -> None:
         with self.lock:
             if self.thread is None:
                 raise APIError(503, "the server is not running", code="not_running")
+            if self.draining:
+                raise shutting_down()
             try:
                 self.jobs.put_nowait(job)
             except queue.Full:
@@ -400,33 +428,94 @@ class GenerationWorker:
         return self.jobs.qsize()
 
     def serve_jobs(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while self.admit():
+            self.drop_cancelled()
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.end_all(shutting_down())
+            elif self.running:
+                self.step()
+        self.end_all(shutting_down())
+
+    def admit(self) -> bool:
+        """Move waiting jobs into the batcher while it has room for their rows (waiting
+        for one when nothing runs); False once `stop` asks the worker to end."""
+        batcher = self.batcher
+        while batcher.running + len(batcher.waiting) < batcher.max_batch:
+            try:
+                job = self.jobs.get(block=not self.running)
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
             if job.cancelled.is_set():
                 job.emit(None)  # a plain (not streamed) reply may still wait for its end
                 continue
-            self.current = job
-            self.run(job)
-            self.current = None
+            self.running[job] = {
+                batcher.add(prompt, job.params, index=i, owner=job)
+                for i, prompt in enumerate(job.prompts)
+            }
+        return True
 
-    def run(self, job: Job) -> None:
-        try:
-            with closing(self.deltas(job)) as deltas:
-                for delta in deltas:
-                    job.emit(delta)
-                    if job.cancelled.is_set():
-                        break
-        except Exception as err:
-            log.exception("generation failed")
-            job.emit(APIError(500, f"generation failed: {err}", code="generation_failed"))
-        else:
+    def drop_cancelled(self) -> None:
+        """Free the rows of the jobs whose clients went away."""
+        for job in [job for job in self.running if job.cancelled.is_set()]:
+            for row in self.running.pop(job):
+                self.batcher.cancel(row)
             job.emit(None)
 
-    def deltas(self, job: Job) -> Generator[TextDelta, None, None]:
-        """A generator, so that closing it early also closes `stream_completions`, which
-        puts the model back in its previous mode."""
-        yield from stream_completions(
-            self.model, self.tokenizer, job.prompts, job.params, cancelled=job.cancelled.is_set
-        )
+    def end_all(self, error: APIError) -> None:
+        """End every job, admitted or waiting, with `error`."""
+        self.batcher.clear()
+        for job in [*self.running, *self.take_waiting()]:
+            job.emit(error)
+        self.running.clear()
+
+    def step(self) -> None:
+        try:
+            events = self.batcher.step()
+        except Exception as err:
+            log.exception("generation failed")
+            failure = APIError(500, f"generation failed: {err}", code="generation_failed")
+            for job in {row.owner for row in self.batcher.clear()}:
+                self.running.pop(job, None)
+                job.emit(failure)
+            return
+        out: list[tuple[Job, JobEvent]] = []
+        for row, delta in events:
+            job = row.owner
+            out.append((job, delta))
+            if delta.finish_reason is not None:
+                rows = self.running[job]
+                rows.discard(row)
+                if not rows:
+                    del self.running[job]
+                    out.append((job, None))
+        emit_all(out)
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "1"}
+    )
+
+
+def emit_all(events: list[tuple[Job, JobEvent]]) -> None:
+    """Hand a step's events to their jobs' event loops, one wake-up per loop (called on the
+    worker thread)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, JobEvent]]] = {}
+    for job, event in events:
+        by_loop.setdefault(job.loop, []).append((job, event))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(deliver, batch)
+        except RuntimeError:  # the loop is closed: nobody waits for these jobs any more
+            for job, _ in batch:
+                job.cancelled.set()
+
+
+def deliver(events: list[tuple[Job, JobEvent]]) -> None:
+    for job, event in events:
+        job.events.put_nowait(event)
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -538,8 +627,11 @@ class CompletionServer:
         self.max_tokens_limit, self.max_prompts, self.worker = max_tokens_limit, max_prompts, worker
         self.created = int(time.time())
 
-    async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "waiting": self.worker.waiting()}
+    async def health(self) -> Response:
+        waiting = self.worker.waiting()
+        if self.worker.draining:  # so that a load balancer sends no more requests here
+            return JSONResponse({"status": "shutting_down", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ok", "waiting": waiting})
 
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self.model_card()]}
@@ -755,16 +847,20 @@ def build_app(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     max_prompts: int = DEFAULT_MAX_PROMPTS,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    prefill_budget: int = PREFILL_CHUNK,
     template: ChatTemplate | None = None,
 ) -> FastAPI:
     """The server's app. Its worker thread runs while the app's lifespan does (uvicorn, or
-    a `TestClient` used as a context manager)."""
+    a `TestClient` used as a context manager); `app.state.worker` is the worker."""
     problems = [
         f"{name} must be at least 1 (got {value})"
         for name, value in [
             ("max_tokens_limit", max_tokens_limit),
             ("queue_size", queue_size),
             ("max_prompts", max_prompts),
+            ("max_batch", max_batch),
+            ("prefill_budget", prefill_budget),
         ]
         if value < 1
     ]
@@ -772,7 +868,9 @@ def build_app(
         problems.append("the API key must not be empty")
     if problems:
         raise ConfigError("serve: " + "; ".join(problems))
-    worker = GenerationWorker(model, tokenizer, queue_size)
+    worker = GenerationWorker(
+        model, tokenizer, queue_size, max_batch=max_batch, prefill_budget=prefill_budget
+    )
     server = CompletionServer(
         model,
         tokenizer,
@@ -799,6 +897,7 @@ def build_app(
         redoc_url=None,
         openapi_url=None,
     )
+    app.state.worker = worker
     install_error_handlers(app)
     auth = [Depends(bearer_auth(api_key))] if api_key else []
     app.add_api_route("/health", server.health, methods=["GET"])
@@ -823,11 +922,13 @@ def serve(
     device: str = "auto",
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    max_batch: int = DEFAULT_MAX_BATCH,
     model_name: str | None = None,
 ) -> None:
-    """Serve the model in `model_dir` until interrupted. Without `api_key`, the value of
-    the environment variable LLM_API_KEY (when set and not empty) is the key; the model is
-    named after its folder unless `model_name` says otherwise."""
+    """Serve the model in `model_dir` until interrupted (SIGTERM or Ctrl-C: the requests in
+    flight finish first, new ones get 503). Without `api_key`, the value of the environment
+    variable LLM_API_KEY (when set and not empty) is the key; the model is named after its
+    folder unless `model_name` says otherwise."""
     api_key = resolve_api_key(api_key)
     if api_key is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it may use it", host)
@@ -843,12 +944,26 @@ def serve(
             api_key=api_key,
             max_tokens_limit=max_tokens_limit,
             queue_size=queue_size,
+            max_batch=max_batch,
             template=load_chat_template(Path(model_dir)),
         )
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        DrainingServer(config, app.state.worker).run(sockets=[sock])
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, whose stop signal (SIGTERM, Ctrl-C) first tells the worker to drain."""
+
+    def __init__(self, config: uvicorn.Config, worker: GenerationWorker) -> None:
+        super().__init__(config)
+        self.worker = worker
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.worker.draining:
+            self.worker.drain(DRAIN_S)
+        super().handle_exit(sig, frame)
 
 
 def resolve_api_key(api_key: str | None) -> str | None:

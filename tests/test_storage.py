@@ -836,3 +836,18 @@ def test_a_driver_killed_with_9_resumes_to_the_same_search(
         )
         space = load_space(folder / "space.yaml")
         assert replayed_decisions(space, 64, storage, "space") == len(straight)
+
+
+def test_a_database_caught_while_another_evo_creates_it_is_left_alone(database_url: str) -> None:
+    # SQLite commits CREATE TABLE at once: a reader can find the tables of a database
+    # being created before its schema row. It must not try to create them too.
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("CREATE TABLE evo_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+        )
+    with pytest.raises(UserError, match="another evo is creating it"):
+        Storage(database_url, create=False)
+    assert _scalars(database_url, "SELECT COUNT(*) FROM evo_schema") == [0]
+    assert "evo_runs" not in _columns(database_url)
+    engine.dispose()

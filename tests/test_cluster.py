@@ -208,9 +208,12 @@ def test_trials_run_on_the_worker_nodes_and_outlive_a_lost_node_and_use_a_new_on
         trials = check_history(storage, space_file)
         (session,) = storage.run_sessions(NAME)
     assert session.workers == 2  # two one-CPU workers; the head holds no trial
+    # Trials ran on the worker nodes only (the lost node's may all have been cut short),
+    # and the node added while the search ran got trials of its own.
     ran = Counter(node_of(t) for t in trials if t.worker)
-    assert nodes.head[:8] not in ran
-    assert ran[lost.node_id[:8]] > 0 and ran[added.node_id[:8]] > 0
+    workers = {node.node_id[:8] for node in [*nodes.workers, lost]}
+    assert set(ran) <= workers and nodes.head[:8] not in ran, (ran, workers)
+    assert ran[added.node_id[:8]] > 0, ran
     retried = [t for t in trials if t.status is TrialStatus.RETRIED]
     assert retried and all(t.error.startswith("worker lost: NodeDiedError") for t in retried)
     for lost_attempt in retried:

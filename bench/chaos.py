@@ -21,9 +21,16 @@ process table are checked:
   results is one of them);
 - zombies: rows still queued or running, checkpoint folders left under
   results/chaos/trials/, trials of a killed driver still running 5 s after the kill, Ray
-  workers still running a trial once the run has finished, and processes of the Ray head
-  still alive after it was shut down;
+  workers still running a trial once the run has finished, and processes of the Ray
+  cluster still alive after it was shut down;
 - locked: status polls that failed (with "database is locked" or any other error).
+
+With `--nodes N` (N > 1) the cluster is N worker nodes of `--cpus` CPUs each beside a
+head that runs no trial, all on this machine (each `ray start --block` with its own
+ports, temporary folder and a 100 MB object store): at `--node-kills` more moments, a
+worker node that runs a trial loses every process at once (SIGKILL, as a machine that
+dies), and a new node takes its place; the executor should retry the lost trials on the
+nodes left. Processes of a killed node still alive `--grace` s later are zombies too.
 
 It also prints the kills actually done, the retried and interrupted rows, how long each
 resumed driver took to start a trial, and the time lost to the interruptions: the wall
@@ -38,6 +45,7 @@ measures, it does not judge. Linux only (it reads /proc).
 
     python bench/chaos.py
     python bench/chaos.py --trials 40 --rungs 50,150,450 --seed 3 --no-baseline
+    python bench/chaos.py --nodes 3 --cpus 1 --node-kills 3 --no-baseline
 """
 
 from __future__ import annotations
@@ -83,9 +91,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=60, help="search.budget.trials")
     p.add_argument("--rungs", default="100,300,900", help="rung budgets in steps")
     p.add_argument("--population", type=int, default=4)
-    p.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray head (1 per trial)")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of each node (1 per trial)")
+    p.add_argument("--nodes", type=int, default=1, help="worker nodes (1: the head alone)")
     p.add_argument("--driver-kills", type=int, default=5)
     p.add_argument("--worker-kills", type=int, default=5)
+    p.add_argument("--node-kills", type=int, default=0, help="with --nodes > 1")
     p.add_argument("--max-delay", type=float, default=2.0, help="s after the K-th result")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--poll", type=float, default=0.5, help="s between status polls")
@@ -247,28 +257,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RayHead:
-    """A one-node Ray cluster of its own (ports, temp folder), up until `stop`."""
+NODE_PORTS = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port"]
+NODE_PORTS += ["--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]
+NODE_STORE = 100 * 1024 * 1024  # bytes of object store per node (Ray's default: 30% of RAM)
 
-    def __init__(self, cpus: int, log: Path, keep: bool) -> None:
+
+class RayNode:
+    """One node of a Ray cluster of its own (ports, temp folder), up until `stop`: the
+    head when `head` is None, else a worker node joining the head at that address."""
+
+    def __init__(
+        self, cpus: int, log: Path, keep: bool, head: str | None = None, store: bool = True
+    ) -> None:
+        """`store`: a 100 MB object store (else Ray's default, 30% of the RAM)."""
         self.temp = Path(tempfile.mkdtemp(prefix="chaos-ray-", dir="/tmp"))  # short: sockets
         self.keep = keep
-        port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        ports = ["--node-manager-port", "--object-manager-port"]
-        ports += ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port"]
-        ports += ["--runtime-env-agent-port", "--metrics-export-port"]
-        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-        command += [f"--num-cpus={cpus}", f"--port={port}"]
-        command += ["--node-ip-address=127.0.0.1", f"--temp-dir={self.temp}"]
-        command += ["--include-dashboard=false", "--disable-usage-stats"]
-        command += [f"{flag}={free_port()}" for flag in ports]
+        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
+        command += [f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1"]
+        command += [f"--temp-dir={self.temp}", "--disable-usage-stats"]
+        command += [f"{flag}={free_port()}" for flag in NODE_PORTS]
+        if head is None:
+            port = free_port()
+            self.address = f"127.0.0.1:{port}"
+            command += ["--head", f"--port={port}", "--include-dashboard=false"]
+        else:
+            self.address = head
+            command += [f"--address={head}"]
+        if store:
+            command += [f"--object-store-memory={NODE_STORE}"]
         self.log = log
         with log.open("w") as out:
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=ray_env()
             )
-        self.seen: dict[int, str] = {}  # every process of the cluster seen: pid → cmdline
+        self.seen: dict[int, str] = {}  # every process of the node seen: pid → cmdline
         deadline = time.time() + 120
         while "Ray runtime started" not in log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.time() > deadline:
@@ -284,9 +306,16 @@ class RayHead:
         """Ray workers running a trial now."""
         return [p for p in self.processes() if p.cmdline.startswith(TRIAL_TITLE)]
 
+    def kill(self) -> None:
+        """Every process of the node at once, with SIGKILL: a machine that dies."""
+        for proc in [*self.processes(), self.proc]:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self, grace: float) -> list[str]:
-        """Shut the cluster down; returns the processes of it still alive after `grace` s
-        (and kills them: they are ours)."""
+        """Shut the node down; returns its processes still alive after `grace` s (and
+        kills them: they are ours)."""
         self.processes()
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -294,6 +323,18 @@ class RayHead:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        left = self.left(grace)
+        for line in left:
+            with contextlib.suppress(OSError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+        if self.keep:
+            print(f"Ray's logs: {self.temp}")
+        else:
+            shutil.rmtree(self.temp, ignore_errors=True)
+        return left
+
+    def left(self, grace: float) -> list[str]:
+        """The node's processes still alive `grace` s from now (or once none is)."""
         deadline = time.time() + grace
         while True:
             table = processes()
@@ -305,16 +346,57 @@ class RayHead:
             left += [p for p in table.values() if str(self.temp) in p.cmdline and p.state != "Z"]
             left = list({p.pid: p for p in left}.values())
             if not left or time.time() > deadline:
-                break
+                return [f"{p.pid} {p.cmdline[:80]}" for p in left]
             time.sleep(0.5)
-        for proc in left:
-            with contextlib.suppress(OSError):
-                os.kill(proc.pid, signal.SIGKILL)
-        if self.keep:
-            print(f"Ray's logs: {self.temp}")
-        else:
-            shutil.rmtree(self.temp, ignore_errors=True)
-        return [f"{p.pid} {p.cmdline[:80]}" for p in left]
+
+
+class RayCluster:
+    """A head alone (`nodes` 1, with `cpus` CPUs), or a head that runs no trial and
+    `nodes` worker nodes of `cpus` CPUs each, all on this machine."""
+
+    def __init__(self, nodes: int, cpus: int, folder: Path, keep: bool) -> None:
+        self.cpus, self.folder, self.keep = cpus, folder, keep
+        alone = nodes == 1  # as this benchmark has always run it: Ray's defaults
+        self.head = RayNode(cpus if alone else 0, folder / "ray.log", keep, store=not alone)
+        self.address = self.head.address
+        self.workers: list[RayNode] = []
+        self.killed: list[RayNode] = []
+        for _ in range(nodes if nodes > 1 else 0):
+            self.add()
+
+    def add(self) -> RayNode:
+        log = self.folder / f"ray-node-{len(self.workers) + len(self.killed) + 1}.log"
+        self.workers.append(RayNode(self.cpus, log, self.keep, head=self.address))
+        return self.workers[-1]
+
+    @property
+    def nodes(self) -> list[RayNode]:
+        return [self.head, *self.workers]
+
+    def running_trials(self) -> list[Proc]:
+        return [p for node in self.nodes for p in node.running_trials()]
+
+    def replace_node(self, rng: random.Random) -> bool:
+        """Kill a worker node that runs a trial, and start a new one in its place; False
+        when no node runs a trial."""
+        busy = sorted((n for n in self.workers if n.running_trials()), key=lambda n: n.proc.pid)
+        if not busy:
+            return False
+        node = rng.choice(busy)
+        node.kill()
+        self.workers.remove(node)
+        self.killed.append(node)
+        self.add()
+        return True
+
+    def stop(self, grace: float) -> tuple[list[str], list[str]]:
+        """Shut the cluster down; returns the processes of killed nodes that outlived
+        them, and those of the others still alive after shutdown."""
+        of_killed = [line for node in self.killed for line in node.left(grace)]
+        for node in self.killed:
+            node.stop(0)
+        left = [line for node in self.workers for line in node.stop(grace)]
+        return of_killed, left + self.head.stop(grace)
 
 
 # The reader
@@ -399,6 +481,7 @@ class Moment:
 class Kills:
     driver: list[float] = field(default_factory=list)  # epoch seconds of each kill
     worker: list[float] = field(default_factory=list)
+    node: list[float] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)  # moments that found nothing to kill
     orphans: list[str] = field(default_factory=list)  # a dead driver's trials still running
 
@@ -406,6 +489,7 @@ class Kills:
 def moments(args: argparse.Namespace) -> list[Moment]:
     rng = random.Random(args.seed)
     kinds = ["driver"] * args.driver_kills + ["worker"] * args.worker_kills
+    kinds += ["node"] * args.node_kills
     rng.shuffle(kinds)
     last = max(len(kinds) + 1, args.trials - 4)  # leave the last results alone
     afters = sorted(rng.sample(range(1, last), len(kinds)))
@@ -428,11 +512,11 @@ def reach(search: Search, count: int) -> bool:
         search.crashed()
 
 
-def kill_worker(head: RayHead, search: Search, rng: random.Random, timeout: float) -> bool:
+def kill_worker(ray: RayCluster, search: Search, rng: random.Random, timeout: float) -> bool:
     """SIGKILL a Ray worker running a trial (waiting up to `timeout` s for one)."""
     deadline = time.time() + timeout
     while search.driver.alive() and time.time() < deadline:
-        busy = sorted(head.running_trials(), key=lambda p: p.pid)
+        busy = sorted(ray.running_trials(), key=lambda p: p.pid)
         if busy:
             try:
                 os.kill(rng.choice(busy).pid, signal.SIGKILL)
@@ -443,12 +527,23 @@ def kill_worker(head: RayHead, search: Search, rng: random.Random, timeout: floa
     return False
 
 
-def watch_orphans(head: RayHead, running: list[Proc], orphans: list[str], after: float) -> None:
+def kill_node(ray: RayCluster, search: Search, rng: random.Random, timeout: float) -> bool:
+    """Kill a worker node running a trial, and add another (waiting up to `timeout` s
+    for a node to run a trial)."""
+    deadline = time.time() + timeout
+    while search.driver.alive() and time.time() < deadline:
+        if ray.replace_node(rng):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def watch_orphans(ray: RayCluster, running: list[Proc], orphans: list[str], after: float) -> None:
     """In `after` s, note which of a killed driver's trials still run (Ray should end a
     dead job's workers; a new job never reuses them)."""
 
     def check() -> None:
-        now = {p.pid for p in head.running_trials()}
+        now = {p.pid for p in ray.running_trials()}
         orphans.extend(f"{p.pid} {p.cmdline[:60]} (driver killed)" for p in running if p.pid in now)
 
     timer = threading.Timer(after, check)
@@ -456,7 +551,7 @@ def watch_orphans(head: RayHead, running: list[Proc], orphans: list[str], after:
     timer.start()
 
 
-def run_chaos(search: Search, head: RayHead, plan: list[Moment], seed: int) -> Kills:
+def run_chaos(search: Search, ray: RayCluster, plan: list[Moment], seed: int) -> Kills:
     """Carry out the plan on the running search, then let it finish."""
     rng, kills = random.Random(f"{seed}:workers"), Kills()
     for moment in plan:
@@ -465,13 +560,15 @@ def run_chaos(search: Search, head: RayHead, plan: list[Moment], seed: int) -> K
             continue
         time.sleep(moment.delay)
         if moment.kind == "driver" and search.driver.alive():
-            running = head.running_trials()
+            running = ray.running_trials()
             search.driver.kill()
             kills.driver.append(time.time())
             search.start(resume=True)
-            watch_orphans(head, running, kills.orphans, after=ORPHAN_S)
-        elif moment.kind == "worker" and kill_worker(head, search, rng, timeout=30):
+            watch_orphans(ray, running, kills.orphans, after=ORPHAN_S)
+        elif moment.kind == "worker" and kill_worker(ray, search, rng, timeout=30):
             kills.worker.append(time.time())
+        elif moment.kind == "node" and kill_node(ray, search, rng, timeout=30):
+            kills.node.append(time.time())
         else:
             kills.missed.append(f"{moment.kind} after {moment.after}: nothing to kill")
     search.finish()
@@ -570,10 +667,10 @@ def resume_latency(trials: list[TrialRecord], kills: list[float]) -> list[float]
     return [min((s for s in starts if s > k), default=math.nan) - k for k in kills]
 
 
-def zombie_workers(head: RayHead, grace: float) -> list[str]:
+def zombie_workers(ray: RayCluster, grace: float) -> list[str]:
     """Ray workers still running a trial `grace` s after the run finished."""
     deadline = time.time() + grace
-    while (busy := head.running_trials()) and time.time() < deadline:
+    while (busy := ray.running_trials()) and time.time() < deadline:
         time.sleep(0.5)
     return [f"{p.pid} {p.cmdline[:80]}" for p in busy]
 
@@ -597,11 +694,12 @@ def report(
     baseline: Baseline | None,
     readers: list[Reader],
     workers: list[str],
-    head_left: list[str],
+    left: tuple[list[str], list[str]],
 ) -> None:
     print(
         f"kills: driver {len(kills.driver)} of {args.driver_kills}, "
-        f"worker {len(kills.worker)} of {args.worker_kills}"
+        f"worker {len(kills.worker)} of {args.worker_kills}, "
+        f"node {len(kills.node)} of {args.node_kills} (nodes: {args.nodes})"
     )
     for missed in kills.missed:
         print(f"  missed: {missed}")
@@ -649,13 +747,15 @@ def report(
     print(f"  of which 'database is locked': {locked}")
     for message, count in Counter(failures).most_common():
         print(f"  {count} x {message}")
-    leftovers = [*found.checkpoints, *kills.orphans, *workers, *head_left]
+    of_killed_nodes, after_shutdown = left
+    leftovers = [*found.checkpoints, *kills.orphans, *workers, *of_killed_nodes, *after_shutdown]
     zombies = found.active + len(leftovers)
     print(
         f"zombies: rows queued/running {found.active}, checkpoint folders "
         f"{len(found.checkpoints)}, trials of killed drivers running {ORPHAN_S:g} s later "
-        f"{len(kills.orphans)}, busy Ray workers after the run {len(workers)}, Ray processes "
-        f"after shutdown {len(head_left)}"
+        f"{len(kills.orphans)}, busy Ray workers after the run {len(workers)}, processes of "
+        f"killed nodes {len(of_killed_nodes)}, Ray processes after shutdown "
+        f"{len(after_shutdown)}"
     )
     for line in leftovers:
         print(f"  {line}")
@@ -667,10 +767,10 @@ def report(
 
 
 def uninterrupted(
-    head: RayHead, space: Path, url: str, args: argparse.Namespace, searches: list[Search]
+    ray: RayCluster, space: Path, url: str, args: argparse.Namespace, searches: list[Search]
 ) -> Baseline:
     """The same search, run once without interruption on the same cluster."""
-    search = Search("baseline", space, url, head.address, space.parent)
+    search = Search("baseline", space, url, ray.address, space.parent)
     searches.append(search)
     started = time.time()
     search.start(resume=False)
@@ -687,28 +787,28 @@ def uninterrupted(
 def bench(args: argparse.Namespace, folder: Path) -> None:
     space = write_space(folder, args)
     url = f"sqlite:///{folder / 'evo.db'}"
-    head = RayHead(args.cpus, folder / "ray.log", keep=args.keep is not None)
+    ray = RayCluster(args.nodes, args.cpus, folder, keep=args.keep is not None)
     searches: list[Search] = []
     try:
-        baseline = uninterrupted(head, space, url, args, searches) if args.baseline else None
+        baseline = uninterrupted(ray, space, url, args, searches) if args.baseline else None
         plan = moments(args)
         print("moments: " + ", ".join(f"{m.kind}@{m.after}+{m.delay:.1f}s" for m in plan))
-        search = Search(NAME, space, url, head.address, folder)
+        search = Search(NAME, space, url, ray.address, folder)
         searches.append(search)
         started = time.time()
         search.start(resume=False)
         reader = start_reader(search, args.reader, args.poll)
-        kills = run_chaos(search, head, plan, args.seed)
+        kills = run_chaos(search, ray, plan, args.seed)
         seconds = time.time() - started
         reader.stop()
-        workers = zombie_workers(head, args.grace)
+        workers = zombie_workers(ray, args.grace)
         found = audit(search, kills)
     finally:
         for each in searches:
             each.stop()
-        head_left = head.stop(args.grace)
+        left = ray.stop(args.grace)
     readers = [reader] if baseline is None else [baseline.reader, reader]
-    report(args, found, kills, search, seconds, baseline, readers, workers, head_left)
+    report(args, found, kills, search, seconds, baseline, readers, workers, left)
 
 
 def main() -> None:

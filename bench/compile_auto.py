@@ -33,18 +33,19 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu_check.py)")
     p.add_argument("--settings", nargs="+", default=["false", "auto", "true"])
     return p.parse_args()
 
 
-def run_config(steps: int, threads: int, cache: Path) -> dict:
+def run_config(steps: int, threads: int, cache: Path, device: str) -> dict:
     return {
         "data": {"corpus": "builtin:python-docs", "tokenizer": "char", "vocab_size": 256,
                  "cache_dir": str(cache)},
         "model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 344, "max_seq_len": 64},
         "train": {"batch_size": 12, "seq_len": 64, "max_steps": steps, "warmup_steps": 50,
                   "learning_rate": 3e-3, "eval_interval": 0, "log_interval": 100,
-                  "device": "cpu", "threads": threads},
+                  "device": device, "threads": threads},
     }  # fmt: skip
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         config = folder / "run.yaml"
-        settings = run_config(args.steps, args.threads, folder / "cache")
+        settings = run_config(args.steps, args.threads, folder / "cache", args.device)
         config.write_text(yaml.safe_dump(settings))
         prepare(DataConfig(**settings["data"]), progress=False)  # once, outside the timings
         results = {}

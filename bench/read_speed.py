@@ -13,7 +13,13 @@ and of the CPU time (user and system: on a busy machine the steadier figure) are
 side by side, beside those of `python -c pass`, the floor any command pays to start
 Python. The goal: `evo status` under 1 s.
 
+With `--url` (a PostgreSQL database: empty, or holding the run from an earlier time),
+the run is copied there too and each command is timed on both databases, one after the
+other. The URL's password is not put on the commands' line: it goes to them as
+PGPASSWORD, which libpq reads (docs/storage.md).
+
     python bench/read_speed.py --keep /tmp/evo-reads --peer ../main
+    python bench/read_speed.py --keep /tmp/evo-reads --url postgresql+psycopg://evo:PW@HOST/reads
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler_scale import SCRATCH, generate
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.engine import URL, make_url
+
+from evo.storage import Storage
+from evo.storage.models import Base, SchemaRow
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "search_spaces/tiny.yaml"
@@ -44,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="subprocesses per command (median)")
     p.add_argument("--keep", type=Path, help="make the database here, or reuse the one there")
     p.add_argument("--peer", type=Path, help="another checkout of evo, timed beside this one")
+    p.add_argument("--url", help="a PostgreSQL database to time the commands on too")
     # What scheduler_scale.generate reads.
     p.add_argument("--workers", type=int, default=4, help="trials in flight while generating")
     p.add_argument("--seed", type=int, default=0, help="of the synthetic results")
@@ -76,10 +88,14 @@ class Times:
         return f"{wall:5.2f} s wall, {cpu:5.2f} s CPU"
 
 
-def run_once(command: list[str], checkout: Path, folder: Path, times: Times) -> None:
+def run_once(
+    command: list[str], checkout: Path, folder: Path, times: Times, password: str | None
+) -> None:
     """Run `command` with `checkout`'s evo, in `folder` (not a checkout: `python -m` puts
     its working folder first on the path), adding its wall and CPU seconds to `times`."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
+    if password:
+        env["PGPASSWORD"] = password
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -88,9 +104,9 @@ def run_once(command: list[str], checkout: Path, folder: Path, times: Times) -> 
     times.cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
-def commands(folder: Path) -> dict[str, list[str]]:
+def commands(folder: Path, url: str) -> dict[str, list[str]]:
     evo = [sys.executable, "-m", "evo.cli"]
-    storage = ["--storage", f"sqlite:///{folder / 'evo.db'}"]
+    storage = ["--storage", url]
     export = ["--out", str(folder / "trials.csv")]
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
@@ -101,22 +117,58 @@ def commands(folder: Path) -> dict[str, list[str]]:
     }
 
 
-def measure(folder: Path, args: argparse.Namespace) -> None:
+def measure(folder: Path, url: str, args: argparse.Namespace) -> None:
+    """Time the commands on the database at `url` (its password, if any, as PGPASSWORD)."""
     checkouts = {"this": ROOT, **({"peer": args.peer.resolve()} if args.peer else {})}
+    given = make_url(url)
+    print(f"{given.get_backend_name()}: {given.render_as_string(hide_password=True)}")
+    # A peer of another schema reads its own SQLite copy of the run (--peer-keep).
     folders = {"this": folder, "peer": args.peer_keep or folder}
     for name, checkout in checkouts.items():
-        print(f"{name}: {checkout}, database in {folders[name]}", flush=True)
-    for label in commands(folder):
+        print(f"{name}: {checkout}, working in {folders[name]}", flush=True)
+    bare = URL.create(
+        given.drivername, given.username, None, given.host, given.port, given.database
+    ).render_as_string(hide_password=False)
+    urls = {"this": bare, "peer": bare}
+    if args.peer_keep and given.get_backend_name() == "sqlite":
+        urls["peer"] = f"sqlite:///{args.peer_keep / 'evo.db'}"
+    for label in commands(folder, bare):
         times = {name: Times() for name in checkouts}
         for _ in range(args.runs):
             for name, checkout in checkouts.items():
-                command = commands(folders[name])[label]
-                run_once(command, checkout, folders[name], times[name])
+                command = commands(folders[name], urls[name])[label]
+                run_once(command, checkout, folders[name], times[name], given.password)
         line = " | ".join(f"{name} {times[name].text()}" for name in checkouts)
         if label.startswith("evo status"):
             verdict = "ok" if statistics.median(times["this"].wall) < STATUS_GOAL_S else "MISSED"
             line += f"  (goal < {STATUS_GOAL_S:.0f} s: {verdict})"
         print(f"{label:17} {line}", flush=True)
+
+
+def copy_run(source: str, target: str) -> None:
+    """Copy evo's tables from the database at `source` into the one at `target` (made
+    evo's by `Storage`), ids as they are; each id sequence then moves past them. Nothing
+    is copied when the target holds the run already."""
+    Storage(target).close()
+    reading, writing = create_engine(source), create_engine(target)
+    with reading.connect() as rows, writing.begin() as out:
+        if out.execute(text("SELECT COUNT(*) FROM evo_runs WHERE name = :n"), {"n": NAME}).scalar():
+            return
+        for table in Base.metadata.sorted_tables:
+            if table.name == SchemaRow.__tablename__:
+                continue
+            batch = [dict(row) for row in rows.execute(select(table)).mappings()]
+            if batch:
+                out.execute(insert(table), batch)
+            if "id" in table.c:
+                out.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"COALESCE(MAX(id), 0) + 1, false) FROM {table.name}"
+                    )
+                )
+    reading.dispose()
+    writing.dispose()
 
 
 def main() -> None:
@@ -129,7 +181,11 @@ def main() -> None:
             print(f"making a run of {args.trials:,} trials in {folder}", flush=True)
             made = generate(SPACE, NAME, folder, args)
             print(f"made in {made:.0f} s", flush=True)
-        measure(folder, args)
+        sqlite = f"sqlite:///{folder / 'evo.db'}"
+        measure(folder, sqlite, args)
+        if args.url:
+            copy_run(sqlite, args.url)
+            measure(folder, args.url, args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import weakref
@@ -122,12 +123,21 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
         result=result,
         status=search_status(result.status),
         host=socket.gethostname(),
-        worker=f"pid-{os.getpid()}",
+        worker=worker_name(),
         started=started,
         finished=time.time(),
         checkpoint=checkpoint,
         lent_seconds=0.0 if lent is None else lent.lent_seconds,
     )
+
+
+def worker_name() -> str:
+    """The process that ran a trial: its pid, and on Ray the node too (`node-` and the
+    first 8 hex digits of its id), since several nodes can share one host."""
+    ray = sys.modules.get("ray")  # never imported for it: a local trial has no node
+    if ray is not None and ray.is_initialized():
+        return f"node-{ray.get_runtime_context().get_node_id()[:8]}/pid-{os.getpid()}"
+    return f"pid-{os.getpid()}"
 
 
 LENDING_FILE_PREFIX = "evo-lend-"
@@ -351,7 +361,9 @@ class _InFlight:
 
 class RayExecutor(Executor):
     """Trials as Ray tasks, each with the space's resources; at most `capacity` in flight,
-    so a trial's timeout counts from when it really starts."""
+    so a trial's timeout counts from when it really starts. The capacity follows the
+    cluster: after each `wait` it is what the nodes alive then can hold, so a node that
+    joins gets trials and a lost node's share is not queued behind the others."""
 
     def __init__(
         self,
@@ -376,7 +388,7 @@ class RayExecutor(Executor):
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
-        self.timeout_s, self.retries, self.gpus = timeout_s, retries, gpus
+        self.timeout_s, self.retries, self.cpus, self.gpus = timeout_s, retries, cpus, gpus
         self.capacity = cluster_capacity(ray.cluster_resources(), cpus, gpus)
         self._remote = ray.remote(task).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False
@@ -407,10 +419,23 @@ class RayExecutor(Executor):
             for ref in done:
                 ended += self._collect(ref, observer)
             ended += self._expire(observer)
+        self._follow_the_cluster()
 
     def lend_idle_workers(self) -> None:
         if self._lending is not None:
             self._lending.share(self.in_flight)
+
+    def _follow_the_cluster(self) -> None:
+        """Take the capacity of the nodes alive now: at least one trial, which waits in
+        Ray's queue while no node can hold it (the last one was lost; one may come
+        back). Lending stops once the cluster is more than this machine."""
+        capacity = max(1, trials_that_fit(self._ray.cluster_resources(), self.cpus, self.gpus))
+        if capacity == self.capacity:
+            return
+        self.capacity = capacity
+        if self._lending is not None and not _on_this_machine(self._ray.nodes()):
+            self._lending.close()
+            self._lending = None
 
     def cancel(self) -> None:
         for ref in self._flights:
@@ -497,12 +522,17 @@ def _on_this_machine(nodes: list[dict[str, Any]]) -> bool:
     return len(alive) == 1 and alive[0].get("NodeManagerHostname") == socket.gethostname()
 
 
-def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> int:
-    """How many trials with these resources fit on the cluster at once."""
+def trials_that_fit(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials with these resources fit on the cluster at once (perhaps none)."""
     fits = [resources.get("CPU", 0.0) / cpus] if cpus > 0 else []
     if gpus > 0:
         fits.append(resources.get("GPU", 0.0) / gpus)
-    capacity = int(min(fits, default=1.0) + 1e-9)
+    return int(min(fits, default=1.0) + 1e-9)
+
+
+def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials with these resources fit on the cluster at once: at least one."""
+    capacity = trials_that_fit(resources, cpus, gpus)
     if capacity < 1:
         raise UserError(
             f"no trial fits on the Ray cluster: a trial needs {cpus:g} CPUs and {gpus:g} GPUs, "

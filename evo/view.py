@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +24,8 @@ from llm.tracking import open_tracker
 
 if TYPE_CHECKING:
     from evo.executor import TrialOutcome
+    from evo.storage import TrialRecord
+    from llm.trial import TrialResult
 
 
 class SearchView(Protocol):
@@ -32,6 +35,9 @@ class SearchView(Protocol):
     def trial_started(self, genes: dict[str, Any], rung: int, attempt: int) -> None: ...
     def trial_finished(self, genes: dict[str, Any], rung: int, outcome: TrialOutcome) -> None: ...
     def note(self, text: str) -> None: ...
+    def earlier_results(self, trials: Sequence[TrialRecord]) -> None:
+        """The run's trials recorded before this process started (a resumed run's): the
+        best so far counts them."""
 
 
 class QuietView:
@@ -47,6 +53,9 @@ class QuietView:
         pass
 
     def note(self, text: str) -> None:
+        pass
+
+    def earlier_results(self, trials: Sequence[TrialRecord]) -> None:
         pass
 
 
@@ -66,12 +75,19 @@ class Best:
         self.values: dict[str, float] = {}
 
     def update(self, rung: int, outcome: TrialOutcome) -> None:
-        if outcome.status is not TrialStatus.DONE or rung < self.rung:
+        self.add(rung, outcome.status, outcome.result)
+
+    def earlier(self, trials: Sequence[TrialRecord]) -> None:
+        for trial in trials:
+            self.add(trial.rung, trial.status, trial)
+
+    def add(self, rung: int, status: TrialStatus, result: TrialResult | TrialRecord) -> None:
+        if status is not TrialStatus.DONE or rung < self.rung:
             return
         if rung > self.rung:
             self.rung, self.values = rung, {}
         for objective in self.objectives:
-            value = outcome.result.metric(objective.metric)
+            value = result.metric(objective.metric)
             if value is None:
                 continue
             old = self.values.get(objective.metric)
@@ -147,6 +163,9 @@ class LiveView:
         self.console.log(f"{text}; best: {self.best.text()}")
         self.live.update(self._render())
 
+    def earlier_results(self, trials: Sequence[TrialRecord]) -> None:
+        self.best.earlier(trials)
+
 
 class LineView:
     """One line per finished trial and note, for logs and pipes."""
@@ -182,6 +201,9 @@ class LineView:
 
     def note(self, text: str) -> None:
         print(f"[{self.name}] {text}; best: {self.best.text()}", file=sys.stderr)
+
+    def earlier_results(self, trials: Sequence[TrialRecord]) -> None:
+        self.best.earlier(trials)
 
 
 def make_view(space: SearchSpace, name: str, quiet: bool = False) -> LiveView | LineView:
@@ -228,3 +250,6 @@ class TrackedView:
 
     def note(self, text: str) -> None:
         self.view.note(text)
+
+    def earlier_results(self, trials: Sequence[TrialRecord]) -> None:
+        self.view.earlier_results(trials)

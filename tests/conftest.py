@@ -3,9 +3,12 @@
 `TEST_ORDER_SEED=N pytest` runs the tests in an order shuffled by N, to show that no
 test depends on what ran before it."""
 
+import contextlib
+import itertools
 import os
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ from evo.storage import Storage
 from llm.config import ModelConfig
 from llm.model import Transformer
 from llm.trial import CurvePoint, TrialEnd, TrialResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postgres_server import NoPostgres, fresh_database, postgres_server
 
 # The tiny search, shared with the chaos bench, re-exported: tests import it from conftest.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -139,3 +145,44 @@ def replayed_decisions(space: SearchSpace, vocab: int, storage: Storage, name: s
             scheduler.advanced(event.genome_id, event.rung)
         decisions += 1
     return decisions
+
+
+# The databases the storage tests run against, as Optuna's storage tests are parametrized
+# over its storages: SQLite (the default) and PostgreSQL (for a cluster).
+STORAGES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """The PostgreSQL server of the session (`tests/postgres_server.py`): its superuser's
+    URL. Without one, every PostgreSQL case fails, saying why; none is skipped."""
+    try:
+        with postgres_server() as url:
+            yield url
+    except NoPostgres as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=STORAGES)
+def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases of one kind (the test runs once with each kind): each
+    call returns the URL of another one (with its password), dropped after the test."""
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    with contextlib.ExitStack() as made:
+
+        def make() -> str:
+            number = next(_databases)
+            if server is None:
+                return f"sqlite:///{tmp_path / f'evo-{number}.db'}"
+            return made.enter_context(fresh_database(server, f"evo_test_{os.getpid()}_{number}"))
+
+        yield make
+
+
+@pytest.fixture
+def database_url(new_database: Callable[[], str]) -> str:
+    """A new, empty database: SQLite in one run of the test, PostgreSQL in the other."""
+    return new_database()

@@ -21,6 +21,7 @@ from evo.metrics import TrialStatus
 from evo.search.generational import GenerationalSearch as Search
 from evo.space import load_space, space_from_dict
 from evo.storage import Storage
+from evo.view import LineView
 from llm.errors import UserError
 
 SCHEMA_1 = Path(__file__).parent / "data" / "evo-schema-1.db"  # written by evo-llm 0.1
@@ -140,6 +141,49 @@ def test_a_retry_cut_short_by_the_driver_dying_is_run_again_on_resume(
     # The lost trial is run again and kept in the history, never taken for a result.
     statuses = Counter(t.status for t in storage.trials("d"))
     assert statuses == {TrialStatus.DONE: 3 * 4, TrialStatus.INTERRUPTED: 1}
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopsAfterGeneration(LineView):
+    """Shows lines, and stops the search (as a kill would) once generation `last` is saved."""
+
+    def __init__(self, space, name: str, last: int) -> None:
+        super().__init__(space, name)
+        self.last = last
+
+    def note(self, text: str) -> None:
+        super().note(text)
+        if text == f"generation {self.last} done":
+            raise Interrupted
+
+
+class FailingAll(LocalExecutor):
+    """Every trial fails, as on a cluster whose workers all crash."""
+
+    def wait(self, observer) -> None:
+        job = self._queue.pop(0)
+        observer.started(job, 0)
+        observer.finished(job, failed_outcome(TrialStatus.FAILED, "worker lost", time.time()))
+
+
+def test_after_a_resume_the_best_of_each_generation_is_the_runs(space_file, workdir, capsys):
+    space = load_space(space_file)
+    storage = Storage(storage_url(workdir / "evo.db"))
+    open_run(storage, "b", space)
+    data, vocab = prepare_data(space)
+    with pytest.raises(Interrupted):
+        Search(
+            space, "b", storage, LocalExecutor(), data, vocab, StopsAfterGeneration(space, "b", 1)
+        ).run()
+    best = min(t.metric("bits_per_byte") for t in storage.trials("b") if t.status == "done")
+    capsys.readouterr()
+    # The resumed process trains nothing that succeeds: its best is the run's so far.
+    Search(space, "b", storage, FailingAll(), data, vocab, LineView(space, "b")).run()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "generation 2 done" in line]
+    assert lines == [f"[b] generation 2 done; best: bits_per_byte {best:.4g}"]
 
 
 def test_an_existing_run_with_another_space_is_refused(space_file, workdir):

@@ -1,14 +1,25 @@
-"""The results database: round trips, resumption support, and concurrent readers."""
+"""The results database: round trips, resumption support, migrations, and concurrent
+readers, on SQLite and on PostgreSQL (each test taking `store` or `database_url` runs once
+with each; see tests/conftest.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import io
+import os
 import random
+import signal
 import sqlite3
-from collections.abc import Iterator
-from datetime import timezone
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,10 +27,16 @@ import pytest
 import yaml
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from conftest import outcome
+from conftest import outcome, replayed_decisions, steady_space_dict, write_corpus
+from rich.console import Console
+from sqlalchemy import DateTime, Integer, MetaData, create_engine, inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from evo.cli import main as evo
 from evo.metrics import METRICS, TrialStatus
+from evo.space import load_space
+from evo.status import print_status
 from evo.storage import (
     SCHEMA_VERSION,
     ForecastRecord,
@@ -47,9 +64,94 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Storage]:
-    with Storage(f"sqlite:///{db_path}") as storage:
+def store(database_url: str) -> Iterator[Storage]:
+    with Storage(database_url) as storage:
         yield storage
+
+
+def old_database(file: Path, url: str) -> str:
+    """Put what the SQLite `file` written by an older evo holds into the empty database
+    at `url`, as that evo left it: for SQLite a copy of the file; for PostgreSQL its
+    tables, keys and rows re-created there (every timestamp evo writes is UTC, and ids
+    keep their values: each table's id sequence moves past them)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        Path(make_url(url).database).write_bytes(file.read_bytes())
+        return url
+    source, target = create_engine(f"sqlite:///{file}"), create_engine(url)
+    tables = MetaData()
+    tables.reflect(source)
+    for column in (c for table in tables.tables.values() for c in table.columns):
+        generic = column.type.as_generic()
+        column.type = DateTime(timezone=True) if isinstance(generic, DateTime) else generic
+    with source.connect() as reading, target.begin() as writing:
+        tables.create_all(writing)
+        for table in tables.sorted_tables:
+            rows = [_utc(dict(row)) for row in reading.execute(table.select()).mappings()]
+            if rows:
+                writing.execute(table.insert(), rows)
+            if "id" in table.c and isinstance(table.c.id.type, Integer):
+                writing.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"COALESCE(MAX(id), 0) + 1, false) FROM {table.name}"
+                    )
+                )
+    source.dispose()
+    target.dispose()
+    return url
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite keeps evo's UTC timestamps without their zone: give it back."""
+    return {
+        key: value.replace(tzinfo=timezone.utc)
+        if isinstance(value, datetime) and value.tzinfo is None
+        else value
+        for key, value in row.items()
+    }
+
+
+def _scalars(url: str, query: str) -> list[Any]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        found = list(connection.execute(text(query)))
+    engine.dispose()
+    return [row[0] if len(row) == 1 else tuple(row) for row in found]
+
+
+def _columns(url: str) -> dict[str, list[str]]:
+    """Each table's column names."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        found = inspect(connection)
+        tables = found.get_table_names()
+        columns = {t: sorted(c["name"] for c in found.get_columns(t)) for t in tables}
+    engine.dispose()
+    return columns
+
+
+def _orphans(url: str) -> list[str]:
+    """The rows whose foreign key points at no row (what SQLite's foreign_key_check
+    finds; PostgreSQL enforces the keys, and this must find nothing there either)."""
+    engine = create_engine(url)
+    found = []
+    with engine.connect() as connection:
+        schema = inspect(connection)
+        for table in schema.get_table_names():
+            for key in schema.get_foreign_keys(table):
+                (child,), (parent,) = key["constrained_columns"], key["referred_columns"]
+                referred = key["referred_table"]
+                count = connection.scalar(
+                    text(
+                        f"SELECT COUNT(*) FROM {table} c LEFT JOIN {referred} p "
+                        f"ON c.{child} = p.{parent} "
+                        f"WHERE c.{child} IS NOT NULL AND p.{parent} IS NULL"
+                    )
+                )
+                if count:
+                    found.append(f"{table}.{child}: {count}")
+    engine.dispose()
+    return found
 
 
 def full_result() -> TrialResult:
@@ -332,14 +434,15 @@ def test_checkpoints_and_sessions_are_recorded(store: Storage) -> None:
     assert store.run_sessions("r")[0].ended_at is not None
 
 
-def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> None:
-    path = tmp_path / "evo.db"
-    path.write_bytes(SCHEMA_1.read_bytes())
+def test_a_schema_1_database_is_upgraded_keeping_its_history(
+    new_database: Callable[[], str],
+) -> None:
+    url = old_database(SCHEMA_1, new_database())
     with sqlite3.connect(SCHEMA_1) as old:
         old_trials = old.execute("SELECT id, status, bits_per_byte FROM evo_trials").fetchall()
         old_curves = old.execute("SELECT COUNT(*) FROM evo_curve_points").fetchone()[0]
     old.close()
-    with Storage(f"sqlite:///{path}", create=False) as store:
+    with Storage(url, create=False) as store:
         runs = {run.name: run for run in store.list_runs()}
         assert {name: run.status for name, run in runs.items()} == {
             "two": "finished",
@@ -368,14 +471,22 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
         # Those trials trained on a CPU, where no peak memory of a trial is measured.
         assert all(t.device == "cpu" and t.metric("peak_memory_bytes") is None for t in trials)
         assert all(run.unigram_bits_per_byte is None for run in runs.values())
-    with sqlite3.connect(path) as new:
-        assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
-        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
-        # Each run counts the results it recorded, so the next one is numbered after them.
-        counts = dict(new.execute("SELECT name, results FROM evo_runs").fetchall())
-        last = {t.genome_id: t.recorded for t in trials if t.recorded is not None}
-        assert sum(counts.values()) > 0 and max(counts.values()) == max(last.values())
-    new.close()
+    assert _scalars(url, "SELECT version FROM evo_schema") == [SCHEMA_VERSION]
+    assert _orphans(url) == []
+    # Each run counts the results it recorded, so the next one is numbered after them.
+    counts = dict(_scalars(url, "SELECT name, results FROM evo_runs"))
+    last = {t.genome_id: t.recorded for t in trials if t.recorded is not None}
+    assert sum(counts.values()) > 0 and max(counts.values()) == max(last.values())
+    Storage(url, create=False).close()  # a second open changes nothing
+    fresh = new_database()
+    Storage(fresh).close()
+    assert _columns(url) == _columns(fresh)  # migrated = created anew
+
+
+def test_a_sqlite_file_is_copied_aside_before_it_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "evo.db"
+    path.write_bytes(SCHEMA_1.read_bytes())
+    Storage(f"sqlite:///{path}", create=False).close()
     backup = tmp_path / "evo.db.schema-1.bak"
     assert backup.read_bytes()[:16] == b"SQLite format 3\x00"
     with sqlite3.connect(backup) as kept:
@@ -383,13 +494,12 @@ def test_a_schema_1_database_is_upgraded_keeping_its_history(tmp_path: Path) -> 
     kept.close()
     Storage(f"sqlite:///{path}", create=False).close()  # a second open changes nothing
     assert not (tmp_path / "evo.db.schema-2.bak").exists()
-    Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
-    assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
 
 
-def test_a_schema_5_database_keeps_every_metric_value_as_a_row(tmp_path: Path) -> None:
-    path = tmp_path / "evo.db"
-    path.write_bytes(SCHEMA_5.read_bytes())
+def test_a_schema_5_database_keeps_every_metric_value_as_a_row(
+    new_database: Callable[[], str],
+) -> None:
+    url = old_database(SCHEMA_5, new_database())
     columns = ", ".join(METRICS)  # schema 5 had a column of each metric of today
     with sqlite3.connect(SCHEMA_5) as old:
         old_values = old.execute(f"SELECT id, {columns} FROM evo_trials ORDER BY id").fetchall()
@@ -399,7 +509,7 @@ def test_a_schema_5_database_keeps_every_metric_value_as_a_row(tmp_path: Path) -
         ).fetchone()
         old_frame = pd.read_sql(f"SELECT {columns} FROM evo_trials ORDER BY id", old)
     old.close()
-    with Storage(f"sqlite:///{path}", create=False) as store:
+    with Storage(url, create=False) as store:
         trials = store.trials("five")
         assert [t.id for t in trials] == [row[0] for row in old_values]
         for trial, (_, *values) in zip(trials, old_values, strict=True):
@@ -421,12 +531,14 @@ def test_a_schema_5_database_keeps_every_metric_value_as_a_row(tmp_path: Path) -
         assert store.require_run("five").train_tokens is None
         store.set_train_tokens("five", 4_400_000)
         assert store.require_run("five").train_tokens == 4_400_000
-    with sqlite3.connect(path) as new:
-        assert new.execute("SELECT version FROM evo_schema").fetchone() == (SCHEMA_VERSION,)
-        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
-    new.close()
-    Storage(f"sqlite:///{tmp_path / 'fresh.db'}").close()
-    assert _columns(path) == _columns(tmp_path / "fresh.db")  # migrated = created anew
+        # The upgraded database takes new rows: ids follow the old ones.
+        genome = store.genome_id("five", {"n_layers": 99})
+        assert store.add_trial("five", genome) > max(t.id for t in trials)
+    assert _scalars(url, "SELECT version FROM evo_schema") == [SCHEMA_VERSION]
+    assert _orphans(url) == []
+    fresh = new_database()
+    Storage(fresh).close()
+    assert _columns(url) == _columns(fresh)  # migrated = created anew
 
 
 def test_the_migrations_end_at_this_evos_schema_version() -> None:
@@ -490,15 +602,6 @@ def test_a_run_keeps_its_unigram_baseline(store: Storage) -> None:
     assert store.require_run("r").unigram_bits_per_byte is None
     store.set_unigram_baseline("r", 4.7)
     assert store.require_run("r").unigram_bits_per_byte == 4.7
-
-
-def _columns(path: Path) -> dict[str, list[str]]:
-    """Each table's column names."""
-    with sqlite3.connect(path) as db:
-        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        columns = {t: sorted(c[1] for c in db.execute(f"PRAGMA table_info({t})")) for t in tables}
-    db.close()
-    return columns
 
 
 def test_generation_round_trip_restores_the_rng(store: Storage) -> None:
@@ -576,9 +679,10 @@ def test_trials_frame_has_a_column_per_gene_and_metric(store: Storage) -> None:
     assert pd.isna(frame.loc[0, "gene.lora_rank"]) and frame.loc[1, "gene.lora_rank"] == 8
 
 
-def test_readers_and_writer_do_not_lock_each_other(store: Storage, db_path: Path) -> None:
-    store.create_run("r", SPACE, seed=0)
+def test_readers_and_writer_do_not_lock_each_other_in_a_sqlite_file(db_path: Path) -> None:
     url = f"sqlite:///{db_path}"
+    store = Storage(url)
+    store.create_run("r", SPACE, seed=0)
 
     # Another process writing (an exclusive transaction, still open) blocks no reader.
     writer = sqlite3.connect(db_path, timeout=0, isolation_level=None)
@@ -600,15 +704,37 @@ def test_readers_and_writer_do_not_lock_each_other(store: Storage, db_path: Path
     assert reader_conn.execute("SELECT status FROM evo_runs").fetchone() == ("finished",)
     reader_conn.close()
     writer.close()
+    store.close()
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
-    Storage(f"sqlite:///{db_path}").close()
-    with sqlite3.connect(db_path) as connection:
-        connection.execute("UPDATE evo_schema SET version = ?", (SCHEMA_VERSION + 1,))
-    connection.close()
+def test_an_open_write_blocks_no_reader_and_an_open_read_no_write(database_url: str) -> None:
+    with Storage(database_url) as store:
+        store.create_run("r", SPACE, seed=0)
+        other = create_engine(database_url)
+        with other.connect() as writer:  # another process's write, not committed yet
+            writer.execute(text("UPDATE evo_runs SET status = 'failed'"))
+            with Storage(database_url, create=False, read_only=True) as reader:
+                assert reader.require_run("r").status == "running"  # the last committed
+            writer.rollback()
+        with other.connect() as reader:  # a reader in the middle of a transaction
+            assert reader.scalar(text("SELECT status FROM evo_runs")) == "running"
+            write = threading.Thread(target=store.set_run_status, args=("r", "finished"))
+            write.start()
+            write.join(timeout=20)
+            assert not write.is_alive(), "the write waited for the reader"
+            reader.commit()
+            assert reader.scalar(text("SELECT status FROM evo_runs")) == "finished"
+        other.dispose()
+
+
+def test_newer_schema_is_refused(database_url: str) -> None:
+    Storage(database_url).close()
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE evo_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})
+    engine.dispose()
     with pytest.raises(UserError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
-        Storage(f"sqlite:///{db_path}")
+        Storage(database_url)
 
 
 def test_unusable_databases_are_user_errors(tmp_path: Path) -> None:
@@ -640,3 +766,143 @@ def test_validations_are_kept_per_genome_budget_and_seed(store: Storage) -> None
     assert [v.budget for v in store.validations("r")] == [{"max_tokens": 2_000_000}] * 2
     with pytest.raises(ValueError, match="status must be one of"):
         store.finish_validation(other, outcome(TrialStatus.RUNNING, {}))
+
+
+def test_a_reader_polls_while_the_driver_writes(database_url: str) -> None:
+    """`evo status` and the dashboard read in their own connections while the driver
+    writes: every poll succeeds and sees the committed state, which only grows."""
+    writes, polls, errors = 120, [], []
+    space = yaml.safe_dump(steady_space_dict(Path("corpus")))
+    with Storage(database_url) as writer:
+        writer.create_run("r", space, seed=1)
+        done = threading.Event()
+
+        def poll() -> None:
+            with Storage(database_url, create=False, read_only=True) as reader:
+                while not done.is_set():
+                    try:
+                        print_status(reader, "r", Console(file=io.StringIO()))
+                        polls.append(sum(t.status.is_result for t in reader.trials("r")))
+                    except Exception as err:
+                        errors.append(repr(err))
+
+        thread = threading.Thread(target=poll)
+        thread.start()
+        try:
+            for n in range(writes):
+                trial = writer.add_trial("r", writer.genome_id("r", {"n": n}))
+                writer.mark_running(trial, host="h", device="cpu")
+                writer.finish_trial(trial, outcome("done", full_result()))
+        finally:
+            done.set()
+            thread.join()
+    assert errors == []
+    assert len(polls) >= 5 and polls == sorted(polls)
+    assert polls[-1] <= writes and any(0 < n < writes for n in polls)  # read mid-way
+
+
+def test_a_postgres_password_can_stay_off_the_command_line(
+    postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq reads PGPASSWORD (or ~/.pgpass) when the URL has no password, so `--storage`
+    need not show one; a URL that has one is shown with it hidden."""
+    from postgres_server import fresh_database
+
+    with fresh_database(postgres, "evo_test_password") as url:
+        given = make_url(url)
+        password = given.password
+        bare = f"{given.drivername}://{given.username}@{given.host}:{given.port}/{given.database}"
+        monkeypatch.setenv("PGPASSFILE", os.devnull)
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        with pytest.raises(UserError, match="cannot open the results database") as refused:
+            Storage(bare)
+        assert password not in str(refused.value)
+        monkeypatch.setenv("PGPASSWORD", password)
+        with Storage(bare) as storage:
+            storage.create_run("r", SPACE, seed=0)
+        with Storage(url) as storage:
+            assert password not in storage.url and "***" in storage.url
+            assert [run.name for run in storage.list_runs()] == ["r"]
+
+
+def test_a_missing_postgres_database_is_a_user_error(postgres: Any) -> None:
+    url = postgres.set(database="no_such_evo_db")
+    with pytest.raises(UserError, match='database "no_such_evo_db" does not exist') as refused:
+        Storage(url.render_as_string(hide_password=False))
+    assert postgres.password not in str(refused.value)
+
+
+def searched(storage: Storage, name: str) -> list[tuple[Any, ...]]:
+    """What a search did, independent of timing: each decision's genome, rung and result."""
+    genomes, exact = storage.genomes(name), ("val_loss", "bits_per_byte", "steps", "tokens")
+    return sorted(
+        (
+            t.decision,
+            sorted(genomes[t.genome_id].items()),
+            t.rung,
+            t.status,
+            [t.metric(m) for m in exact],  # not the timings
+        )
+        for t in storage.trials(name)
+        if t.status.is_result
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Any, ...]]]:
+    """The tiny steady-state search's folder, and what it does run without interruption
+    (in this process, on SQLite)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    corpus = write_corpus(folder / "corpus")
+    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{folder / 'straight.db'}"
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    finally:
+        os.chdir(here)
+    with Storage(url, create=False) as storage:
+        return folder, searched(storage, "space")
+
+
+def test_a_driver_killed_with_9_resumes_to_the_same_search(
+    database_url: str, tiny_search: tuple[Path, list[tuple[Any, ...]]], workdir: Path
+) -> None:
+    folder, straight = tiny_search
+    space_file = str(folder / "space.yaml")
+    command = [sys.executable, "-m", "evo.cli", "run", space_file, "--local", "--quiet"]
+    driver = subprocess.Popen([*command, "--storage", database_url], stderr=subprocess.DEVNULL)
+    with Storage(database_url) as storage:
+        deadline = time.time() + 120
+        while driver.poll() is None and time.time() < deadline:
+            if storage.get_run("space") and len(searched(storage, "space")) >= 6:
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert storage.require_run("space").status == "running"  # as a dead driver leaves it
+        assert evo(["resume", "space", "--local", "--quiet", "--storage", database_url]) == 0
+        assert searched(storage, "space") == straight
+        trials = storage.trials("space")
+        results = Counter((t.genome_id, t.rung) for t in trials if t.status.is_result)
+        assert not any(t.status.is_active for t in trials) and max(results.values()) == 1
+        space = load_space(folder / "space.yaml")
+        assert replayed_decisions(space, 64, storage, "space") == len(straight)
+    assert not (workdir / "results" / "space" / "trials").exists()  # no checkpoint left
+
+
+def test_a_database_caught_while_another_evo_creates_it_is_left_alone(database_url: str) -> None:
+    # SQLite commits CREATE TABLE at once: a reader can find the tables of a database
+    # being created before its schema row. It must not try to create them too.
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("CREATE TABLE evo_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+        )
+    with pytest.raises(UserError, match="another evo is creating it"):
+        Storage(database_url, create=False)
+    assert _scalars(database_url, "SELECT COUNT(*) FROM evo_schema") == [0]
+    assert "evo_runs" not in _columns(database_url)
+    engine.dispose()

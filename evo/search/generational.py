@@ -97,6 +97,8 @@ class GenerationalSearch(SearchLoop):
 
     def run(self) -> SearchSummary:
         self.storage.interrupt_active(self.name)
+        # A resumed run's best so far is the run's, not only what this process trains.
+        self.view.earlier_results(self.storage.trials(self.name))
         self.storage.set_run_status(self.name, RunStatus.RUNNING)
         session = self.storage.start_session(self.name, self.executor.capacity)
         try:

@@ -33,8 +33,11 @@ class SearchLoop(ABC):
         self.space, self.name, self.storage, self.executor = space, name, storage, executor
         self.vocab_size = vocab_size
         self.view = view or QuietView()
-        # Where a trial runs, as recorded while it does (its result names the exact device).
-        self.device = "cuda" if space.trial.resources.gpus > 0 else "cpu"
+        # Where a trial runs, as recorded while it does (its result names the exact device):
+        # the space's fixed device, else a GPU when it reserves one. A space may reserve
+        # GPUs and still train on the CPU (a simulated cluster's declared GPUs).
+        fixed = space.fixed.train.get("device", "auto")
+        self.device = fixed if fixed != "auto" else "cuda" if space.trial.resources.gpus else "cpu"
         self.trial_ids: dict[int, int] = {}  # genome id → the row of its attempt in flight
         self.trials_run = 0  # by this invocation (reused results not counted)
         executor.load_data(data)

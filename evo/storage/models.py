@@ -54,15 +54,18 @@ TRIAL_STATUSES = tuple(status.value for status in TrialStatus)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again."""
+    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again;
+    PostgreSQL gives them in its session's time zone, so they are brought back to UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None or value.tzinfo is not None:
+        if value is None:
             return value
-        return value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 def status_check(table: str, values: tuple[str, ...]) -> CheckConstraint:

@@ -445,11 +445,18 @@ def _prepare_schema(engine: Engine, shown_url: str, create: bool) -> None:
     """Create the tables of a new database (when `create`), or upgrade an older one;
     refuse a newer one, and one that is not evo's."""
     with engine.connect() as connection:
-        found = None
-        if inspect(connection).has_table(SchemaRow.__tablename__):
-            found = connection.scalar(select(SchemaRow.version))
-        elif not create:
+        exists = inspect(connection).has_table(SchemaRow.__tablename__)
+        if not exists and not create:
             raise UserError(f"{shown_url} is not an evo database (it has no evo_schema table)")
+        found = connection.scalar(select(SchemaRow.version)) if exists else None
+    if exists and found is None:
+        # SQLite commits each CREATE TABLE at once (Python's sqlite3 opens a transaction
+        # before a change of rows only): a database that another evo is creating has its
+        # tables a moment before its schema row. Creating them again would fail.
+        raise UserError(
+            f"{shown_url} has an empty evo_schema table: another evo is creating it "
+            "(try again), or it is damaged"
+        )
     if found is not None and found > SCHEMA_VERSION:
         raise UserError(
             f"{shown_url} has schema version {found}, newer than this evo understands "

@@ -47,7 +47,7 @@ def _quoted(values: tuple[str, ...]) -> str:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("evo_trials", recreate="always") as batch:
+    with op.batch_alter_table("evo_trials", recreate="auto") as batch:
         batch.alter_column("generation", existing_type=sa.Integer(), nullable=True)
         batch.add_column(sa.Column("rung", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("decision", sa.Integer(), nullable=True))

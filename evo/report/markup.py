@@ -90,9 +90,9 @@ def html_table(
     if header is not None:
         marks = order or {}
         cells = "".join(
-            f'<th aria-sort="{marks[h]}">{html.escape(h)}</th>'
+            f'<th aria-sort="{marks[h]}">{_heading(h)}</th>'
             if h in marks
-            else f"<th>{html.escape(h)}</th>"
+            else f"<th>{_heading(h)}</th>"
             for h in header
         )
         head = f"<thead><tr>{cells}</tr></thead>"
@@ -101,6 +101,12 @@ def html_table(
     )
     attribute = f' class="{css_class}"' if css_class else ""
     return f"<table{attribute}>{head}<tbody>{body}</tbody></table>"
+
+
+def _heading(text: str) -> str:
+    """A heading that may wrap after its underscores: gene names are long words, and a
+    table of a dozen genes then fits a wide window without scrolling sideways."""
+    return html.escape(text).replace("_", "_<wbr>")
 
 
 def _cell(value: Any) -> str:

@@ -45,6 +45,7 @@ make_standin_base() {
     step "making $STANDIN_BASE with debootstrap"
     local root
     root=$(mktemp -d)
+    chmod 755 "$root" # mktemp makes it 700: the image's / would shut out its non-root user
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

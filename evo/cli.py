@@ -106,6 +106,14 @@ def add_retraining_commands(command: Command) -> None:
     validate.add_argument("name")
     validate.add_argument("--top", type=int, default=8, help="genomes, the search's best first")
     validate.add_argument("--seeds", type=int, default=2, help="seeds per genome")
+    validate.add_argument(
+        "--genome",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="validate this genome (repeat for several) instead of the best --top",
+    )
     add_budget_options(validate, "default: the space's target")
     add_execution_options(validate, live_view=False)
 
@@ -343,12 +351,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         validation_report,
     )
 
-    check_request(args.top, args.seeds)
+    check_request(len(args.genome) or args.top, args.seeds)
     storage = open_storage(args)
     space = load_run_space(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
+    which = (
+        f"genomes {', '.join(map(str, args.genome))}"
+        if args.genome
+        else f"its best {args.top} genomes"
+    )
     print(
-        f"evo: validating run {args.name!r}: its best {args.top} genomes, {args.seeds} seeds "
+        f"evo: validating run {args.name!r}: {which}, {args.seeds} seeds "
         f"each, at {budget_text(budget)}",
         file=sys.stderr,
         flush=True,
@@ -356,7 +369,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
     record_unigram_baseline(storage, args.name, data)  # for a run made before it was stored
     jobs = validation_jobs(
-        storage, args.name, space, vocab_size, top=args.top, seeds=args.seeds, budget=budget
+        storage,
+        args.name,
+        space,
+        vocab_size,
+        top=args.top,
+        seeds=args.seeds,
+        budget=budget,
+        genome_ids=args.genome,
     )
     print(f"evo: {len(jobs)} validation trials to run", file=sys.stderr)
     executor = make_executor(space, local=args.local, address=args.address)

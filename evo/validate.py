@@ -200,15 +200,14 @@ def validation_jobs(
     top: int,
     seeds: int,
     budget: dict[str, float],
+    genome_ids: Sequence[int] = (),
 ) -> list[TrialJob]:
-    """The jobs still to run: the search's `top` genomes × `seeds` seeds at `budget`,
-    less those already validated with a result."""
+    """The jobs still to run: the search's `top` genomes (or those of `genome_ids`) ×
+    `seeds` seeds at `budget`, less those already validated with a result."""
     from evo.executor import TrialJob
 
-    check_request(top, seeds)
-    candidates = search_ranking(storage, run, space)[:top]
-    if not candidates:
-        raise UserError(f"run {run!r} has no successful trial to validate yet")
+    check_request(len(genome_ids) or top, seeds)
+    candidates = chosen_candidates(storage, run, space, top, genome_ids)
     key = budget_key(budget)
     done = {
         (v.genome_id, v.seed)
@@ -229,6 +228,26 @@ def validation_jobs(
         for seed in (validation_seed(space, c.genes, i) for i in range(seeds))
         if (c.genome_id, seed) not in done
     ]
+
+
+def chosen_candidates(
+    storage: Storage, run: str, space: SearchSpace, top: int, genome_ids: Sequence[int]
+) -> list[Candidate]:
+    """The search's best `top` genomes, or the genomes `genome_ids` names (each must have a
+    success in the run), in the search's order."""
+    ranking = search_ranking(storage, run, space)
+    if not ranking:
+        raise UserError(f"run {run!r} has no successful trial to validate yet")
+    if not genome_ids:
+        return ranking[:top]
+    ranked = {c.genome_id for c in ranking}
+    unknown = sorted(set(genome_ids) - ranked)
+    if unknown:
+        raise UserError(
+            f"--genome {', '.join(map(str, unknown))}: no genome of run {run!r} with that id "
+            "has a successful trial (`evo status` lists them)"
+        )
+    return [c for c in ranking if c.genome_id in set(genome_ids)]
 
 
 def validate(

@@ -131,6 +131,21 @@ def test_validate_stores_every_seed_resumes_without_retraining_and_guides_promot
     assert 'id="validation"' in page and "Kendall τ" in page
 
 
+def test_validate_takes_the_genomes_named_in_the_searchs_order(searched, capsys):
+    storage = Storage(searched)
+    ranking = validation.search_ranking(storage, "space", load_run_space(storage, "space"))
+    chosen = [ranking[-1].genome_id, ranking[0].genome_id]  # out of the search's order
+    args = ["validate", "space", "--seeds", "1", "--local", "--storage", searched]
+    assert evo([*args, *(f"--genome={g}" for g in chosen)]) == 0
+    assert f"genomes {chosen[0]}, {chosen[1]}" in capsys.readouterr().err
+    assert sorted(v.genome_id for v in storage.validations("space")) == sorted(chosen)
+    missing = max(storage.genomes("space")) + 1
+    assert evo([*args, "--genome", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--genome {missing}: no genome of run 'space'" in err and "Traceback" not in err
+    assert len(storage.validations("space")) == 2  # nothing more was run
+
+
 def test_validate_refuses_a_run_with_nothing_to_validate(workdir, capsys):
     corpus = write_corpus(workdir / "corpus")
     (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))

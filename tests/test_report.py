@@ -191,8 +191,9 @@ def live(store: Storage) -> dict[str, int]:
 
 
 def section(page: str, heading: str) -> str:
+    """The markup of a page's section, without the headings' word-break hints (<wbr>)."""
     start = page.index(f"<h2>{heading}</h2>")
-    return page[start : page.index("</section>", start)]
+    return page[start : page.index("</section>", start)].replace("<wbr>", "")
 
 
 def figures(part: str) -> list[dict[str, Any]]:

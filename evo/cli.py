@@ -59,6 +59,13 @@ def add_search_commands(command: Command) -> None:
     resume = command("resume", cmd_resume, "continue an interrupted run")
     resume.add_argument("name")
     add_execution_options(resume)
+    for parser in (run, resume):
+        parser.add_argument(
+            "--without-missing-checkpoints",
+            action="store_true",
+            help="continue a run whose paused trials' checkpoints are missing from "
+            "results/NAME/trials: those genomes are dropped instead of advancing",
+        )
 
 
 def add_read_commands(command: Command) -> None:
@@ -180,7 +187,7 @@ def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import open_run
+    from evo.driver import check_checkpoints, open_run
     from evo.operators import check_initial
     from evo.schedule.budget import check_budget
     from evo.space import load_space
@@ -195,18 +202,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
-    if (
-        not open_run(storage, name, space)
-        and storage.require_run(name).status == RunStatus.FINISHED
-    ):
-        print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
-        return 0
+    if not open_run(storage, name, space):
+        if storage.require_run(name).status == RunStatus.FINISHED:
+            print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
+            return 0
+        check_checkpoints(storage, name, space, go_on=args.without_missing_checkpoints)
     return search(args, storage, name, space, (data, vocab_size))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import load_run_space
+    from evo.driver import check_checkpoints, load_run_space
     from evo.storage import RunStatus
 
     storage = open_storage(args)
@@ -214,6 +220,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
         return 0
+    check_checkpoints(storage, args.name, space, go_on=args.without_missing_checkpoints)
     return search(args, storage, args.name, space, prepare_data(space, sys.stderr.isatty()))
 
 

@@ -188,6 +188,7 @@ def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import check_checkpoints, open_run
+    from evo.lease import RunLease
     from evo.operators import check_initial
     from evo.schedule.budget import check_budget
     from evo.space import load_space
@@ -202,17 +203,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
-    if not open_run(storage, name, space):
-        if storage.require_run(name).status == RunStatus.FINISHED:
-            print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
-            return 0
+    new = open_run(storage, name, space)
+    if not new and storage.require_run(name).status == RunStatus.FINISHED:
+        print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
+        return 0
+    lease = RunLease(storage, name)
+    if not new:
+        lease.check_free()
         check_checkpoints(storage, name, space, go_on=args.without_missing_checkpoints)
-    return search(args, storage, name, space, (data, vocab_size))
+    with lease:
+        return search(args, storage, name, space, (data, vocab_size))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import check_checkpoints, load_run_space
+    from evo.lease import RunLease
     from evo.storage import RunStatus
 
     storage = open_storage(args)
@@ -220,8 +226,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
         return 0
+    lease = RunLease(storage, args.name)
+    lease.check_free()
     check_checkpoints(storage, args.name, space, go_on=args.without_missing_checkpoints)
-    return search(args, storage, args.name, space, prepare_data(space, sys.stderr.isatty()))
+    with lease:
+        prepared = prepare_data(space, sys.stderr.isatty())
+        return search(args, storage, args.name, space, prepared)
 
 
 def search(
@@ -282,7 +292,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         generation = "-" if run.generation is None else str(generations_complete(run))
         table.add_row(
             run.name,
-            run.status,
+            run.shown_status,
             generation,
             str(trials),
             f"{run.created_at:%Y-%m-%d %H:%M}",
@@ -353,6 +363,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_request(args.top, args.seeds)
     storage = open_storage(args)
     space = load_run_space(storage, args.name)
+    note_search(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
     print(
         f"evo: validating run {args.name!r}: its best {args.top} genomes, {args.seeds} seeds "
@@ -381,6 +392,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def note_search(storage: Storage, name: str) -> None:
+    """Say so when a search of the run is still going: `evo validate` and `evo promote`
+    work beside it (they hold no lease and write rows of their own), on the best of what
+    it has found so far."""
+    run = storage.require_run(name)
+    if run.shown_status == "running" and run.driver is not None:
+        print(
+            f"evo: run {name!r} is still being searched by {run.driver}: its best so far "
+            "may not be its best at the end",
+            file=sys.stderr,
+        )
+
+
 def _progress_line(line: str) -> None:
     print(f"evo: {line}", file=sys.stderr, flush=True)
 
@@ -390,8 +414,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     budget = Budget(args.steps, args.tokens, args.seconds)
     scaling = Scaling(args.width, args.layers, args.parametrization)
+    storage = open_storage(args)
+    note_search(storage, args.name)
     out = promote(
-        open_storage(args),
+        storage,
         args.name,
         genome_id=args.genome,
         objective=args.objective,

@@ -470,6 +470,7 @@ def test_a_resume_without_the_paused_checkpoints_is_refused_unless_told_to_go_on
         "--without-missing-checkpoints to go on without them (those genomes are dropped)\n"
     )
     assert storage.trials("space") == before and not any(elsewhere.iterdir())
+    assert storage.require_run("space").driver.lease == 1  # not even taken
     # Told to go on, the run finishes without them: none of those genomes advances.
     went_on = subprocess.run(
         [sys.executable, "-m", "evo.cli", *resume, "--without-missing-checkpoints"],

@@ -100,7 +100,7 @@ def main() -> None:
     print(f"pid {os.getpid()}; per trial, the driver's bookkeeping (decide, start, finish):")
     print(f"  no lease:                      {percentiles(times[False])} ({len(times[False])})")
     beat = f"lease, heartbeat every {args.heartbeat:g} s:"
-    print(f"  {beat:<30}{percentiles(times[True])} ({len(times[True])})")
+    print(f"  {beat:<31}{percentiles(times[True])} ({len(times[True])})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -58,7 +59,17 @@ def gone(driver: DriverRecord) -> bool:
         return True
     except PermissionError:  # it exists, as another user's process
         return False
-    return False
+    return _zombie(driver.pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether the process has died and waits for its parent to read its exit (Linux's
+    /proc says so; elsewhere it counts as alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class RunLease:

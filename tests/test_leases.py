@@ -149,6 +149,31 @@ def test_the_run_is_running_while_its_heartbeat_is_fresh_then_lost(
     driver.close()
 
 
+def test_ls_and_the_dashboard_say_lost_once_the_lease_expires(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evo.dashboard.api import run_summary
+
+    url = f"sqlite:///{tmp_path / 'evo.db'}"
+    storage = Storage(url)
+    storage.create_run("r", SPACE, seed=0)
+    assert storage.take_lease("r", "a", 1, 0.5)
+
+    def shown() -> tuple[str, str]:
+        assert evo(["ls", "--storage", url]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if " r " in line)
+        info = storage.require_run("r")
+        return line, run_summary(storage, info, storage.trials_frame("r"))["status"]
+
+    line, status = shown()
+    assert " running " in line and status == "running"
+    wait_until(expired(storage))
+    line, status = shown()
+    assert " lost since " in line
+    assert status == storage.require_run("r").shown_status
+    assert status.startswith("lost since ") and status.endswith(", resume with evo resume r")
+
+
 def test_a_second_driver_is_refused_while_the_first_lives_and_takes_a_dead_ones_run(
     database_url: str, store: Storage
 ) -> None:
@@ -167,7 +192,14 @@ def test_a_second_driver_is_refused_while_the_first_lives_and_takes_a_dead_ones_
     with pytest.raises(LeaseHeld, match=f"host far pid {process.pid}"):
         RunLease(Storage(database_url), "r").__enter__()
     holder.release_lease()
-    # A process of this host that is gone (killed) need not be waited out.
+    # A process of this host that is gone (killed) need not be waited out, nor one that
+    # died and whose parent has not yet read its exit status (a zombie).
+    unreaped = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_until(lambda: Path(f"/proc/{unreaped.pid}/stat").read_text().split(") ")[1][0] == "Z")
+    assert holder.take_lease("r", HERE, unreaped.pid, 60.0)
+    with RunLease(Storage(database_url), "r", interval=60):
+        assert store.require_run("r").driver.pid == os.getpid()
+    unreaped.wait()
     assert holder.take_lease("r", HERE, process.pid, 60.0)
     with RunLease(Storage(database_url), "r", interval=60):
         assert store.require_run("r").driver.pid == os.getpid()

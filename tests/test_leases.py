@@ -245,30 +245,53 @@ def test_evo_run_and_resume_are_refused_while_the_runs_driver_lives(
     assert storage.trials("space") == [] and (driver.pid, driver.lease) == (parent, 1)
 
 
+# `evo run` that suspends itself (SIGSTOP: swapped out, or paused) as its 4th trial starts,
+# between two writes. Its heartbeat is kept out of a transaction meanwhile: a process
+# stopped inside one would hold SQLite's write lock, and nobody could take over.
+STALL = """
+import os, signal, sys, threading
+import evo.executor
+from evo.cli import main
+from evo.storage import Storage
+gate, count = threading.Lock(), [0]
+renew, run_trial = Storage.renew_lease, evo.executor.run_trial
+def renew_outside_the_stall(self):
+    with gate:
+        renew(self)
+def stalling(*args, **kwargs):
+    count[0] += 1
+    if count[0] == 4:
+        with gate:
+            os.kill(os.getpid(), signal.SIGSTOP)
+    return run_trial(*args, **kwargs)
+Storage.renew_lease, evo.executor.run_trial = renew_outside_the_stall, stalling
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_driver_stalled_past_its_lease_stops_without_writing_when_it_wakes(
     space_file: Path, workdir: Path
 ) -> None:
     url = f"sqlite:///{workdir / 'evo.db'}"
-    command = [sys.executable, "-m", "evo.cli", "run", "space.yaml", "--local", "--quiet"]
+    command = [sys.executable, "-c", STALL, "run", "space.yaml", "--local", "--quiet"]
     env = {**os.environ, HEARTBEAT_ENV: "0.2"}
     driver = subprocess.Popen(
         [*command, "--storage", url], cwd=workdir, env=env, stderr=subprocess.PIPE, text=True
     )
     storage = Storage(url)
     try:
-        wait_until(
-            lambda: storage.get_run("space") is not None and len(storage.trials("space")) >= 3, 120
-        )
-        os.kill(driver.pid, signal.SIGSTOP)  # a driver that stalls (swapped out, suspended)
+        stat = Path(f"/proc/{driver.pid}/stat")
+        wait_until(lambda: stat.read_text().rpartition(") ")[2].startswith("T"), 120)
         wait_until(expired(storage, "space"))
         assert storage.take_lease("space", "elsewhere", 7, 600.0)
         before = storage.trials("space")
+        assert before[-1].status.value == "running"  # the trial it stalled in
         os.kill(driver.pid, signal.SIGCONT)
         _, err = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == 2
+    assert driver.returncode == 2, err
     assert "evo: error: run 'space' was taken over by host elsewhere pid 7 after this " in err
     assert storage.trials("space") == before  # it wrote nothing more
     assert storage.require_run("space").driver.pid == 7

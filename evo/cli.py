@@ -59,6 +59,13 @@ def add_search_commands(command: Command) -> None:
     resume = command("resume", cmd_resume, "continue an interrupted run")
     resume.add_argument("name")
     add_execution_options(resume)
+    for parser in (run, resume):
+        parser.add_argument(
+            "--without-missing-checkpoints",
+            action="store_true",
+            help="continue a run whose paused trials' checkpoints are missing from "
+            "results/NAME/trials: those genomes are dropped instead of advancing",
+        )
 
 
 def add_read_commands(command: Command) -> None:
@@ -188,7 +195,8 @@ def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import open_run
+    from evo.driver import check_checkpoints, open_run
+    from evo.lease import RunLease
     from evo.operators import check_initial
     from evo.schedule.budget import check_budget
     from evo.space import load_space
@@ -203,18 +211,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or args.space.stem
     if args.new:
         name = fresh_name(storage, name)
-    if (
-        not open_run(storage, name, space)
-        and storage.require_run(name).status == RunStatus.FINISHED
-    ):
+    new = open_run(storage, name, space)
+    if not new and storage.require_run(name).status == RunStatus.FINISHED:
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
-    return search(args, storage, name, space, (data, vocab_size))
+    lease = RunLease(storage, name)
+    if not new:
+        lease.check_free()
+        check_checkpoints(storage, name, space, go_on=args.without_missing_checkpoints)
+    with lease:
+        return search(args, storage, name, space, (data, vocab_size))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import load_run_space
+    from evo.driver import check_checkpoints, load_run_space
+    from evo.lease import RunLease
     from evo.storage import RunStatus
 
     storage = open_storage(args)
@@ -222,7 +234,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if storage.require_run(args.name).status == RunStatus.FINISHED:
         print(f"run {args.name!r} is finished; see `evo status {args.name}`", file=sys.stderr)
         return 0
-    return search(args, storage, args.name, space, prepare_data(space, sys.stderr.isatty()))
+    lease = RunLease(storage, args.name)
+    lease.check_free()
+    check_checkpoints(storage, args.name, space, go_on=args.without_missing_checkpoints)
+    with lease:
+        prepared = prepare_data(space, sys.stderr.isatty())
+        return search(args, storage, args.name, space, prepared)
 
 
 def search(
@@ -283,7 +300,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         generation = "-" if run.generation is None else str(generations_complete(run))
         table.add_row(
             run.name,
-            run.status,
+            run.shown_status,
             generation,
             str(trials),
             f"{run.created_at:%Y-%m-%d %H:%M}",
@@ -354,6 +371,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_request(len(args.genome) or args.top, args.seeds)
     storage = open_storage(args)
     space = load_run_space(storage, args.name)
+    note_search(storage, args.name)
     budget = validation_budget(space, Budget(args.steps, args.tokens, args.seconds).limits())
     which = (
         f"genomes {', '.join(map(str, args.genome))}"
@@ -394,6 +412,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def note_search(storage: Storage, name: str) -> None:
+    """Say so when a search of the run is still going: `evo validate` and `evo promote`
+    work beside it (they hold no lease and write rows of their own), on the best of what
+    it has found so far."""
+    run = storage.require_run(name)
+    if run.shown_status == "running" and run.driver is not None:
+        print(
+            f"evo: run {name!r} is still being searched by {run.driver}: its best so far "
+            "may not be its best at the end",
+            file=sys.stderr,
+        )
+
+
 def _progress_line(line: str) -> None:
     print(f"evo: {line}", file=sys.stderr, flush=True)
 
@@ -403,8 +434,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     budget = Budget(args.steps, args.tokens, args.seconds)
     scaling = Scaling(args.width, args.layers, args.parametrization)
+    storage = open_storage(args)
+    note_search(storage, args.name)
     out = promote(
-        open_storage(args),
+        storage,
         args.name,
         genome_id=args.genome,
         objective=args.objective,

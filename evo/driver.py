@@ -7,10 +7,11 @@ import hashlib
 
 import yaml
 
+from evo.checkpoints import TrialCheckpoints
 from evo.data import TrialData, unigram_bits_per_byte
 from evo.executor import Executor
 from evo.search.generational import GenerationalSearch
-from evo.search.steady_state import SteadyStateSearch
+from evo.search.steady_state import SteadyStateSearch, missing_checkpoints, trials_folder
 from evo.space import SearchSpace, space_from_dict
 from evo.storage import Storage
 from evo.view import SearchView
@@ -35,6 +36,23 @@ def open_run(storage: Storage, name: str, space: SearchSpace) -> bool:
             f"`evo resume {name}`, or start a new run with --new or --name"
         )
     return False
+
+
+def check_checkpoints(storage: Storage, name: str, space: SearchSpace, *, go_on: bool) -> None:
+    """Refuse to continue a run whose paused genomes' checkpoints are not in this folder's
+    results/NAME/trials (unless `go_on`: then those genomes cannot advance, and an
+    interrupted trial that continued one fails when it is run again)."""
+    if space.search.mode == "generational":
+        return  # its trials keep no checkpoints
+    checkpoints = TrialCheckpoints(trials_folder(name))
+    missing = missing_checkpoints(storage.trials(name), checkpoints)
+    if missing and not go_on:
+        raise UserError(
+            f"run {name!r} needs {len(missing)} checkpoints of paused trials that are missing "
+            f"from {checkpoints.root.resolve()}; resume from the folder the run was started "
+            "in, or pass --without-missing-checkpoints to go on without them (those genomes "
+            "are dropped)"
+        )
 
 
 def load_run_space(storage: Storage, name: str) -> SearchSpace:

@@ -43,8 +43,11 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     space = run_space(run)
     frame = storage.trials_frame(name)
     stuck = stalled(frame, run.unigram_bits_per_byte)
-    console.print(f"[bold]{name}[/]: {run.status}, {_progress(run, space)}")
+    console.print(f"[bold]{name}[/]: {run.shown_status}, {_progress(run, space)}")
     console.print(f"updated {run.updated_at:%Y-%m-%d %H:%M:%S} UTC")
+    if run.driver is not None and run.driver.alive:
+        beat = run.driver.heartbeat_at
+        console.print(f"driver: {run.driver}, last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC")
     _print_budgets(storage, space, name, console)
     counts = Counter(frame["status"])
     if stuck.any():
@@ -88,7 +91,8 @@ def watch_status(storage: Storage, name: str, console: Console, seconds: float) 
         raise UserError(f"--watch takes a positive number of seconds (got {seconds:g})")
     try:
         while True:
-            running = storage.require_run(name).status == RunStatus.RUNNING.value
+            run = storage.require_run(name)
+            running = run.status == RunStatus.RUNNING.value and run.lost_since is None
             console.clear()
             print_status(storage, name, console)
             if not running:

@@ -441,3 +441,52 @@ def test_a_far_target_search_killed_and_resumed_forecasts_the_same(
     assert resumed.alpha == expected_forecast.alpha
     space = load_space(workdir / "space.yaml", FAR[1:])
     assert replayed_decisions(space, prepare_data(space)[1], storage, "space") == 16
+
+
+def test_a_resume_without_the_paused_checkpoints_is_refused_unless_told_to_go_on(
+    space: SearchSpace, workdir: Path
+) -> None:
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    # Killed while its 11th trial, an advance, trains: genomes wait, one is on its way.
+    command = [sys.executable, "-c", DIE, "evo.executor:", "run_trial", "before", "11"]
+    command += ["run", "space.yaml", "--local", "--quiet", "--storage", url]
+    killed = subprocess.run(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == 9, killed.stderr
+    storage = Storage(url)
+    before = storage.trials("space")
+    paused = {t.id: (t.genome_id, t.rung) for t in before if t.checkpoint is not None}
+    assert before[-1].continued_from in paused and len(paused) > 1
+    elsewhere = workdir / "elsewhere"  # a folder without the run's results/
+    elsewhere.mkdir()
+    resume = ["resume", "space", "--local", "--quiet", "--storage", url]
+    refused = subprocess.run(
+        [sys.executable, "-m", "evo.cli", *resume], cwd=elsewhere, stderr=subprocess.PIPE, text=True
+    )
+    assert refused.returncode == 2
+    expected = elsewhere / "results" / "space" / "trials"
+    assert refused.stderr == (
+        f"evo: error: run 'space' needs {len(paused)} checkpoints of paused trials that are "
+        f"missing from {expected}; resume from the folder the run was started in, or pass "
+        "--without-missing-checkpoints to go on without them (those genomes are dropped)\n"
+    )
+    assert storage.trials("space") == before and not any(elsewhere.iterdir())
+    assert storage.require_run("space").driver.lease == 1  # not even taken
+    # Told to go on, the run finishes without them: none of those genomes advances.
+    went_on = subprocess.run(
+        [sys.executable, "-m", "evo.cli", *resume, "--without-missing-checkpoints"],
+        cwd=elsewhere,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert went_on.returncode == 0, went_on.stderr
+    assert f"going on without {len(paused)} paused trials' checkpoints" in went_on.stderr
+    assert storage.get_run("space").status == "finished"
+    new = [t for t in storage.trials("space") if t.id > before[-1].id]
+    again = [t for t in new if t.decision == before[-1].decision]
+    assert len(again) == 1 and again[0].status is TrialStatus.FAILED  # not retrained
+    assert "cannot read the checkpoint" in (again[0].error or "")
+    advanced = {(t.genome_id, t.rung - 1) for t in new if t.rung} - {
+        (again[0].genome_id, again[0].rung - 1)
+    }
+    assert not advanced & set(paused.values())
+    assert trials_folder("space").is_dir()  # the original folder's checkpoints are untouched

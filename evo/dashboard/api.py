@@ -37,7 +37,7 @@ def run_version(info: RunInfo, frame: pd.DataFrame) -> str:
     statuses = frame["status"].value_counts().sort_index()
     counts = ",".join(f"{status}:{count}" for status, count in statuses.items())
     last = frame["recorded"].max()
-    return digest(f"{info.updated_at.isoformat()}|{len(frame)}|{counts}|{last}|{info.status}")
+    return digest(f"{info.updated_at.isoformat()}|{len(frame)}|{counts}|{last}|{info.shown_status}")
 
 
 def digest(text: str) -> str:
@@ -58,7 +58,7 @@ def run_summary(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[st
     whole = {"steps": True, "tokens": True, "worker_seconds": False, "trials": True}
     return {
         "name": info.name,
-        "status": info.status,
+        "status": info.shown_status,
         "mode": space.search.mode,
         "trials": len(frame),
         "active": int(frame["status"].isin(ACTIVE).sum()),

@@ -72,7 +72,7 @@ class Pages:
             rows.append(
                 [
                     link(run_path(info.name), info.name),
-                    info.status,
+                    info.shown_status,
                     mode_text(summary["mode"]),
                     summary["trials"],
                     summary["active"],

@@ -280,18 +280,20 @@ class SteadyStateSearch(SearchLoop):
         events, pending = history(self.space, trials, self.storage.genomes(self.name))
         self.kept = {t.id: t.checkpoint for t in trials if t.checkpoint is not None}
         replay(self.scheduler, events, set(self.kept))
-        missing = 0
+        # Only a resume told to go on without them gets here with checkpoints missing
+        # (`missing_checkpoints`): their genomes are dropped, and an interrupted trial that
+        # continued one fails when it is run again.
+        missing = len(missing_checkpoints(trials, self.checkpoints))
         for rung, waiting in enumerate(self.scheduler.waiting):
             for genome, trial_id in list(waiting.items()):
                 if not self.checkpoints.exists(self.kept[trial_id]):
                     self.scheduler.forget(genome, rung)
-                    missing += 1
         if missing:
             log.warning(
-                "evo: %d paused trials' checkpoints are missing from %s (moved or deleted, or "
-                "is this another folder than the run's?); those genomes cannot advance",
+                "evo: going on without %d paused trials' checkpoints missing from %s; "
+                "those genomes cannot advance",
                 missing,
-                self.checkpoints.root,
+                self.checkpoints.root.resolve(),
             )
         # Checkpoints nothing can continue any more: a genome that has a result at the
         # rung above (kept by an older evo), or one no longer waiting.
@@ -324,6 +326,23 @@ class SteadyStateSearch(SearchLoop):
             f"{text}; pick for the target: genome {pick.genome_id}, "
             f"{forecast.objective.metric} {pick.predicted.mean:.4g} predicted"
         )
+
+
+def missing_checkpoints(trials: list[TrialRecord], checkpoints: TrialCheckpoints) -> list[str]:
+    """The checkpoints a resumed search of these trials still needs that `checkpoints`
+    lacks: those of paused genomes, and those that interrupted trials continue. A genome
+    with a result at a higher rung no longer needs the one it left below (an older evo
+    kept it)."""
+    reached: dict[int, int] = {}  # genome id → the highest rung it has a result at
+    for trial in trials:
+        if trial.status.is_result:
+            reached[trial.genome_id] = max(trial.rung, reached.get(trial.genome_id, 0))
+    needed = sorted(
+        t.checkpoint
+        for t in trials
+        if t.checkpoint is not None and reached.get(t.genome_id, 0) <= t.rung
+    )
+    return [name for name in needed if not checkpoints.exists(name)]
 
 
 def history(

@@ -1,6 +1,7 @@
 """What a search remembers: the results database (`store.Storage`), its tables
 (`models`) and their migrations (`migrations/`). The rest of evo imports from here."""
 
+from evo.storage.leases import DriverRecord, LeaseLost
 from evo.storage.models import RUN_STATUSES, SCHEMA_VERSION, TRIAL_STATUSES, RunStatus
 from evo.storage.store import (
     DEFAULT_URL,
@@ -23,8 +24,10 @@ __all__ = [
     "RUN_STATUSES",
     "SCHEMA_VERSION",
     "TRIAL_STATUSES",
+    "DriverRecord",
     "ForecastRecord",
     "GenerationRecord",
+    "LeaseLost",
     "PredictionRecord",
     "PromotionRecord",
     "RunInfo",

@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class RunStatus(str, enum.Enum):
@@ -105,6 +105,16 @@ class RunRow(Base):
     train_tokens: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The driver (`evo run`/`evo resume`) that holds the run, by its lease (see
+    # `evo.storage.leases`). `lease` counts the times a driver took the run: the fencing
+    # token each write of the holder is checked against. Times are seconds since the epoch
+    # by the database's clock, never a host's; `lease_expires` is NULL once released.
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    driver_host: Mapped[str | None] = mapped_column(String(255))
+    driver_pid: Mapped[int | None] = mapped_column(Integer)
+    driver_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat: Mapped[float | None] = mapped_column(Float)  # the holder's last sign of life
+    lease_expires: Mapped[float | None] = mapped_column(Float)
 
 
 class GenomeRow(Base):

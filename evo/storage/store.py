@@ -22,7 +22,8 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +46,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from evo.metrics import METRICS, RESULT_STATUSES, TrialStatus
+from evo.storage import leases
+from evo.storage.leases import DriverRecord, Lease, database_seconds
 from evo.storage.models import (
     SCHEMA_VERSION,
     Base,
@@ -109,6 +112,25 @@ class RunInfo:
     # Tokens in the training split of its pretraining corpus; None for a run no search
     # has prepared data for since schema 7.
     train_tokens: int | None = None
+    driver: DriverRecord | None = None  # who drives it (`evo.storage.leases`), since schema 8
+
+    @property
+    def lost_since(self) -> datetime | None:
+        """When the driver of a run still marked running was last alive, once its lease
+        is gone (it was killed, or lost its host); None while it is alive or the run is
+        not running, and for a run no driver has held (a search run through the API)."""
+        if self.status != RunStatus.RUNNING.value or self.driver is None or self.driver.alive:
+            return None
+        return self.driver.heartbeat_at
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the read commands show it: a running run is `running` only while
+        its driver's heartbeat is fresh."""
+        lost = self.lost_since
+        if lost is None:
+            return self.status
+        return f"lost since {lost:%Y-%m-%d %H:%M:%S} UTC, resume with evo resume {self.name}"
 
 
 @dataclass(frozen=True)
@@ -239,6 +261,13 @@ _Record = TypeVar("_Record")
 def _record(cls: type[_Record], row: Base) -> _Record:
     """The dataclass `cls` filled from the same-named attributes of an ORM row."""
     return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+
+
+def _run_info(row: RunRow, now: float | None) -> RunInfo:
+    """The run as of `now`, by the database's clock (None: one just created)."""
+    names = [f.name for f in dataclasses.fields(RunInfo) if f.name != "driver"]
+    values = {name: getattr(row, name) for name in names}
+    return RunInfo(**values, driver=None if now is None else leases.driver_of(row, now))
 
 
 def _trial_record(row: TrialRow) -> TrialRecord:
@@ -550,6 +579,7 @@ class Storage:
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UserError(f"cannot open the results database {self.url}: {_reason(exc)}") from exc
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._lease: Lease | None = None  # held by this process: its writes are fenced
 
     def __enter__(self) -> Storage:
         return self
@@ -560,13 +590,50 @@ class Storage:
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write's transaction; while this process holds a lease, it first renews it,
+        and writes nothing if another driver has taken the run (`leases.LeaseLost`)."""
+        with self._sessions.begin() as session:
+            if self._lease is not None:
+                leases.renew(session, self._lease)
+            yield session
+
+    # Driver leases (evo.storage.leases)
+
+    def take_lease(
+        self, run: str, host: str, pid: int, seconds: float, *, replacing: int | None = None
+    ) -> bool:
+        """Take the run's lease for `seconds` (renewed by every write and `renew_lease`), if
+        no live driver holds it, or the one that does holds lease number `replacing` (known
+        to be dead); from then on this Storage's writes are fenced. False if not taken."""
+        with self._sessions.begin() as session:
+            run_id = self._run(session, run).id
+            number = leases.take(session, run_id, host, pid, seconds, replacing)
+        if number is None:
+            return False
+        self._lease = Lease(run_id, run, number, seconds)
+        return True
+
+    def renew_lease(self) -> None:
+        """The heartbeat: renew this process's lease (`LeaseLost` if it was taken over)."""
+        with self._writing():
+            pass
+
+    def release_lease(self) -> None:
+        """Give up this process's lease, if another driver has not taken it meanwhile."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with self._sessions.begin() as session:
+                leases.release(session, lease)
+
     # Runs
 
     def create_run(self, name: str, space_yaml: str, seed: int) -> RunInfo:
         if not name.strip():
             raise UserError("a run needs a non-empty name")
         now = _now()
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             if session.scalar(select(RunRow.id).where(RunRow.name == name)) is not None:
                 raise UserError(
                     f"a run named {name!r} already exists in {self.url}; "
@@ -584,12 +651,14 @@ class Storage:
                 updated_at=now,
             )
             session.add(row)
-            return _record(RunInfo, row)
+            return _run_info(row, None)
 
     def get_run(self, name: str) -> RunInfo | None:
         with self._sessions.begin() as session:
-            row = session.scalar(select(RunRow).where(RunRow.name == name))
-            return None if row is None else _record(RunInfo, row)
+            found = session.execute(
+                select(RunRow, database_seconds()).where(RunRow.name == name)
+            ).one_or_none()
+            return None if found is None else _run_info(*found)
 
     def require_run(self, name: str) -> RunInfo:
         """The run named `name`; a UserError pointing at `evo ls` when there is none."""
@@ -600,24 +669,26 @@ class Storage:
 
     def list_runs(self) -> list[RunInfo]:
         with self._sessions.begin() as session:
-            rows = session.scalars(select(RunRow).order_by(RunRow.created_at, RunRow.id))
-            return [_record(RunInfo, row) for row in rows]
+            rows = session.execute(
+                select(RunRow, database_seconds()).order_by(RunRow.created_at, RunRow.id)
+            )
+            return [_run_info(row, now) for row, now in rows]
 
     def set_run_status(self, name: str, status: RunStatus) -> None:
         status = RunStatus(status)
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = self._run(session, name)
             row.status = status.value
             row.updated_at = _now()
 
     def set_unigram_baseline(self, name: str, bits_per_byte: float) -> None:
         """Record the bits per byte of the best unigram model of the run's validation text."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             self._run(session, name).unigram_bits_per_byte = bits_per_byte
 
     def set_train_tokens(self, name: str, tokens: int) -> None:
         """Record the tokens of the training split of the run's pretraining corpus."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             self._run(session, name).train_tokens = tokens
 
     # Genomes and trials
@@ -626,7 +697,7 @@ class Storage:
         """The id of these genes in `run`, adding them the first time they are seen."""
         genes = _jsonable(genes)
         digest = genome_hash(genes)
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             run_id = self._run(session, run).id
             found = session.scalar(
                 select(GenomeRow.id).where(GenomeRow.run_id == run_id, GenomeRow.hash == digest)
@@ -678,7 +749,7 @@ class Storage:
         continued_from: int | None = None,
     ) -> int:
         """Queue a trial; its `decision` defaults to its own id (a decision of its own)."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             genome = session.get(GenomeRow, genome_id)
             if genome is None or genome.run_id != self._run(session, run).id:
                 raise ValueError(f"genome {genome_id} is not part of run {run!r}")
@@ -703,7 +774,7 @@ class Storage:
     def mark_running(
         self, trial_id: int, host: str, device: str, worker: str | None = None
     ) -> None:
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = self._trial(session, trial_id)
             row.status = TrialStatus.RUNNING.value
             row.host, row.device, row.worker = host, device, worker
@@ -712,7 +783,7 @@ class Storage:
     def retry_trial(self, trial_id: int, error: str) -> int:
         """Mark a trial whose worker was lost as retried, with the reason, and queue the
         next attempt of its decision, both at once; returns the new trial's id."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = self._trial(session, trial_id)
             row.status = TrialStatus.RETRIED.value
             row.error = error
@@ -762,7 +833,7 @@ class Storage:
         """
         status = _finished_status(outcome, "trial")
         result = outcome.result
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = self._trial(session, trial_id)
             run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
             run_row = session.get(RunRow, run_id)
@@ -820,7 +891,7 @@ class Storage:
         stay in the history, with the time they ran) and return them: the decisions a
         resumed search runs again. `at` is when the driver stopped; None when that is not
         known (it was killed), and the run's last recorded moment stands in for it."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             trials = self._trials_query(session, run)
             rows = session.scalars(
                 trials.where(
@@ -842,7 +913,7 @@ class Storage:
 
     def forget_checkpoint(self, trial_id: int) -> None:
         """Record that the trial's stable checkpoint is gone (deleted, or never kept)."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             self._trial(session, trial_id).checkpoint = None
 
     def trials(self, run: str) -> list[TrialRecord]:
@@ -926,14 +997,14 @@ class Storage:
     # Sessions
 
     def start_session(self, run: str, workers: int) -> int:
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = SessionRow(run_id=self._run(session, run).id, workers=workers, started_at=_now())
             session.add(row)
             session.flush()
             return row.id
 
     def end_session(self, session_id: int) -> None:
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = session.get(SessionRow, session_id)
             if row is not None:
                 row.ended_at = _now()
@@ -963,7 +1034,7 @@ class Storage:
         replaced. The run's current generation becomes `generation`.
         """
         now = _now()
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             run_row = self._run(session, run)
             same = (MemberRow.run_id == run_row.id, MemberRow.generation == generation)
             session.execute(delete(MemberRow).where(*same))
@@ -1005,7 +1076,7 @@ class Storage:
     ) -> int:
         status = str(status)  # a RunStatus as its value
         now = _now()
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = PromotionRow(
                 run_id=self._run(session, run).id,
                 genome_id=genome_id,
@@ -1024,7 +1095,7 @@ class Storage:
     ) -> None:
         """Set the promotion's status, and its metrics unless `metrics` is None."""
         status = str(status)
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = session.get(PromotionRow, promotion_id)
             if row is None:
                 raise ValueError(f"no promotion with id {promotion_id} in {self.url}")
@@ -1048,7 +1119,7 @@ class Storage:
         """Record that a validation of the genome at `budget` with `seed` is running (again,
         if an earlier attempt was interrupted); returns its id."""
         key = budget_key(budget)
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             run_id = self._run(session, run).id
             row = session.scalar(
                 select(ValidationRow).where(
@@ -1076,7 +1147,7 @@ class Storage:
         """Store a validation's outcome: its status, its result's metrics and error (the
         curve is not kept), and where and when it ran, as finish_trial does."""
         status = _finished_status(outcome, "validation")
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             row = session.get(ValidationRow, validation_id)
             if row is None:
                 raise ValueError(f"no validation with id {validation_id} in {self.url}")
@@ -1087,7 +1158,7 @@ class Storage:
     def interrupt_validations(self, run: str) -> int:
         """Mark validations a stopped `evo validate` left running as interrupted; returns
         how many. They are run again by the next `evo validate`."""
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             result = session.execute(
                 update(ValidationRow)
                 .where(

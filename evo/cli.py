@@ -295,14 +295,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     storage = open_storage(args)
     table = Table("name", "status", "generations", "trials", "created", "updated")
+    counts = storage.trial_counts()
     for run in storage.list_runs():
-        trials = len(storage.trials(run.name))
         generation = "-" if run.generation is None else str(generations_complete(run))
         table.add_row(
             run.name,
             run.shown_status,
             generation,
-            str(trials),
+            str(counts.get(run.name, 0)),
             f"{run.created_at:%Y-%m-%d %H:%M}",
             f"{run.updated_at:%Y-%m-%d %H:%M}",
         )

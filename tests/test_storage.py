@@ -379,6 +379,20 @@ def test_a_lost_attempt_is_kept_as_retried_beside_its_retry(store: Storage) -> N
     assert store.finished_result("r", genome, rung=0) is None
 
 
+def test_trial_counts_count_every_row_of_each_run(store: Storage) -> None:
+    store.create_run("r", SPACE, seed=0)
+    store.create_run("other", SPACE, seed=0)
+    store.create_run("empty", SPACE, seed=0)
+    genomes = [store.genome_id("r", {"n": n}) for n in range(2)]
+    first = store.add_trial("r", genomes[0])
+    store.mark_running(first, host="h", device="cpu")
+    store.retry_trial(first, "worker lost")  # a retried attempt is a row too
+    store.add_trial("r", genomes[1])
+    store.add_trial("other", store.genome_id("other", {"n": 0}))
+    assert store.trial_counts() == {"r": 3, "other": 1}
+    assert store.trial_counts()["r"] == len(store.trials("r"))
+
+
 def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     store.create_run("other", SPACE, seed=0)

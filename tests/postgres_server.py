@@ -86,6 +86,7 @@ def throwaway_server() -> Iterator[URL]:
     run = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
         initdb = ["-U", "evo", "-A", "scram-sha-256", f"--pwfile={folder / 'password'}"]
+        initdb += ["--locale=C", "--encoding=UTF8"]  # as a server evo is given would be
         subprocess.run(
             [*prefix, str(bin_dir / "initdb"), "-D", str(data), *initdb],
             check=True,

@@ -393,6 +393,32 @@ def test_trial_counts_count_every_row_of_each_run(store: Storage) -> None:
     assert store.trial_counts()["r"] == len(store.trials("r"))
 
 
+def test_a_postgres_database_without_a_locale_reads_back_text(postgres: Any) -> None:
+    """A cluster made without a locale is SQL_ASCII, where psycopg returns text as bytes
+    unless the connection says UTF-8: evo's does."""
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    name = f"evo_ascii_{os.getpid()}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(
+            text(
+                f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                "TEMPLATE template0"
+            )
+        )
+    url = postgres.set(database=name).render_as_string(hide_password=False)
+    try:
+        with Storage(url) as store:
+            store.create_run("ascii", SPACE, seed=0)
+            genome = store.genome_id("ascii", {"pos_encoding": "rope", "note": "ünïcode"})
+            assert store.genomes("ascii")[genome]["note"] == "ünïcode"
+            assert [run.name for run in store.list_runs()] == ["ascii"]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def test_results_are_numbered_in_the_order_they_are_recorded(store: Storage) -> None:
     store.create_run("r", SPACE, seed=0)
     store.create_run("other", SPACE, seed=0)

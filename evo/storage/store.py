@@ -438,7 +438,10 @@ def _make_engine(url: str, create: bool, read_only: bool = False) -> Engine:
     if file is not None and not create and file.stat().st_size == 0:
         # Opening it would write (WAL mode alone writes a header): refuse it untouched.
         raise UserError(f"{file} is empty, not an evo database; `evo run` creates one")
-    engine = create_engine(parsed)
+    # A PostgreSQL cluster made without a locale has the SQL_ASCII encoding, in which
+    # psycopg hands text back as bytes; evo writes only UTF-8, so read it as that.
+    postgres = parsed.get_backend_name() == "postgresql"
+    engine = create_engine(parsed, connect_args={"client_encoding": "utf8"} if postgres else {})
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_pragmas)
     return engine

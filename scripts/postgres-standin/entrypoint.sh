@@ -10,7 +10,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     password_file=$(mktemp)
     printf '%s' "$POSTGRES_PASSWORD" > "$password_file"
     "$bin/initdb" -D "$PGDATA" -U "$user" --pwfile="$password_file" \
-        --auth-local=trust --auth-host=scram-sha-256
+        --auth-local=trust --auth-host=scram-sha-256 --locale=C --encoding=UTF8
     rm "$password_file"
     echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
     if [ "$database" != postgres ]; then

@@ -178,6 +178,13 @@ def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
     return Storage(storage_url(args), create=create)
 
 
+def read_storage(args: argparse.Namespace) -> Storage:
+    """The database for a command that only reads: never created, upgraded or written."""
+    from evo.storage import Storage
+
+    return Storage(storage_url(args), create=False, read_only=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import open_run
@@ -268,7 +275,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     from evo.generations import generations_complete
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     table = Table("name", "status", "generations", "trials", "created", "updated")
     for run in storage.list_runs():
         trials = len(storage.trials(run.name))
@@ -290,7 +297,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from evo.status import print_status, watch_status
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     if args.watch is None:
         print_status(storage, args.name, Console())
     else:
@@ -301,7 +308,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evo.report.page import write_report
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / "report.html"
     path = write_report(storage, args.name, out, plotly=args.plotly)
@@ -319,7 +326,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from evo.export import export_trials
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / f"trials.{args.format}"
     print(export_trials(storage, args.name, out, args.format))

@@ -1,7 +1,7 @@
 """`evo dashboard`: a live web view of the runs in a results database.
 
-It reads the database read-only (`Storage(read_only=True)`: SQLite's query_only, never a
-migration or a write lock), so it can watch a search while the search writes; started
+It reads the database read-only (`Storage(read_only=True)`: never a migration, a write or a
+write lock), so it can watch a search while the search writes; started
 before the search has created the database, it waits for it and says "no runs yet".
 
 Pages (`pages`): `/` lists every run; `/runs/NAME` is the run's report (the sections of

@@ -9,8 +9,9 @@ dataclasses and dicts, never ORM objects tied to a session.
 SQLite (the default) runs in WAL mode so that readers and the writer never lock each
 other out. Any other SQLAlchemy URL (PostgreSQL for a shared cluster) gets the same
 schema: it uses only portable column types. A database written by an older evo is
-upgraded when it is opened (Alembic migrations in `migrations/`; a SQLite file is
-copied aside first); one written by a newer evo is refused.
+upgraded when a writer opens it (Alembic migrations in `migrations/`; a SQLite file is
+copied aside first), never by a reader (`read_only`); one written by a newer evo is
+refused.
 """
 
 from __future__ import annotations
@@ -409,10 +410,36 @@ def _make_engine(url: str, create: bool, read_only: bool = False) -> Engine:
     if file is not None and not create and file.stat().st_size == 0:
         # Opening it would write (WAL mode alone writes a header): refuse it untouched.
         raise UserError(f"{file} is empty, not an evo database; `evo run` creates one")
-    engine = create_engine(parsed)
-    if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_pragmas)
+    if file is not None and read_only:
+        engine = create_engine(parsed, creator=lambda: _read_only_connection(file))
+    else:
+        engine = create_engine(parsed)
+    reader = {"sqlite": _sqlite_reader, "postgresql": _postgresql_reader}
+    if read_only and parsed.get_backend_name() in reader:
+        event.listen(engine, "connect", reader[parsed.get_backend_name()])
+    elif parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _read_only_connection(file: Path) -> sqlite3.Connection:
+    """A connection to the SQLite `file` that the operating system lets write nothing
+    (mode=ro), even where this user may write the file. A database in WAL mode is read
+    through its -shm index, which a reader creates when the writer has left none; where
+    the folder takes no new file, the database is read as immutable: as it is on disk
+    (no writer has it open: a writer keeps those files beside it)."""
+    uri = file.resolve().as_uri()
+    # A timeout: a writer may hold the database for a moment.
+    options = {"uri": True, "check_same_thread": False, "timeout": 30.0}
+    connection = sqlite3.connect(f"{uri}?mode=ro", **options)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        connection.close()
+        if exc.sqlite_errorname != "SQLITE_CANTOPEN":  # locked, damaged: not the folder
+            raise
+        return sqlite3.connect(f"{uri}?immutable=1", **options)
+    return connection
 
 
 def _sqlite_reader(dbapi_connection: Any, connection_record: Any) -> None:
@@ -424,6 +451,15 @@ def _sqlite_reader(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+def _postgresql_reader(dbapi_connection: Any, connection_record: Any) -> None:
+    """A session whose every transaction is read-only: PostgreSQL refuses any change or
+    DDL on it. Committed, since a SET inside a transaction ends with it."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 def _check_schema(engine: Engine, shown_url: str) -> None:
     """Refuse, without changing it, a database this evo cannot read as it is."""
     with engine.connect() as connection:
@@ -432,9 +468,9 @@ def _check_schema(engine: Engine, shown_url: str) -> None:
         found = connection.scalar(select(SchemaRow.version))
     if found != SCHEMA_VERSION:
         raise UserError(
-            f"{shown_url} has schema version {found}, this evo reads {SCHEMA_VERSION}; "
+            f"{shown_url} has schema {found}, this evo writes {SCHEMA_VERSION}: "
             + (
-                "run `evo ls` once to upgrade it"
+                "the next `evo run`, `evo resume` or `evo promote` upgrades it"
                 if found is not None and found < SCHEMA_VERSION
                 else "upgrade evo-llm to read it"
             )
@@ -533,8 +569,10 @@ class Storage:
         A SQLite file that does not exist yet is created only when `create` is true;
         otherwise it is a UserError, so that a mistyped path cannot pass for an empty
         database. Server databases (PostgreSQL) must exist already either way.
-        `read_only` never creates, upgrades or writes anything (SQLite refuses writes on
-        its connections): for a reader such as `evo dashboard` beside a running search.
+        `read_only` never creates, upgrades or writes anything (SQLite opens the file
+        read-only and refuses writes on its connections; PostgreSQL's transactions are
+        read-only): for the read commands, such as `evo dashboard` beside a running
+        search. A database that needs an upgrade is then a UserError saying so.
         """
         self.url = _shown(url)
         try:

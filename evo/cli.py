@@ -46,6 +46,12 @@ def add_search_commands(command: Command) -> None:
     run.add_argument("space", type=Path, help="search space YAML, e.g. search_spaces/tiny.yaml")
     run.add_argument("--name", help="run name (default: the space file's stem)")
     run.add_argument("--new", action="store_true", help="start a fresh run under a new name")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what the run would do (rungs, budget, genomes, passes, an estimate of its "
+        "time from a few probe steps) and write nothing",
+    )
     add_execution_options(run)
     run.add_argument(
         "--set",
@@ -194,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evo.storage import RunStatus
 
     space = load_space(args.space, args.overrides)
+    if args.dry_run:
+        return dry_run(args, space)
     # The data, the initial genomes and the budget are checked before a run is created,
     # so a missing corpus or an impossible genome leaves nothing behind to clean up.
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
@@ -209,6 +217,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
     return search(args, storage, name, space, (data, vocab_size))
+
+
+def dry_run(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Print what `evo run` would do with `space`, writing nothing: a corpus the cache
+    lacks is tokenized in a temporary folder, removed after."""
+    import tempfile
+
+    from evo.data import prepare_data
+    from evo.dry_run import plan_lines, probe, usable_workers
+    from evo.operators import check_initial
+    from evo.schedule.budget import check_budget
+
+    with tempfile.TemporaryDirectory(prefix="evo-dry-run-") as scratch:
+        data, vocab_size = prepare_data(space, sys.stderr.isatty(), scratch=Path(scratch))
+    first = check_initial(space, vocab_size)
+    check_budget(space, first)
+    speed = probe(space, data, vocab_size, first[0])
+    workers = usable_workers(space, args.local)
+    for line in plan_lines(space, first[0], speed, len(data.pretrain.train), workers):
+        print(line)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

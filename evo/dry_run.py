@@ -23,7 +23,7 @@ from evo.data import TrialData
 from evo.schedule.budget import trial_cost
 from evo.search.trials import make_job
 from evo.space import SearchSpace
-from evo.summary import budget_text, mode_text, target_lines
+from evo.summary import budget_text, mode_text, target_lines, target_passes
 from llm.trial import WARMUP_STEPS, TrialEnd, TrialSpec, run_trial
 
 PROBE_STEPS = WARMUP_STEPS + 8  # the throughput is the median of the steps after warm-up
@@ -125,6 +125,7 @@ def plan_lines(
         f"{mode_text(space.search.mode)} search, η = {space.search.eta:g}; rungs: "
         + " / ".join(budget_text(b) for b in budgets),
         "budget: " + (budget_text_of(limits) or "none (it runs until stopped)"),
+        *target_line(space, train_tokens),
         *target_lines(space, train_tokens),
         "a trial of the first genome trains "
         + " / ".join(f"{t:,.0f}" for t in found.tokens)
@@ -149,6 +150,23 @@ def plan_lines(
         "another size train at another speed)"
     )
     return lines
+
+
+def target_line(space: SearchSpace, train_tokens: int) -> list[str]:
+    """The target, and its passes over the training split when under one (`target_lines`
+    says more of a target that passes over it several times)."""
+    target = space.target_budget()
+    if target is None:
+        return []
+    passes = target_passes(space, train_tokens)
+    if passes is None or passes[1] > 1:
+        return [f"target: {budget_text(target)}"]
+    low, high = passes
+    share = f"{low:.2g}" if low == high else f"{low:.2g} to {high:.2g}"
+    return [
+        f"target: {budget_text(target)}, {share} of a pass over the training split "
+        f"({train_tokens:,} tokens)"
+    ]
 
 
 def budget_text_of(limits: dict[str, float]) -> str:

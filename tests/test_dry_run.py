@@ -47,6 +47,12 @@ def test_a_dry_run_writes_nothing_and_states_what_the_run_then_does(space, workd
     assert scratch_folders() == scratch  # the corpus tokenized aside is gone too
     assert "rungs: 3 steps / 9 steps / 27 steps" in out
     assert "budget: 16 trials" in out
+    passes = re.search(
+        r"target: 27 steps, ([\d.]+) of a pass over the training split \(([\d,]+) tokens", out
+    )
+    assert passes is not None, out
+    split = int(passes[2].replace(",", ""))
+    assert float(passes[1]) == pytest.approx(27 * 4 * 16 / split, rel=0.05)  # 27 steps of 4 × 16
     assert re.search(r"its trials end the search after about 11 new genomes in 16 trials", out)
     assert "about 1.2 of them reach the top rung (1 in 3^2" in out
     assert re.search(r"estimated wall time: .* on 1 worker\(s\) of this machine", out)

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
     # The executor brings torch, which a reader of the database does without.
     from evo.executor import TrialOutcome
+    from llm.trial import CurvePoint
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,15 @@ def _replace_forecast(
                 for genome, prediction in forecast.predictions.items()
             ],
         )
+
+
+def _curve_rows(trial_id: int, points: Sequence[CurvePoint]) -> list[CurvePointRow]:
+    return [
+        CurvePointRow(
+            trial_id=trial_id, **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()}
+        )
+        for point in points
+    ]
 
 
 def _now() -> datetime:
@@ -816,13 +826,7 @@ class Storage:
             row.pretrain = _jsonable(result.pretrain)
             row.device = result.device or row.device
             session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id == trial_id))
-            session.add_all(
-                CurvePointRow(
-                    trial_id=trial_id,
-                    **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()},
-                )
-                for point in result.curve
-            )
+            session.add_all(_curve_rows(trial_id, result.curve))
             if forget:
                 session.execute(
                     update(TrialRow).where(TrialRow.id.in_(forget)).values(checkpoint=None)
@@ -830,6 +834,20 @@ class Storage:
             if forecast is not None:
                 _replace_forecast(session, run_row.id, row.recorded, forecast)
             return row.recorded
+
+    def add_curve_points(self, trial_id: int, points: Sequence[CurvePoint]) -> bool:
+        """Add points to the learning curve of a running trial, as its worker sends them
+        while it trains; its outcome (`finish_trial`) replaces them with its whole curve.
+        The run counts as updated (its views redraw). The points of a trial no longer
+        running (a late message) are not stored: False."""
+        with self._sessions.begin() as session:
+            row = self._trial(session, trial_id)
+            if row.status != TrialStatus.RUNNING.value:
+                return False
+            session.add_all(_curve_rows(trial_id, points))
+            run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
+            session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=_now()))
+            return True
 
     def forecast(self, run: str) -> ForecastRecord | None:
         """The run's latest forecast of its target; None when it has none (a target at the

@@ -13,6 +13,7 @@ from conftest import outcome, steady_space_dict, write_corpus
 from fastapi.testclient import TestClient
 
 import evo.executor
+from evo.cli import main as evo_cli
 from evo.dashboard import build_app
 from evo.data import prepare_data
 from evo.driver import open_run
@@ -139,3 +140,59 @@ def test_the_dashboard_serves_and_draws_a_running_trials_curve(tmp_path) -> None
         drawn = "".join(run_view["sections"])
         assert f"trial {running} (genome" in drawn and "running at rung 1" in drawn
         assert client.get("/api/runs/live/trials/999/curve").status_code == 404
+
+
+class Killed(BaseException):
+    """The driver dies (as by kill -9): nothing after it runs, no row is tidied."""
+
+
+def search_outcome(url: str) -> list[tuple[Any, ...]]:
+    """What a search did, independent of timing: each result's decision, genes, rung,
+    status and score."""
+    with Storage(url, create=False) as storage:
+        genomes = storage.genomes("space")
+        return sorted(
+            (
+                t.decision,
+                sorted(genomes[t.genome_id].items()),
+                t.rung,
+                t.status,
+                t.metric("bits_per_byte"),
+            )
+            for t in storage.trials("space")
+            if t.status.is_result
+        )
+
+
+def test_a_search_killed_with_a_running_trials_points_stored_resumes_the_same(
+    workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evo.executor, "PROGRESS_SECONDS", 0.0)
+    data = steady_space_dict(write_corpus(workdir / "corpus"))
+    data["fixed"]["train"]["log_interval"] = 1
+    (workdir / "space.yaml").write_text(yaml.safe_dump(data))
+    run = ["run", "space.yaml", "--local", "--quiet", "--storage"]
+    straight, killed = (f"sqlite:///{workdir / name}" for name in ("straight.db", "killed.db"))
+    assert evo_cli([*run, straight]) == 0
+
+    store_points, stored = Storage.add_curve_points, []
+
+    def dying(self: Storage, trial_id: int, points: list[CurvePoint]) -> bool:
+        stored.append(store_points(self, trial_id, points))
+        if len(stored) == 20:
+            raise Killed
+        return stored[-1]
+
+    monkeypatch.setattr(Storage, "add_curve_points", dying)
+    with pytest.raises(Killed):
+        evo_cli([*run, killed])
+    monkeypatch.setattr(Storage, "add_curve_points", store_points)
+    with Storage(killed, create=False) as storage:
+        (running,) = [t for t in storage.trials("space") if t.status == "running"]
+        assert storage.curve(running.id)  # its points so far, as the dead driver left them
+    assert evo_cli(["resume", "space", "--local", "--quiet", "--storage", killed]) == 0
+    assert search_outcome(killed) == search_outcome(straight)
+    with Storage(killed, create=False) as storage:
+        (interrupted,) = [t for t in storage.trials("space") if t.id == running.id]
+        assert interrupted.status == "interrupted"
+        assert not any(t.status.is_active for t in storage.trials("space"))

@@ -8,7 +8,8 @@ Pages (`pages`): `/` lists every run; `/runs/NAME` is the run's report (the sect
 `evo report`), with every trial id linking to its page; `/runs/NAME/trials/ID` is one
 trial (`trial`). No page reloads itself: `static/live.js` asks `/api/view/PAGE?since=V`
 every few seconds and updates what changed in place. The JSON API for scripts (`api`):
-`/api/runs`, `/api/runs/NAME` and `/api/runs/NAME/trials`. plotly.js comes from the
+`/api/runs`, `/api/runs/NAME`, `/api/runs/NAME/trials` and
+`/api/runs/NAME/trials/ID/curve` (a running trial's so far). plotly.js comes from the
 installed plotly package, under a versioned URL that browsers cache; no page needs the
 network. plotly is imported where a page draws, not with this package, so that the runs
 list and the API answer without loading it. The app, its static files, errors and the

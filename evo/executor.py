@@ -459,10 +459,7 @@ class RayExecutor(Executor):
         self._data_ref: Any = None
         self._flights: dict[Any, _InFlight] = {}
         self._dispatches = 0
-        from ray.util.queue import Queue
-
-        # Running trials' curve points, on their way to the driver (no CPU of a trial's).
-        self._curves = Queue(actor_options={"num_cpus": 0})
+        self._curves = _curve_queue(ray)
         self._lending = (
             CoreLending(self._threads, self.capacity)
             if lend_cores and gpus == 0 and os.name == "posix" and _on_this_machine(ray.nodes())
@@ -513,12 +510,16 @@ class RayExecutor(Executor):
     def _report_progress(self, observer: TrialObserver) -> None:
         """Pass on the curve points the running trials have sent, before any of their
         outcomes (which replace them); those of a dispatch no longer in flight are
-        dropped."""
-        waiting = self._curves.qsize()
-        if not waiting:
+        dropped. A queue lost with its node is replaced."""
+        try:
+            waiting = self._curves.qsize()
+            sent = self._curves.get_nowait_batch(waiting) if waiting else []
+        except self._ray.exceptions.RayError as err:  # only the live view loses them
+            log.warning("evo: running trials' curve points were lost: %s", first_line(err))
+            self._curves = _curve_queue(self._ray)  # for the trials dispatched from now on
             return
         running = {flight.number: flight for flight in self._flights.values()}
-        for number, points in self._curves.get_nowait_batch(waiting):
+        for number, points in sent:
             if number in running:
                 observer.progress(running[number].job, points)
 
@@ -588,6 +589,16 @@ class RayExecutor(Executor):
         self._curves.shutdown(force=True)
         if self._lending is not None:
             self._lending.close()
+
+
+def _curve_queue(ray: Any) -> Any:
+    """The queue running trials send their curve points through: an actor on the driver's
+    node (it lives as long as the driver does) that takes no CPU from the trials."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _by_work(job: TrialJob) -> bool:

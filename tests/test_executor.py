@@ -282,6 +282,22 @@ def test_a_running_trials_curve_points_reach_the_driver_while_it_trains(ray_clus
     assert recorder.outcomes[11].result.metric("steps") == 1  # it saw them arrive
 
 
+def test_a_lost_curve_queue_costs_only_its_points(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=0, task=curve_while_running)
+    executor.load_data(data())
+    recorder = MarkingRecorder(workers_marker_folder())
+    ray.kill(executor._curves.actor)  # as when its node is lost
+    (recorder.markers / "received-12").touch()  # this trial would wait for points in vain
+    try:
+        executor.run([job(12)], recorder)
+        executor.run([job(13)], recorder)
+    finally:
+        executor.close()
+    # The driver went on (its stub trial raised sending: a real one's CurveSender drops).
+    assert 12 in recorder.outcomes and 12 not in recorder.points
+    assert [(p.step, p.tokens) for p in recorder.points[13]] == [(1, 64)]  # a new queue
+
+
 def always_crash(job: TrialJob, data: TrialData) -> TrialOutcome:
     os._exit(1)
 

@@ -90,6 +90,8 @@ def plan(space: SearchSpace, genes: dict[str, Any], speed: Probe) -> Plan:
     genomes = {
         unit: limit / per_genome[unit] for unit, limit in space.search.budget.limits().items()
     }
+    if space.search.generations is not None:  # generational: `population` genomes each
+        genomes["generations"] = float(space.search.generations * space.search.population)
     limit = min(genomes, key=lambda unit: genomes[unit]) if genomes else None
     count = genomes[limit] if limit is not None else math.inf
     return Plan(tokens, count, count * per_genome["trials"], count * per_genome["tokens"], limit)
@@ -118,27 +120,28 @@ def plan_lines(
     workers: int,
 ) -> list[str]:
     """What `evo run --dry-run` prints."""
-    budgets = space.rung_budgets()
     found = plan(space, genes, speed)
-    limits = space.search.budget.limits()
     lines = [
-        f"{mode_text(space.search.mode)} search, η = {space.search.eta:g}; rungs: "
-        + " / ".join(budget_text(b) for b in budgets),
-        "budget: " + (budget_text_of(limits) or "none (it runs until stopped)"),
+        *search_lines(space),
         *target_line(space, train_tokens),
         *target_lines(space, train_tokens),
         "a trial of the first genome trains "
         + " / ".join(f"{t:,.0f}" for t in found.tokens)
-        + " tokens at the rungs (from the checkpoint below)",
+        + " tokens"
+        + (" at the rungs (from the checkpoint below)" if len(found.tokens) > 1 else ""),
     ]
     if found.limit is None:
         return lines
-    top = found.genomes * space.search.eta ** -(len(budgets) - 1)
+    rungs = len(found.tokens)
+    top = found.genomes * space.search.eta ** -(rungs - 1)
+    reach = (
+        f"; about {top:,.1f} of them reach the top rung (1 in {space.search.eta:g}^{rungs - 1}, "
+        "by successive halving)"
+    )
     lines.append(
         f"its {found.limit.replace('_', '-')} end the search after about {found.genomes:,.0f} "
-        f"new genomes in {found.trials:,.0f} trials ({found.trained_tokens:,.0f} tokens); "
-        f"about {top:,.1f} of them reach the top rung (1 in {space.search.eta:g}^"
-        f"{len(budgets) - 1}, by successive halving)"
+        f"new genomes in {found.trials:,.0f} trials ({found.trained_tokens:,.0f} tokens)"
+        + (reach if rungs > 1 else "")
     )
     seconds = (
         found.trained_tokens / speed.tokens_per_s + found.trials * speed.overhead_s
@@ -150,6 +153,23 @@ def plan_lines(
         "another size train at another speed)"
     )
     return lines
+
+
+def search_lines(space: SearchSpace) -> list[str]:
+    """The search's mode, rungs (or trial budget) and budget."""
+    search = space.search
+    budgets = " / ".join(budget_text(b) for b in space.rung_budgets())
+    limits = budget_text_of(search.budget.limits())
+    if search.generations is not None:
+        each = f"{search.generations} generations of {search.population} genomes"
+        return [
+            f"{mode_text(search.mode)} search, each trial {budgets}",
+            f"budget: {each}" + (f", at most {limits}" if limits else ""),
+        ]
+    return [
+        f"{mode_text(search.mode)} search, η = {search.eta:g}; rungs: {budgets}",
+        f"budget: {limits}",
+    ]
 
 
 def target_line(space: SearchSpace, train_tokens: int) -> list[str]:

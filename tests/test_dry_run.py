@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import steady_space_dict, write_corpus
+from conftest import space_dict, steady_space_dict, write_corpus
 
 from evo.cli import main as evo
 from evo.dry_run import Probe, plan
@@ -77,3 +77,16 @@ def test_the_plan_spends_the_budget_at_the_schedulers_costs(tmp_path):
     assert found.genomes == pytest.approx(100_000 / per_genome)
     assert found.trained_tokens == pytest.approx(100_000)
     assert found.trials == pytest.approx(found.genomes * (1 + 1 / 3 + 1 / 9))
+
+
+def test_a_generational_dry_run_counts_the_trials_its_generations_run(workdir, capsys):
+    path = workdir / "gen.yaml"
+    path.write_text(yaml.safe_dump(space_dict(write_corpus(workdir / "corpus"))))
+    assert evo(["run", str(path), "--dry-run", "--local"]) == 0
+    out = capsys.readouterr().out
+    assert not (workdir / "results").exists()
+    assert "budget: 3 generations of 4 genomes" in out
+    assert "its generations end the search after about 12 new genomes in 12 trials" in out
+    assert evo(["run", str(path), "--local", "--quiet"]) == 0
+    with Storage("sqlite:///results/evo.db", create=False) as storage:
+        assert len({trial.decision for trial in storage.trials("gen")}) == 12

@@ -46,6 +46,12 @@ def add_search_commands(command: Command) -> None:
     run.add_argument("space", type=Path, help="search space YAML, e.g. search_spaces/tiny.yaml")
     run.add_argument("--name", help="run name (default: the space file's stem)")
     run.add_argument("--new", action="store_true", help="start a fresh run under a new name")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what the run would do (rungs, budget, genomes, passes, an estimate of its "
+        "time from a few probe steps) and write nothing",
+    )
     add_execution_options(run)
     run.add_argument(
         "--set",
@@ -193,6 +199,13 @@ def open_storage(args: argparse.Namespace, *, create: bool = False) -> Storage:
     return Storage(storage_url(args), create=create)
 
 
+def read_storage(args: argparse.Namespace) -> Storage:
+    """The database for a command that only reads: never created, upgraded or written."""
+    from evo.storage import Storage
+
+    return Storage(storage_url(args), create=False, read_only=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
     from evo.driver import check_checkpoints, open_run
@@ -203,6 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from evo.storage import RunStatus
 
     space = load_space(args.space, args.overrides)
+    if args.dry_run:
+        return dry_run(args, space)
     # The data, the initial genomes and the budget are checked before a run is created,
     # so a missing corpus or an impossible genome leaves nothing behind to clean up.
     data, vocab_size = prepare_data(space, progress=sys.stderr.isatty())
@@ -221,6 +236,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_checkpoints(storage, name, space, go_on=args.without_missing_checkpoints)
     with lease:
         return search(args, storage, name, space, (data, vocab_size))
+
+
+def dry_run(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Print what `evo run` would do with `space`, writing nothing: a corpus the cache
+    lacks is tokenized in a temporary folder, removed after."""
+    import tempfile
+
+    from evo.data import prepare_data
+    from evo.dry_run import plan_lines, probe, usable_workers
+    from evo.operators import check_initial
+    from evo.schedule.budget import check_budget
+
+    with tempfile.TemporaryDirectory(prefix="evo-dry-run-") as scratch:
+        data, vocab_size = prepare_data(space, sys.stderr.isatty(), scratch=Path(scratch))
+    first = check_initial(space, vocab_size)
+    check_budget(space, first)
+    speed = probe(space, data, vocab_size, first[0])
+    workers = usable_workers(space, args.local)
+    for line in plan_lines(space, first[0], speed, len(data.pretrain.train), workers):
+        print(line)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -293,7 +329,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     from evo.generations import generations_complete
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     table = Table("name", "status", "generations", "trials", "created", "updated")
     counts = storage.trial_counts()
     for run in storage.list_runs():
@@ -315,7 +351,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from evo.status import print_status, watch_status
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     if args.watch is None:
         print_status(storage, args.name, Console())
     else:
@@ -326,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evo.report.page import write_report
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / "report.html"
     path = write_report(storage, args.name, out, plotly=args.plotly)
@@ -344,7 +380,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from evo.export import export_trials
 
-    storage = open_storage(args)
+    storage = read_storage(args)
     storage.require_run(args.name)
     out = args.out or Path("results") / args.name / f"trials.{args.format}"
     print(export_trials(storage, args.name, out, args.format))

@@ -4,6 +4,7 @@ into memory and cut to the validation length every trial is scored on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,10 +23,13 @@ class TrialData:
     adapt: TokenSplits | None = None
 
 
-def prepare_data(space: SearchSpace, progress: bool = False) -> tuple[TrialData, int]:
+def prepare_data(
+    space: SearchSpace, progress: bool = False, scratch: Path | None = None
+) -> tuple[TrialData, int]:
     """Tokenize the corpora once (cached on disk) and load them into memory for the
-    object store; returns the data and the tokenizer's real vocabulary size."""
-    pretrain = prepare(space.data_config(), progress=progress)
+    object store; returns the data and the tokenizer's real vocabulary size. With
+    `scratch`, a corpus not cached yet is tokenized there, and the cache is only read."""
+    pretrain = prepare(space.data_config(), progress=progress, scratch=scratch)
     tokenizer, limit = pretrain.tokenizer, space.data.max_val_tokens
     adapt = None
     if space.data.adapt is not None:
@@ -35,7 +39,7 @@ def prepare_data(space: SearchSpace, progress: bool = False) -> tuple[TrialData,
             vocab_size=space.data.vocab_size,
             val_fraction=space.data.val_fraction,
         )
-        prepared = prepare(config, tokenizer=tokenizer, progress=progress)
+        prepared = prepare(config, tokenizer=tokenizer, progress=progress, scratch=scratch)
         adapt = in_memory(prepared.splits(), tokenizer, limit)
     data = TrialData(in_memory(pretrain.splits(), tokenizer, limit), adapt)
     return data, int(tokenizer.vocab_size)

@@ -37,6 +37,7 @@ from llm.errors import UserError
 from llm.trial import (
     WARMUP_STEPS,
     AdaptSpec,
+    CurvePoint,
     TrialEnd,
     TrialResult,
     TrialSpec,
@@ -65,6 +66,7 @@ class TrialJob:
     resume: Checkpoint | None = None  # the stable checkpoint of the rung below, to continue
     keep_stable: bool = False  # bring back this rung's stable checkpoint (a rung follows)
     lend_file: str | None = None  # where the threads lent to the trial are posted
+    progress: CurveChannel | None = None  # where it sends its curve while it trains
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,65 @@ class TrialOutcome:
 class TrialObserver(Protocol):
     def started(self, job: TrialJob, attempt: int) -> None: ...
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None: ...
+    def progress(self, job: TrialJob, points: list[CurvePoint]) -> None: ...
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None: ...
+
+
+PROGRESS_SECONDS = 2.0  # a running trial sends its new curve points at most this often
+
+
+class CurveChannel(Protocol):
+    """How a running trial's curve points reach the driver: a Ray queue from a worker
+    (`QueueChannel`), a direct call in this process (`CallChannel`)."""
+
+    def send(self, points: list[CurvePoint]) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallChannel:
+    """A trial in the driver's own process (`LocalExecutor`) reports to the observer."""
+
+    job: TrialJob
+    observer: TrialObserver
+
+    def send(self, points: list[CurvePoint]) -> None:
+        self.observer.progress(self.job, points)
+
+
+@dataclass(frozen=True)
+class QueueChannel:
+    """A trial on a Ray worker puts its points on the executor's queue, tagged with its
+    dispatch (`RayExecutor` drains the queue while it waits, and drops the points of a
+    dispatch no longer in flight: a lost worker's, a timed-out trial's)."""
+
+    queue: Any  # ray.util.queue.Queue
+    dispatch: int
+
+    def send(self, points: list[CurvePoint]) -> None:
+        self.queue.put_nowait((self.dispatch, points))
+
+
+class CurveSender:
+    """A trial's side of its live curve (the TrialSpec's `on_point`): the points its
+    training records, sent on through `channel` at most every PROGRESS_SECONDS. The
+    curve is only a view of a running trial (its result brings the whole curve): a point
+    that cannot be sent is dropped, never the trial's failure."""
+
+    def __init__(self, channel: CurveChannel) -> None:
+        self.channel = channel
+        self.pending: list[CurvePoint] = []
+        self.sent_at = time.monotonic()
+
+    def __call__(self, point: CurvePoint) -> None:
+        self.pending.append(point)
+        now = time.monotonic()
+        if now - self.sent_at < PROGRESS_SECONDS:
+            return
+        points, self.pending, self.sent_at = self.pending, [], now
+        try:
+            self.channel.send(points)
+        except Exception as err:  # the queue's actor gone, the driver stopping
+            log.warning("evo: a running trial's curve points were not sent: %s", first_line(err))
 
 
 TRIAL_FOLDER_PREFIX = "evo-trial-"
@@ -115,6 +175,7 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
             continue_from=None if continue_from is None else str(continue_from),
             save_stable=None if stable is None else str(stable),
             before_step=() if lent is None else (lent,),
+            on_point=None if job.progress is None else CurveSender(job.progress),
         )
         result = run_trial(spec)
         kept = stable is not None and stable.is_dir() and result.status is TrialEnd.DONE
@@ -344,7 +405,7 @@ class LocalExecutor(Executor):
         assert self._data is not None, "load_data first"
         job = self._queue[0]
         observer.started(job, 0)
-        outcome = execute_job(job, self._data)
+        outcome = execute_job(replace(job, progress=CallChannel(job, observer)), self._data)
         self._queue.pop(0)
         observer.finished(job, outcome)
 
@@ -357,6 +418,7 @@ class _InFlight:
     job: TrialJob
     attempt: int
     dispatched: float
+    number: int  # of its dispatch, which its curve points name (`QueueChannel`)
 
 
 class RayExecutor(Executor):
@@ -396,6 +458,8 @@ class RayExecutor(Executor):
         self._threads = max(1, int(cpus))
         self._data_ref: Any = None
         self._flights: dict[Any, _InFlight] = {}
+        self._dispatches = 0
+        self._curves = _curve_queue(ray)
         self._lending = (
             CoreLending(self._threads, self.capacity)
             if lend_cores and gpus == 0 and os.name == "posix" and _on_this_machine(ray.nodes())
@@ -416,6 +480,7 @@ class RayExecutor(Executor):
         ended = 0
         while self._flights and not ended:
             done, _ = self._ray.wait(list(self._flights), num_returns=1, timeout=1.0)
+            self._report_progress(observer)
             for ref in done:
                 ended += self._collect(ref, observer)
             ended += self._expire(observer)
@@ -442,17 +507,35 @@ class RayExecutor(Executor):
             self._ray.cancel(ref, force=True)
         self._flights.clear()
 
+    def _report_progress(self, observer: TrialObserver) -> None:
+        """Pass on the curve points the running trials have sent, before any of their
+        outcomes (which replace them); those of a dispatch no longer in flight are
+        dropped. A queue lost with its node is replaced."""
+        try:
+            waiting = self._curves.qsize()
+            sent = self._curves.get_nowait_batch(waiting) if waiting else []
+        except self._ray.exceptions.RayError as err:  # only the live view loses them
+            log.warning("evo: running trials' curve points were lost: %s", first_line(err))
+            self._curves = _curve_queue(self._ray)  # for the trials dispatched from now on
+            return
+        running = {flight.number: flight for flight in self._flights.values()}
+        for number, points in sent:
+            if number in running:
+                observer.progress(running[number].job, points)
+
     def _dispatch(self, job: TrialJob, attempt: int, observer: TrialObserver) -> None:
         lending = self._lending if self._lending is not None and _by_work(job) else None
+        self._dispatches += 1
         job_here = replace(
             job,
             train=replace(job.train, threads=self._threads),
             lend_file=None if lending is None else str(lending.path),
+            progress=QueueChannel(self._curves, self._dispatches),
         )
         if self._lending is not None:
             self._lending.share(self.in_flight + 1)
         ref = self._remote.remote(job_here, self._data_ref)
-        self._flights[ref] = _InFlight(job, attempt, time.time())
+        self._flights[ref] = _InFlight(job, attempt, time.time(), self._dispatches)
         observer.started(job, attempt)
 
     def _collect(self, ref: Any, observer: TrialObserver) -> int:
@@ -503,8 +586,19 @@ class RayExecutor(Executor):
     def close(self) -> None:
         self.cancel()
         self._data_ref = None
+        self._curves.shutdown(force=True)
         if self._lending is not None:
             self._lending.close()
+
+
+def _curve_queue(ray: Any) -> Any:
+    """The queue running trials send their curve points through: an actor on the driver's
+    node (it lives as long as the driver does) that takes no CPU from the trials."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _by_work(job: TrialJob) -> bool:

@@ -33,6 +33,7 @@ from llm.errors import UserError
 
 if TYPE_CHECKING:  # the executor brings torch, which `evo status` does without
     from evo.executor import Executor, TrialJob, TrialOutcome
+    from llm.trial import CurvePoint
 
 DEFAULT_TOP = 8
 DEFAULT_SEEDS = 2
@@ -166,6 +167,9 @@ class _Recorder:
 
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
         """A lost worker's retry continues the same validation."""
+
+    def progress(self, job: TrialJob, points: list[CurvePoint]) -> None:
+        """A validation stores no curve (its result is the score at the budget)."""
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         result = outcome.result

@@ -363,9 +363,12 @@ def prepare(
     out: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    scratch: Path | None = None,
 ) -> PreparedData:
     """Tokenize `config.corpus` into `out` (default: a folder under `config.cache_dir`
-    named by a hash of the inputs), reusing what is there when the inputs match.
+    named by a hash of the inputs), reusing what is there when the inputs match; with
+    `scratch`, what is not there yet is tokenized into `scratch` instead, and nothing is
+    written where it would be kept (a look that must leave no trace: `evo run --dry-run`).
 
     The tokenizer is trained on the train split unless one is given.
     """
@@ -385,6 +388,7 @@ def prepare(
         if tokenizer is None:
             _check_vocab_size(config, existing.tokenizer)
         return existing
+    directory = directory if scratch is None else scratch / key
 
     if tokenizer is None:
         tokenizer = train_tokenizer(

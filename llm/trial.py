@@ -25,6 +25,7 @@ import torch
 
 from llm.config import ModelConfig, TrainConfig, pairing_problems
 from llm.data import TokenSplits
+from llm.display import LogRecord
 
 
 class TrialEnd(str, enum.Enum):
@@ -65,6 +66,9 @@ class TrialSpec:
     save_stable: str | None = None  # where to save the stable checkpoint (wsd schedules)
     # Called before each training step with its number (see Trainer's `before_step`).
     before_step: Sequence[Callable[[int], None]] = ()
+    # Called with each point of the training curve as it is recorded, while the trial
+    # trains (a search shows running trials' curves); the result holds them all anyway.
+    on_point: Callable[[CurvePoint], None] | None = None
 
 
 @dataclass
@@ -180,6 +184,7 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
             out_dir=out_dir,
             stable_dir=_path(spec.save_stable) if pretrain else None,
             before_step=spec.before_step,
+            log=None if spec.on_point is None else _curve_listener(stage, spec.on_point),
         )
         outcome = trainer.fit(resume_from=_path(spec.continue_from) if pretrain else None)
         if outcome.stop_reason == "interrupted":
@@ -209,6 +214,26 @@ def _run_stages(spec: TrialSpec) -> TrialResult:
     with thread_count(spec.train.threads):
         result.metrics["decode_tokens_per_s"] = decode_tokens_per_second(model)
     return result
+
+
+def _curve_listener(
+    stage: Literal["pretrain", "adapt"], on_point: Callable[[CurvePoint], None]
+) -> Callable[[LogRecord], None]:
+    """A Trainer's log callback that passes each training log line on as a curve point
+    (the lines the trainer adds to its curve: every `log_interval` steps)."""
+
+    def listen(record: LogRecord) -> None:
+        if record.get("kind") == "train":
+            point = CurvePoint(
+                step=int(record["step"]),
+                tokens=int(record["tokens"]),
+                seconds=float(record["elapsed"]),
+                train_loss=float(record["loss"]),
+                stage=stage,
+            )
+            on_point(point)
+
+    return listen
 
 
 def _path(name: str | None) -> Path | None:

@@ -38,7 +38,7 @@ from evo.storage import Storage
 from llm.config import ModelConfig, TrainConfig
 from llm.data import TokenSplits
 from llm.errors import UserError
-from llm.trial import TrialEnd, TrialResult
+from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 VOCAB = 40
 
@@ -72,12 +72,16 @@ class Recorder:
         self.starts: list[tuple[int, int]] = []
         self.retries: list[tuple[int, str]] = []
         self.outcomes: dict[int, TrialOutcome] = {}
+        self.points: dict[int, list[CurvePoint]] = {}
 
     def started(self, job: TrialJob, attempt: int) -> None:
         self.starts.append((job.genome_id, attempt))
 
     def retrying(self, job: TrialJob, attempt: int, error: str) -> None:
         self.retries.append((job.genome_id, error))
+
+    def progress(self, job: TrialJob, points: list[CurvePoint]) -> None:
+        self.points.setdefault(job.genome_id, []).extend(points)
 
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:
         self.outcomes[job.genome_id] = outcome
@@ -237,6 +241,61 @@ def test_a_dead_worker_is_retried(ray_cluster):
     assert recorder.starts == [(7, 0), (7, 1)], recorder.outcomes[7].result.error
     assert len(recorder.retries) == 1 and "worker lost" in recorder.retries[0][1]
     assert recorder.outcomes[7].status == "done"
+
+
+def curve_while_running(job: TrialJob, data: TrialData) -> TrialOutcome:
+    """Send a curve point, then go on until the driver has it (it leaves a marker)."""
+    assert job.progress is not None
+    job.progress.send([CurvePoint(step=1, tokens=64, seconds=0.1, train_loss=3.0)])
+    received = Path(os.environ["EVO_TEST_MARKER"]) / f"received-{job.genome_id}"
+    deadline = time.time() + 60
+    while not received.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    result = TrialResult(status=TrialEnd.DONE, metrics={"steps": int(received.exists())})
+    return TrialOutcome(result, TrialStatus.DONE, "", "", time.time(), time.time())
+
+
+class MarkingRecorder(Recorder):
+    def __init__(self, markers: Path) -> None:
+        super().__init__()
+        self.markers = markers
+
+    def progress(self, job: TrialJob, points: list[CurvePoint]) -> None:
+        assert job.genome_id not in self.outcomes  # the trial has not ended
+        super().progress(job, points)
+        (self.markers / f"received-{job.genome_id}").touch()
+
+
+def workers_marker_folder() -> Path:
+    return Path(ray.get(ray.remote(lambda: os.environ["EVO_TEST_MARKER"]).remote()))
+
+
+def test_a_running_trials_curve_points_reach_the_driver_while_it_trains(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=0, task=curve_while_running)
+    executor.load_data(data())
+    recorder = MarkingRecorder(workers_marker_folder())
+    try:
+        executor.run([job(11)], recorder)
+    finally:
+        executor.close()
+    assert [(p.step, p.tokens) for p in recorder.points[11]] == [(1, 64)]
+    assert recorder.outcomes[11].result.metric("steps") == 1  # it saw them arrive
+
+
+def test_a_lost_curve_queue_costs_only_its_points(ray_cluster):
+    executor = RayExecutor(cpus=1, gpus=0, timeout_s=600, retries=0, task=curve_while_running)
+    executor.load_data(data())
+    recorder = MarkingRecorder(workers_marker_folder())
+    ray.kill(executor._curves.actor)  # as when its node is lost
+    (recorder.markers / "received-12").touch()  # this trial would wait for points in vain
+    try:
+        executor.run([job(12)], recorder)
+        executor.run([job(13)], recorder)
+    finally:
+        executor.close()
+    # The driver went on (its stub trial raised sending: a real one's CurveSender drops).
+    assert 12 in recorder.outcomes and 12 not in recorder.points
+    assert [(p.step, p.tokens) for p in recorder.points[13]] == [(1, 64)]  # a new queue
 
 
 def always_crash(job: TrialJob, data: TrialData) -> TrialOutcome:

@@ -170,6 +170,12 @@ def add_api_routes(app: FastAPI, pages: Pages, auth: list[Any]) -> None:
         info = pages.run_info(name)
         return trial_records(pages.storage().trials_frame(name), run_space(info))
 
+    @app.get("/api/runs/{name}/trials/{trial_id}/curve", dependencies=auth)
+    def curve_json(name: str, trial_id: int) -> list[dict[str, Any]]:
+        """The trial's learning curve: so far, while it runs."""
+        pages.trial_record(name, trial_id)
+        return pages.storage().curve(trial_id)
+
 
 def add_static_routes(app: FastAPI) -> None:
     """plotly.js and the live script under versioned names, cached for good; the icon,

@@ -13,7 +13,7 @@ from fastapi import HTTPException
 from evo.dashboard.api import digest, run_summary, run_version
 from evo.dashboard.database import Database
 from evo.report.markup import format_value, html_table, link, note, section, time_text
-from evo.storage import RunInfo, Storage
+from evo.storage import RunInfo, Storage, TrialRecord
 from evo.summary import mode_text, run_space, spent_text
 
 NO_RUNS = "No runs yet"
@@ -54,6 +54,13 @@ class Pages:
         if info is None:
             raise HTTPException(404, f"no run named {name!r}")
         return info
+
+    def trial_record(self, name: str, trial_id: int) -> TrialRecord:
+        self.run_info(name)
+        record = next((t for t in self.storage().trials(name) if t.id == trial_id), None)
+        if record is None:
+            raise HTTPException(404, f"run {name!r} has no trial {trial_id}")
+        return record
 
     def runs(self) -> View:
         storage = self.database.storage()
@@ -118,9 +125,7 @@ class Pages:
 
         info = self.run_info(name)
         storage = self.storage()
-        record = next((t for t in storage.trials(name) if t.id == trial_id), None)
-        if record is None:
-            raise HTTPException(404, f"run {name!r} has no trial {trial_id}")
+        record = self.trial_record(name, trial_id)
         version = run_version(info, storage.trials_frame(name))
         nav = (
             f'<nav><a href="/">all runs</a> › <a href="{html.escape(run_path(name))}">'

@@ -1,4 +1,6 @@
-"""The learning curves of the best genomes, across their rungs and training stages."""
+"""The learning curves of the best genomes, across their rungs and training stages, and
+of the trials running now, as far as they have trained (their workers send the points
+while they train)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from evo.metrics import TrialStatus
 from evo.report.markup import figure, format_value, note, section
 from evo.report.run import Run
 from evo.space import Objective
@@ -14,6 +17,7 @@ from evo.storage import Storage
 from evo.summary import SUCCESS, ranked
 
 TOP_CURVES = 5
+RUNNING_COLOR = "#9e9e9e"
 
 
 def curves_section(run: Run, storage: Storage) -> str:
@@ -27,6 +31,12 @@ def curves_section(run: Run, storage: Storage) -> str:
         trials = run.frame[(run.frame["genome_id"] == genome_id) & (run.frame["status"] == SUCCESS)]
         for trial_id in trials.sort_values("rung")["trial_id"]:
             _add_curve(fig, pd.DataFrame(storage.curve(int(trial_id))), name, color)
+    running = run.frame[run.frame["status"] == TrialStatus.RUNNING.value]
+    for trial_id, genome_id, rung in running[["trial_id", "genome_id", "rung"]].itertuples(
+        index=False
+    ):
+        name = f"trial {trial_id} (genome {genome_id}), running at rung {rung + 1}"
+        _add_curve(fig, pd.DataFrame(storage.curve(int(trial_id))), name, RUNNING_COLOR)
     how = _curves_text(fig, len(top), objective, run.rungs)
     if not fig.data:
         message = run.empty if finished.empty else "No learning curves were recorded."
@@ -47,6 +57,8 @@ def _curves_text(fig: go.Figure, genomes: int, objective: Objective, rungs: bool
         parts.append("solid while pretraining, dashed while adapting")
     if any(t.mode == "markers" for t in fig.data):
         parts.append("dots are validation losses, in the same unit")
+    if any(t.line.color == RUNNING_COLOR for t in lines):
+        parts.append("grey: the trials running now, as far as they have trained")
     text = "; ".join(parts) + "."
     if rungs:
         text += (

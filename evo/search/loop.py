@@ -15,6 +15,7 @@ from evo.search.trials import SearchSummary
 from evo.space import SearchSpace
 from evo.storage import Storage
 from evo.view import QuietView, SearchView
+from llm.trial import CurvePoint
 
 
 class SearchLoop(ABC):
@@ -59,6 +60,12 @@ class SearchLoop(ABC):
         self.trial_ids[job.genome_id] = self.storage.retry_trial(
             self.trial_ids[job.genome_id], error
         )
+
+    def progress(self, job: TrialJob, points: list[CurvePoint]) -> None:
+        """A running trial's new curve points: stored at once, for the live views."""
+        trial_id = self.trial_ids.get(job.genome_id)
+        if trial_id is not None:
+            self.storage.add_curve_points(trial_id, points)
 
     @abstractmethod
     def finished(self, job: TrialJob, outcome: TrialOutcome) -> None:

@@ -9,8 +9,9 @@ dataclasses and dicts, never ORM objects tied to a session.
 SQLite (the default) runs in WAL mode so that readers and the writer never lock each
 other out. Any other SQLAlchemy URL (PostgreSQL for a shared cluster) gets the same
 schema: it uses only portable column types. A database written by an older evo is
-upgraded when it is opened (Alembic migrations in `migrations/`; a SQLite file is
-copied aside first); one written by a newer evo is refused.
+upgraded when a writer opens it (Alembic migrations in `migrations/`; a SQLite file is
+copied aside first), never by a reader (`read_only`); one written by a newer evo is
+refused.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
     # The executor brings torch, which a reader of the database does without.
     from evo.executor import TrialOutcome
+    from llm.trial import CurvePoint
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,15 @@ def _replace_forecast(
         )
 
 
+def _curve_rows(trial_id: int, points: Sequence[CurvePoint]) -> list[CurvePointRow]:
+    return [
+        CurvePointRow(
+            trial_id=trial_id, **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()}
+        )
+        for point in points
+    ]
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -438,13 +449,40 @@ def _make_engine(url: str, create: bool, read_only: bool = False) -> Engine:
     if file is not None and not create and file.stat().st_size == 0:
         # Opening it would write (WAL mode alone writes a header): refuse it untouched.
         raise UserError(f"{file} is empty, not an evo database; `evo run` creates one")
-    # A PostgreSQL cluster made without a locale has the SQL_ASCII encoding, in which
-    # psycopg hands text back as bytes; evo writes only UTF-8, so read it as that.
-    postgres = parsed.get_backend_name() == "postgresql"
-    engine = create_engine(parsed, connect_args={"client_encoding": "utf8"} if postgres else {})
-    if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_pragmas)
+    backend = parsed.get_backend_name()
+    if file is not None and read_only:
+        engine = create_engine(parsed, creator=lambda: _read_only_connection(file))
+    else:
+        # A PostgreSQL cluster made without a locale has the SQL_ASCII encoding, in which
+        # psycopg hands text back as bytes; evo writes only UTF-8, so read it as that.
+        utf8 = {"client_encoding": "utf8"} if backend == "postgresql" else {}
+        engine = create_engine(parsed, connect_args=utf8)
+    reader = {"sqlite": _sqlite_reader, "postgresql": _postgresql_reader}
+    if read_only and backend in reader:
+        event.listen(engine, "connect", reader[backend])
+    elif backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _read_only_connection(file: Path) -> sqlite3.Connection:
+    """A connection to the SQLite `file` that the operating system lets write nothing
+    (mode=ro), even where this user may write the file. A database in WAL mode is read
+    through its -shm index, which a reader creates when the writer has left none; where
+    the folder takes no new file, the database is read as immutable: as it is on disk
+    (no writer has it open: a writer keeps those files beside it)."""
+    uri = file.resolve().as_uri()
+    # A timeout: a writer may hold the database for a moment.
+    options = {"uri": True, "check_same_thread": False, "timeout": 30.0}
+    connection = sqlite3.connect(f"{uri}?mode=ro", **options)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        connection.close()
+        if exc.sqlite_errorname != "SQLITE_CANTOPEN":  # locked, damaged: not the folder
+            raise
+        return sqlite3.connect(f"{uri}?immutable=1", **options)
+    return connection
 
 
 def _sqlite_reader(dbapi_connection: Any, connection_record: Any) -> None:
@@ -456,6 +494,15 @@ def _sqlite_reader(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+def _postgresql_reader(dbapi_connection: Any, connection_record: Any) -> None:
+    """A session whose every transaction is read-only: PostgreSQL refuses any change or
+    DDL on it. Committed, since a SET inside a transaction ends with it."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.close()
+    dbapi_connection.commit()
+
+
 def _check_schema(engine: Engine, shown_url: str) -> None:
     """Refuse, without changing it, a database this evo cannot read as it is."""
     with engine.connect() as connection:
@@ -464,9 +511,9 @@ def _check_schema(engine: Engine, shown_url: str) -> None:
         found = connection.scalar(select(SchemaRow.version))
     if found != SCHEMA_VERSION:
         raise UserError(
-            f"{shown_url} has schema version {found}, this evo reads {SCHEMA_VERSION}; "
+            f"{shown_url} has schema {found}, this evo writes {SCHEMA_VERSION}: "
             + (
-                "run `evo ls` once to upgrade it"
+                "the next `evo run`, `evo resume` or `evo promote` upgrades it"
                 if found is not None and found < SCHEMA_VERSION
                 else "upgrade evo-llm to read it"
             )
@@ -565,8 +612,10 @@ class Storage:
         A SQLite file that does not exist yet is created only when `create` is true;
         otherwise it is a UserError, so that a mistyped path cannot pass for an empty
         database. Server databases (PostgreSQL) must exist already either way.
-        `read_only` never creates, upgrades or writes anything (SQLite refuses writes on
-        its connections): for a reader such as `evo dashboard` beside a running search.
+        `read_only` never creates, upgrades or writes anything (SQLite opens the file
+        read-only and refuses writes on its connections; PostgreSQL's transactions are
+        read-only): for the read commands, such as `evo dashboard` beside a running
+        search. A database that needs an upgrade is then a UserError saying so.
         """
         self.url = _shown(url)
         try:
@@ -852,13 +901,7 @@ class Storage:
             row.pretrain = _jsonable(result.pretrain)
             row.device = result.device or row.device
             session.execute(delete(CurvePointRow).where(CurvePointRow.trial_id == trial_id))
-            session.add_all(
-                CurvePointRow(
-                    trial_id=trial_id,
-                    **{key: _scalar(v) for key, v in dataclasses.asdict(point).items()},
-                )
-                for point in result.curve
-            )
+            session.add_all(_curve_rows(trial_id, result.curve))
             if forget:
                 session.execute(
                     update(TrialRow).where(TrialRow.id.in_(forget)).values(checkpoint=None)
@@ -866,6 +909,20 @@ class Storage:
             if forecast is not None:
                 _replace_forecast(session, run_row.id, row.recorded, forecast)
             return row.recorded
+
+    def add_curve_points(self, trial_id: int, points: Sequence[CurvePoint]) -> bool:
+        """Add points to the learning curve of a running trial, as its worker sends them
+        while it trains; its outcome (`finish_trial`) replaces them with its whole curve.
+        The run counts as updated (its views redraw). The points of a trial no longer
+        running (a late message) are not stored: False."""
+        with self._writing() as session:
+            row = self._trial(session, trial_id)
+            if row.status != TrialStatus.RUNNING.value:
+                return False
+            session.add_all(_curve_rows(trial_id, points))
+            run_id = session.scalar(select(GenomeRow.run_id).where(GenomeRow.id == row.genome_id))
+            session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=_now()))
+            return True
 
     def forecast(self, run: str) -> ForecastRecord | None:
         """The run's latest forecast of its target; None when it has none (a target at the

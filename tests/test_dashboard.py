@@ -41,6 +41,7 @@ from evo.dashboard.database import Database
 from evo.storage import Storage
 from evo.summary import run_space
 from llm.errors import UserError
+from llm.trial import CurvePoint
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -505,6 +506,17 @@ def test_a_live_run_page_updates_in_place(
       filter.dispatchEvent(new Event("input"));
     """)
     lowest = sum(1 for row in state["rows"] if row[1] == "1")
+    # The running trial's worker sends its first points: its curve is drawn, in place.
+    running = f"trial {live['running']} "
+    traces = (
+        "return document.querySelector('#curves .plot')._fullData.map((t) => [t.name, t.x.length])"
+    )
+    assert not any(name.startswith(running) for name, _ in browser.run(traces))
+    sent = [CurvePoint(step, 2048 * step, 0.1 * step, 4.0 - 0.1 * step) for step in (1, 2, 3)]
+    assert store.add_curve_points(live["running"], sent)
+    drawn = lambda: [n for name, n in browser.run(traces) if name.startswith(running)]  # noqa: E731
+    browser.wait(lambda: drawn() != [])
+    assert drawn() == [3]  # its three points
     fresh = store.add_trial(LIVE, live["fresh"], rung=0)
     for status in ("queued", "running", "done"):
         if status == "running":

@@ -15,12 +15,15 @@ checks the predictions against the validated scores (`PredictionCheck`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import math
+import signal
 import statistics
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +162,7 @@ class _Recorder:
         self.metric = space.search.objectives[0].metric
         self.ids: dict[tuple[int, int], int] = {}
         self.total, self.done = total, 0
+        self.pressed: Callable[[], bool] = lambda: False  # Ctrl-C, set by `validate`
 
     def started(self, job: TrialJob, attempt: int) -> None:
         self.ids[(job.genome_id, job.seed)] = self.storage.start_validation(
@@ -181,6 +185,8 @@ class _Recorder:
             f"validated genome {job.genome_id} with seed {job.seed}: {shown} "
             f"({self.done}/{self.total}, {result.metrics['wall_seconds']:.0f} s)"
         )
+        if self.pressed():  # a Ctrl-C that Python dropped (see `_remembered_interrupts`)
+            raise KeyboardInterrupt
 
 
 def check_request(top: int, seeds: int) -> None:
@@ -267,10 +273,33 @@ def validate(
     telling `say` about it. Interrupted, it leaves the unfinished ones `interrupted`, to
     be run again."""
     storage.interrupt_validations(run)  # what a killed `evo validate` left running
+    recorder = _Recorder(storage, run, space, budget, say, len(jobs))
     try:
-        executor.run(jobs, _Recorder(storage, run, space, budget, say, len(jobs)))
+        with _remembered_interrupts() as recorder.pressed:
+            executor.run(jobs, recorder)
     finally:
         storage.interrupt_validations(run)
+
+
+@contextlib.contextmanager
+def _remembered_interrupts() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C raises KeyboardInterrupt as always, and is remembered too: one that lands
+    while Python runs a finalizer (`__del__`, a weakref callback) is printed as ignored
+    and dropped, so the validations check between trials whether it was pressed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def validation_report(

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,25 @@ def test_validate_takes_the_genomes_named_in_the_searchs_order(searched, capsys)
     assert len(storage.validations("space")) == 2  # nothing more was run
 
 
+def test_a_ctrl_c_that_python_drops_still_stops_validate_after_its_trial(searched, monkeypatch):
+    started = validation._Recorder.started
+
+    def started_then_interrupted(self, job, attempt):
+        started(self, job, attempt)
+        if len(self.ids) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # dropped, as one landing in a finalizer is
+
+    monkeypatch.setattr(validation._Recorder, "started", started_then_interrupted)
+    args = ["validate", "space", "--top", "2", "--seeds", "2", "--local", "--storage", searched]
+    assert evo(args) == 130
+    stored = Storage(searched).validations("space")
+    assert [v.status for v in stored] == [TrialStatus.DONE]  # that trial ended; none began
+
+
 def test_validate_refuses_a_run_with_nothing_to_validate(workdir, capsys):
     corpus = write_corpus(workdir / "corpus")
     (workdir / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
@@ -190,8 +210,9 @@ def test_ctrl_c_stops_validate_at_once_and_keeps_what_it_finished(searched, work
     validating.send_signal(signal.SIGINT)
     try:
         code = validating.wait(timeout=60)
-    finally:
+    except subprocess.TimeoutExpired:
         validating.kill()
+        pytest.fail(f"still running 60 s after Ctrl-C:\n{validating.stderr.read()}")
     rest = validating.stderr.read()
     assert code == 130, rest
     assert "stopped; run `evo validate space` again to finish" in rest

@@ -122,6 +122,39 @@ def peaked_model(vocab_size: int, max_seq_len: int, seed: int = 0) -> Transforme
     return Transformer(config).eval()
 
 
+def search_history(storage: Storage, name: str) -> list[tuple[Any, ...]]:
+    """What a search did, independent of timing: each decision's genome, rung and result."""
+    genomes, exact = storage.genomes(name), ("val_loss", "bits_per_byte", "steps", "tokens")
+    return sorted(
+        (
+            t.decision,
+            sorted(genomes[t.genome_id].items()),
+            t.rung,
+            t.status,
+            [t.metric(m) for m in exact],  # not the timings
+        )
+        for t in storage.trials(name)
+        if t.status.is_result
+    )
+
+
+def run_steady_search(folder: Path, database: str) -> str:
+    """Run the small steady-state search (`steady_space_dict`) without interruption, from
+    `folder` as a user would, on the SQLite file `database` there; its URL."""
+    from evo.cli import main as evo
+
+    corpus = write_corpus(folder / "corpus")
+    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
+    url = f"sqlite:///{folder / database}"
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+    finally:
+        os.chdir(here)
+    return url
+
+
 def replayed_decisions(space: SearchSpace, vocab: int, storage: Storage, name: str) -> int:
     """Replay a finished steady-state run's history into a fresh scheduler, checking that
     before each stored decision the scheduler, given only the results recorded before

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import replayed_decisions, steady_space_dict, write_corpus
+from conftest import (
+    replayed_decisions,
+    run_steady_search,
+    search_history,
+    steady_space_dict,
+    write_corpus,
+)
 
 from evo.checkpoints import TrialCheckpoints
 from evo.cli import main as evo
@@ -308,21 +314,6 @@ def test_replaying_the_history_reproduces_every_decision(space: SearchSpace, wor
 # Resuming
 
 
-def outcome(storage: Storage, name: str) -> list[tuple[Any, ...]]:
-    """What a search did, independent of timing: each decision's genome, rung and result."""
-    genomes = storage.genomes(name)
-    return sorted(
-        (
-            t.decision,
-            sorted(genomes[t.genome_id].items()),
-            t.rung,
-            t.status,
-            t.metric("bits_per_byte"),
-        )
-        for t in results(storage, name)
-    )
-
-
 DIE = """
 import importlib, os, sys
 from evo.cli import main
@@ -362,17 +353,8 @@ MOMENTS = {
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
     """The outcome of the search run without interruption."""
-    folder = tmp_path_factory.mktemp("straight")
-    corpus = write_corpus(folder / "corpus")
-    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
-    url = f"sqlite:///{folder / 'evo.db'}"
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
-    finally:
-        os.chdir(here)
-    return outcome(Storage(url), "space")
+    url = run_steady_search(tmp_path_factory.mktemp("straight"), "evo.db")
+    return search_history(Storage(url), "space")
 
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
@@ -388,7 +370,7 @@ def test_kill_9_at_any_moment_then_resume_gives_the_same_search(
     storage = Storage(url)
     assert storage.get_run("space").status == "running"  # as a dead driver leaves it
     assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
-    assert outcome(storage, "space") == straight
+    assert search_history(storage, "space") == straight
     trials = storage.trials("space")
     assert not any(t.status.is_active for t in trials)  # no row left running
     assert (
@@ -414,7 +396,7 @@ def straight_far(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[A
     finally:
         os.chdir(here)
     storage = Storage(url)
-    return outcome(storage, "space"), storage.forecast("space")
+    return search_history(storage, "space"), storage.forecast("space")
 
 
 @pytest.mark.parametrize("moment", ["after a result is recorded", "in the middle of a trial"])
@@ -434,7 +416,7 @@ def test_a_far_target_search_killed_and_resumed_forecasts_the_same(
     assert stored is not None and stored.recorded == recorded
     assert evo(["resume", "space", "--local", "--quiet", "--storage", url]) == 0
     expected_outcome, expected_forecast = straight_far
-    assert outcome(storage, "space") == expected_outcome
+    assert search_history(storage, "space") == expected_outcome
     resumed = storage.forecast("space")
     assert expected_forecast is not None and resumed is not None
     assert resumed.predictions == expected_forecast.predictions  # bit for bit

@@ -27,7 +27,13 @@ import pytest
 import yaml
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from conftest import outcome, replayed_decisions, steady_space_dict, write_corpus
+from conftest import (
+    outcome,
+    replayed_decisions,
+    run_steady_search,
+    search_history,
+    steady_space_dict,
+)
 from rich.console import Console
 from sqlalchemy import DateTime, Integer, MetaData, create_engine, inspect, text
 from sqlalchemy.engine import make_url
@@ -872,38 +878,14 @@ def test_a_missing_postgres_database_is_a_user_error(postgres: Any) -> None:
     assert postgres.password not in str(refused.value)
 
 
-def searched(storage: Storage, name: str) -> list[tuple[Any, ...]]:
-    """What a search did, independent of timing: each decision's genome, rung and result."""
-    genomes, exact = storage.genomes(name), ("val_loss", "bits_per_byte", "steps", "tokens")
-    return sorted(
-        (
-            t.decision,
-            sorted(genomes[t.genome_id].items()),
-            t.rung,
-            t.status,
-            [t.metric(m) for m in exact],  # not the timings
-        )
-        for t in storage.trials(name)
-        if t.status.is_result
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Any, ...]]]:
     """The tiny steady-state search's folder, and what it does run without interruption
     (in this process, on SQLite)."""
     folder = tmp_path_factory.mktemp("tiny")
-    corpus = write_corpus(folder / "corpus")
-    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
-    url = f"sqlite:///{folder / 'straight.db'}"
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
-    finally:
-        os.chdir(here)
+    url = run_steady_search(folder, "straight.db")
     with Storage(url, create=False) as storage:
-        return folder, searched(storage, "space")
+        return folder, search_history(storage, "space")
 
 
 def test_a_driver_killed_with_9_resumes_to_the_same_search(
@@ -916,7 +898,7 @@ def test_a_driver_killed_with_9_resumes_to_the_same_search(
     with Storage(database_url) as storage:
         deadline = time.time() + 120
         while driver.poll() is None and time.time() < deadline:
-            if storage.get_run("space") and len(searched(storage, "space")) >= 6:
+            if storage.get_run("space") and len(search_history(storage, "space")) >= 6:
                 break
             time.sleep(0.05)
         assert driver.poll() is None, "the driver finished before it could be killed"
@@ -924,7 +906,7 @@ def test_a_driver_killed_with_9_resumes_to_the_same_search(
         driver.wait()
         assert storage.require_run("space").status == "running"  # as a dead driver leaves it
         assert evo(["resume", "space", "--local", "--quiet", "--storage", database_url]) == 0
-        assert searched(storage, "space") == straight
+        assert search_history(storage, "space") == straight
         trials = storage.trials("space")
         results = Counter((t.genome_id, t.rung) for t in trials if t.status.is_result)
         assert not any(t.status.is_active for t in trials) and max(results.values()) == 1

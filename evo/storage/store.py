@@ -114,6 +114,9 @@ class RunInfo:
     # Tokens in the training split of its pretraining corpus; None for a run no search
     # has prepared data for since schema 7.
     train_tokens: int | None = None
+    # The URL of its checkpoint store (`evo run --checkpoints`); None for a run no driver
+    # has held since schema 9.
+    checkpoints: str | None = None
     driver: DriverRecord | None = None  # who drives it (`evo.storage.leases`), since schema 8
 
     @property
@@ -742,6 +745,11 @@ class Storage:
         """Record the tokens of the training split of the run's pretraining corpus."""
         with self._writing() as session:
             self._run(session, name).train_tokens = tokens
+
+    def set_checkpoints(self, name: str, url: str) -> None:
+        """Record where the run's checkpoint store is (evo.checkpoints)."""
+        with self._writing() as session:
+            self._run(session, name).checkpoints = url
 
     # Genomes and trials
 

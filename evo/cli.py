@@ -423,6 +423,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         validation_budget,
         validation_jobs,
         validation_report,
+        validation_timeout,
     )
 
     check_request(len(args.genome) or args.top, args.seeds)
@@ -453,8 +454,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         budget=budget,
         genome_ids=args.genome,
     )
-    print(f"evo: {len(jobs)} validation trials to run", file=sys.stderr)
-    executor = make_executor(space, local=args.local, address=args.address)
+    timeout = validation_timeout(space, budget)
+    limit = "" if args.local or timeout is None else f", each stopped after {timeout:,.0f} s"
+    print(f"evo: {len(jobs)} validation trials to run{limit}", file=sys.stderr)
+    executor = make_executor(space, local=args.local, address=args.address, timeout_s=timeout)
     try:
         executor.load_data(data)
         validate(storage, args.name, space, executor, jobs, budget, say=_progress_line)

@@ -677,17 +677,19 @@ def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> i
     return capacity
 
 
-def make_executor(space: SearchSpace, *, local: bool, address: str | None = None) -> Executor:
+def make_executor(
+    space: SearchSpace, *, local: bool, address: str | None = None, timeout_s: float | None = None
+) -> Executor:
     """The executor for a search of `space`: in this process when `local`, else Ray tasks
-    with the space's resources, timeout and retries on the cluster at `address` (None:
-    `$RAY_ADDRESS`, or a local Ray instance)."""
+    with the space's resources, timeout (unless `timeout_s` says another) and retries on
+    the cluster at `address` (None: `$RAY_ADDRESS`, or a local Ray instance)."""
     if local:
         return LocalExecutor()
     resources = space.trial.resources
     return RayExecutor(
         cpus=resources.cpus,
         gpus=resources.gpus,
-        timeout_s=space.trial.timeout_s,
+        timeout_s=timeout_s or space.trial.timeout_s,
         retries=space.trial.retries,
         address=address or os.environ.get("RAY_ADDRESS"),
         lend_cores=space.trial.lend_cores,

@@ -27,7 +27,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
@@ -40,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import qmc
 
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData, prepare_data
 from evo.driver import space_hash
 from evo.executor import execute_job
@@ -83,8 +86,9 @@ def run_chain(
     data, vocab = _data(space_path, overrides)
     rows: Chain = []
     resume = None
+    store = CheckpointStore(tempfile.mkdtemp(prefix="evo-chain-"))
     for rung, budget in enumerate(space.rung_budgets()):
-        outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume), data)
+        outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume, store), data)
         result = outcome.result
         rows.append(
             {
@@ -102,6 +106,7 @@ def run_chain(
         if outcome.status is not TrialStatus.DONE:
             break
         resume = outcome.checkpoint
+    shutil.rmtree(store.url, ignore_errors=True)
     return rows
 
 

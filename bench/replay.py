@@ -46,6 +46,7 @@ import random
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -71,7 +72,7 @@ from search_efficiency import (
     optuna_distribution,
 )
 
-from evo.checkpoints import Checkpoint, TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
@@ -309,32 +310,6 @@ def seed_of(repetition: int, genes: dict[str, Any], seeds: int) -> int:
     return int.from_bytes(digest[:4], "little") % seeds
 
 
-class MemoryCheckpoints(TrialCheckpoints):
-    """Checkpoints kept in a dict: a replayed trial leaves an empty one."""
-
-    def __init__(self) -> None:
-        super().__init__(Path("unused"))
-        self.kept: dict[str, Checkpoint] = {}
-
-    def write(self, name: str, checkpoint: Checkpoint) -> None:
-        self.kept[name] = checkpoint
-
-    def read(self, name: str) -> Checkpoint:
-        return self.kept[name]
-
-    def exists(self, name: str) -> bool:
-        return name in self.kept
-
-    def delete(self, name: str) -> None:
-        self.kept.pop(name, None)
-
-    def keep_only(self, names: set[str]) -> None:
-        self.kept = {n: c for n, c in self.kept.items() if n in names}
-
-    def disk_bytes(self) -> int:
-        return 0
-
-
 class TableExecutor(Executor):
     """`workers` simulated workers whose trials are answered from the table."""
 
@@ -364,8 +339,10 @@ class TableExecutor(Executor):
         outcome = simulated_outcome(
             self.table, self.space, genes, job.rung, self.repetition, self.clock
         )
-        if outcome.status is TrialStatus.DONE and job.keep_stable:
-            outcome = replace(outcome, checkpoint={})
+        if outcome.status is TrialStatus.DONE and job.keep_stable and job.checkpoints:
+            name = job.checkpoints.name(job.genome_id, job.rung)
+            job.checkpoints.write(name, {})  # a replayed trial leaves an empty checkpoint
+            outcome = replace(outcome, checkpoint=name)
         self._submitted += 1
         heapq.heappush(self._events, (outcome.finished, self._submitted, job, outcome))
         observer.started(job, 0)
@@ -448,7 +425,7 @@ def driver_run(
             no_data(),
             vocab,
             proposer=mode,  # type: ignore[arg-type]
-            checkpoints=MemoryCheckpoints(),
+            checkpoints=CheckpointStore(f"memory://{name}/{method}/{uuid.uuid4().hex}"),
         )
         forecast = search.scheduler.forecast
         if method == "evo+predicted-advance" and forecast is not None:

@@ -30,7 +30,9 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -39,6 +41,7 @@ from typing import Any
 import yaml
 from scipy import stats
 
+from evo.checkpoints import CheckpointStore
 from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import initial_population, to_genome
@@ -84,14 +87,16 @@ def ladder_space(args: argparse.Namespace) -> SearchSpace:
 
 def wsd_scores(space: SearchSpace, vocab: int, data: Any, genes: dict[str, Any]) -> dict:
     scores, tokens, resume = [], 0, None
+    store = CheckpointStore(tempfile.mkdtemp(prefix="evo-chain-"))
     for rung in range(len(space.rung_budgets())):
-        outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume), data)
+        outcome = execute_job(make_job(space, vocab, 0, genes, rung, resume, store), data)
         scores.append(outcome.result.metric("bits_per_byte"))
         tokens += outcome.result.metrics["tokens"]
         resume = outcome.checkpoint
         if resume is None and rung < len(space.rung_budgets()) - 1:
             scores += [None] * (len(space.rung_budgets()) - rung - 1)
             break
+    shutil.rmtree(store.url, ignore_errors=True)
     return {"scores": scores, "tokens": tokens}
 
 

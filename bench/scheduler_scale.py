@@ -65,7 +65,7 @@ from typing import Any, cast
 from rich.console import Console
 
 import evo.storage.store as store
-from evo.checkpoints import TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome, search_status
@@ -221,8 +221,17 @@ def synthetic_outcome(job: TrialJob, space: SearchSpace, seed: int, started: flo
         worker="worker",
         started=started,
         finished=started + result.metrics["wall_seconds"],
-        checkpoint=CHECKPOINT if job.keep_stable and done else None,
+        checkpoint=published(job) if job.keep_stable and done else None,
     )
+
+
+def published(job: TrialJob) -> str:
+    """Publish the small checkpoint a synthetic trial below the top rung leaves (as a worker
+    does) and return its name."""
+    assert job.checkpoints is not None
+    name = job.checkpoints.name(job.genome_id, job.rung)
+    job.checkpoints.write(name, CHECKPOINT)
+    return name
 
 
 class SyntheticExecutor(Executor):
@@ -281,7 +290,7 @@ def make_driver(
         executor,
         cast(TrialData, None),  # the synthetic executor needs no data
         space.data.vocab_size,
-        checkpoints=TrialCheckpoints(folder / "trials"),
+        checkpoints=CheckpointStore(folder / "trials"),
     )
 
 

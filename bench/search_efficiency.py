@@ -49,7 +49,7 @@ import numpy as np
 import plotly.graph_objects as go
 from scipy import stats
 
-from evo.checkpoints import TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData, prepare_data
 from evo.driver import open_run
 from evo.executor import LocalExecutor, execute_job
@@ -108,7 +108,7 @@ def scheduler_run(space: SearchSpace, proposer: str, folder: Path, name: str) ->
     storage = Storage(f"sqlite:///{folder / (name + '.db')}")
     open_run(storage, name, space)
     data, vocab = prepare_data(space)
-    checkpoints = TrialCheckpoints(folder / name)
+    checkpoints = CheckpointStore(folder / name)
     search = SteadyStateSearch(
         space,
         name,
@@ -150,6 +150,7 @@ class Trainer:
         self.spent = 0.0
         self.best = math.inf
         self.curve: Curve = []
+        self.store = CheckpointStore(tempfile.mkdtemp(prefix="evo-chain-"))
 
     def cost(self, genes: dict[str, Any], rung: int, continued: bool = True) -> float:
         """The tokens of training `genes` to `rung`: from the rung below's stable
@@ -169,7 +170,8 @@ class Trainer:
         return self.spent + self.cost(genes, rung, continued) <= self.limit
 
     def train(self, genes: dict[str, Any], rung: int, resume: Any) -> tuple[float | None, Any]:
-        outcome = execute_job(make_job(self.space, self.vocab, 0, genes, rung, resume), self.data)
+        job = make_job(self.space, self.vocab, 0, genes, rung, resume, self.store)
+        outcome = execute_job(job, self.data)
         self.spent += outcome.result.metrics["tokens"]
         done = outcome.status is TrialStatus.DONE
         value = outcome.result.metric("bits_per_byte") if done else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from llm.tracking import TRACKERS
 # library and the read commands (ls, status, export, dashboard) no torch, Ray or plotly
 # (tests/test_read_imports.py; bench/read_speed.py times them).
 if TYPE_CHECKING:
+    from evo.checkpoints import CheckpointStore
     from evo.data import TrialData
     from evo.space import SearchSpace
     from evo.storage import Storage
@@ -69,8 +71,15 @@ def add_search_commands(command: Command) -> None:
         parser.add_argument(
             "--without-missing-checkpoints",
             action="store_true",
-            help="continue a run whose paused trials' checkpoints are missing from "
-            "results/NAME/trials: those genomes are dropped instead of advancing",
+            help="continue a run whose paused trials' checkpoints are missing from its "
+            "checkpoint store: those genomes are dropped instead of advancing",
+        )
+        parser.add_argument(
+            "--checkpoints",
+            metavar="URL",
+            help="where workers keep paused trials' checkpoints: a folder (shared by every "
+            "node of a cluster) or object storage, e.g. s3://bucket/prefix (default: the "
+            "run's, recorded when it started; for a new run results/NAME/trials)",
         )
 
 
@@ -208,7 +217,7 @@ def read_storage(args: argparse.Namespace) -> Storage:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import check_checkpoints, open_run
+    from evo.driver import check_checkpoints, checkpoint_store, open_run
     from evo.lease import RunLease
     from evo.operators import check_initial
     from evo.schedule.budget import check_budget
@@ -231,11 +240,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run {name!r} is finished; see `evo status {name}`", file=sys.stderr)
         return 0
     lease = RunLease(storage, name)
+    store = checkpoint_store(storage, name, args.checkpoints)
     if not new:
         lease.check_free()
-        check_checkpoints(storage, name, space, go_on=args.without_missing_checkpoints)
+        check_checkpoints(storage, name, space, store, go_on=args.without_missing_checkpoints)
     with lease:
-        return search(args, storage, name, space, (data, vocab_size))
+        return search(args, storage, name, space, (data, vocab_size), store)
 
 
 def dry_run(args: argparse.Namespace, space: SearchSpace) -> int:
@@ -261,7 +271,7 @@ def dry_run(args: argparse.Namespace, space: SearchSpace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from evo.data import prepare_data
-    from evo.driver import check_checkpoints, load_run_space
+    from evo.driver import check_checkpoints, checkpoint_store, load_run_space
     from evo.lease import RunLease
     from evo.storage import RunStatus
 
@@ -272,10 +282,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     lease = RunLease(storage, args.name)
     lease.check_free()
-    check_checkpoints(storage, args.name, space, go_on=args.without_missing_checkpoints)
+    store = checkpoint_store(storage, args.name, args.checkpoints)
+    check_checkpoints(storage, args.name, space, store, go_on=args.without_missing_checkpoints)
     with lease:
         prepared = prepare_data(space, sys.stderr.isatty())
-        return search(args, storage, args.name, space, prepared)
+        return search(args, storage, args.name, space, prepared, store)
 
 
 def search(
@@ -284,6 +295,7 @@ def search(
     name: str,
     space: SearchSpace,
     prepared: tuple[TrialData, int],
+    store: CheckpointStore,
 ) -> int:
     from evo.driver import make_search
     from evo.executor import make_executor
@@ -295,12 +307,21 @@ def search(
     for line in target_lines(space, len(data.pretrain.train)):
         print(f"evo: {line}", file=sys.stderr)
     executor = make_executor(space, local=args.local, address=args.address)
+    elsewhere = executor.hosts() - {socket.gethostname()}
+    if store.is_local and elsewhere and space.search.mode == "steady_state":
+        print(
+            f"evo: warning: checkpoints go to the folder {store.url}, and trials also run on "
+            f"{', '.join(sorted(elsewhere))}: every node must see that folder (a shared "
+            "filesystem), or pass --checkpoints with object storage (s3://…)",
+            file=sys.stderr,
+        )
     try:
         with make_view(space, name, quiet=args.quiet) as shown:
             view = shown
             if args.tracker != "none":
                 view = TrackedView(shown, args.tracker, Path("results") / name, name)
-            summary = make_search(space, name, storage, executor, data, vocab_size, view).run()
+            loop = make_search(space, name, storage, executor, data, vocab_size, view, store)
+            summary = loop.run()
     except KeyboardInterrupt:
         storage.interrupt_active(name, at=datetime.now(timezone.utc))
         storage.set_run_status(name, RunStatus.INTERRUPTED)
@@ -402,6 +423,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         validation_budget,
         validation_jobs,
         validation_report,
+        validation_timeout,
     )
 
     check_request(len(args.genome) or args.top, args.seeds)
@@ -432,8 +454,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         budget=budget,
         genome_ids=args.genome,
     )
-    print(f"evo: {len(jobs)} validation trials to run", file=sys.stderr)
-    executor = make_executor(space, local=args.local, address=args.address)
+    timeout = validation_timeout(space, budget)
+    limit = "" if args.local or timeout is None else f", each stopped after {timeout:,.0f} s"
+    print(f"evo: {len(jobs)} validation trials to run{limit}", file=sys.stderr)
+    executor = make_executor(space, local=args.local, address=args.address, timeout_s=timeout)
     try:
         executor.load_data(data)
         validate(storage, args.name, space, executor, jobs, budget, say=_progress_line)

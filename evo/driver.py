@@ -7,7 +7,7 @@ import hashlib
 
 import yaml
 
-from evo.checkpoints import TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData, unigram_bits_per_byte
 from evo.executor import Executor
 from evo.search.generational import GenerationalSearch
@@ -38,20 +38,30 @@ def open_run(storage: Storage, name: str, space: SearchSpace) -> bool:
     return False
 
 
-def check_checkpoints(storage: Storage, name: str, space: SearchSpace, *, go_on: bool) -> None:
-    """Refuse to continue a run whose paused genomes' checkpoints are not in this folder's
-    results/NAME/trials (unless `go_on`: then those genomes cannot advance, and an
-    interrupted trial that continued one fails when it is run again)."""
+def checkpoint_store(storage: Storage, name: str, url: str | None = None) -> CheckpointStore:
+    """The run's checkpoint store: at `url` when given (`--checkpoints`), else where the run
+    recorded it, else (a run recorded before schema 9, or a new one) results/NAME/trials
+    in this folder. A local path is made absolute, so the run finds its checkpoints when
+    resumed from another folder."""
+    run = storage.get_run(name)
+    return CheckpointStore(url or (run and run.checkpoints) or trials_folder(name))
+
+
+def check_checkpoints(
+    storage: Storage, name: str, space: SearchSpace, store: CheckpointStore, *, go_on: bool
+) -> None:
+    """Refuse to continue a run whose paused genomes' checkpoints are not in `store`
+    (unless `go_on`: then those genomes cannot advance, and an interrupted trial that
+    continued one fails when it is run again)."""
     if space.search.mode == "generational":
         return  # its trials keep no checkpoints
-    checkpoints = TrialCheckpoints(trials_folder(name))
-    missing = missing_checkpoints(storage.trials(name), checkpoints)
+    missing = missing_checkpoints(storage.trials(name), store)
     if missing and not go_on:
         raise UserError(
             f"run {name!r} needs {len(missing)} checkpoints of paused trials that are missing "
-            f"from {checkpoints.root.resolve()}; resume from the folder the run was started "
-            "in, or pass --without-missing-checkpoints to go on without them (those genomes "
-            "are dropped)"
+            f"from {store.url} (first: {missing[0]}); point --checkpoints at where they are, "
+            "or pass --without-missing-checkpoints to go on without them (those genomes are "
+            "dropped)"
         )
 
 
@@ -68,12 +78,18 @@ def make_search(
     data: TrialData,
     vocab_size: int,
     view: SearchView | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> GenerationalSearch | SteadyStateSearch:
-    """The search loop of the space's mode, once the run's unigram baseline is stored."""
+    """The search loop of the space's mode, once the run's unigram baseline and its
+    checkpoint store (default: `checkpoint_store`'s) are recorded."""
     record_unigram_baseline(storage, name, data)
     if space.search.mode == "generational":
         return GenerationalSearch(space, name, storage, executor, data, vocab_size, view)
-    return SteadyStateSearch(space, name, storage, executor, data, vocab_size, view)
+    checkpoints = checkpoints or checkpoint_store(storage, name)
+    storage.set_checkpoints(name, checkpoints.url)
+    return SteadyStateSearch(
+        space, name, storage, executor, data, vocab_size, view, checkpoints=checkpoints
+    )
 
 
 def record_unigram_baseline(storage: Storage, name: str, data: TrialData) -> None:

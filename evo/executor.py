@@ -7,8 +7,9 @@ once: no worker waits for a batch to fill. When fewer jobs are left than workers
 idle workers' cores are lent to the trials still running (`CoreLending`). Failures are
 classified here: a worker that dies or a lost node is retried (up to `retries`); an
 invalid genome, divergence, out-of-memory or a timeout is final and becomes the
-trial's outcome. The training data go through Ray's object store once (`ray.put`), and
-checkpoints travel with the jobs and outcomes, never through a shared filesystem.
+trial's outcome. The training data go through Ray's object store once (`ray.put`);
+workers read and write the checkpoints of paused trials in the run's checkpoint store
+(`evo.checkpoints`) themselves, so they never pass through the driver.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from evo.checkpoints import Checkpoint, pack, unpack
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData
 from evo.metrics import TrialStatus
 from llm.config import ModelConfig, TrainConfig
@@ -63,8 +64,9 @@ class TrialJob:
     lora_rank: int = 0
     quantize: str | None = None  # the adapt stage's storage of frozen weights (QLoRA)
     rung: int = 0
-    resume: Checkpoint | None = None  # the stable checkpoint of the rung below, to continue
-    keep_stable: bool = False  # bring back this rung's stable checkpoint (a rung follows)
+    resume: str | None = None  # the stable checkpoint of the rung below, to continue
+    keep_stable: bool = False  # publish this rung's stable checkpoint (a rung follows)
+    checkpoints: CheckpointStore | None = None  # where `resume` is and the stable one goes
     lend_file: str | None = None  # where the threads lent to the trial are posted
     progress: CurveChannel | None = None  # where it sends its curve while it trains
 
@@ -77,7 +79,7 @@ class TrialOutcome:
     worker: str
     started: float  # seconds since the epoch, measured where the trial ran
     finished: float
-    checkpoint: Checkpoint | None = None  # the stable checkpoint, when the job asked for it
+    checkpoint: str | None = None  # the stable checkpoint published, when the job asked
     lent_seconds: float = 0.0  # idle workers' time lent to it (`LentThreads`)
 
 
@@ -156,7 +158,10 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
     own = job.train.threads
     lent = LentThreads(Path(job.lend_file), own) if job.lend_file and own else None
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-        continue_from = unpack(job.resume, Path(folder) / "from") if job.resume else None
+        try:
+            continue_from = _fetch_resume(job, Path(folder) / "from")
+        except OSError as err:
+            return failed_outcome(TrialStatus.FAILED, first_line(err), started)
         stable = Path(folder) / "stable" if job.keep_stable else None
         adapt = None
         if job.adapt_train is not None and data.adapt is not None:
@@ -178,8 +183,12 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
             on_point=None if job.progress is None else CurveSender(job.progress),
         )
         result = run_trial(spec)
-        kept = stable is not None and stable.is_dir() and result.status is TrialEnd.DONE
-        checkpoint = pack(stable) if kept and stable is not None else None
+        checkpoint = None
+        if stable is not None and stable.is_dir() and result.status is TrialEnd.DONE:
+            try:
+                checkpoint = _publish_stable(job, stable)
+            except OSError as err:
+                return failed_outcome(TrialStatus.FAILED, first_line(err), started)
     return TrialOutcome(
         result=result,
         status=search_status(result.status),
@@ -190,6 +199,31 @@ def execute_job(job: TrialJob, data: TrialData) -> TrialOutcome:
         checkpoint=checkpoint,
         lent_seconds=0.0 if lent is None else lent.lent_seconds,
     )
+
+
+def _fetch_resume(job: TrialJob, folder: Path) -> Path | None:
+    """The checkpoint the job continues, downloaded into `folder`; None if it starts anew."""
+    if job.resume is None:
+        return None
+    if job.checkpoints is None:
+        raise ValueError("a job that continues a checkpoint needs the store it is in")
+    try:
+        return job.checkpoints.download(job.resume, folder)
+    except OSError as err:
+        raise OSError(f"cannot read the checkpoint it continues: {first_line(err)}") from err
+
+
+def _publish_stable(job: TrialJob, stable: Path) -> str:
+    """Publish the trial's stable checkpoint in the run's store; returns its name there."""
+    if job.checkpoints is None:
+        raise ValueError("a job that keeps its stable checkpoint needs a store for it")
+    name = CheckpointStore.name(job.genome_id, job.rung)
+    try:
+        job.checkpoints.upload(name, stable)
+    except OSError as err:
+        where = job.checkpoints.url
+        raise OSError(f"cannot write its checkpoint to {where}: {first_line(err)}") from err
+    return name
 
 
 def worker_name() -> str:
@@ -364,6 +398,10 @@ class Executor(ABC):
     def cancel(self) -> None:  # noqa: B027 (optional hook)
         """Stop every job in flight without reporting it."""
 
+    def hosts(self) -> set[str]:
+        """The machines trials may run on."""
+        return {socket.gethostname()}
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what the executor holds."""
 
@@ -468,6 +506,9 @@ class RayExecutor(Executor):
 
     def load_data(self, data: TrialData) -> None:
         self._data_ref = self._ray.put(data)
+
+    def hosts(self) -> set[str]:
+        return {node["NodeManagerHostname"] for node in self._ray.nodes() if node.get("Alive")}
 
     @property
     def in_flight(self) -> int:
@@ -636,17 +677,19 @@ def cluster_capacity(resources: dict[str, float], cpus: float, gpus: float) -> i
     return capacity
 
 
-def make_executor(space: SearchSpace, *, local: bool, address: str | None = None) -> Executor:
+def make_executor(
+    space: SearchSpace, *, local: bool, address: str | None = None, timeout_s: float | None = None
+) -> Executor:
     """The executor for a search of `space`: in this process when `local`, else Ray tasks
-    with the space's resources, timeout and retries on the cluster at `address` (None:
-    `$RAY_ADDRESS`, or a local Ray instance)."""
+    with the space's resources, timeout (unless `timeout_s` says another) and retries on
+    the cluster at `address` (None: `$RAY_ADDRESS`, or a local Ray instance)."""
     if local:
         return LocalExecutor()
     resources = space.trial.resources
     return RayExecutor(
         cpus=resources.cpus,
         gpus=resources.gpus,
-        timeout_s=space.trial.timeout_s,
+        timeout_s=timeout_s or space.trial.timeout_s,
         retries=space.trial.retries,
         address=address or os.environ.get("RAY_ADDRESS"),
         lend_cores=space.trial.lend_cores,

@@ -140,6 +140,17 @@ def validation_budget(space: SearchSpace, asked: dict[str, float] | None) -> dic
     return {key: UNTARGETED_FACTOR * value for key, value in space.trial.budget().items()}
 
 
+def validation_timeout(space: SearchSpace, budget: dict[str, float]) -> float | None:
+    """The time limit of a validation trial: the space's trial timeout, which is sized for
+    its longest trial (the top rung), scaled by how many times longer this budget is (a
+    4M-token validation of a search whose top rung is 444k tokens gets 9x the time)."""
+    timeout, longest = space.trial.timeout_s, space.rung_budgets()[-1]
+    ratios = [budget[unit] / longest[unit] for unit in budget if longest.get(unit)]
+    if timeout is None or not ratios:
+        return timeout
+    return timeout * max(1.0, max(ratios))
+
+
 def validation_seed(space: SearchSpace, genes: dict[str, Any], index: int) -> int:
     """The seed of a genome's `index`-th validation: never its search seed."""
     text = f"{space.search.seed}:{genome_hash(genes)}:validate:{index}"
@@ -213,7 +224,8 @@ def validation_jobs(
     genome_ids: Sequence[int] = (),
 ) -> list[TrialJob]:
     """The jobs still to run: the search's `top` genomes (or those of `genome_ids`) ×
-    `seeds` seeds at `budget`, less those already validated with a result."""
+    `seeds` seeds at `budget`, less those already validated with a result. A validation
+    that timed out is run again: a time limit says nothing of the genome's score."""
     from evo.executor import TrialJob
 
     check_request(len(genome_ids) or top, seeds)
@@ -222,7 +234,9 @@ def validation_jobs(
     done = {
         (v.genome_id, v.seed)
         for v in storage.validations(run)
-        if v.status.is_result and budget_key(v.budget) == key
+        if v.status.is_result
+        and v.status is not TrialStatus.TIMEOUT
+        and budget_key(v.budget) == key
     }
     return [
         TrialJob(

@@ -219,3 +219,46 @@ def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 def database_url(new_database: Callable[[], str]) -> str:
     """A new, empty database: SQLite in one run of the test, PostgreSQL in the other."""
     return new_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """An S3 endpoint on loopback for the session (moto's server: real HTTP, as a worker on
+    another node would reach object storage), with its credentials and endpoint in the
+    environment the way a user sets them, so subprocesses reach it too."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    settings = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "evo-test",
+        "AWS_SECRET_ACCESS_KEY": "evo-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket on the session's S3 endpoint: its name."""
+    import boto3
+
+    name = f"evo-test-{next(_buckets)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

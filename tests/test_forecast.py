@@ -74,7 +74,10 @@ class LawExecutor(Executor):
         genes = self.genes_of(job.genome_id)
         metrics = {"bits_per_byte": law(genes, steps), "steps": steps, "tokens": 64 * steps}
         result = TrialResult(TrialEnd.DONE, metrics={**metrics, "wall_seconds": 1.0})
-        checkpoint = {"stable.pt": b"law"} if job.keep_stable else None
+        checkpoint = None
+        if job.keep_stable and job.checkpoints is not None:
+            checkpoint = job.checkpoints.name(job.genome_id, job.rung)
+            job.checkpoints.write(checkpoint, {"stable.pt": b"law"})
         self.clock += 1
         done = TrialOutcome(
             result, TrialStatus.DONE, "", "", self.clock - 1, self.clock, checkpoint

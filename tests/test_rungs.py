@@ -9,6 +9,7 @@ import yaml
 from conftest import steady_space_dict, write_corpus
 from deap import tools
 
+from evo.checkpoints import CheckpointStore
 from evo.data import prepare_data
 from evo.executor import execute_job
 from evo.operators import FAILED, fitness_class
@@ -123,10 +124,12 @@ def test_a_genome_continued_rung_by_rung_equals_one_trained_straight(workdir) ->
     space = load_space(workdir / "space.yaml")
     data, vocab = prepare_data(space)
     genes = {"n_layers": 2, "d_model": 32, "n_heads": 2, "learning_rate": 0.005}
-    first = execute_job(make_job(space, vocab, 1, genes, 0), data)
-    second = execute_job(make_job(space, vocab, 1, genes, 1, first.checkpoint), data)
-    third = execute_job(make_job(space, vocab, 1, genes, 2, second.checkpoint), data)
+    store = CheckpointStore(workdir / "checkpoints")
+    first = execute_job(make_job(space, vocab, 1, genes, 0, None, store), data)
+    second = execute_job(make_job(space, vocab, 1, genes, 1, first.checkpoint, store), data)
+    third = execute_job(make_job(space, vocab, 1, genes, 2, second.checkpoint, store), data)
     straight = execute_job(make_job(space, vocab, 1, genes, 2), data)
+    assert store.names() == ["genome-1/rung-0", "genome-1/rung-1"]  # the driver deletes them
     assert third.result.metric("bits_per_byte") == straight.result.metric("bits_per_byte")
     assert third.result.metric("val_loss") == straight.result.metric("val_loss")
     assert third.checkpoint is None  # nothing continues from the top rung

@@ -22,7 +22,7 @@ from conftest import (
     write_corpus,
 )
 
-from evo.checkpoints import TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.cli import main as evo
 from evo.data import prepare_data
 from evo.driver import open_run
@@ -249,13 +249,13 @@ def test_paused_checkpoints_stay_few_and_are_deleted_when_no_longer_needed(
     space: SearchSpace, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kept: list[int] = []
-    real = TrialCheckpoints.write
+    real = CheckpointStore.upload
 
-    def counting(self: TrialCheckpoints, name: str, checkpoint: dict[str, bytes]) -> None:
-        real(self, name, checkpoint)
-        kept.append(sum(1 for _ in self.root.glob("genome-*/rung-*")))
+    def counting(self: CheckpointStore, name: str, folder: Path) -> None:
+        real(self, name, folder)
+        kept.append(len(self.names()))
 
-    monkeypatch.setattr(TrialCheckpoints, "write", counting)
+    monkeypatch.setattr(CheckpointStore, "upload", counting)
     dense = load_space(workdir / "space.yaml", ["search.budget.trials=30", "search.population=2"])
     run_search(dense, Storage(f"sqlite:///{workdir / 'evo.db'}"))
     # At most the top third plus the aging population's size at each rung below the top.
@@ -282,11 +282,11 @@ def test_an_unreadable_checkpoint_fails_its_trial_and_the_search_goes_on(
 ) -> None:
     reads = []
 
-    def unreadable(self: TrialCheckpoints, name: str) -> dict[str, bytes]:
+    def unreadable(self: CheckpointStore, name: str, folder: Path) -> Path:
         reads.append(name)
         raise OSError(f"{name}: disk error")
 
-    monkeypatch.setattr(TrialCheckpoints, "read", unreadable)
+    monkeypatch.setattr(CheckpointStore, "download", unreadable)
     storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
     run_search(space, storage)
     advances = [t for t in storage.trials("s") if t.rung > 0]
@@ -339,10 +339,10 @@ sys.exit(main(sys.argv[5:]))
 MOMENTS = {
     "after a decision is recorded": ("evo.storage.store:Storage", "add_trial", "after", 6),
     "in the middle of a trial": ("evo.executor:", "run_trial", "before", 7),
-    "after a checkpoint is written": ("evo.checkpoints:TrialCheckpoints", "write", "after", 5),
+    "after a checkpoint is written": ("evo.checkpoints:CheckpointStore", "upload", "after", 5),
     "after a result is recorded": ("evo.storage.store:Storage", "finish_trial", "after", 9),
     "between recording a result and deleting the checkpoints it frees": (
-        "evo.checkpoints:TrialCheckpoints",
+        "evo.checkpoints:CheckpointStore",
         "delete",
         "before",
         3,
@@ -438,18 +438,22 @@ def test_a_resume_without_the_paused_checkpoints_is_refused_unless_told_to_go_on
     before = storage.trials("space")
     paused = {t.id: (t.genome_id, t.rung) for t in before if t.checkpoint is not None}
     assert before[-1].continued_from in paused and len(paused) > 1
-    elsewhere = workdir / "elsewhere"  # a folder without the run's results/
+    recorded = workdir / "results" / "space" / "trials"
+    assert storage.require_run("space").checkpoints == str(recorded)  # absolute
+    (workdir / "results").rename(workdir / "moved")  # the checkpoints are not where recorded
+    elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
     resume = ["resume", "space", "--local", "--quiet", "--storage", url]
     refused = subprocess.run(
         [sys.executable, "-m", "evo.cli", *resume], cwd=elsewhere, stderr=subprocess.PIPE, text=True
     )
     assert refused.returncode == 2
-    expected = elsewhere / "results" / "space" / "trials"
+    first = sorted(f"genome-{g}/rung-{r}" for g, r in paused.values())[0]
     assert refused.stderr == (
         f"evo: error: run 'space' needs {len(paused)} checkpoints of paused trials that are "
-        f"missing from {expected}; resume from the folder the run was started in, or pass "
-        "--without-missing-checkpoints to go on without them (those genomes are dropped)\n"
+        f"missing from {recorded} (first: {first}); point --checkpoints at where they are, "
+        "or pass --without-missing-checkpoints to go on without them (those genomes are "
+        "dropped)\n"
     )
     assert storage.trials("space") == before and not any(elsewhere.iterdir())
     assert storage.require_run("space").driver.lease == 1  # not even taken
@@ -471,4 +475,32 @@ def test_a_resume_without_the_paused_checkpoints_is_refused_unless_told_to_go_on
         (again[0].genome_id, again[0].rung - 1)
     }
     assert not advanced & set(paused.values())
-    assert trials_folder("space").is_dir()  # the original folder's checkpoints are untouched
+    moved = CheckpointStore(workdir / "moved" / "space" / "trials")
+    assert len(moved.names()) == len(paused)  # the moved checkpoints are untouched
+
+
+def test_a_search_keeps_its_checkpoints_in_object_storage_and_resumes_from_anywhere(
+    space: SearchSpace, workdir: Path, straight: list[tuple[Any, ...]], s3_bucket: str
+) -> None:
+    url = f"sqlite:///{workdir / 'evo.db'}"
+    store = CheckpointStore(f"s3://{s3_bucket}/evo/space")
+    # Killed in the middle of its 11th trial: genomes wait at the rungs, in the bucket.
+    command = [sys.executable, "-c", DIE, "evo.executor:", "run_trial", "before", "11"]
+    command += ["run", "space.yaml", "--local", "--quiet", "--storage", url]
+    command += ["--checkpoints", store.url]
+    killed = subprocess.run(command, cwd=workdir, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == 9, killed.stderr
+    storage = Storage(url)
+    assert storage.require_run("space").checkpoints == store.url
+    paused = [t.checkpoint for t in storage.trials("space") if t.checkpoint is not None]
+    assert paused and set(paused) <= set(store.names())
+    assert not (workdir / "results" / "space").exists()  # none on the driver's disk
+    elsewhere = workdir / "elsewhere"  # the run finds its store where it recorded it
+    elsewhere.mkdir()
+    resume = ["resume", "space", "--local", "--quiet", "--storage", url]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "evo.cli", *resume], cwd=elsewhere, stderr=subprocess.PIPE, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert search_history(storage, "space") == straight
+    assert store.names(published=False) == [] and not (elsewhere / "results" / "space").exists()

@@ -19,8 +19,10 @@ from conftest import steady_space_dict, write_corpus
 from evo import validate as validation
 from evo.cli import main as evo
 from evo.driver import load_run_space
+from evo.executor import failed_outcome
 from evo.metrics import TrialStatus
 from evo.promote import pick_genome
+from evo.space import load_space
 from evo.storage import Storage
 from evo.validate import Candidate, ValidatedGenome
 
@@ -219,3 +221,36 @@ def test_ctrl_c_stops_validate_at_once_and_keeps_what_it_finished(searched, work
     stored = Storage(searched).validations("space")
     assert stored and TrialStatus.DONE in {v.status for v in stored}
     assert not any(v.status is TrialStatus.RUNNING for v in stored)
+
+
+def test_a_validation_longer_than_the_top_rung_gets_proportionally_more_time(workdir) -> None:
+    corpus = write_corpus(workdir / "corpus")
+    space = steady_space_dict(corpus)  # rungs of 3, 9 and 27 steps
+    space["trial"]["timeout_s"] = 100
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    loaded = load_space(workdir / "space.yaml")
+    # Sized for the top rung: a validation 9 times as long gets 9 times the time.
+    assert validation.validation_timeout(loaded, {"max_steps": 243}) == 900
+    assert validation.validation_timeout(loaded, {"max_steps": 27}) == 100
+    assert validation.validation_timeout(loaded, {"max_steps": 9}) == 100  # never less
+    assert validation.validation_timeout(loaded, {"max_seconds": 60}) == 100  # another unit
+
+
+def test_a_validation_that_timed_out_is_run_again(searched) -> None:
+    storage = Storage(searched)
+    space = load_run_space(storage, "space")
+    budget = validation.validation_budget(space, None)
+    best = validation.search_ranking(storage, "space", space)[0].genome_id
+
+    def jobs() -> list[tuple[int, int]]:
+        found = validation.validation_jobs(
+            storage, "space", space, 64, top=1, seeds=2, budget=budget
+        )
+        return [(job.genome_id, job.seed) for job in found]
+
+    first, second = jobs()
+    ends = [(TrialStatus.TIMEOUT, "timed out after 600 s"), (TrialStatus.FAILED, "diverged")]
+    for (genome, seed), (status, error) in zip((first, second), ends, strict=True):
+        row = storage.start_validation("space", genome, budget, seed)
+        storage.finish_validation(row, failed_outcome(status, error, time.time()))
+    assert genome == best and jobs() == [first]  # the one that timed out, not the failure

@@ -3,8 +3,9 @@
 It keeps every worker busy: whenever one is free it asks the scheduler
 (`evo.schedule.steady_state`) for the next decision that fits the budget (advance a
 paused genome, or breed a new one), records it, and submits its trial; whenever a trial
-ends it records the result, keeps the stable checkpoint a later rung will continue from,
-and deletes the ones nothing can continue from any more.
+ends it records the result with the stable checkpoint its worker published in the run's
+checkpoint store (`evo.checkpoints`) for a later rung to continue from, and deletes the
+ones nothing can continue from any more.
 
 Every decision is stored with the number of results recorded before it, and every
 result with its place in the order results came in. A driver killed at any moment
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo.checkpoints import Checkpoint, TrialCheckpoints
+from evo.checkpoints import CheckpointStore
 from evo.data import TrialData
 from evo.executor import Executor, TrialJob, TrialOutcome, failed_outcome
 from evo.metrics import TrialStatus
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 
 def trials_folder(name: str) -> Path:
-    """Where a run keeps the checkpoints of its paused trials."""
+    """Where a run keeps the checkpoints of its paused trials unless told otherwise (`evo
+    run --checkpoints`): its folder under results/, here."""
     return Path("results") / name / "trials"
 
 
@@ -75,13 +77,13 @@ class SteadyStateSearch(SearchLoop):
         view: SearchView | None = None,
         *,
         proposer: Proposer = "evolution",
-        checkpoints: TrialCheckpoints | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         super().__init__(space, name, storage, executor, data, vocab_size, view)
         self.budgets = space.rung_budgets()
         self.ladder = Ladder(self.budgets, space.search.eta, slack=space.search.population)
         self.scheduler = SteadyStateScheduler(space, vocab_size, self.ladder, proposer)
-        self.checkpoints = checkpoints or TrialCheckpoints(trials_folder(name))
+        self.checkpoints = checkpoints or CheckpointStore(trials_folder(name))
         self.spending = Spending(space.search.budget.limits())
         self.flights: dict[int, _Flight] = {}  # genome id → its trial in flight
         self.kept: dict[int, str] = {}  # trial id → the checkpoint it left
@@ -191,17 +193,16 @@ class SteadyStateSearch(SearchLoop):
         read, the trial is recorded as failed and None is returned."""
         self.flights[genome_id] = _Flight(decision, rung, continued_from, genes, time.time())
         self.trial_ids[genome_id] = trial_id
-        resume: Checkpoint | None = None
-        if continued_from is not None:
-            try:
-                resume = self.checkpoints.read(self.kept[continued_from])
-            except (KeyError, OSError) as err:
-                reason = "it was deleted" if isinstance(err, KeyError) else str(err)
-                error = f"cannot read the checkpoint of trial {continued_from}: {reason}"
-                job = make_job(self.space, self.vocab_size, genome_id, genes, rung)
-                self.finished(job, failed_outcome(TrialStatus.FAILED, error, time.time()))
-                return None
-        return make_job(self.space, self.vocab_size, genome_id, genes, rung, resume)
+        resume = None if continued_from is None else self.kept.get(continued_from)
+        job = make_job(
+            self.space, self.vocab_size, genome_id, genes, rung, resume, self.checkpoints
+        )
+        if continued_from is not None and (resume is None or not self.checkpoints.exists(resume)):
+            reason = "it was deleted" if resume is None else f"it is not in {self.checkpoints.url}"
+            error = f"cannot read the checkpoint of trial {continued_from}: {reason}"
+            self.finished(job, failed_outcome(TrialStatus.FAILED, error, time.time()))
+            return None
+        return job
 
     def _fits(self, decision: Decision) -> bool:
         """Whether the budget left can carry the decision's genome to the top rung: a trial
@@ -235,10 +236,10 @@ class SteadyStateSearch(SearchLoop):
         result = outcome.result
         values = objective_values(self.space, outcome.status, result)
         dropped = self.scheduler.result(job.genome_id, flight.rung, trial_id, values)
-        name = None
-        if outcome.checkpoint is not None and trial_id not in dropped:
-            name = TrialCheckpoints.name(job.genome_id, flight.rung)
-            self.checkpoints.write(name, outcome.checkpoint)
+        name = outcome.checkpoint  # published in the store by the worker
+        if name is not None and trial_id in dropped:
+            self.checkpoints.delete(name)
+            name = None
         if flight.continued_from is not None:
             dropped.append(flight.continued_from)  # the genome has moved on from it
         # The result, the checkpoints it frees and the forecast refitted with it are
@@ -293,7 +294,7 @@ class SteadyStateSearch(SearchLoop):
                 "evo: going on without %d paused trials' checkpoints missing from %s; "
                 "those genomes cannot advance",
                 missing,
-                self.checkpoints.root.resolve(),
+                self.checkpoints.url,
             )
         # Checkpoints nothing can continue any more: a genome that has a result at the
         # rung above (kept by an older evo), or one no longer waiting.
@@ -328,7 +329,7 @@ class SteadyStateSearch(SearchLoop):
         )
 
 
-def missing_checkpoints(trials: list[TrialRecord], checkpoints: TrialCheckpoints) -> list[str]:
+def missing_checkpoints(trials: list[TrialRecord], checkpoints: CheckpointStore) -> list[str]:
     """The checkpoints a resumed search of these trials still needs that `checkpoints`
     lacks: those of paused genomes, and those that interrupted trials continue. A genome
     with a result at a higher rung no longer needs the one it left below (an older evo

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from evo.checkpoints import Checkpoint
+from evo.checkpoints import CheckpointStore
 from evo.executor import TrialJob
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
@@ -36,10 +36,12 @@ def make_job(
     genome_id: int,
     genes: dict[str, Any],
     rung: int = 0,
-    resume: Checkpoint | None = None,
+    resume: str | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrialJob:
     """The job that trains `genes` to `rung`'s budget (continuing `resume`, the stable
-    checkpoint it left at the rung below, when given)."""
+    checkpoint it left at the rung below in `checkpoints`, when given). With a store, a
+    trial below the top rung publishes its stable checkpoint there for the next rung."""
     budgets = space.rung_budgets()
     return TrialJob(
         genome_id=genome_id,
@@ -51,7 +53,8 @@ def make_job(
         quantize=space.adapt_quantize(),
         rung=rung,
         resume=resume,
-        keep_stable=rung < len(budgets) - 1,
+        keep_stable=checkpoints is not None and rung < len(budgets) - 1,
+        checkpoints=checkpoints,
     )
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from evo.metrics import TrialStatus
 
 # The schema these classes describe; `evo_schema.version` of a database says which it has.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class RunStatus(str, enum.Enum):
@@ -103,6 +103,9 @@ class RunRow(Base):
     # Tokens in the training split of the run's pretraining corpus (how many passes over
     # it the target makes); NULL until a search of the run prepared its data, since schema 7.
     train_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # The URL of the run's checkpoint store (evo.checkpoints); NULL for a run recorded
+    # before schema 9 (its checkpoints are in results/NAME/trials where it is resumed).
+    checkpoints: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The driver (`evo run`/`evo resume`) that holds the run, by its lease (see

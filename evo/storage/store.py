@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import (
     Connection,
     Select,
+    Text,
     create_engine,
     delete,
     event,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
@@ -85,6 +87,7 @@ BASELINE_REVISION = "0001"  # what a schema-1 database (no alembic_version table
 RESULTS = tuple(sorted(status.value for status in RESULT_STATUSES))
 # Columns of trials_frame around the genes and metrics.
 _FRAME_HEAD = ("trial_id", "generation", "rung", "decision", "attempt", "status", "genome_id")
+_FRAME_TIMES = ("started_at", "finished_at")
 _FRAME_TAIL = (
     "error",
     "host",
@@ -114,6 +117,9 @@ class RunInfo:
     # Tokens in the training split of its pretraining corpus; None for a run no search
     # has prepared data for since schema 7.
     train_tokens: int | None = None
+    # The URL of its checkpoint store (`evo run --checkpoints`); None for a run no driver
+    # has held since schema 9.
+    checkpoints: str | None = None
     driver: DriverRecord | None = None  # who drives it (`evo.storage.leases`), since schema 8
 
     @property
@@ -277,6 +283,14 @@ def _trial_record(row: TrialRow) -> TrialRecord:
     values["status"] = TrialStatus(row.status)
     values["metrics"] = row.metrics or {}
     return TrialRecord(**values)
+
+
+def _json_column(values: Sequence[Any]) -> list[dict[str, Any]]:
+    """A column of JSON objects as dicts ({} for NULL), the text ones parsed in one call
+    (PostgreSQL's driver gives them parsed already)."""
+    texts = [value for value in values if isinstance(value, str)]
+    parsed = iter(json.loads("[" + ",".join(texts) + "]") if texts else [])
+    return [(next(parsed) if isinstance(v, str) else v) or {} for v in values]
 
 
 def _measured(values: dict[str, Any]) -> dict[str, Any]:
@@ -743,6 +757,11 @@ class Storage:
         with self._writing() as session:
             self._run(session, name).train_tokens = tokens
 
+    def set_checkpoints(self, name: str, url: str) -> None:
+        """Record where the run's checkpoint store is (evo.checkpoints)."""
+        with self._writing() as session:
+            self._run(session, name).checkpoints = url
+
     # Genomes and trials
 
     def genome_id(self, run: str, genes: dict[str, Any]) -> int:
@@ -1032,37 +1051,41 @@ class Storage:
         """
         import pandas as pd  # here: the commands that need no frame load no pandas
 
-        # Plain rows of the columns needed, not ORM objects: a run may have 10,000 trials.
+        # Plain rows of the columns needed, not ORM objects, with JSON and timestamps left
+        # raw to be parsed a column at a time: a run may have 10,000 trials, and `evo
+        # status` reads them all (bench/read_speed.py).
         table = TrialRow.__table__.c
-        names = {*_FRAME_HEAD[1:], *_FRAME_TAIL, "metrics", "pretrain"} - {"trial_id"}
+        plain = [*_FRAME_HEAD[1:], *(n for n in _FRAME_TAIL if n not in _FRAME_TIMES)]
+        raw = [type_coerce(table[n], Text).label(n) for n in (*_FRAME_TIMES, "metrics", "pretrain")]
         with self._sessions.begin() as session:
             run_id = self._run(session, run).id
             rows = session.execute(
-                select(table.id, *(table[name] for name in sorted(names)), GenomeRow.genes)
+                select(
+                    table.id, *(table[n] for n in plain), *raw, type_coerce(GenomeRow.genes, Text)
+                )
                 .join(GenomeRow, GenomeRow.id == table.genome_id)
                 .where(GenomeRow.run_id == run_id)
                 .order_by(table.id)
-            ).mappings()
-            records, genes, pretrain = [], set(), set()
-            for row in rows:
-                record = {key: row[key] for key in _FRAME_HEAD[1:]}
-                record["trial_id"] = row["id"]
-                record.update((f"gene.{name}", value) for name, value in row["genes"].items())
-                record.update(row["metrics"] or {})
-                stage = row["pretrain"] or {}
-                record.update((f"pretrain.{name}", value) for name, value in stage.items())
-                record.update((key, row[key]) for key in _FRAME_TAIL)
-                records.append(record)
-                genes.update(row["genes"])
-                pretrain.update(stage)
+            ).all()
+        values = list(zip(*rows, strict=True)) or [()] * (len(plain) + len(raw) + 2)
+        frame = pd.DataFrame(dict(zip(["trial_id", *plain], values, strict=False)))
+        for name, column in zip(_FRAME_TIMES, values[len(plain) + 1 :], strict=False):
+            frame[name] = pd.to_datetime(pd.Series(column, dtype=object), utc=True, format="mixed")
+        metrics, pretrain, genes = (_json_column(c) for c in values[-3:])
+        parts = [
+            pd.DataFrame.from_records(genes, index=frame.index).add_prefix("gene."),
+            pd.DataFrame.from_records(metrics, index=frame.index, columns=list(METRICS)),
+            pd.DataFrame.from_records(pretrain, index=frame.index).add_prefix("pretrain."),
+        ]
+        frame = pd.concat([frame, *parts], axis=1)
         columns = [
             *_FRAME_HEAD,
-            *(f"gene.{name}" for name in sorted(genes)),
+            *sorted(c for c in frame.columns if c.startswith("gene.")),
             *METRICS,
-            *(f"pretrain.{name}" for name in sorted(pretrain)),
+            *sorted(c for c in frame.columns if c.startswith("pretrain.")),
             *_FRAME_TAIL,
         ]
-        frame = pd.DataFrame(records, columns=columns)
+        frame = frame[columns]
         frame[list(METRICS)] = frame[list(METRICS)].apply(pd.to_numeric)
         return frame
 

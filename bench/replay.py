@@ -203,7 +203,8 @@ class Table:
     def load(cls, path: str) -> Table:
         file = pq.read_table(path)
         meta = file.schema.metadata or {}
-        space = space_from_dict(yaml.safe_load(meta[b"evo.space"].decode()), where=path)
+        data = yaml.safe_load(meta[b"evo.space"].decode())
+        space = space_from_dict(data, where=path)
         frame = file.to_pandas()
         configs = sorted(frame["config"].unique())
         seeds = sorted(frame["seed"].unique())
@@ -225,6 +226,7 @@ class Table:
         per_token = fill_missing_times(per_token)
         points = np.array([cls.coordinates(space, g) for g in genes])
         vocab = int(meta.get(b"evo.vocab_size", space.data.vocab_size))
+        space = replayable_space(data, path, genes, vocab)
         return cls(space, keys, genes, points, values, per_token, vocab)
 
     @staticmethod
@@ -300,6 +302,29 @@ def surrogate_error(table: Table) -> dict[str, float]:
         "seed_std": float(np.nanmean(np.nanstd(top, axis=1, ddof=1))),
         "spread_std": float(np.std(truth[ok], ddof=1)),
     }
+
+
+def replayable_space(
+    data: dict[str, Any], where: str, genomes: list[dict[str, Any]], vocab: int
+) -> SearchSpace:
+    """The table's space as this evo accepts its genomes. A table built before evo refused
+    a warmup that outlasts the lowest rung's stable phase holds such genomes
+    (tiny_table.parquet: batch 16 cools down after 9.8 of its 12 steps at 25k tokens, with
+    10 warmup steps, and its initial genome has batch 16); there the warmup is lowered to
+    the longest that keeps every genome (and initial genome) of the table valid. No
+    replayed trial changes (each is answered from the table), and a search can propose
+    every genome of the table, as when it was built."""
+    train = data.setdefault("fixed", {}).setdefault("train", {})
+    recorded = int(train.get("warmup_steps", 0))
+    for warmup in range(recorded, -1, -1):
+        train["warmup_steps"] = warmup
+        space = space_from_dict(data, where=where)
+        everyone = [*genomes, *(space.search.initial or [])]
+        if warmup == 0 or not any(space.problems(g, vocab) for g in everyone):
+            break
+    if warmup < recorded:
+        print(f"{where}: warmup lowered from {recorded} to {warmup} steps to fit its rungs")
+    return space
 
 
 # A simulated executor for evo's own drivers
@@ -591,21 +616,23 @@ def tracker_for(table: Table, space: SearchSpace) -> Incumbent | Front:
 # Optuna, through ask and tell on simulated workers
 
 
-def optuna_run(
-    table: Table, space: SearchSpace, method: str, workers: int, repetition: int, limit: float
-) -> Curve:
+def optuna_study(
+    table: Table, space: SearchSpace, method: str, repetition: int, limit: float
+) -> tuple[Any, int]:
+    """The study of an Optuna method, configured as its authors intend (NSGA-II's
+    population a quarter of the top-rung trials `limit` tokens buy), and the rung its
+    trials start at."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rungs = len(space.rung_budgets())
-    seed = repetition
     pruner: Any = optuna.pruners.NopPruner()
     first = rungs - 1  # without a pruner, every trial trains straight to the top rung
     if method == "nsga2":
         population = max(4, int(limit / typical_top_cost(space, table.vocab_size)) // 4)
-        sampler: Any = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        sampler: Any = optuna.samplers.NSGAIISampler(population_size=population, seed=repetition)
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        sampler = optuna.samplers.TPESampler(seed=repetition)
     if method == "tpe+hyperband":
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=rungs, reduction_factor=int(space.search.eta)
@@ -613,13 +640,23 @@ def optuna_run(
         first = 0
     # Hyperband picks a trial's bracket from a hash of the study's name: fixed, so that a
     # repetition is reproducible.
-    two = len(space.search.objectives) == 2
     study = optuna.create_study(
         study_name=f"{method}-{repetition}",
-        directions=["minimize"] * (2 if two else 1),
+        directions=["minimize"] * len(space.search.objectives),
         sampler=sampler,
         pruner=pruner,
     )
+    return study, first
+
+
+def optuna_run(
+    table: Table, space: SearchSpace, method: str, workers: int, repetition: int, limit: float
+) -> Curve:
+    import optuna
+
+    rungs = len(space.rung_budgets())
+    two = len(space.search.objectives) == 2
+    study, first = optuna_study(table, space, method, repetition, limit)
     distributions = {n: optuna_distribution(d) for n, d in space.genes.items()}
     vocab = table.vocab_size
     enqueue_initial(study, space, vocab)

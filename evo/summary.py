@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -51,9 +52,9 @@ class RungRow:
     advanced: int  # genomes that went on from here to the next rung
 
 
-@dataclass(frozen=True)
-class SearchScore:
-    """A genome's score in the search: its result at the highest rung it reached."""
+class SearchScore(NamedTuple):
+    """A genome's score in the search: its result at the highest rung it reached (a
+    NamedTuple: `evo status` makes one per genome, 10,000 in a large run)."""
 
     value: float
     rung: int  # 0-based
@@ -163,8 +164,13 @@ def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, Search
     at the highest rung it reached (the trial `evo promote --genome` starts from)."""
     done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
     last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
-    rows = last[["genome_id", objective.metric, "rung"]].itertuples(index=False, name=None)
-    return {int(genome): SearchScore(float(value), int(rung)) for genome, value, rung in rows}
+    genomes, values, rungs = (
+        last[name].astype(float).tolist() for name in ("genome_id", objective.metric, "rung")
+    )
+    return {
+        int(genome): SearchScore(value, int(rung))
+        for genome, value, rung in zip(genomes, values, rungs, strict=True)
+    }
 
 
 def search_order(

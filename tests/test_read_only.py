@@ -116,6 +116,19 @@ def test_a_read_command_leaves_an_old_schema_to_the_next_write_command(workdir, 
     assert set(after) - set(before) <= {"evo.db-wal", "evo.db-shm"}
 
 
+def test_a_database_with_an_empty_schema_table_is_said_so_by_readers_and_writers(workdir, capsys):
+    path = workdir / "evo.db"
+    Storage(f"sqlite:///{path}").close()
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("DELETE FROM evo_schema")  # as a database being created has it
+    url = f"sqlite:///{path}"
+    for command in (["ls"], ["resume", "any"]):  # a reader, a writer
+        assert evo([*command, "--storage", url]) == 2
+        err = capsys.readouterr().err
+        assert "has an empty evo_schema table: another evo is creating it" in err, err
+        assert "upgrade evo-llm" not in err
+
+
 def test_a_database_that_cannot_be_opened_is_one_line(workdir, capsys):
     path = workdir / "evo.db"
     path.write_bytes(b"not a database, though not empty either" * 100)

@@ -517,18 +517,25 @@ def _postgresql_reader(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.commit()
 
 
+_EMPTY_SCHEMA = (
+    "{url} has an empty evo_schema table: another evo is creating it (try again), or it is damaged"
+)
+
+
 def _check_schema(engine: Engine, shown_url: str) -> None:
     """Refuse, without changing it, a database this evo cannot read as it is."""
     with engine.connect() as connection:
         if not inspect(connection).has_table(SchemaRow.__tablename__):
             raise UserError(f"{shown_url} is not an evo database (it has no evo_schema table)")
         found = connection.scalar(select(SchemaRow.version))
+    if found is None:
+        raise UserError(_EMPTY_SCHEMA.format(url=shown_url))
     if found != SCHEMA_VERSION:
         raise UserError(
             f"{shown_url} has schema {found}, this evo writes {SCHEMA_VERSION}: "
             + (
                 "the next `evo run`, `evo resume` or `evo promote` upgrades it"
-                if found is not None and found < SCHEMA_VERSION
+                if found < SCHEMA_VERSION
                 else "upgrade evo-llm to read it"
             )
         )
@@ -546,10 +553,7 @@ def _prepare_schema(engine: Engine, shown_url: str, create: bool) -> None:
         # SQLite commits each CREATE TABLE at once (Python's sqlite3 opens a transaction
         # before a change of rows only): a database that another evo is creating has its
         # tables a moment before its schema row. Creating them again would fail.
-        raise UserError(
-            f"{shown_url} has an empty evo_schema table: another evo is creating it "
-            "(try again), or it is damaged"
-        )
+        raise UserError(_EMPTY_SCHEMA.format(url=shown_url))
     if found is not None and found > SCHEMA_VERSION:
         raise UserError(
             f"{shown_url} has schema version {found}, newer than this evo understands "

@@ -508,8 +508,8 @@ class SearchBudget(_Section):
         None,
         gt=0,
         description="Each trial's wall time on the worker it holds, lost attempts included. "
-        "Its seconds cannot be known beforehand, so the trials in flight when the limit is "
-        "reached may pass it.",
+        "A trial's seconds cannot be known beforehand, so the trials in flight when the limit "
+        "is reached may pass it, as may trials under a time budget.",
     )
     trials: int | None = Field(
         None,

@@ -99,8 +99,9 @@ def add_train(cli: CommandLine) -> None:
         choices=TRACKERS,
         default="none",
         help="also write the loss, learning rate, throughput and evaluations for TensorBoard "
-        "(OUT/tensorboard/) or as an offline W&B run (OUT/wandb/: nothing is sent; wandb sync "
-        'uploads it when you choose); both need pip install -e ".[tracking]"',
+        "(OUT/tensorboard/; tensorboard --logdir results/) or as an offline W&B run "
+        "(OUT/wandb/: nothing is sent; wandb sync OUT/wandb/offline-run-* uploads it when you "
+        'choose); both need pip install -e ".[tracking]"',
     )
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import importlib.util
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def test_budgets_are_cut_and_searches_run_off_ray():
 
 
 @pytest.fixture
-def tutorial_folder(workdir: Path) -> Path:
+def tutorial_folder(workdir: Path) -> Iterator[Path]:
     """A folder to follow the tutorials in, as from the repository's root: the suite's
     steady-state space as `search_spaces/tiny.yaml`, over the small local corpus, with
     bytes as tokens (a prompt may be any text) and room in the context for prompts."""

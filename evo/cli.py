@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from llm.cli_support import CommandLine, Handler
 from llm.tracking import TRACKERS
@@ -22,7 +21,13 @@ if TYPE_CHECKING:
     from evo.space import SearchSpace
     from evo.storage import Storage
 
-Command = Callable[[str, Handler, str], argparse.ArgumentParser]
+
+class Command(Protocol):
+    """Adds a subcommand that takes --storage (`CommandLine.command`'s arguments)."""
+
+    def __call__(
+        self, name: str, func: Handler, help: str, description: str | None = None
+    ) -> argparse.ArgumentParser: ...
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +37,17 @@ def main(argv: list[str] | None = None) -> int:
 def build_command_line() -> CommandLine:
     cli = CommandLine("evo", __doc__)
 
-    def command(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
-        sub = cli.command(name, func, help)
-        sub.add_argument("--storage", help="results database URL")
+    def command(
+        name: str, func: Handler, help: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
+        sub = cli.command(name, func, help, description)
+        sub.add_argument(
+            "--storage",
+            metavar="URL",
+            help="the results database, any SQLAlchemy URL (default: sqlite:///results/evo.db; "
+            "SQLite runs in WAL mode, so readers never block the writer); only evo run "
+            "creates a missing SQLite database",
+        )
         return sub
 
     add_search_commands(command)
@@ -44,7 +57,14 @@ def build_command_line() -> CommandLine:
 
 
 def add_search_commands(command: Command) -> None:
-    run = command("run", cmd_run, "run (or continue) a search described by a space file")
+    run = command(
+        "run",
+        cmd_run,
+        "run (or continue) a search described by a space file",
+        "Run a search described by a space file. The run's name defaults to the file's stem; "
+        "an unfinished run of that name is continued, as evo resume does, and running an "
+        "existing name with a different space file is refused.",
+    )
     run.add_argument("space", type=Path, help="search space YAML, e.g. search_spaces/tiny.yaml")
     run.add_argument("--name", help="run name (default: the space file's stem)")
     run.add_argument("--new", action="store_true", help="start a fresh run under a new name")
@@ -64,8 +84,15 @@ def add_search_commands(command: Command) -> None:
         help="override a value of the space file (repeatable); recorded with the run",
     )
 
-    resume = command("resume", cmd_resume, "continue an interrupted run")
-    resume.add_argument("name")
+    resume = command(
+        "resume",
+        cmd_resume,
+        "continue an interrupted run",
+        "Continue an interrupted run, from any folder: the stored history is replayed into a "
+        "fresh scheduler, and the interrupted trials run again from the checkpoints they "
+        "started from. Refused while the run's driver is alive.",
+    )
+    resume.add_argument("name", help="the run's name")
     add_execution_options(resume)
     for parser in (run, resume):
         parser.add_argument(
@@ -86,8 +113,18 @@ def add_search_commands(command: Command) -> None:
 def add_read_commands(command: Command) -> None:
     command("ls", cmd_ls, "list the runs in the database")
 
-    status = command("status", cmd_status, "progress, best values and Pareto front of a run")
-    status.add_argument("name")
+    status = command(
+        "status",
+        cmd_status,
+        "progress, best values and Pareto front of a run",
+        "A run's progress: the target and rungs, what the search has spent of its budget, "
+        "trials and advances per rung, worker utilization (and where idle worker time went: "
+        "workers starting, between trials, after the last trials, and how much of it was lent "
+        "to the trials still running), the best trials (the Pareto front for several "
+        "objectives) at the top rung, the validation's ρ, τ and noise floor, promotions. "
+        "Safe while the run writes.",
+    )
+    status.add_argument("name", help="the run's name")
     status.add_argument(
         "--watch",
         type=float,
@@ -97,35 +134,75 @@ def add_read_commands(command: Command) -> None:
         help="redraw every SECONDS (default 5) until the run stops running",
     )
 
-    report = command("report", cmd_report, "write a self-contained HTML report of a run")
-    report.add_argument("name")
+    report = command(
+        "report",
+        cmd_report,
+        "write a self-contained HTML report of a run",
+        "An HTML report with the time it was generated: summary, trials and scores per rung, "
+        "objectives per generation (best so far and median), the best value against compute "
+        "spent, the top rung's Pareto front (or, for one objective, the optimisation history "
+        "with its best-so-far line), parallel coordinates of the genes (real values on log "
+        "axes, the best trial alone in red), gene importance (Optuna's PED-ANOVA over the "
+        "lowest rung's trials) with slice plots of the four most important genes, learning "
+        "curves (nats per token) of the best genomes across rungs, a table of every trial (by "
+        "rung, the top first, then best first), what each worker did over time, failures and "
+        "stalled trials, the validation (validated against search rank), promotions with the "
+        "genome's search score (at its highest rung), validated and promoted scores, tokens "
+        "trained and tokens evaluated.",
+    )
+    report.add_argument("name", help="the run's name")
     report.add_argument("--out", type=Path, help="default: results/NAME/report.html")
     report.add_argument(
         "--plotly",
         choices=["inline", "file"],
         default="inline",
         help="inline (default): plotly.js inside the page, one file that opens anywhere "
-        "offline; file: plotly.js written once beside the page, which then stays small",
+        "offline (about 4.9 MB); file: plotly-VERSION.min.js written once beside the page, "
+        "which then stays small (about 30 KB plus 1 KB per trial)",
     )
 
-    dashboard = command("dashboard", cmd_dashboard, "a live web view of the database's runs")
-    dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard = command(
+        "dashboard",
+        cmd_dashboard,
+        "a live web view of the database's runs",
+        "A live web view of every run in the database: / lists the runs, /runs/NAME is a "
+        "run's report, /runs/NAME/trials/ID one trial, updated in place as trials start and "
+        "end; /api/runs and the addresses below it give the same as JSON. It reads the "
+        "database read-only and needs no network.",
+    )
+    dashboard.add_argument("--host", default="127.0.0.1", help="the interface to listen on")
+    dashboard.add_argument("--port", type=int, default=8080, help="the port to listen on")
     dashboard.add_argument(
         "--token", help="required off loopback (default: $EVO_DASHBOARD_TOKEN); open ?token=…"
     )
 
-    export = command("export", cmd_export, "write one row per trial as CSV or Parquet")
-    export.add_argument("name")
-    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export = command(
+        "export",
+        cmd_export,
+        "write one row per trial as CSV or Parquet",
+        "Write one row per trial (a genome at a rung), with its genes (gene.*) and metrics as "
+        "columns.",
+    )
+    export.add_argument("name", help="the run's name")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format")
     export.add_argument("--out", type=Path, help="default: results/NAME/trials.FORMAT")
 
 
 def add_retraining_commands(command: Command) -> None:
     validate = command(
-        "validate", cmd_validate, "retrain a run's best genomes with other seeds; compare rankings"
+        "validate",
+        cmd_validate,
+        "retrain a run's best genomes with other seeds; compare rankings",
+        "Retrain the search's best genomes (in the search's order: the highest rung each "
+        "reached, then the first objective there, or predicted at the target where the search "
+        "forecast it) at the space's target (or the budget given; 10 × the trial budget "
+        "without a target) with fresh seeds, as trials on the same workers; stored as "
+        "validation trials of the run. Prints both rankings, Spearman ρ and Kendall τ between "
+        "them, and the noise floor (the pooled seed-to-seed standard deviation beside the "
+        "median gap between neighbouring genomes). Interrupted, it is run again to finish: "
+        "finished validations are never retrained.",
     )
-    validate.add_argument("name")
+    validate.add_argument("name", help="the run's name")
     validate.add_argument("--top", type=int, default=8, help="genomes, the search's best first")
     validate.add_argument("--seeds", type=int, default=2, help="seeds per genome")
     validate.add_argument(
@@ -139,8 +216,18 @@ def add_retraining_commands(command: Command) -> None:
     add_budget_options(validate, "default: the space's target")
     add_execution_options(validate, live_view=False)
 
-    promote = command("promote", cmd_promote, "pretrain a run's best genome in full")
-    promote.add_argument("name")
+    promote = command(
+        "promote",
+        cmd_promote,
+        "pretrain a run's best genome in full",
+        "Pretrain a genome into a model directory, with the genome's schedule and seed: the "
+        "best validated genome (by its mean over seeds) when evo validate has run, else the "
+        "best genome at the highest rung the search reached (by the first objective, or "
+        "--objective); it says which it used. It trains for the space's search.target (or the "
+        "budget given; 2000 steps when the space has no target), and is recorded in the "
+        "database with where it came from (provenance.json beside the model).",
+    )
+    promote.add_argument("name", help="the run's name")
     promote.add_argument("--genome", type=int, help="genome id (default: the best)")
     promote.add_argument("--objective", help="rank by this objective (default: the first)")
     add_budget_options(promote, "default: the space's target")
@@ -163,7 +250,12 @@ def add_retraining_commands(command: Command) -> None:
         "over, its searched width the base), else the genome's own",
     )
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
-    promote.add_argument("--out", type=Path, help="model directory to write")
+    promote.add_argument(
+        "--out",
+        type=Path,
+        help="model directory to write (default: results/NAME/promoted-genome-ID, with "
+        "-width-D, -layers-L or -PARAMETRIZATION added where they change the genome)",
+    )
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
     promote.add_argument(
         "--nproc",
@@ -191,7 +283,8 @@ def add_execution_options(parser: argparse.ArgumentParser, live_view: bool = Tru
             choices=TRACKERS,
             default="none",
             help="also write each trial's curves for TensorBoard or offline W&B, one run per "
-            "trial, under results/NAME/tensorboard/ or results/NAME/wandb/",
+            "trial, under results/NAME/tensorboard/ or results/NAME/wandb/ (W&B runs grouped by "
+            "the search's name)",
         )
 
 

@@ -55,11 +55,20 @@ from llm.errors import ConfigError
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_seconds")
 BudgetKey = Literal["max_steps", "max_tokens", "max_seconds"]
 
-# Genes that are not config fields: the adapt stage's LoRA rank (0: full fine-tuning),
-# and the MLP width as a multiple of d_model, which keeps d_ff in proportion as d_model varies.
+# Genes that are not config fields.
 SPECIAL_GENES: dict[str, Any] = {
-    "lora_rank": Annotated[int, Field(ge=0)],
-    "d_ff_mult": Annotated[float, Field(gt=0)],
+    "lora_rank": Annotated[
+        int,
+        Field(ge=0, description="The adapt stage's LoRA rank; 0: full fine-tuning."),
+    ],
+    "d_ff_mult": Annotated[
+        float,
+        Field(
+            gt=0,
+            description="d_ff as a multiple of d_model, which keeps d_ff in proportion as "
+            "d_model varies (a space has d_ff or d_ff_mult).",
+        ),
+    ],
 }
 
 # A space with at most this many combinations (floats counted at three points) is checked
@@ -117,11 +126,32 @@ class Domain(_Section):
     """The values of one gene: `{int: [low, high], step: 1}` (both ends included),
     `{float: [low, high], log: false}` or `{choice: [...]}`."""
 
-    int_range: tuple[int, int] | None = Field(None, alias="int")
-    step: int | None = Field(None, ge=1)
-    float_range: tuple[float, float] | None = Field(None, alias="float")
-    log: bool | None = None
-    choice: list[Any] | None = Field(None, min_length=1)
+    int_range: tuple[int, int] | None = Field(
+        None,
+        alias="int",
+        description="Whole numbers from low to high, both included, every step-th. "
+        "Mutation moves a step or two, sometimes jumps anywhere.",
+    )
+    step: int | None = Field(
+        None, ge=1, description="The int domain's step; null: 1. Only with int."
+    )
+    float_range: tuple[float, float] | None = Field(
+        None,
+        alias="float",
+        description="Real numbers from low to high. Mutation is Gaussian, in log space "
+        "when log is set.",
+    )
+    log: bool | None = Field(
+        None,
+        description="Sample and mutate the float domain in log space (low must be above 0); "
+        "null: false. Only with float.",
+    )
+    choice: list[Any] | None = Field(
+        None,
+        min_length=1,
+        description="A list of values, each once. Mutation takes a neighbouring value for "
+        "ordered numbers, else any other.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -291,8 +321,18 @@ def _check_settings(
 class Fixed(_Section):
     """Model and training settings shared by every trial (fields of ModelConfig, TrainConfig)."""
 
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model settings every trial shares: any field of the model config that "
+        "is not a gene (not vocab_size, which data.vocab_size sets).",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training settings every trial shares: any field of the training config "
+        "that is not a gene (precision, device, threads, eval_max_batches, …), but no "
+        "budget (max_steps, max_tokens, max_seconds: search.target and the rungs, or trial, "
+        "set it).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -306,18 +346,29 @@ class Fixed(_Section):
 
 
 class Constraints(_Section):
-    """Ceilings a valid genome stays under, besides ModelConfig's own rules."""
+    """Ceilings a valid genome stays under, besides ModelConfig's own rules (d_model
+    divisible by n_heads, n_heads divisible by n_kv_heads, an even head size for RoPE, …):
+    the operators repair every genome they make."""
 
-    max_params: int | None = Field(None, gt=0)
-    max_flops_per_token: int | None = Field(None, gt=0)
+    max_params: int | None = Field(
+        None, gt=0, description="The most parameters a genome's model may have."
+    )
+    max_flops_per_token: int | None = Field(
+        None, gt=0, description="The most training FLOPs per token a genome's model may take."
+    )
 
 
 class _Limits(_Section):
     """When a training stage stops: at whichever set limit it reaches first."""
 
-    max_steps: int | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, gt=0)
-    max_seconds: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Training steps.")
+    max_tokens: int | None = Field(None, gt=0, description="Training tokens.")
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds of training. Steps or tokens make results reproducible; "
+        "seconds compare genomes at equal time.",
+    )
 
     def budget(self) -> dict[str, float]:
         """The limits that are set, as TrainConfig fields."""
@@ -357,29 +408,58 @@ class Target(_Budget):
 class Adapt(_Budget):
     """A second stage: fine-tune each pretrained model on another corpus."""
 
-    corpus: str
-    learning_rate: float | None = Field(None, gt=0)  # None: the pretraining learning rate
-    batch_size: int | None = Field(None, gt=0)  # None: the pretraining batch size
-    # QLoRA: the frozen base weights stored in 4 bits while LoRA adapters train (lora_rank > 0)
-    quantize: Literal["nf4"] | None = None
+    corpus: str = Field(description="The corpus to adapt to, written as data.corpus is.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="The adapt stage's learning rate; null: pretraining's."
+    )
+    batch_size: int | None = Field(
+        None, gt=0, description="The adapt stage's batch size; null: pretraining's."
+    )
+    quantize: Literal["nf4"] | None = Field(
+        None,
+        description="QLoRA: under LoRA (lora_rank > 0), the frozen base weights are stored "
+        "in 4-bit NormalFloat while the adapters train; null: as trained.",
+    )
 
 
 class Data(_Section):
-    corpus: str = "builtin:python-docs"
-    tokenizer: TokenizerKind = "bpe"
-    vocab_size: int = Field(2048, ge=2)  # a target: a trained tokenizer may end up smaller
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    # Every trial is scored on the first max_val_tokens of each validation split (null:
-    # all of it), so evaluation stays a small, fixed share of a trial on large corpora.
-    max_val_tokens: int | None = Field(262144, gt=0)
-    adapt: Adapt | None = None
+    """The text and its tokens, fixed for the whole run, so that every trial's bits per
+    byte is comparable."""
+
+    corpus: str = Field(
+        "builtin:python-docs", description="The pretraining corpus (as the data config's)."
+    )
+    tokenizer: TokenizerKind = Field("bpe", description="The tokenizer kind.")
+    vocab_size: int = Field(
+        2048, ge=2, description="A target: a trained tokenizer may end up smaller."
+    )
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="The share of documents held out for validation."
+    )
+    max_val_tokens: int | None = Field(
+        262144,
+        gt=0,
+        description="Every trial is scored on the first max_val_tokens of each validation "
+        "split, with their exact byte count (null: all of it), so evaluation stays a small, "
+        "fixed share of a trial on large corpora.",
+    )
+    adapt: Adapt | None = Field(
+        None,
+        description="A second stage, after pretraining. With one, the metrics a trial "
+        "reports are those of the adapt corpus; the pretraining ones are kept beside them.",
+    )
 
 
 class Resources(_Section):
     """What one trial reserves on the Ray cluster; fractions of a GPU share it."""
 
-    cpus: float = Field(1.0, ge=0)
-    gpus: float = Field(0.0, ge=0)
+    cpus: float = Field(1.0, ge=0, description="CPU cores one trial reserves.")
+    gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs one trial reserves: 0.5 puts two trials on each GPU; above 1, a "
+        "whole number.",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> Resources:
@@ -393,10 +473,24 @@ class Trial(_Limits):
     retried, whether idle workers lend it their cores, and its budget when the search
     has no rungs."""
 
-    resources: Resources = Field(default_factory=Resources)
-    timeout_s: float | None = Field(None, gt=0)  # None: from the budget (see SearchSpace)
-    retries: int = Field(2, ge=0)
-    lend_cores: bool = True  # see evo.executor.CoreLending
+    resources: Resources = Field(
+        default_factory=Resources, description="What one trial reserves on the Ray cluster."
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds after which a trial is given up; null: three times the longest "
+        "trial's time budget plus a minute, or 600 s when a stage has no time budget.",
+    )
+    retries: int = Field(
+        2, ge=0, description="How often a trial whose worker or node was lost is retried."
+    )
+    lend_cores: bool = Field(
+        True,
+        description="Idle workers lend their cores to the trials still running at the end "
+        "of the budget (CPU trials with a budget of steps or tokens, on the driver's "
+        "machine); false when a promotion must reproduce a trial bit for bit.",
+    )
 
 
 class SearchBudget(_Section):
@@ -404,10 +498,25 @@ class SearchBudget(_Section):
     steps or tokens over all its trials, worker-seconds (a trial's wall time times the
     workers it holds, one each), or a number of trials (one per genome and rung)."""
 
-    steps: int | None = Field(None, gt=0)
-    tokens: int | None = Field(None, gt=0)
-    worker_seconds: float | None = Field(None, gt=0)
-    trials: int | None = Field(None, gt=0)
+    steps: int | None = Field(
+        None, gt=0, description="Training steps over every trial, cool-downs and failures included."
+    )
+    tokens: int | None = Field(
+        None, gt=0, description="Training tokens over every trial, as steps."
+    )
+    worker_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Each trial's wall time on the worker it holds, lost attempts included. "
+        "A trial's seconds cannot be known beforehand, so the trials in flight when the limit "
+        "is reached may pass it, as may trials under a time budget.",
+    )
+    trials: int | None = Field(
+        None,
+        gt=0,
+        description="Decisions: a genome trained to a rung (a lost worker's retry is the "
+        "same trial).",
+    )
 
     def limits(self) -> dict[str, float]:
         names = ("steps", "tokens", "worker_seconds", "trials")
@@ -417,8 +526,10 @@ class SearchBudget(_Section):
 class Objective(_Section):
     """A TrialResult metric to optimise; written `{metric: m, direction: min}` or just `m`."""
 
-    metric: str
-    direction: Direction | None = None  # None: the metric's natural direction
+    metric: str = Field(description="A metric's name (the table of objectives below).")
+    direction: Direction | None = Field(
+        None, description="min or max; null: the metric's natural direction."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -462,28 +573,93 @@ class SearchSettings(_Section):
     genomes towards (`target`), the rungs it scores them at, what it may spend, and the
     evolution's own settings."""
 
-    mode: Mode = "steady_state"
-    population: int = Field(16, ge=2)
-    generations: int | None = Field(None, ge=1)  # generational mode; default 5
-    target: Target | None = None
-    rungs: list[float] | None = Field(None, min_length=1)
-    min_budget: float | None = Field(None, gt=0)
-    max_budget: float | None = Field(None, gt=0)  # None: the target
-    eta: float = Field(3.0, ge=2)
-    budget: SearchBudget = Field(default_factory=SearchBudget)
-    # Genomes to try first (Optuna's enqueue_trial, Ray Tune's points_to_evaluate): a
-    # known-good config the search should start from and try to beat. Genes left out are
-    # taken from the initial design.
-    initial: list[dict[str, Any]] = Field(default_factory=list)
+    mode: Mode = Field(
+        "steady_state",
+        description="steady_state: a decision whenever a worker is free, over rungs. "
+        "generational: generations of population offspring, every trial at the trial's "
+        "single budget, the best of parents and offspring surviving (NSGA-II for several "
+        "objectives).",
+    )
+    population: int = Field(
+        16,
+        ge=2,
+        description="The aging population's size at each rung (steady state), or the "
+        "population (generational).",
+    )
+    generations: int | None = Field(
+        None,
+        ge=1,
+        description="Generational mode only: generations, generation 0 included; null: 5.",
+    )
+    target: Target | None = Field(
+        None,
+        description="The training budget the promoted model gets; evo promote trains for it "
+        "by default, and rung budgets are in its unit.",
+    )
+    rungs: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="Steady state: the rungs' budgets, increasing, in the target's unit. "
+        "With one rung (or no target: the trial's budget) the search is steady-state "
+        "without rungs. Several rungs need schedule: wsd (the default then), and the lowest "
+        "rung's stable phase must outlast warmup (where a gene sets warmup, the cool-down share "
+        "or the tokens of a step, a genome whose warmup does not is invalid, and repaired).",
+    )
+    min_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Instead of rungs: the lowest rung; as many rungs as fit between it and "
+        "max_budget, each eta times the one below.",
+    )
+    max_budget: float | None = Field(
+        None, gt=0, description="With min_budget: the top rung; null: the target."
+    )
+    eta: float = Field(
+        3.0,
+        ge=2,
+        description="A genome in the top 1/eta of its rung advances to the next; with "
+        "min_budget, the ratio between rungs.",
+    )
+    budget: SearchBudget = Field(
+        default_factory=SearchBudget,
+        description="What the search may spend. A trial is started only if its planned steps "
+        "and tokens still fit. Required in steady-state mode; in generational mode it ends "
+        "the run between generations.",
+    )
+    initial: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Genomes to train first, as a list of {gene: value} (Optuna's "
+        "enqueue_trial, Ray Tune's points_to_evaluate): a known-good config the search should "
+        "start from and try to beat. Genes left out are taken from the initial design; each "
+        "value must lie in its gene's domain, and a genome over the constraints is refused "
+        "by evo run before the run is created.",
+    )
     _rungs: list[float] | None = PrivateAttr(None)
-    crossover_prob: float = Field(0.9, ge=0, le=1)  # per pair of parents
-    mutation_prob: float = Field(1.0, ge=0, le=1)  # per offspring, after crossover
-    mutation_gene_prob: float | None = Field(None, gt=0, le=1)  # None: 1 / number of genes
-    selection: Literal["auto", "nsga2", "tournament"] = "auto"
-    tournament_size: int = Field(3, ge=2)
-    seed: int = 0
+    crossover_prob: float = Field(
+        0.9, ge=0, le=1, description="The probability of crossover, per pair of parents."
+    )
+    mutation_prob: float = Field(
+        1.0, ge=0, le=1, description="The probability of mutation, per offspring, after crossover."
+    )
+    mutation_gene_prob: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="A mutated offspring changes each gene with this probability, and at "
+        "least one; null: 1 / number of genes.",
+    )
+    selection: Literal["auto", "nsga2", "tournament"] = Field(
+        "auto",
+        description="auto: NSGA-II ranking for several objectives, tournament for one.",
+    )
+    tournament_size: int = Field(3, ge=2, description="Genomes per tournament.")
+    seed: int = Field(0, description="The seed of every decision of the search.")
     objectives: list[Objective] = Field(
-        default_factory=lambda: [Objective(metric="bits_per_byte")], min_length=1
+        default_factory=lambda: [Objective(metric="bits_per_byte")],
+        min_length=1,
+        description="What the search optimises, each written {metric: m, direction: "
+        "min|max} or just m for its natural direction; several make the search "
+        "multi-objective (Pareto front, then crowding).",
     )
 
     @model_validator(mode="after")
@@ -572,12 +748,32 @@ class SearchSpace:
     """A validated search space. (A pydantic dataclass rather than a BaseModel, because
     BaseModel reserves the name `model_config`, which here builds a genome's ModelConfig.)"""
 
-    genes: Annotated[dict[str, Domain], Field(min_length=1)]
-    fixed: Fixed = Field(default_factory=Fixed)
-    constraints: Constraints = Field(default_factory=Constraints)
-    data: Data = Field(default_factory=Data)
-    trial: Trial = Field(default_factory=Trial)
-    search: SearchSettings = Field(default_factory=SearchSettings)
+    genes: Annotated[
+        dict[str, Domain],
+        Field(
+            min_length=1,
+            description="What varies: each gene, a field of the model or training config "
+            "(or a special gene), with its domain.",
+        ),
+    ]
+    fixed: Fixed = Field(
+        default_factory=Fixed, description="Model and training settings every trial shares."
+    )
+    constraints: Constraints = Field(
+        default_factory=Constraints, description="Ceilings on size and cost."
+    )
+    data: Data = Field(
+        default_factory=Data, description="Corpus, tokenizer, and an optional adapt stage."
+    )
+    trial: Trial = Field(
+        default_factory=Trial,
+        description="The resources of one trial, and its budget when there are no rungs.",
+    )
+    search: SearchSettings = Field(
+        default_factory=SearchSettings,
+        description="The mode, the target, the rungs, the search's own budget, the "
+        "operators and the objectives.",
+    )
 
     @field_validator("genes")
     @classmethod

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from llm.train import TrainOutcome
 
 
+MODEL_DIR_HELP = "a model directory: model.json, model.safetensors, tokenizer/"
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto: CUDA, then MPS, then the CPU"
+TRACKER_HELP = "also write the curves for TensorBoard or as an offline W&B run"
+
+
 def main(argv: list[str] | None = None) -> int:
     return build_command_line().main(argv)
 
@@ -46,18 +51,35 @@ def build_command_line() -> CommandLine:
 
 
 def add_prepare(cli: CommandLine) -> None:
-    prepare = cli.command("prepare", cmd_prepare, "train a tokenizer and tokenize a corpus")
+    prepare = cli.command(
+        "prepare",
+        cmd_prepare,
+        "train a tokenizer and tokenize a corpus",
+        "Train a tokenizer on a corpus's training split and tokenize both splits (meta.json "
+        "counts the tokens it could not represent: unknown).",
+    )
     prepare.add_argument("--corpus", required=True, help="builtin:python-docs, a file, a folder…")
     prepare.add_argument(
-        "--tokenizer", choices=["bpe", "unigram", "wordpiece", "char", "byte"], default="bpe"
+        "--tokenizer",
+        choices=["bpe", "unigram", "wordpiece", "char", "byte"],
+        default="bpe",
+        help="the tokenizer kind",
     )
-    prepare.add_argument("--vocab-size", type=int, default=2048)
-    prepare.add_argument("--val-fraction", type=float, default=0.1)
-    prepare.add_argument("--out", type=Path, required=True)
+    prepare.add_argument("--vocab-size", type=int, default=2048, help="the vocabulary size asked")
+    prepare.add_argument(
+        "--val-fraction", type=float, default=0.1, help="the share of documents held out"
+    )
+    prepare.add_argument("--out", type=Path, required=True, help="the folder to write")
 
 
 def add_train(cli: CommandLine) -> None:
-    train = cli.command("train", cmd_train, "train a model from a YAML config")
+    train = cli.command(
+        "train",
+        cmd_train,
+        "train a model from a YAML config",
+        "Train a model from a config file (sections data, model and train), or from a preset, "
+        "into a model directory.",
+    )
     train.add_argument("config", type=Path, nargs="?", help="e.g. configs/tiny.yaml")
     train.add_argument(
         "--preset",
@@ -76,14 +98,25 @@ def add_train(cli: CommandLine) -> None:
         "--tracker",
         choices=TRACKERS,
         default="none",
-        help="also write the curves for TensorBoard (OUT/tensorboard/) or as an offline W&B "
-        "run (OUT/wandb/)",
+        help="also write the loss, learning rate, throughput and evaluations for TensorBoard "
+        "(OUT/tensorboard/; tensorboard --logdir results/) or as an offline W&B run "
+        "(OUT/wandb/: nothing is sent; wandb sync OUT/wandb/offline-run-* uploads it when you "
+        'choose); both need pip install -e ".[tracking]"',
     )
 
 
 def add_eval(cli: CommandLine) -> None:
-    evaluate = cli.command("eval", cmd_eval, "print a model's validation metrics as JSON")
-    evaluate.add_argument("model_dir", type=Path)
+    evaluate = cli.command(
+        "eval",
+        cmd_eval,
+        "print a model's validation metrics as JSON",
+        "Loss, perplexity, bits per byte and accuracy as JSON: on all of a corpus (held-out "
+        "text: comparable with any tool's loss on that file), or on the validation split "
+        "training held out; with --generation, greedy completions of each record's prompt "
+        "scored against its reference: corpus BLEU (sacrebleu), mean ROUGE-L F-measure "
+        "(rouge-score) and exact match.",
+    )
+    evaluate.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     evaluate.add_argument(
         "--corpus", help="evaluate on this corpus, all of it (default: the training corpus)"
     )
@@ -106,13 +139,19 @@ def add_eval(cli: CommandLine) -> None:
     evaluate.add_argument(
         "--stop", action="append", default=[], help="with --generation: stop before this text"
     )
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_generate(cli: CommandLine) -> None:
-    generate = cli.command("generate", cmd_generate, "continue prompts, streaming the text")
-    generate.add_argument("model_dir", type=Path)
+    generate = cli.command(
+        "generate",
+        cmd_generate,
+        "continue prompts, streaming the text",
+        "Continue a prompt, streaming the text; several prompts run as one batch and print as "
+        "JSON lines.",
+    )
+    generate.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     generate.add_argument(
         "--prompt",
         dest="prompts",
@@ -135,11 +174,16 @@ def add_generate(cli: CommandLine) -> None:
 
 def add_continue(cli: CommandLine) -> None:
     more = cli.command(
-        "continue", cmd_continue, "train a model further on new text, growing its vocabulary"
+        "continue",
+        cmd_continue,
+        "train a model further on new text, growing its vocabulary",
+        "More pretraining on new text, optionally with new tokens learned from it; prints "
+        "bits per byte on the old and new validation text before and right after the "
+        "expansion.",
     )
-    more.add_argument("model_dir", type=Path)
+    more.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     more.add_argument("--corpus", required=True, help="the new text: a file, a folder, builtin:…")
-    more.add_argument("--out", type=Path, required=True)
+    more.add_argument("--out", type=Path, required=True, help="the model directory to write")
     more.add_argument(
         "--expand-vocab",
         type=int,
@@ -151,19 +195,25 @@ def add_continue(cli: CommandLine) -> None:
         more, "train.KEY=VALUE", "a training setting, e.g. --set train.max_steps=1000"
     )
     more.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    more.add_argument("--tracker", choices=TRACKERS, default="none")
+    more.add_argument("--tracker", choices=TRACKERS, default="none", help=TRACKER_HELP)
 
 
 def add_sft(cli: CommandLine) -> None:
-    sft = cli.command("sft", cmd_sft, "instruction-tune a model on conversations (JSON lines)")
-    sft.add_argument("model_dir", type=Path)
+    sft = cli.command(
+        "sft",
+        cmd_sft,
+        "instruction-tune a model on conversations (JSON lines)",
+        "Instruction tuning on conversations: the tuned model (LoRA merged) or, with "
+        "--adapter-only, the adapter alone, with its chat template.",
+    )
+    sft.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     sft.add_argument(
         "--data",
         type=Path,
         required=True,
         help='records {"prompt", "response"} or {"messages": [{"role", "content"}, ...]}',
     )
-    sft.add_argument("--out", type=Path, required=True)
+    sft.add_argument("--out", type=Path, required=True, help="the model directory to write")
     sft.add_argument("--lora-rank", type=int, default=0, help="0 (default): tune every weight")
     sft.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default: the rank)")
     sft.add_argument(
@@ -173,34 +223,52 @@ def add_sft(cli: CommandLine) -> None:
     add_overrides_option(
         sft, "train.KEY=VALUE", "a training setting, e.g. --set train.max_steps=500"
     )
-    sft.add_argument("--tracker", choices=TRACKERS, default="none")
+    sft.add_argument("--tracker", choices=TRACKERS, default="none", help=TRACKER_HELP)
 
 
 def add_chat(cli: CommandLine) -> None:
-    chat = cli.command("chat", cmd_chat, "talk with a model (a terminal, or lines through a pipe)")
-    chat.add_argument("model_dir", type=Path)
+    chat = cli.command(
+        "chat",
+        cmd_chat,
+        "talk with a model (a terminal, or lines through a pipe)",
+        "A conversation in the terminal, or line by line through a pipe, in the model's chat "
+        "template; /reset, /help, /exit.",
+    )
+    chat.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     add_sampling_arguments(chat, temperature=0.7)
     chat.add_argument("--system", default="", help="text placed before the conversation")
 
 
 def add_export(cli: CommandLine) -> None:
-    export = cli.command("export", cmd_export, "write a model in another library's format")
-    export.add_argument("model_dir", type=Path)
+    export = cli.command(
+        "export",
+        cmd_export,
+        "write a model in another library's format",
+        "Write a model in another library's format: hf, a directory transformers loads as "
+        "LlamaForCausalLM.",
+    )
+    export.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
     export.add_argument(
         "--format", choices=["hf"], required=True, help="hf: transformers' LlamaForCausalLM"
     )
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="the directory to write")
 
 
 def add_serve(cli: CommandLine) -> None:
-    serve = cli.command("serve", cmd_serve, "serve a model over an OpenAI-compatible HTTP API")
-    serve.add_argument("model_dir", type=Path)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = cli.command(
+        "serve",
+        cmd_serve,
+        "serve a model over an OpenAI-compatible HTTP API",
+        "An OpenAI-compatible HTTP API: POST /v1/completions, POST /v1/chat/completions, "
+        "GET /v1/models, GET /health.",
+    )
+    serve.add_argument("model_dir", type=Path, help=MODEL_DIR_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="the interface to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
     serve.add_argument(
         "--api-key", help="require `Authorization: Bearer KEY` (default: $LLM_API_KEY, if set)"
     )
-    serve.add_argument("--device", default="auto")
+    serve.add_argument("--device", default="auto", help=DEVICE_HELP)
     serve.add_argument(
         "--max-tokens-limit", type=int, default=512, help="the most tokens one request may ask"
     )
@@ -228,16 +296,28 @@ def add_overrides_option(parser: argparse.ArgumentParser, metavar: str, help: st
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: float) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=128, help="the most tokens to generate"
+    )
     parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, help="keep only the K likeliest tokens")
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus: keep the fewest tokens whose probability sums to P or more",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="above 1 discourages tokens already in the prompt or output",
+    )
     parser.add_argument(
         "--stop", action="append", default=[], help="stop before this text (repeatable)"
     )
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, help="the seed of sampling")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def sampling_params(args: argparse.Namespace, eos_id: int) -> SamplingParams:

@@ -17,22 +17,38 @@ EXIT_INTERRUPTED = 130
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+DEBUG_HELP = "show tracebacks of user errors"
+# What `run_command` does with errors, said once for both tools' --help.
+EPILOG = (
+    "A user error is one line on stderr and exit code 2; so is an output path that cannot "
+    "be written (no permission, a file where a folder should be, a full or read-only "
+    "disk). Ctrl-C exits with code 130."
+)
+
+
 class CommandLine:
     """A tool made of subcommands; each accepts --debug and runs through `run_command`."""
 
     def __init__(self, prog: str, description: str | None) -> None:
         self.prog = prog
-        self.parser = argparse.ArgumentParser(prog=prog, description=description)
-        self.parser.add_argument(
-            "--debug", action="store_true", help="show tracebacks of user errors"
-        )
+        self.parser = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG)
+        self.parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
         self._commands = self.parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(self, name: str, func: Handler, help: str) -> argparse.ArgumentParser:
-        sub = self._commands.add_parser(name, help=help, description=help)
+    def command(
+        self, name: str, func: Handler, help: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
+        """A subcommand: `help` is its line in the tool's --help, `description` (default:
+        the same) heads its own."""
+        sub = self._commands.add_parser(name, help=help, description=description or help)
         sub.set_defaults(func=func)
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         return sub
+
+    @property
+    def commands(self) -> dict[str, argparse.ArgumentParser]:
+        """Each subcommand's parser, by name, in the order they were added."""
+        return dict(self._commands.choices)
 
     def main(self, argv: list[str] | None) -> int:
         argv = sys.argv[1:] if argv is None else argv

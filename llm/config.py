@@ -26,15 +26,20 @@ ExpertMlp = Literal["swiglu", "gelu"]
 AttentionKind = Literal["mha", "mla"]
 TokenizerKind = Literal["bpe", "unigram", "wordpiece", "char", "byte"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-# standard: one init scale and one learning rate for every weight. mup: the maximal update
-# parametrization (Tensor Programs V), under which a genome's rate and init tuned at
-# mup_base_width carry over to wider models (llm.model.MuParametrization).
 Parametrization = Literal["standard", "mup"]
-# cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): warmup,
-# the peak rate until the last `decay_fraction` of the budget, then a cool-down to the floor.
 Schedule = Literal["cosine", "wsd"]
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+def setting(default: Any, description: str, *, factory: bool = False) -> Any:
+    """A config field and its meaning, written once: the documentation's reference is
+    generated from the description (pydantic's schema carries it too). With `factory`,
+    `default` is called for each new config, as dataclasses' `default_factory`."""
+    metadata = {"description": description}
+    if factory:
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class ParamCount(NamedTuple):
@@ -49,46 +54,89 @@ class ModelConfig:
 
     __pydantic_config__ = _STRICT
 
-    vocab_size: int | None = None  # set from the tokenizer when left out
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    n_kv_heads: int | None = None  # None: as many as n_heads (plain multi-head attention)
-    d_ff: int = 512
-    pos_encoding: PosEncoding = "rope"
-    norm: Norm = "rmsnorm"
-    mlp: Mlp = "swiglu"
-    # Mixture of experts (mlp: moe): n_experts MLPs of kind mlp_expert, each d_ff wide; a
-    # router sends every token to experts_per_token of them. The auxiliary losses, weighted
-    # thus, keep the experts evenly loaded (moe_aux_loss) and the router's logits small
-    # (moe_z_loss).
-    n_experts: int = 8
-    experts_per_token: int = 2
-    mlp_expert: ExpertMlp = "swiglu"
-    moe_aux_loss: float = 0.01
-    moe_z_loss: float = 0.0
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    bias: bool = False
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    # Sliding-window attention: each query sees at most the last attn_window positions
-    # (itself included); None sees the whole context.
-    attn_window: int | None = None
-    # mha: multi-head attention, grouped by n_kv_heads. mla: latent attention (DeepSeek-V2):
-    # keys and values come up from one kv_latent_dim-wide latent per token, which is all the
-    # cache keeps, beside a rotary key shared by the heads (with rope).
-    attention: AttentionKind = "mha"
-    kv_latent_dim: int = 64
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    gradient_checkpointing: bool = False
-    # mup: the d_model at which the learning rate and init_std were tuned (required), and the
-    # head size there; None: the same head size as now (heads were added at a fixed head
-    # size). Both are ignored under the standard parametrization.
-    parametrization: Parametrization = "standard"
-    mup_base_width: int | None = None
-    mup_base_head_dim: int | None = None
+    vocab_size: int | None = setting(
+        None, "Tokens in the vocabulary; set from the tokenizer when left out."
+    )
+    n_layers: int = setting(4, "Transformer blocks.")
+    d_model: int = setting(128, "The width of the residual stream and of every embedding.")
+    n_heads: int = setting(4, "Attention heads; d_model must be divisible by it.")
+    n_kv_heads: int | None = setting(
+        None,
+        "Key/value heads, shared by groups of query heads (grouped-query attention; 1 is "
+        "multi-query); n_heads must be divisible by it. null: as many as n_heads (plain "
+        "multi-head attention).",
+    )
+    d_ff: int = setting(512, "The hidden width of each MLP (of each expert, with a mixture).")
+    pos_encoding: PosEncoding = setting(
+        "rope",
+        "How positions are encoded: learned or sinusoidal embeddings, rotary (rope), ALiBi "
+        "biases, or none.",
+    )
+    norm: Norm = setting("rmsnorm", "The normalization of every block and of the output.")
+    mlp: Mlp = setting(
+        "swiglu", "The MLP of each block: SwiGLU, GELU, or a mixture of experts (moe)."
+    )
+    n_experts: int = setting(
+        8,
+        "Mixture of experts (mlp: moe): the experts of each block, MLPs of kind mlp_expert, "
+        "each d_ff wide.",
+    )
+    experts_per_token: int = setting(
+        2, "Mixture of experts: the experts a router sends each token to."
+    )
+    mlp_expert: ExpertMlp = setting("swiglu", "Mixture of experts: the kind of each expert.")
+    moe_aux_loss: float = setting(
+        0.01,
+        "Mixture of experts: the weight of the auxiliary loss that keeps the experts evenly "
+        "loaded.",
+    )
+    moe_z_loss: float = setting(
+        0.0, "Mixture of experts: the weight of the loss that keeps the router's logits small."
+    )
+    tie_embeddings: bool = setting(
+        True, "Whether the output head shares the input embedding's matrix."
+    )
+    dropout: float = setting(0.0, "Dropout probability, in [0, 1).")
+    bias: bool = setting(False, "Whether linear layers (and LayerNorm) have biases.")
+    max_seq_len: int = setting(256, "The longest context the model takes, in tokens.")
+    rope_theta: float = setting(10000.0, "The base of the rotary embedding's frequencies.")
+    attn_window: int | None = setting(
+        None,
+        "Sliding-window attention: each query sees at most the last attn_window positions "
+        "(itself included); null sees the whole context.",
+    )
+    attention: AttentionKind = setting(
+        "mha",
+        "mha: multi-head attention, grouped by n_kv_heads. mla: latent attention "
+        "(DeepSeek-V2): keys and values come up from one kv_latent_dim-wide latent per "
+        "token, which is all the cache keeps, beside a rotary key shared by the heads "
+        "(with rope).",
+    )
+    kv_latent_dim: int = setting(64, "Latent attention (attention: mla): the latent's width.")
+    norm_eps: float = setting(1e-5, "The epsilon of every norm.")
+    init_std: float = setting(0.02, "The standard deviation of the weights' initialization.")
+    gradient_checkpointing: bool = setting(
+        False,
+        "Recompute each block's activations in the backward pass instead of keeping them: "
+        "less memory, more compute.",
+    )
+    parametrization: Parametrization = setting(
+        "standard",
+        "standard: one init scale and one learning rate for every weight. mup: the maximal "
+        "update parametrization (Tensor Programs V), under which a genome's rate and init "
+        "tuned at mup_base_width carry over to wider models.",
+    )
+    mup_base_width: int | None = setting(
+        None,
+        "Under mup (required there): the d_model at which the learning rate and init_std "
+        "were tuned. Ignored under the standard parametrization.",
+    )
+    mup_base_head_dim: int | None = setting(
+        None,
+        "Under mup: the head size at mup_base_width; null: the same head size as now "
+        "(heads were added at a fixed head size). Ignored under the standard "
+        "parametrization.",
+    )
 
     @property
     def head_dim(self) -> int:
@@ -320,15 +368,39 @@ class DataConfig:
 
     __pydantic_config__ = _STRICT
 
-    corpus: str = "builtin:python-docs"
-    tokenizer: TokenizerKind = "bpe"
-    vocab_size: int = 2048
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    # A document longer than this is cut into pieces at line boundaries before the split,
-    # so that one long file trains and validates like a folder (see llm.data).
-    chunk_chars: int = 65_536
-    cache_dir: str = "results/cache"
+    corpus: str = setting(
+        "builtin:python-docs",
+        "The text: builtin:python-docs (the interpreter's help topics, 0.5 MB), "
+        "builtin:python-code (the standard library's source, 12 MB), a .txt/.md file, a "
+        "folder (its text files, recursively; binary ones are skipped with a warning), a "
+        ".jsonl file (field text, or file.jsonl#field) or a .parquet file (column text, or "
+        "file.parquet#column).",
+    )
+    tokenizer: TokenizerKind = setting(
+        "bpe",
+        "The tokenizer trained on the training split: SentencePiece BPE or unigram (with "
+        "byte fallback), WordPiece over the 256 bytes, characters, or raw bytes.",
+    )
+    vocab_size: int = setting(
+        2048, "The vocabulary size asked of the tokenizer (a target: it may end up smaller)."
+    )
+    val_fraction: float = setting(
+        0.1,
+        "The share of documents held out for validation. Whole documents are held out: a "
+        "seeded hash of their names picks them, so the split is the same on every machine.",
+    )
+    split_seed: int = setting(0, "The seed of the document-level split.")
+    chunk_chars: int = setting(
+        65_536,
+        "A document longer than this is cut into pieces at line breaks before the split, "
+        "and a corpus of one document into at least 20 pieces of 1,024 characters or more: "
+        "one big input.txt trains and validates like a folder of files.",
+    )
+    cache_dir: str = setting(
+        "results/cache",
+        "Where tokenized corpora are kept, keyed by the corpus and tokenizer: a second run "
+        "does no work.",
+    )
 
 
 @dataclass(frozen=True)
@@ -337,34 +409,64 @@ class TrainConfig:
 
     __pydantic_config__ = _STRICT
 
-    batch_size: int = 16
-    seq_len: int = 128
-    grad_accum: int = 1
-    learning_rate: float = 3e-3
-    min_lr_ratio: float = 0.1  # the schedule decays to learning_rate * min_lr_ratio
-    schedule: Schedule = "cosine"
-    decay_fraction: float = 0.2  # wsd: the share of the budget spent cooling down
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    # Budget: training stops at whichever is reached first; at least one must be set.
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    max_seconds: float | None = None
-    eval_interval: int = 100  # steps; 0 evaluates only at the end
-    eval_max_batches: int | None = None  # None: the whole validation split
-    log_interval: int = 10
-    checkpoint_interval: int = 0  # steps; 0 checkpoints only at the end
-    keep_checkpoints: int = 2
-    precision: Precision = "auto"
-    # torch.compile: true, false, or auto: compiled when the run is long enough to repay
-    # the warm-up (llm.compilation), decided after its first steps and said in the log.
-    compile: bool | Literal["auto"] = "auto"
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
+    batch_size: int = setting(
+        16,
+        "Sequences per micro-batch; with --nproc, the global batch the processes split "
+        "(it must divide evenly).",
+    )
+    seq_len: int = setting(128, "Tokens per training sequence; at most model.max_seq_len.")
+    grad_accum: int = setting(
+        1, "Micro-batches whose gradients are accumulated into one optimizer step."
+    )
+    learning_rate: float = setting(3e-3, "The peak learning rate of AdamW.")
+    min_lr_ratio: float = setting(
+        0.1, "The schedule decays to learning_rate × min_lr_ratio, in [0, 1]."
+    )
+    schedule: Schedule = setting(
+        "cosine",
+        "cosine: warmup, then a cosine over the whole budget. wsd (warmup-stable-decay): "
+        "warmup, the peak rate until the last decay_fraction of the budget, then a "
+        "cool-down to the floor. A search with rungs trains with wsd, which cannot vary.",
+    )
+    decay_fraction: float = setting(
+        0.2, "wsd: the share of the budget spent cooling down, in (0, 1]."
+    )
+    warmup_steps: int = setting(20, "Steps of linear warmup to the peak learning rate.")
+    weight_decay: float = setting(
+        0.1, "AdamW's decoupled weight decay (none on norms, biases and embeddings)."
+    )
+    beta1: float = setting(0.9, "Adam's first-moment average.")
+    beta2: float = setting(0.95, "Adam's second-moment average.")
+    grad_clip: float = setting(1.0, "The gradient norm clipped to; 0 disables clipping.")
+    max_steps: int | None = setting(
+        None,
+        "Budget: training stops at whichever of max_steps, max_tokens and max_seconds is "
+        "reached first; at least one must be set.",
+    )
+    max_tokens: int | None = setting(None, "Budget: training tokens (see max_steps).")
+    max_seconds: float | None = setting(None, "Budget: seconds of training (see max_steps).")
+    eval_interval: int = setting(100, "Steps between evaluations; 0 evaluates only at the end.")
+    eval_max_batches: int | None = setting(
+        None, "Batches of each evaluation; null: the whole validation split."
+    )
+    log_interval: int = setting(10, "Steps between log lines.")
+    checkpoint_interval: int = setting(
+        0, "Steps between checkpoints; 0 checkpoints only at the end."
+    )
+    keep_checkpoints: int = setting(2, "How many of the latest checkpoints are kept.")
+    precision: Precision = setting(
+        "auto",
+        "Mixed precision: auto is bf16 on CUDA where supported, else fp16 with loss "
+        "scaling, and float32 elsewhere.",
+    )
+    compile: bool | Literal["auto"] = setting(
+        "auto",
+        "torch.compile: true, false, or auto: compiled when the run is long enough to repay "
+        "the warm-up (llm.compilation), decided after its first steps and said in the log.",
+    )
+    device: str = setting("auto", "cpu, cuda, cuda:N, mps, or auto: CUDA, then MPS, then the CPU.")
+    threads: int | None = setting(None, "CPU threads torch uses; null: torch's default.")
+    seed: int = setting(0, "The seed of the initialization and of the training windows.")
 
     @property
     def tokens_per_step(self) -> int:
@@ -405,9 +507,9 @@ class RunConfig:
 
     __pydantic_config__ = _STRICT
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = setting(DataConfig, "Where the text comes from.", factory=True)
+    model: ModelConfig = setting(ModelConfig, "The model.", factory=True)
+    train: TrainConfig = setting(TrainConfig, "The training run.", factory=True)
 
     def problems(self) -> list[str]:
         out = [f"model: {p}" for p in self.model.problems() if not p.startswith("vocab_size")]

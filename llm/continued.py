@@ -47,7 +47,7 @@ EVAL_BATCH = 16
 # A new row is the mean of its spelling's rows pulled this far from the mean row of the
 # whole vocabulary. The spelling's mean alone reads as the spelling does, but through the
 # output head it scores the new token about as high as its pieces, taking probability from
-# them wherever they are likely. Measured on the README's example (nano on python-docs,
+# them wherever they are likely. Measured on docs/using-models.md's example (nano on python-docs,
 # 256 tokens learned from python-code), bits per byte on the old and the new validation
 # text right after the expansion: spelling mean 2.202 and 3.472, this 2.084 and 3.390,
 # random rows 2.122 and 3.437, from 2.095 and 3.610 before.

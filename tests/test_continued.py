@@ -22,7 +22,7 @@ from llm.tokenizer import ByteTokenizer, train_tokenizer
 # expansion. The grown tokenizer writes parts of the old text with pieces learned from
 # other text, whose rows only approximate their spelling's, and the grown output head
 # gives the new tokens some probability everywhere. Measured: -0.023 with this
-# test's model, -0.011 for the README's example; the plain mean of the spelling's rows
+# test's model, -0.011 for docs/using-models.md's example; the plain mean of the spelling's rows
 # costs +0.18 here.
 EXPANSION_TOLERANCE = 0.05
 

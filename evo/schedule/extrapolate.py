@@ -1,7 +1,7 @@
 """Each genome's score at a budget beyond the top rung, predicted from its rung scores.
 
-Every rung score is the end of a complete warmup–stable–decay run of that budget (README,
-"Rungs, the schedule, and what a score means"), so a genome's rung scores are samples of
+Every rung score is the end of a complete warmup–stable–decay run of that budget
+(docs/concepts/rungs.md), so a genome's rung scores are samples of
 its final loss as a function of its training budget D: the curve scaling laws model. One
 law is fitted to all of a run's curves at once, so that a genome with two rung scores
 (or one) borrows what the others show:

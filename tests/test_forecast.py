@@ -193,19 +193,21 @@ def test_only_a_loss_is_forecast(workdir: Path) -> None:
     assert TargetForecast.of(throughput) is None
     perplexity = far_space(workdir, objectives=["perplexity"])
     forecast = TargetForecast.of(perplexity)
-    assert forecast is not None
+    loss = TargetForecast.of(far_space(workdir, objectives=["val_loss"]))
+    assert forecast is not None and loss is not None
     for genome, rate in enumerate((1.2e-3, 1.9e-2)):
         genes = {**INITIAL[0], "learning_rate": rate}
         for rung, steps in enumerate((3, 9, 27)):
             forecast.add(genome, rung, math.exp(law(genes, steps)))
+            loss.add(genome, rung, law(genes, steps))
     forecast.add(0, 2, None)  # a failure is no point
     assert len(forecast.points) == 6
     # Perplexity is fitted through its log: its prediction is the exp of the loss's.
-    predicted = forecast.predictions()
-    assert math.log(predicted[1].mean) == pytest.approx(
-        law({**INITIAL[0], "learning_rate": 1.9e-2}, TARGET), abs=0.02
-    )
-    assert predicted[1].low < predicted[1].mean < predicted[1].high
+    predicted, of_loss = forecast.predictions()[1], loss.predictions()[1]
+    assert math.log(predicted.mean) == pytest.approx(of_loss.mean, abs=1e-9)
+    assert math.log(predicted.low) == pytest.approx(of_loss.low, abs=1e-9)
+    assert math.log(predicted.high) == pytest.approx(of_loss.high, abs=1e-9)
+    assert predicted.low < predicted.mean < predicted.high
 
 
 def status_text(storage: Storage, name: str = "far") -> str:

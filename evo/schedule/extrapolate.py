@@ -41,7 +41,7 @@ import numpy as np
 
 from llm.errors import UserError
 
-ALPHA_PRIOR = (0.3, 1.0)  # the median of α and the standard deviation of log α
+ALPHA_PRIOR = (0.3, 0.5)  # the median of α and the standard deviation of log α
 SLOPE_SPREAD_PRIOR = 1.0  # τ before the data speak: slopes differ by a factor e
 LAW_ERROR_PRIOR = 0.5  # κ before the run's own check speaks: half the predicted drop
 PRIOR_WEIGHT = 2.0  # how many genomes' evidence the prior on τ counts as

@@ -10,7 +10,7 @@ law is fitted to all of a run's curves at once, so that a genome with two rung s
 
 with α shared; D_top is the largest budget in the data, m_g the genome's loss there and
 s_g its drop per e-fold of budget there (as α → 0 the law is log-linear, with no pole).
-Priors: log α ~ N(log 0.3, 1); log s_g ~ N(μ, τ²), μ fitted with the rest and τ by
+Priors: log α ~ N(log 0.3, 0.5); log s_g ~ N(μ, τ²), μ fitted with the rest and τ by
 empirical Bayes. The fit is the maximum a posteriori point; the uncertainty is Laplace's.
 
 A prediction's interval holds three parts: the fit's uncertainty, the seed noise (the

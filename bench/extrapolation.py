@@ -6,7 +6,9 @@ tokens and a 4M-token target (9x beyond the top rung, under one pass of the 4.4M
 tokens). `evo run` searches it with `--budget` training tokens, forecasting the target
 from the rung scores (evo.schedule.forecast). Then one shared set of genomes is trained
 to the target with `--seeds` seeds each by `evo validate --genome ...`: the union of the
-top `--top` by predicted score and the top `--top` by measured score at the top rung.
+top `--top` by predicted score and the top `--top` by measured score at the top rung,
+and `--spread` more from further down the ranking (the genomes near the top of a
+converged search can be closer to each other than their seeds are).
 On that set, from `evo validate`'s report:
 
 - Kendall τ between the predicted and the measured scores at the target, and the top-rung
@@ -62,6 +64,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--budget", type=int, help="search budget in training tokens (default 12M)")
     p.add_argument("--top", type=int, help="of each ranking (default 6, 3 with --quick)")
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=4,
+        help="more genomes, evenly spread over the rest of the top rung's ranking by "
+        "prediction: a set of near-equal genomes is ranked by seed noise alone",
+    )
     p.add_argument("--seeds", type=int, default=2, help="per genome at the target")
     p.add_argument("--seed", type=int, default=0, help="the search's")
     p.add_argument("--quick", action="store_true", help="minutes: a check that it runs")
@@ -117,10 +126,12 @@ def main() -> None:
             if by_prediction[0].predicted is None:
                 sys.exit("the search made no forecast: is the target beyond the top rung?")
             chosen = {c.genome_id for c in by_prediction[: args.top] + by_rung[: args.top]}
+            chosen |= spread(by_prediction, chosen, args.spread)
             print(
                 f"search: {search_s / 60:.1f} min; {len(by_rung)} genomes at the top rung; "
                 f"validating {len(chosen)} ({args.top} by prediction ∪ {args.top} by the top "
-                f"rung) with {args.seeds} seeds at the target",
+                f"rung ∪ {args.spread} spread over the rest) with {args.seeds} seeds at the "
+                "target",
                 flush=True,
             )
             started = time.perf_counter()
@@ -134,6 +145,15 @@ def main() -> None:
         print(f"validation: {validate_s / 60:.1f} min")
         sign = space.search.objectives[0].sign
         judge(report, by_prediction[0].genome_id, by_rung[0].genome_id, sign)
+
+
+def spread(ranking: list[Candidate], chosen: set[int], count: int) -> set[int]:
+    """`count` genomes of `ranking` not in `chosen`, at evenly spaced places of the rest."""
+    rest = [c.genome_id for c in ranking if c.genome_id not in chosen]
+    if count <= 0 or not rest:
+        return set()
+    step = len(rest) / min(count, len(rest))
+    return {rest[int(i * step)] for i in range(min(count, len(rest)))}
 
 
 def judge(report: ValidationReport | None, pick: int, naive: int, sign: float) -> None:

@@ -8,7 +8,7 @@ import itertools
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +138,10 @@ def search_history(storage: Storage, name: str) -> list[tuple[Any, ...]]:
     )
 
 
-def run_steady_search(folder: Path, database: str) -> str:
-    """Run the small steady-state search (`steady_space_dict`) without interruption, from
-    `folder` as a user would, on the SQLite file `database` there; its URL."""
+def run_steady_search(folder: Path, database: str, settings: Sequence[str] = ()) -> str:
+    """Run the small steady-state search (`steady_space_dict`, with `evo run`'s extra
+    `settings`) without interruption, from `folder` as a user would, on the SQLite file
+    `database` there; its URL."""
     from evo.cli import main as evo
 
     corpus = write_corpus(folder / "corpus")
@@ -149,7 +150,7 @@ def run_steady_search(folder: Path, database: str) -> str:
     here = Path.cwd()
     os.chdir(folder)
     try:
-        assert evo(["run", "space.yaml", "--local", "--quiet", "--storage", url]) == 0
+        assert evo(["run", "space.yaml", *settings, "--local", "--quiet", "--storage", url]) == 0
     finally:
         os.chdir(here)
     return url

@@ -4,7 +4,6 @@ at every kind of moment."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -385,16 +384,7 @@ FAR = ["--set", "search.target.max_steps=81"]  # 3 times the top rung: the searc
 @pytest.fixture(scope="module")
 def straight_far(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[Any, ...]], Any]:
     """The outcome and the final forecast of the far-target search run without interruption."""
-    folder = tmp_path_factory.mktemp("straight-far")
-    corpus = write_corpus(folder / "corpus")
-    (folder / "space.yaml").write_text(yaml.safe_dump(steady_space_dict(corpus)))
-    url = f"sqlite:///{folder / 'evo.db'}"
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        assert evo(["run", "space.yaml", *FAR, "--local", "--quiet", "--storage", url]) == 0
-    finally:
-        os.chdir(here)
+    url = run_steady_search(tmp_path_factory.mktemp("straight-far"), "evo.db", FAR)
     storage = Storage(url)
     return search_history(storage, "space"), storage.forecast("space")
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from evo.describe import run_space
 from evo.executor import TrialOutcome
 from evo.metrics import TrialStatus
 from evo.report.page import TEMPLATE, write_report
 from evo.storage import Storage
-from evo.summary import run_space
 from llm.trial import CurvePoint, TrialEnd, TrialResult
 
 TINY = Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml"

@@ -390,10 +390,10 @@ def search(
     prepared: tuple[TrialData, int],
     store: CheckpointStore,
 ) -> int:
+    from evo.describe import target_lines
     from evo.driver import make_search
     from evo.executor import make_executor
     from evo.storage import RunStatus
-    from evo.summary import target_lines
     from evo.view import TrackedView, make_view
 
     data, vocab_size = prepared
@@ -505,11 +505,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from evo.data import prepare_data
+    from evo.describe import budget_text
     from evo.driver import load_run_space, record_unigram_baseline
     from evo.executor import make_executor
     from evo.promote import Budget
-    from evo.status import print_validation
-    from evo.summary import budget_text
+    from evo.status.trials import print_validation
     from evo.validate import (
         check_request,
         validate,

@@ -95,7 +95,7 @@ def make_search(
 def record_unigram_baseline(storage: Storage, name: str, data: TrialData) -> None:
     """Store the run's unigram baseline (see evo.summary.stalled), of the validation text
     a trial's final metrics are scored on: the adapt corpus's when there is one; and the
-    size of the pretraining corpus's training split (evo.summary.target_passes)."""
+    size of the pretraining corpus's training split (evo.describe.target_passes)."""
     scored = data.adapt if data.adapt is not None else data.pretrain
     storage.set_unigram_baseline(name, unigram_bits_per_byte(scored))
     storage.set_train_tokens(name, len(data.pretrain.train))

@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from evo.data import TrialData
+from evo.describe import budget_text, mode_text, target_lines, target_passes
 from evo.schedule.budget import trial_cost
 from evo.search.trials import make_job
 from evo.space import SearchSpace
-from evo.summary import budget_text, mode_text, target_lines, target_passes
 from llm.trial import WARMUP_STEPS, TrialEnd, TrialSpec, run_trial
 
 PROBE_STEPS = WARMUP_STEPS + 8  # the throughput is the median of the steps after warm-up

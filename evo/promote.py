@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evo.describe import budget_text
 from evo.driver import load_run_space
 from evo.metrics import EVAL_TOKENS, TrialStatus
 from evo.search.trials import trial_seed
 from evo.space import SearchSpace
 from evo.storage import RunStatus, Storage, TrialRecord
-from evo.summary import budget_text
 from evo.validate import search_ranking, validation_report
 from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir

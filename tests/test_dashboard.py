@@ -38,8 +38,8 @@ from test_report import (  # noqa: F401 (fixtures)
 
 from evo.dashboard import build_app, serve_dashboard
 from evo.dashboard.database import Database
+from evo.describe import run_space
 from evo.storage import Storage
-from evo.summary import run_space
 from llm.errors import UserError
 from llm.trial import CurvePoint
 

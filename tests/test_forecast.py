@@ -17,6 +17,7 @@ from rich.console import Console
 
 from evo.cli import main as evo
 from evo.data import TrialData
+from evo.describe import target_passes
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
 from evo.metrics import TrialStatus
@@ -27,7 +28,7 @@ from evo.search.steady_state import SteadyStateSearch, history
 from evo.space import SearchSpace, load_space
 from evo.status import print_status
 from evo.storage import Storage
-from evo.summary import SearchScore, search_order, target_passes
+from evo.summary import SearchScore, search_order
 from evo.validate import search_ranking, validation_jobs, validation_report
 from llm.trial import TrialEnd, TrialResult
 

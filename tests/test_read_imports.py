@@ -1,7 +1,8 @@
 """The read commands start fast: `evo --help`, `ls`, `status`, `export` and the dashboard's
 runs list load no torch, Ray or plotly, each run in a fresh Python; `--help` loads no
-database library either, and what needs no table (`--help`, `ls`) no pandas. A command
-that draws (`evo report`) loads plotly, which shows that the check sees it."""
+database library either, and what needs no table (`--help`, `ls`, the header of
+`status`) no pandas. A command that draws (`evo report`) loads plotly, which shows that
+the check sees it."""
 
 from __future__ import annotations
 
@@ -100,3 +101,36 @@ assert client.get("/api/runs/{RUN}").json()["trials"] == 2
 def test_a_report_draws_and_so_loads_plotly(url: str, tmp_path: Path) -> None:
     argv = ["report", RUN, "--out", "report.html", "--storage", url]
     assert heavy_modules_after(evo_command(*argv), tmp_path) == TABLES | {"plotly"}
+
+
+def test_status_prints_its_header_before_it_loads_pandas(url: str, tmp_path: Path) -> None:
+    """The run's state is on screen before pandas and the trials load (a third of a
+    second or more at 10,000 trials: bench/read_speed.py)."""
+    code = f"""
+import io, sys
+from rich.console import Console
+from evo.status import print_status
+from evo.storage import Storage
+writes = []
+class Screen(io.StringIO):
+    def write(self, text):
+        writes.append(("pandas" in sys.modules, text))
+        return super().write(text)
+print_status(Storage({url!r}, create=False, read_only=True), {RUN!r}, Console(file=Screen()))
+before = "".join(text for loaded, text in writes if not loaded)
+after = "".join(text for loaded, text in writes if loaded)
+print(repr(before))
+print(repr(after))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = (eval(line) for line in done.stdout.splitlines()[-2:])
+    assert before.startswith(f"{RUN}: ") and "trials:" not in before
+    assert "trials: 1 done, 1 failed" in after

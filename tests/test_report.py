@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 
 from evo.cli import main as evo
 from evo.data import prepare_data, unigram_bits_per_byte
+from evo.describe import run_space
 from evo.export import export_trials
 from evo.metrics import EVAL_TOKENS
 from evo.report.labels import NOT_MEASURED
@@ -29,7 +30,7 @@ from evo.report.page import write_report
 from evo.report.run import NO_SUCCESS
 from evo.space import Objective, load_space, space_from_dict
 from evo.storage import Storage
-from evo.summary import STALLED_RULE, pareto_front, run_space
+from evo.summary import STALLED_RULE, pareto_front
 from llm.errors import UserError
 
 # The shipped tiny space as a generational search, with a speed objective, whose best

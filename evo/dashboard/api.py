@@ -13,20 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+from evo.describe import run_space
 from evo.generations import generations_complete
 from evo.metrics import METRICS
 from evo.space import SearchSpace
 from evo.storage import RunInfo, Storage
-from evo.summary import (
-    ACTIVE,
-    ranked,
-    run_space,
-    rung_rows,
-    stalled,
-    successful_trials,
-    top_rung,
-    worker_time,
-)
+from evo.summary import ACTIVE, ranked, rung_rows, stalled, successful_trials, top_rung, worker_time
 
 # Columns of Storage.trials_frame that count or name something: integers.
 _COUNT_COLUMNS = ("trial_id", "generation", "rung", "decision", "attempt", "genome_id", "recorded")

@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from evo.dashboard.api import run_detail, run_summary, trial_records
 from evo.dashboard.database import Database
 from evo.dashboard.pages import Pages, View
+from evo.describe import run_space
 from evo.report.markup import html_page, note, section, time_text
 from evo.storage import Storage
-from evo.summary import run_space
 from llm.errors import UserError
 from llm.net import is_loopback, listening_socket
 

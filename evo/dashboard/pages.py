@@ -12,9 +12,9 @@ from fastapi import HTTPException
 
 from evo.dashboard.api import digest, run_summary, run_version
 from evo.dashboard.database import Database
+from evo.describe import mode_text, run_space, spent_text
 from evo.report.markup import format_value, html_table, link, note, section, time_text
 from evo.storage import RunInfo, Storage, TrialRecord
-from evo.summary import mode_text, run_space, spent_text
 
 NO_RUNS = "No runs yet"
 

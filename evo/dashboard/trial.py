@@ -8,6 +8,7 @@ import html
 
 import pandas as pd
 
+from evo.describe import budget_text, run_space
 from evo.metrics import METRICS
 from evo.report.labels import metric_text, unit_title
 from evo.report.markup import (
@@ -21,7 +22,7 @@ from evo.report.markup import (
     time_text,
 )
 from evo.storage import RunInfo, Storage, TrialRecord
-from evo.summary import STALLED, budget_text, run_space, stalled
+from evo.summary import STALLED, stalled
 
 
 def trial_sections(

@@ -3,22 +3,13 @@ the workers' utilization and the best value of each objective."""
 
 from __future__ import annotations
 
+from evo.describe import budget_text, mode_text, spent_text
 from evo.generations import generations_complete
 from evo.report.labels import gene_lines
 from evo.report.markup import format_value, html_table, section, time_text
 from evo.report.run import Run
 from evo.storage import RunStatus, Storage
-from evo.summary import (
-    ACTIVE,
-    FAILURES,
-    LOST,
-    SUCCESS,
-    budget_text,
-    mode_text,
-    ranked,
-    spent_text,
-    worker_time,
-)
+from evo.summary import ACTIVE, FAILURES, LOST, SUCCESS, ranked, worker_time
 
 
 def summary_section(run: Run, storage: Storage) -> str:

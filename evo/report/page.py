@@ -12,6 +12,7 @@ import plotly.io as pio
 from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
+from evo.describe import run_space
 from evo.report.curves import curves_section
 from evo.report.front import history_section, pareto_section
 from evo.report.genes import genes_section, importance_section
@@ -23,7 +24,7 @@ from evo.report.retrained import promotions_section, validation_section
 from evo.report.run import Run
 from evo.report.trials import failures_section, trials_section, workers_section
 from evo.storage import RunInfo, Storage
-from evo.summary import run_space, stalled
+from evo.summary import stalled
 from evo.validate import validation_report
 from llm.atomic import write_text
 from llm.errors import UserError

@@ -6,11 +6,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from evo.describe import budget_text
 from evo.report.labels import unit_title
 from evo.report.markup import figure, format_value, html_table, section
 from evo.report.run import Run
 from evo.storage import Storage
-from evo.summary import ForecastSummary, budget_text, forecast_summary
+from evo.summary import ForecastSummary, forecast_summary
 from evo.validate import ValidationReport, target_seed_noise
 
 TOP_PREDICTED = 8  # genomes drawn and listed

@@ -8,12 +8,13 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from evo.describe import budget_text
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, html_table, note, section
 from evo.report.run import Run
 from evo.report.ticks import round_ticks
 from evo.space import Objective
-from evo.summary import SUCCESS, anytime_curve, budget_text, rung_rows, successful_trials
+from evo.summary import SUCCESS, anytime_curve, rung_rows, successful_trials
 
 
 def rungs_section(run: Run) -> str:

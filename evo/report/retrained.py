@@ -7,12 +7,13 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from evo.describe import budget_text
 from evo.metrics import EVAL_TOKENS
 from evo.report.labels import gene_text, unit_title
 from evo.report.markup import figure, format_value, html_table, section
 from evo.report.run import Run
 from evo.storage import PromotionRecord
-from evo.summary import SearchScore, budget_text, search_scores
+from evo.summary import SearchScore, search_scores
 from evo.validate import ValidationReport
 
 

@@ -1,15 +1,15 @@
-"""`evo status NAME`: where a run stands, readable while the run is writing."""
+"""What `evo status NAME` says of a run's trials, from `Storage.trials_frame` (pandas): its
+header, which needs none, is printed first by `evo.status`."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from evo.generations import generations_complete
+from evo.describe import budget_text
 from evo.metrics import TrialStatus
 from evo.space import SearchSpace
 from evo.storage import RunInfo, RunStatus, Storage
@@ -17,38 +17,29 @@ from evo.summary import (
     STALLED,
     ForecastSummary,
     anytime_curve,
-    budget_text,
     forecast_summary,
-    mode_text,
     pareto_front,
-    run_space,
     rung_rows,
     search_scores,
-    spent_text,
     stalled,
-    target_lines,
     top_rung,
     worker_time,
 )
 from evo.validate import ValidationReport, target_seed_noise, validation_report
 from evo.view import genes_text
-from llm.errors import UserError
 
 FRONT_ROWS = 10
 ANYTIME_POINTS = 5  # the last improvements shown
 
 
-def print_status(storage: Storage, name: str, console: Console) -> None:
-    run = storage.require_run(name)
-    space = run_space(run)
+def print_trials(
+    storage: Storage, name: str, run: RunInfo, space: SearchSpace, console: Console
+) -> None:
+    """What `evo status` says below its header: the trials by status and rung, how busy
+    the workers were, the best values or the pick for the target, the validations and
+    the promotions."""
     frame = storage.trials_frame(name)
     stuck = stalled(frame, run.unigram_bits_per_byte)
-    console.print(f"[bold]{name}[/]: {run.shown_status}, {_progress(run, space)}")
-    console.print(f"updated {run.updated_at:%Y-%m-%d %H:%M:%S} UTC")
-    if run.driver is not None and run.driver.alive:
-        beat = run.driver.heartbeat_at
-        console.print(f"driver: {run.driver}, last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC")
-    _print_budgets(storage, space, name, console)
     counts = Counter(frame["status"])
     if stuck.any():
         counts[f"{STALLED} (of the done; see evo report)"] = int(stuck.sum())
@@ -84,38 +75,16 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     _print_promotions(storage, name, frame, space, console)
 
 
-def watch_status(storage: Storage, name: str, console: Console, seconds: float) -> None:
-    """Redraw the status every `seconds` while the run is running (another process writes
-    it), then once more when it has stopped; Ctrl-C ends the watch, not the run."""
-    if seconds <= 0:
-        raise UserError(f"--watch takes a positive number of seconds (got {seconds:g})")
-    try:
-        while True:
-            run = storage.require_run(name)
-            running = run.status == RunStatus.RUNNING.value and run.lost_since is None
-            console.clear()
-            print_status(storage, name, console)
-            if not running:
-                return
-            time.sleep(seconds)
-    except KeyboardInterrupt:
-        return
-
-
-def _progress(run: RunInfo, space: SearchSpace) -> str:
-    if space.search.mode == "generational":
-        done = generations_complete(run)
-        return f"{done} of {space.search.generations} generations complete"
-    return f"{mode_text(space.search.mode)} search"
-
-
 def _print_promotions(
     storage: Storage, name: str, frame: pd.DataFrame, space: SearchSpace, console: Console
 ) -> None:
     """Each promotion's first objective beside the genome's score in the search."""
+    promotions = storage.promotions(name)
+    if not promotions:  # scoring every genome takes a tenth of a second at 10,000 trials
+        return
     objective = space.search.objectives[0]
     searched = search_scores(frame, objective)
-    for promotion in storage.promotions(name):
+    for promotion in promotions:
         value = (promotion.metrics or {}).get(objective.metric)
         detail = f", {objective.metric} {value:.4g}" if value is not None else ""
         score = searched.get(promotion.genome_id)
@@ -123,20 +92,6 @@ def _print_promotions(
             detail += f" (search: {score.value:.4g} at rung {score.rung + 1})"
         genome, where = promotion.genome_id, promotion.out_dir
         console.print(f"promoted genome {genome}: {promotion.status}{detail} -> {where}")
-
-
-def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Console) -> None:
-    target = space.target_budget()
-    rungs = " / ".join(budget_text(b) for b in space.rung_budgets())
-    if target is not None:
-        (unit, value), top = next(iter(target.items())), space.rung_budgets()[-1]
-        share = top[unit] / value
-        console.print(f"target: {budget_text(target)}; rungs: {rungs} (top rung {share:.0%})")
-    for line in target_lines(space, storage.require_run(name).train_tokens):
-        console.print(line)
-    limits = space.search.budget.limits()
-    if limits:
-        console.print(f"spent: {spent_text(storage.spent(name), limits)}")
 
 
 def _print_anytime(

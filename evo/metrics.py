@@ -133,7 +133,11 @@ METRICS: dict[str, Metric] = {
             integer=True,
         ),
         Metric(
-            "flops_per_token", "min", "FLOPs", "forward FLOPs per token (analytic)", integer=True
+            "flops_per_token",
+            "min",
+            "FLOPs",
+            "training FLOPs per token, forward and backward (analytic)",
+            integer=True,
         ),
         Metric(
             "peak_memory_bytes",

@@ -20,9 +20,9 @@ text alone or inside any batch (greedy, or sampled with a seed):
   float32 matrix multiply computes a row identically in every call whose row count is a
   multiple of 4, but one row alone (a matrix-vector product) or a tail of 1 to 3 rows in
   another order (measured with MKL 2024 on AVX-512; see docs/serving.md);
-- decode attention runs on SDPA's math kernel over keys read in whole blocks
-  (`SlotCache`): the fused CPU kernel's result for a row depends on which thread
-  computed it;
+- decode attention is written out (`ragged_attention`), not SDPA's fused CPU kernel,
+  whose result for a row depends on which thread computed it, over keys read in whole
+  blocks (`SlotCache`);
 - each row samples from its own logits with its own random generator.
 Mixture-of-experts models are the exception: an expert's matrix multiply sees as many rows
 as the whole batch routed to it, so their outputs inside a batch may differ from alone by
@@ -31,14 +31,12 @@ rounding. On a GPU the matrix multiplies are not batch-invariant either.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm.generate import RowSampler, RowText, SamplingParams, TextDelta, generation_mode
 from llm.model import KVCache, SlotCache, Transformer
@@ -47,9 +45,6 @@ from llm.tokenizer import Tokenizer
 DEFAULT_MAX_BATCH = 16
 PREFILL_CHUNK = 256  # tokens of one prompt per forward pass
 ROW_MULTIPLE = 4
-# SDPA's choice of kernel is one setting for the whole process: the steps of all batchers
-# take turns, so that one's decoding never sets the kernel under another's prefill.
-STEP_LOCK = threading.Lock()
 
 
 @dataclass(eq=False)
@@ -148,7 +143,7 @@ class Batcher:
         while self.waiting and self.running < self.max_batch:
             self.prefilling.append(self.waiting.popleft())
         events: list[tuple[Row, TextDelta]] = []
-        with STEP_LOCK, generation_mode(self.model):
+        with generation_mode(self.model):
             self.prefill(events)
             if self.decoding:
                 self.decode(events)
@@ -190,8 +185,7 @@ class Batcher:
             self.cache.lengths[idle] = 0
         self.cache.active = padded
         inputs = [row.token for row in rows] + [0] * (padded - len(rows))
-        with sdpa_kernel(SDPBackend.MATH):
-            logits = self.model(torch.tensor(inputs, device=self.device)[:, None], self.cache)
+        logits = self.model(torch.tensor(inputs, device=self.device)[:, None], self.cache)
         logits = logits[: len(rows), -1]
         argmax = logits.argmax(-1).tolist()  # one call for all the greedy rows
         finished = []

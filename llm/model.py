@@ -438,6 +438,29 @@ class SlotCache:
 AttentionCache = KVCache | SlotCache
 
 
+def ragged_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None
+) -> Tensor:
+    """Attention over a SlotCache's keys, written out: softmax(q·kᵀ·scale + mask)·v, for
+    queries (B, heads, T, ·) and keys and values (B, groups, S, ·) with heads a multiple of
+    groups (grouped-query heads read their group's keys in place, uncopied). On a CPU,
+    SDPA's fused kernel gives a row a result that depends on the thread that computed it,
+    and its math kernel, which is batch-invariant, is about twice as slow as these three
+    operations, each of which treats every row on its own (see SlotCache). `scale` None is
+    SDPA's default, 1/sqrt(the query's width)."""
+    B, H, T, width = q.shape
+    groups = k.shape[1]
+    scores = torch.matmul(q.reshape(B, groups, H // groups * T, -1), k.transpose(-1, -2))
+    scores = scores.mul_(width**-0.5 if scale is None else scale).view(B, H, T, -1)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill_(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores.add_(mask)
+    weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+    out = torch.matmul(weights.view(B, groups, H // groups * T, -1), v)
+    return out.view(B, H, T, -1)
+
+
 def cached_widths(config: ModelConfig) -> tuple[int, int, int]:
     """(heads, key width, value width) of what attention caches per position and layer:
     keys and values, or for latent attention its latent (as the key) and its shared
@@ -474,16 +497,19 @@ class Attention(nn.Module):
         v = qkv[:, :, H + KV :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=positions.mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=positions.is_causal,
-            scale=self.scale,
-            enable_gqa=self.kv_heads != self.n_heads,
-        )
+        if cache is not None and cache.ragged:
+            y = ragged_attention(q, k, v, positions.mask, self.scale)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=positions.mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=positions.is_causal,
+                scale=self.scale,
+                enable_gqa=self.kv_heads != self.n_heads,
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
@@ -534,15 +560,18 @@ class LatentAttention(nn.Module):
         if self.rotary:
             q = torch.cat((q[..., :hd], positions.rotate(q[..., hd:])), dim=-1)
             k = torch.cat((k, k_rotary.expand(B, H, S, hd)), dim=-1)
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k,
-            v,
-            attn_mask=positions.mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=positions.is_causal,
-            scale=self.scale,
-        )
+        if cache is not None and cache.ragged:
+            y = ragged_attention(q.transpose(1, 2), k, v, positions.mask, self.scale)
+        else:
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k,
+                v,
+                attn_mask=positions.mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=positions.is_causal,
+                scale=self.scale,
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
 

@@ -12,6 +12,7 @@ from llm.generate import (
     SamplingParams,
     complete,
     decode_tokens_per_second,
+    draw,
     filter_logits,
     generate,
     generate_batch,
@@ -151,6 +152,21 @@ def test_sampling_draws_only_from_the_filtered_set() -> None:
     assert counts[0] == counts[2] == 0
     # Renormalised over the nucleus: 0.5 / 0.75 and 0.25 / 0.75.
     assert abs(counts[1].item() / 2000 - 2 / 3) < 0.05
+
+
+def test_draws_follow_the_probabilities_and_never_pick_an_impossible_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(draw(probs.repeat(20_000, 1), generator), minlength=6)
+    assert counts[[0, 2, 5]].tolist() == [0, 0, 0]
+    torch.testing.assert_close(counts / 20_000, probs, atol=0.015, rtol=0)
+    # The ends of the uniform draw: 0 lands on the first possible index, and a draw that
+    # rounds up to the whole mass on the last possible one, not past it.
+    for edge, expected in ((0.0, 1), (1.0, 4)):
+        monkeypatch.setattr(torch, "rand", lambda shape, edge=edge, **_: torch.full(shape, edge))
+        assert draw(probs[None], generator).tolist() == [expected]
 
 
 def test_temperature_zero_is_argmax_and_ignores_the_generator() -> None:

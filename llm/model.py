@@ -357,11 +357,12 @@ class SlotCache:
     A forward runs on the first `active` slots. Each slot is a ring like `KVCache`'s (slot
     index p mod window for position p), so sliding-window models keep their small cache;
     keys past a slot's length are masked (`ragged`). Attention reads the fewest whole
-    blocks of `key_block` keys that hold the longest slot: on a CPU, SDPA's math kernel
-    then gives each row the same result, to the bit, whatever the other rows hold and
-    however many masked blocks follow its own (measured with MKL on AVX-512 for head
-    widths 4 to 128: softmax sums 16 lanes at a time, and the weighted sum of values runs
-    over 2 KB blocks, 512 / head_dim keys; a partial block is summed in another order).
+    blocks of `key_block` keys that hold the longest slot: on a CPU, attention written
+    out (`ragged_attention`, the operations of SDPA's math kernel) then gives each row the
+    same result, to the bit, whatever the other rows hold and however many masked blocks
+    follow its own (measured with MKL on AVX-512 for head widths 4 to 128: softmax sums
+    16 lanes at a time, and the weighted sum of values runs over 2 KB blocks, 512 /
+    head_dim keys; a partial block is summed in another order).
     So a sequence decodes the same alone or inside any batch.
     """
 

@@ -17,9 +17,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# podman's settings and image store for this project (see the two files).
+# podman's settings and image store for this project (see the files): overlay storage,
+# or vfs where overlay cannot mount.
 export CONTAINERS_CONF=$PWD/scripts/podman/containers.conf
 export CONTAINERS_STORAGE_CONF=$PWD/scripts/podman/storage.conf
+if ! podman info >/dev/null 2>&1; then
+    echo "podman cannot use overlay storage here: using vfs (a full copy per layer)" >&2
+    export CONTAINERS_STORAGE_CONF=$PWD/scripts/podman/storage-vfs.conf
+fi
 
 STANDIN_BASE=localhost/python-standin:3.11-bookworm
 STANDIN_POSTGRES=localhost/postgres-standin:bookworm

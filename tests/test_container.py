@@ -28,11 +28,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HEALTHCHECK = ROOT / "scripts" / "healthcheck.py"
 IMAGE = os.environ.get("EVO_IMAGE", "localhost/evo:latest")
-# The project's podman settings and image store, as scripts/container_check.sh uses them.
+# The project's podman settings and image store, as scripts/container_check.sh uses them
+# (it sets the store: overlay's, or vfs's where overlay cannot mount).
 PODMAN_ENV = {
     **os.environ,
     "CONTAINERS_CONF": str(ROOT / "scripts" / "podman" / "containers.conf"),
-    "CONTAINERS_STORAGE_CONF": str(ROOT / "scripts" / "podman" / "storage.conf"),
+    "CONTAINERS_STORAGE_CONF": os.environ.get(
+        "CONTAINERS_STORAGE_CONF", str(ROOT / "scripts" / "podman" / "storage.conf")
+    ),
 }
 CONTAINER_UID = 1000  # the image's user `evo`
 STARTUP_S = 120

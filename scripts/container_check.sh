@@ -107,12 +107,20 @@ serve() {
 
 compose_down() {
     "${compose[@]}" down --volumes >/dev/null 2>&1 || true
+    # podman-compose 1.0 leaves the network; reused, its DNS no longer resolved the
+    # services' names (the Ray head could not find postgres).
+    podman network rm --force evo-check_default >/dev/null 2>&1 || true
 }
 
 # GET a dashboard API route with the token, printing the body.
 dashboard_get() {
     curl -fsS -H "Authorization: Bearer $EVO_DASHBOARD_TOKEN" \
         "http://127.0.0.1:$DASHBOARD_PORT$1"
+}
+
+dashboard_failed() {
+    "${compose[@]}" logs dashboard 2>&1 | tail -n 40
+    die "the dashboard's API failed (its log above)"
 }
 
 compose() {
@@ -148,9 +156,11 @@ compose() {
         --storage "$STORAGE_URL" --quiet
     echo "search done in $((SECONDS - start)) s"
     step "the run through the dashboard's API"
-    dashboard_get /api/runs/container_search
+    dashboard_get /api/runs/container_search || dashboard_failed
     echo
-    dashboard_get /api/runs/container_search/trials | "$PYTHON" scripts/container_trials.py
+    local trials
+    trials=$(dashboard_get /api/runs/container_search/trials) || dashboard_failed
+    echo "$trials" | "$PYTHON" scripts/container_trials.py
     compose_down
     trap - EXIT
 }

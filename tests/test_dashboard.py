@@ -89,6 +89,27 @@ def test_the_runs_list_shows_the_best_at_the_top_rung(store: Storage) -> None:  
     assert summary["best"] == pytest.approx(3.0)
 
 
+def test_a_run_whose_top_rung_trials_all_stalled_has_no_best(store: Storage) -> None:  # noqa: F811
+    """Found by the compose check: a short search whose trials at the top rung were all
+    worse than the unigram baseline answered 500 from the run's API."""
+    space = yaml.safe_load(SPACE_YAML)
+    space["search"] = {"objectives": ["bits_per_byte"], "target": {"max_steps": 900},
+                       "rungs": [100, 300, 900], "budget": {"trials": 4}}  # fmt: skip
+    del space["trial"]["max_steps"]
+    store.create_run(RUN, yaml.safe_dump(space), seed=0)
+    store.set_unigram_baseline(RUN, 4.7)
+    genome = store.genome_id(RUN, {"n_layers": 2})
+    store.finish_trial(
+        store.add_trial(RUN, genome, rung=2), outcome("done", result(4.9, 1e3, adapt=False))
+    )
+    client = TestClient(build_app(store))
+    detail = client.get(f"/api/runs/{RUN}")
+    assert detail.status_code == 200
+    assert detail.json()["stalled"] == 1
+    assert detail.json()["objectives"][0]["best"] is None
+    assert client.get(f"/runs/{RUN}").status_code == 200
+
+
 def test_the_trials_api_answers_at_every_moment_of_a_run(
     store: Storage,  # noqa: F811
     live: dict[str, int],  # noqa: F811

@@ -76,7 +76,8 @@ def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str
     stuck = stalled(frame, info.unigram_bits_per_byte)
     finished = successful_trials(top_rung(frame[~stuck], space), space.search.objectives)
     workers = worker_time(frame, storage.run_sessions(info.name))
-    bests = {o.metric: _best(ranked(finished, o).head(1), space) for o in space.search.objectives}
+    objectives = space.search.objectives
+    bests = {o.metric: _best(ranked(finished, o).head(1), space) for o in objectives}
     detail = run_summary(storage, info, frame) | {
         "seed": info.seed,
         "target": _budget(space.target_budget()),
@@ -104,7 +105,7 @@ def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str
             {
                 "metric": objective.metric,
                 "direction": objective.direction,
-                "best": bests[objective.metric] if len(finished) else None,
+                "best": bests[objective.metric],
             }
             for objective in space.search.objectives
         ],
@@ -141,8 +142,11 @@ def json_value(value: Any, integer: bool = False) -> Any:
     return value
 
 
-def _best(top: pd.DataFrame, space: SearchSpace) -> dict[str, Any]:
-    """The best trial (`top`, one row): where it is, its objectives and its genes."""
+def _best(top: pd.DataFrame, space: SearchSpace) -> dict[str, Any] | None:
+    """The best trial (`top`, one row, or none: every trial at the top rung failed or
+    stalled): where it is, its objectives and its genes."""
+    if top.empty:
+        return None
     (row,) = trial_records(top, space)
     genes = {
         key.removeprefix("gene."): value

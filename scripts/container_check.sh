@@ -132,6 +132,7 @@ compose() {
     export POSTGRES_PASSWORD EVO_DASHBOARD_TOKEN
     step "compose up: $("$PODMAN_COMPOSE" version 2>/dev/null | head -n 1)"
     compose_down
+    compose_down # what an interrupted check left
     trap compose_down EXIT
     "${compose[@]}" up -d
     step "waiting for the dashboard (it starts once evo's tables exist)"

@@ -131,7 +131,6 @@ compose() {
     EVO_DASHBOARD_TOKEN=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
     export POSTGRES_PASSWORD EVO_DASHBOARD_TOKEN
     step "compose up: $("$PODMAN_COMPOSE" version 2>/dev/null | head -n 1)"
-    compose_down
     compose_down # what an interrupted check left
     trap compose_down EXIT
     "${compose[@]}" up -d

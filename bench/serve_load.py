@@ -14,7 +14,10 @@ answers, time to first token and time per output token (p50, p99), the answers b
 (they share the machine's cores). transformers' `generate` runs a static batch of the
 level's size (left-padded prompts of the same mix, 128 sampled tokens each). Last, the
 lone-request decode speed of the text path (batch-invariant: see docs/serving.md) beside
-the static decoder's, and the goals of issue 26 checked.
+the static decoder's, and the goals of issue 26 checked. Both servers compute on `llm
+serve`'s own number of threads (every core but one, which the HTTP server keeps) unless
+`--server-threads` says otherwise; transformers on `--threads` (2: every core, its
+default).
 
     python bench/serve_load.py              # both models: about 15 minutes on 2 cores
     python bench/serve_load.py --quick      # the tiny shape, short levels: a sanity check
@@ -65,7 +68,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="per level and server")
     p.add_argument("--max-batch", type=int, default=64, help="the batching server's")
     p.add_argument("--queue-size", type=int, default=64, help="both servers'")
-    p.add_argument("--threads", type=int, default=2, help="transformers' and the servers'")
+    p.add_argument("--threads", type=int, default=2, help="transformers' (its default: every core)")
+    p.add_argument(
+        "--server-threads",
+        type=int,
+        help="`llm serve --threads` of both servers (default: serve's own, the cores less one)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.quick:
@@ -126,13 +134,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def llm_serve(
-    model_dir: Path, max_batch: int, queue_size: int, threads: int
+    model_dir: Path, max_batch: int, queue_size: int, threads: int | None
 ) -> Iterator[tuple[str, int]]:
     """`llm serve` in a process of its own; its URL and process id."""
     port = free_port()
     command = [sys.executable, "-m", "llm.cli", "serve", str(model_dir), "--port", str(port)]
     command += ["--max-batch", str(max_batch), "--queue-size", str(queue_size), "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command += ["--threads", str(threads)] if threads else []
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -348,7 +357,7 @@ def serve_levels(
     model_dir: Path, system: str, max_batch: int, prompts: list[Prompt], args: argparse.Namespace
 ) -> dict[int, Level]:
     levels = {}
-    with llm_serve(model_dir, max_batch, args.queue_size, args.threads) as (url, pid):
+    with llm_serve(model_dir, max_batch, args.queue_size, args.server_threads) as (url, pid):
         for clients in args.clients:
             level = Level(system, clients)
             asyncio.run(run_level(url, pid, prompts, level, args.seconds))
@@ -378,7 +387,8 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
         f"\n== {preset} shape: {config.n_layers} layers, d_model {config.d_model}, "
         f"vocab {config.vocab_size}, {params / 1e6:.1f}M parameters, context {CONTEXT}; "
         f"{args.seconds:.0f} s per level; batching server --max-batch {args.max_batch}, "
-        f"both --queue-size {args.queue_size}",
+        f"both --queue-size {args.queue_size} and --threads {args.server_threads or 'default'}; "
+        f"transformers on {args.threads} threads",
         flush=True,
     )
     print(HEADER, flush=True)

@@ -282,6 +282,12 @@ def add_serve(cli: CommandLine) -> None:
         help="prompts decoded together (continuous batching); 1: one at a time",
     )
     serve.add_argument("--model-name", help="the model's id in the API (default: folder name)")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the model's arithmetic (default: OMP_NUM_THREADS where set, "
+        "else every core but one, which the HTTP server keeps)",
+    )
 
 
 def add_overrides_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
@@ -600,6 +606,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         queue_size=args.queue_size,
         max_batch=args.max_batch,
         model_name=args.model_name,
+        threads=args.threads,
     )
 
 

@@ -23,10 +23,10 @@ from torch import Tensor
 from llm.batching import Batcher, Row
 from llm.checkpoint import save_model_dir
 from llm.config import ModelConfig
-from llm.errors import ConfigError
+from llm.errors import ConfigError, UserError
 from llm.generate import SamplingParams, complete
 from llm.model import SlotCache, Transformer
-from llm.serve import DRAIN_S, DrainingServer, build_app, listening_socket, serve
+from llm.serve import DRAIN_S, DrainingServer, build_app, listening_socket, serve, serving_threads
 from llm.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer("abcdefghijklmnop ")
@@ -467,11 +467,27 @@ def test_bad_batching_settings_are_config_errors():
         app_for(flat_model(), prefill_budget=0)
 
 
-def test_serve_passes_max_batch_to_the_worker(tmp_path, monkeypatch):
+def test_serve_passes_max_batch_to_the_worker_and_sets_its_threads(tmp_path, monkeypatch):
     save_model_dir(tmp_path / "flat", flat_model(), TOKENIZER)
     served: dict[str, Any] = {}
     monkeypatch.setattr(
         uvicorn.Server, "run", lambda server, sockets: served.update(app=server.config.app)
     )
-    serve(tmp_path / "flat", port=0, device="cpu", max_batch=3)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: served.update(threads=n))
+    serve(tmp_path / "flat", port=0, device="cpu", max_batch=3, threads=2)
     assert served["app"].state.worker.batcher.max_batch == 3
+    assert served["threads"] == 2
+
+
+def test_serving_keeps_a_core_for_the_http_server_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert serving_threads(None) == 3
+    assert serving_threads(4) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert serving_threads(None) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 5)
+    assert serving_threads(None) == 5  # what the user set for torch
+    with pytest.raises(UserError, match="--threads 0"):
+        serving_threads(0)

@@ -477,6 +477,7 @@ def test_serve_loads_the_model_dir_and_runs_uvicorn(tmp_path, monkeypatch, model
         served["addresses"] = [sock.getsockname()[0] for sock in sockets]
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite's stay
     monkeypatch.setenv(API_KEY_ENV, "from-env")
     serve(tmp_path / "promoted-7", host="127.0.0.1", port=0, device="cpu")
     assert served["addresses"] == ["127.0.0.1"]
@@ -489,7 +490,8 @@ def test_serve_loads_the_model_dir_and_runs_uvicorn(tmp_path, monkeypatch, model
     assert body["choices"][0]["text"] == expected.text
 
 
-def test_serve_refuses_a_missing_model_dir_and_a_busy_port(tmp_path):
+def test_serve_refuses_a_missing_model_dir_and_a_busy_port(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the suite's stay
     with pytest.raises(CheckpointError, match="no such model directory"):
         serve(tmp_path / "missing", host="127.0.0.1", port=0, device="cpu")
     with listening_socket("127.0.0.1", 0) as busy:

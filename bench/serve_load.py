@@ -12,7 +12,9 @@ may end one early with its end token). Per level and server: new tokens/s of all
 answers, time to first token and time per output token (p50, p99), the answers by status
 (200 within 30 s, 503, 500), and the CPU seconds the server and this load generator used
 (they share the machine's cores). transformers' `generate` runs a static batch of the
-level's size (left-padded prompts of the same mix, 128 sampled tokens each). Last, the
+level's size (left-padded prompts of the same mix, 128 sampled tokens each), and beside it
+the server's continuous batcher on the same prompts in this process, without HTTP (`ours,
+no HTTP`: what the server's decoding costs, apart from serving). Last, the
 lone-request decode speed of the text path (batch-invariant: see docs/serving.md) beside
 the static decoder's, and the goals of issue 26 checked. Both servers compute on `llm
 serve`'s own number of threads (every core but one, which the HTTP server keeps) unless
@@ -45,6 +47,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from llm.batching import Batcher
 from llm.checkpoint import load_model_dir, save_model_dir
 from llm.data import read_corpus
 from llm.export import export_hf
@@ -328,6 +331,21 @@ def hf_figures(hf_model: torch.nn.Module, prompts: list[Prompt], batch: int) -> 
     return Figures(batch * NEW_TOKENS / whole, first, first, per_token, per_token)
 
 
+def batcher_tokens_per_s(model: Transformer, tokenizer: Tokenizer, prompts: list[Prompt]) -> float:
+    """New tokens/s of the server's continuous batcher in this process, without HTTP: the
+    prompts (their ids, chat or not) decoded together to NEW_TOKENS sampled tokens each,
+    from the first prefill to the last token, as transformers' static batch is timed."""
+    batcher = Batcher(model, tokenizer, max_batch=len(prompts))
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, seed=0)
+    with generation_mode(model):
+        start = time.perf_counter()
+        rows = [batcher.add(p.ids, params, index=i) for i, p in enumerate(prompts)]
+        while batcher.rows():
+            batcher.step()
+        seconds = time.perf_counter() - start
+    return sum(len(row.text.ids) for row in rows) / seconds
+
+
 def lone_decode_speeds(model_dir: Path) -> tuple[float, float]:
     """Tokens/s of one greedy prompt: the text path (batch-invariant, as served) and the
     static decoder (`generate`), best of 3 each."""
@@ -398,9 +416,12 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
     hf_model = LlamaForCausalLM.from_pretrained(export_hf(model_dir, folder / f"{preset}-hf"))
     hf_model.eval()
     hf = {}
+    model, _, _ = load_model_dir(model_dir)
     for clients in args.clients:
         hf[clients] = hf_figures(hf_model, prompts, clients)
         print(f"{clients:7d} {'transformers':<15} {hf[clients].row()}  (static batch)", flush=True)
+        rate = batcher_tokens_per_s(model, tokenizer, prompts[:clients])
+        print(f"{clients:7d} {'ours, no HTTP':<15} {rate:9.0f}  (continuous batching)", flush=True)
     text, static = lone_decode_speeds(model_dir)
     print(f"lone greedy decode: text path {text:.0f} tok/s, static decoder {static:.0f} tok/s")
     check_goals(batched, single, hf)

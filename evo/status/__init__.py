@@ -23,7 +23,7 @@ def print_status(storage: Storage, name: str, console: Console) -> None:
     if run.driver is not None and run.driver.alive:
         beat = run.driver.heartbeat_at
         console.print(f"driver: {run.driver}, last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC")
-    _print_budgets(storage, space, name, console)
+    _print_budgets(storage, run, space, console)
     # Imported here, after the header: pandas alone takes a third of a second to load.
     from evo.status.trials import print_trials
 
@@ -55,15 +55,15 @@ def _progress(run: RunInfo, space: SearchSpace) -> str:
     return f"{mode_text(space.search.mode)} search"
 
 
-def _print_budgets(storage: Storage, space: SearchSpace, name: str, console: Console) -> None:
+def _print_budgets(storage: Storage, run: RunInfo, space: SearchSpace, console: Console) -> None:
     target = space.target_budget()
     rungs = " / ".join(budget_text(b) for b in space.rung_budgets())
     if target is not None:
         (unit, value), top = next(iter(target.items())), space.rung_budgets()[-1]
         share = top[unit] / value
         console.print(f"target: {budget_text(target)}; rungs: {rungs} (top rung {share:.0%})")
-    for line in target_lines(space, storage.require_run(name).train_tokens):
+    for line in target_lines(space, run.train_tokens):
         console.print(line)
     limits = space.search.budget.limits()
     if limits:
-        console.print(f"spent: {spent_text(storage.spent(name), limits)}")
+        console.print(f"spent: {spent_text(storage.spent(run.name), limits)}")

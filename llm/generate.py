@@ -81,7 +81,7 @@ def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
     does the same job 4 to 12 times slower on a CPU, for 2k to 32k tokens). An index of
     probability 0 is never drawn: its cumulative probability equals its predecessor's."""
     cumulative = probs.cumsum(dim=-1)
-    total = cumulative[:, -1:]
+    total = cumulative[:, -1:].contiguous()  # searchsorted copies a strided input, and warns
     uniform = torch.rand(total.shape, generator=generator, device=probs.device)
     index = torch.searchsorted(cumulative, uniform.to(total.dtype) * total, right=True)
     # Where rounding takes the draw to the total itself: the last index that adds to it.

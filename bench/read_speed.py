@@ -11,9 +11,8 @@ checkout's evo and, given `--peer PATH`, alternately with the evo of another che
 (e.g. the main branch), so that both meet the same load. The medians of the wall time to
 the first line of output and to the end, and of the CPU time (user and system: on a busy
 machine the steadier figure), are printed side by side, beside those of `python -c
-pass`, the floor any command pays to start Python. The goal: `evo status`'s first line
-under 1 s (its header is printed before the trials load); the time to its whole output
-is printed beside.
+pass`, the floor any command pays to start Python. The goal: `evo status`'s whole output
+under 1 s; its first line (the header, printed before the trials load) comes sooner.
 
 With `--url` (a PostgreSQL database: empty, or holding the run from an earlier time),
 the run is copied there too and each command is timed on both databases, one after the
@@ -151,9 +150,9 @@ def measure(folder: Path, url: str, args: argparse.Namespace) -> None:
                 run_once(command, checkout, folders[name], times[name], given.password)
         line = " | ".join(f"{name} {times[name].text()}" for name in checkouts)
         if label.startswith("evo status"):
-            first = statistics.median(times["this"].first)
-            verdict = "ok" if first < STATUS_GOAL_S else "MISSED"
-            line += f"  (goal: the first line in < {STATUS_GOAL_S:.0f} s: {verdict})"
+            whole = statistics.median(times["this"].wall)
+            verdict = "ok" if whole < STATUS_GOAL_S else "MISSED"
+            line += f"  (goal: the whole output in < {STATUS_GOAL_S:.0f} s: {verdict})"
         print(f"{label:17} {line}", flush=True)
 
 

@@ -462,6 +462,32 @@ def ragged_attention(
     return out.view(B, H, T, -1)
 
 
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    positions: AttentionPositions,
+    cache: AttentionCache | None,
+    scale: float | None,
+    dropout_p: float,
+) -> Tensor:
+    """Attention of queries (B, heads, T, ·) over keys and values (B, groups, S, ·):
+    written out over a SlotCache's keys (`ragged_attention`), else SDPA, with grouped
+    heads where there are fewer groups than heads."""
+    if cache is not None and cache.ragged:
+        return ragged_attention(q, k, v, positions.mask, scale)
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=positions.mask,
+        dropout_p=dropout_p,
+        is_causal=positions.is_causal,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+
+
 def cached_widths(config: ModelConfig) -> tuple[int, int, int]:
     """(heads, key width, value width) of what attention caches per position and layer:
     keys and values, or for latent attention its latent (as the key) and its shared
@@ -498,19 +524,8 @@ class Attention(nn.Module):
         v = qkv[:, :, H + KV :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if cache is not None and cache.ragged:
-            y = ragged_attention(q, k, v, positions.mask, self.scale)
-        else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=positions.mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=positions.is_causal,
-                scale=self.scale,
-                enable_gqa=self.kv_heads != self.n_heads,
-            )
+        dropout_p = self.dropout if self.training else 0.0
+        y = attend(q, k, v, positions, cache, self.scale, dropout_p)
         return self.proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
 
 
@@ -561,18 +576,8 @@ class LatentAttention(nn.Module):
         if self.rotary:
             q = torch.cat((q[..., :hd], positions.rotate(q[..., hd:])), dim=-1)
             k = torch.cat((k, k_rotary.expand(B, H, S, hd)), dim=-1)
-        if cache is not None and cache.ragged:
-            y = ragged_attention(q.transpose(1, 2), k, v, positions.mask, self.scale)
-        else:
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                k,
-                v,
-                attn_mask=positions.mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=positions.is_causal,
-                scale=self.scale,
-            )
+        dropout_p = self.dropout if self.training else 0.0
+        y = attend(q.transpose(1, 2), k, v, positions, cache, self.scale, dropout_p)
         return self.proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
 

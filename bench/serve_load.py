@@ -397,7 +397,7 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
 
     logging.disable_progress_bar()
     model_dir = build_model_dir(preset, folder, texts)
-    _, tokenizer, config = load_model_dir(model_dir)
+    model, tokenizer, config = load_model_dir(model_dir)
     assert tokenizer is not None
     prompts = prompt_mix(tokenizer, texts, 256, args.seed)
     params = config.param_count().total
@@ -416,7 +416,6 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
     hf_model = LlamaForCausalLM.from_pretrained(export_hf(model_dir, folder / f"{preset}-hf"))
     hf_model.eval()
     hf = {}
-    model, _, _ = load_model_dir(model_dir)
     for clients in args.clients:
         hf[clients] = hf_figures(hf_model, prompts, clients)
         print(f"{clients:7d} {'transformers':<15} {hf[clients].row()}  (static batch)", flush=True)

@@ -107,7 +107,7 @@ def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str
                 "direction": objective.direction,
                 "best": bests[objective.metric],
             }
-            for objective in space.search.objectives
+            for objective in objectives
         ],
     }
     if space.search.mode == "generational":

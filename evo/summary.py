@@ -1,12 +1,12 @@
 """The numbers `evo status`, `evo report` and `evo dashboard` show, computed from a run's
-record and its trials (`Storage.trials_frame`): the run's search space, trials and
-advances per rung, the budget spent, the successful trials and their Pareto front, the
-anytime curve (the best value at the top rung against compute spent), how busy the
-workers were, each genome's score in the search and the search's order of the genomes
-(`search_order`, predicted at a target beyond the top rung: `forecast_summary`), how
-many passes over the training data the target makes, and which trials stalled. How many
-generations a run has completed is in `evo.generations` (read without pandas, for `evo ls`).
-What draws these numbers is in `evo.report`."""
+trials (`Storage.trials_frame`): trials and advances per rung, the successful trials and
+their Pareto front, the anytime curve (the best value at the top rung against compute
+spent), how busy the workers were, each genome's score in the search and the search's
+order of the genomes (`search_order`, predicted at a target beyond the top rung:
+`forecast_summary`), and which trials stalled. The run's settings in words (its space,
+budgets, spending, the target's passes over the data) are in `evo.describe`, without
+pandas; how many generations a run has completed is in `evo.generations` (read without
+pandas, for `evo ls`). What draws these numbers is in `evo.report`."""
 
 from __future__ import annotations
 

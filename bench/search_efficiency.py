@@ -120,8 +120,8 @@ def scheduler_run(space: SearchSpace, proposer: str, folder: Path, name: str) ->
         checkpoints=checkpoints,
     )
     search.run()
-    curve = anytime_curve(storage.trials_frame(name), space, space.search.objectives[0])
-    return [(float(t), float(b)) for t, b in zip(curve["tokens"], curve["best"], strict=True)]
+    curve = anytime_curve(storage.trial_summaries(name), space, space.search.objectives[0])
+    return [(float(p.tokens), math.nan if p.best is None else p.best) for p in curve]
 
 
 # Optuna

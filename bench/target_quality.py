@@ -135,7 +135,7 @@ def promoted(
     promotion = storage.promotions(name)[-1]
     assert promotion.metrics is not None, f"the promotion of {name} {promotion.status}"
     spent = storage.spent(name)
-    busy = utilization(storage.trials_frame(name), storage.run_sessions(name))
+    busy = utilization(storage.trial_summaries(name), storage.run_sessions(name))
     return Searched(
         bits_per_byte=promotion.metrics["bits_per_byte"],
         genes=storage.genomes(name)[promotion.genome_id],

@@ -1,27 +1,29 @@
 """The numbers `evo status`, `evo report` and `evo dashboard` show, computed from a run's
-trials (`Storage.trials_frame`): trials and advances per rung, the successful trials and
-their Pareto front, the anytime curve (the best value at the top rung against compute
+trials as `Storage.trial_summaries` reads them: trials and advances per rung, the Pareto
+front of the top rung, the anytime curve (the best value at the top rung against compute
 spent), how busy the workers were, each genome's score in the search and the search's
 order of the genomes (`search_order`, predicted at a target beyond the top rung:
-`forecast_summary`), and which trials stalled. The run's settings in words (its space,
-budgets, spending, the target's passes over the data) are in `evo.describe`, without
-pandas; how many generations a run has completed is in `evo.generations` (read without
-pandas, for `evo ls`). What draws these numbers is in `evo.report`."""
+`forecast_summary`), and which trials stalled. Plain Python over plain rows, without
+pandas: `evo status` prints them for 10,000 trials in under a second
+(bench/read_speed.py). The run's settings in words (its space, budgets, spending, the
+target's passes over the data) are in `evo.describe`; how many generations a run has
+completed is in `evo.generations`; the report draws these numbers (`evo.report`, which
+also keeps the pandas frame its charts need)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-import numpy as np
-import pandas as pd
-
 from evo.metrics import TrialStatus
 from evo.schedule.forecast import forecast_objective, shown_interval
 from evo.space import Objective, SearchSpace
-from evo.storage import ForecastRecord, SessionRecord
+from evo.storage import ForecastRecord, SessionRecord, TrialSummary
 
 # Trial statuses as the views count them.
 SUCCESS = TrialStatus.DONE.value
@@ -35,6 +37,8 @@ STALLED_RULE = (
     "token by its frequency there and ignores context: such a model learned nothing that "
     "counts beyond token frequencies."
 )
+
+Trials = Sequence[TrialSummary]
 
 
 @dataclass(frozen=True)
@@ -56,86 +60,111 @@ class SearchScore(NamedTuple):
     rung: int  # 0-based
 
 
-def rung_rows(frame: pd.DataFrame, space: SearchSpace) -> list[RungRow]:
-    """One row per rung, from `Storage.trials_frame`."""
-    rows = []
+def rung_rows(trials: Trials, space: SearchSpace) -> list[RungRow]:
+    """One row per rung, from the latest attempt of each decision."""
+    latest: dict[int | None, TrialSummary] = {}
+    for trial in sorted(trials, key=lambda t: t.trial_id):
+        latest[trial.decision] = trial
     budgets = space.rung_budgets()
-    last = frame.sort_values("trial_id").groupby("decision").tail(1)  # latest attempts
+    rows = []
     for rung, budget in enumerate(budgets):
-        here = last[last["rung"] == rung]
-        status = here["status"]
-        above = last[last["rung"] == rung + 1]
+        statuses = [t.status for t in latest.values() if t.rung == rung]
+        above = {t.genome_id for t in latest.values() if t.rung == rung + 1}
         rows.append(
             RungRow(
                 rung=rung,
                 budget=budget,
-                trials=len(here),
-                done=int((status == SUCCESS).sum()),
-                failed=int(status.isin(FAILURES).sum()),
-                active=int(status.isin(ACTIVE).sum()),
-                advanced=above["genome_id"].nunique() if rung + 1 < len(budgets) else 0,
+                trials=len(statuses),
+                done=statuses.count(SUCCESS),
+                failed=sum(status in FAILURES for status in statuses),
+                active=sum(status in ACTIVE for status in statuses),
+                advanced=len(above) if rung + 1 < len(budgets) else 0,
             )
         )
     return rows
 
 
-def top_rung(frame: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+def top_rung(trials: Trials, space: SearchSpace) -> list[TrialSummary]:
     """The trials at the top rung: the scores that matter."""
-    return frame[frame["rung"] == len(space.rung_budgets()) - 1]
+    top = len(space.rung_budgets()) - 1
+    return [t for t in trials if t.rung == top]
 
 
-def ranked(frame: pd.DataFrame, objective: Objective) -> pd.DataFrame:
-    """The rows best first by the objective; ties keep their order."""
-    ascending = objective.sign > 0
-    return frame.sort_values(objective.metric, ascending=ascending, kind="stable")
-
-
-def successful_trials(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+def successful(
+    trials: Iterable[TrialSummary], objectives: Sequence[Objective]
+) -> list[TrialSummary]:
     """The trials that finished with a finite value of every objective."""
-    values = frame[[o.metric for o in objectives]].to_numpy(dtype=float)
-    done = (frame["status"] == SUCCESS).to_numpy()
-    return frame[done & np.isfinite(values).all(axis=1)]
+    return [
+        t
+        for t in trials
+        if t.status == SUCCESS and all(_finite(t.metric(o.metric)) for o in objectives)
+    ]
 
 
-def pareto_front(frame: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+def _ranked(trials: Iterable[TrialSummary], objective: Objective) -> list[TrialSummary]:
+    """The trials best first by the objective, those without a value last; ties keep their
+    order."""
+
+    def key(trial: TrialSummary) -> tuple[bool, float]:
+        value = trial.metric(objective.metric)
+        return (value is None, 0.0 if value is None else objective.sign * value)
+
+    return sorted(trials, key=key)
+
+
+def pareto_front(trials: Trials, objectives: Sequence[Objective]) -> list[TrialSummary]:
     """The successful trials that no other successful trial dominates, best first by the
     first objective.
 
     A trial dominates another when it is at least as good in every objective and better
     in one. Equal trials do not dominate each other, so ties stay on the front together.
     """
-    finished = successful_trials(frame, objectives)
-    signs = np.array([o.sign for o in objectives])
-    costs = finished[[o.metric for o in objectives]].to_numpy(dtype=float) * signs
-    dominated = np.array(
-        [np.any((costs <= cost).all(axis=1) & (costs < cost).any(axis=1)) for cost in costs],
-        dtype=bool,
-    )
-    return ranked(finished[~dominated], objectives[0])
+    finished = successful(trials, objectives)
+    costs = {t.trial_id: tuple(o.sign * t.metrics[o.metric] for o in objectives) for t in finished}
+    # In lexicographic order of the costs, a trial's dominators all come before it, and a
+    # dominated trial's dominator is dominated by one on the front: so each trial need
+    # only be compared with the front so far.
+    front: list[tuple[float, ...]] = []
+    on_front = set()
+    for trial_id, cost in sorted(costs.items(), key=lambda item: item[1]):
+        if not any(_dominates(other, cost) for other in front):
+            front.append(cost)
+            on_front.add(trial_id)
+    return _ranked([t for t in finished if t.trial_id in on_front], objectives[0])
 
 
-def stalled(frame: pd.DataFrame, baseline: float | None) -> pd.Series:
-    """Which trials of `frame` stalled (STALLED_RULE), given the run's unigram baseline
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+
+def stalled(trials: Iterable[TrialSummary], baseline: float | None) -> set[int]:
+    """The ids of the trials that stalled (STALLED_RULE), given the run's unigram baseline
     in bits per byte (`RunInfo.unigram_bits_per_byte`; a run without one judges none).
     Stalled trials stay successes for the search; reports list them apart and leave
     them out of the charts, whose axes they would stretch."""
     if baseline is None:
-        return pd.Series(False, index=frame.index)
-    done = frame["status"] == SUCCESS
-    return done & (frame["bits_per_byte"] >= baseline)
+        return set()
+    return {t.trial_id for t in trials if t.status == SUCCESS and _at_least(t, baseline)}
 
 
-def search_scores(frame: pd.DataFrame, objective: Objective) -> dict[int, SearchScore]:
+def _at_least(trial: TrialSummary, baseline: float) -> bool:
+    value = trial.metric("bits_per_byte")
+    return value is not None and value >= baseline
+
+
+def search_scores(trials: Trials, objective: Objective) -> dict[int, SearchScore]:
     """Each scored genome's value of `objective` in the search, from its successful trial
     at the highest rung it reached (the trial `evo promote --genome` starts from)."""
-    done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
-    last = done.sort_values(["rung", "trial_id"]).groupby("genome_id").tail(1)
-    genomes, values, rungs = (
-        last[name].astype(float).tolist() for name in ("genome_id", objective.metric, "rung")
-    )
+    best: dict[int, TrialSummary] = {}
+    for trial in trials:
+        if trial.status != SUCCESS or trial.metric(objective.metric) is None:
+            continue
+        held = best.get(trial.genome_id)
+        if held is None or (trial.rung, trial.trial_id) > (held.rung, held.trial_id):
+            best[trial.genome_id] = trial
     return {
-        int(genome): SearchScore(value, int(rung))
-        for genome, value, rung in zip(genomes, values, rungs, strict=True)
+        genome: SearchScore(float(t.metrics[objective.metric]), t.rung)
+        for genome, t in sorted(best.items(), key=lambda item: (item[1].rung, item[1].trial_id))
     }
 
 
@@ -162,7 +191,6 @@ class GenomeForecast:
     """A genome's measured rung scores beside its predicted score at the target."""
 
     genome_id: int
-    genes: dict[str, object]
     scores: dict[int, float]  # the objective at each rung it reached (0-based), as measured
     mean: float  # predicted at the target
     low: float  # the interval at the forecast's level
@@ -209,40 +237,36 @@ class ForecastSummary:
 
 
 def forecast_summary(
-    frame: pd.DataFrame,
+    trials: Trials,
     space: SearchSpace,
     forecast: ForecastRecord | None,
     seed_noise: float | None = None,
 ) -> ForecastSummary | None:
     """The run's forecast (`Storage.forecast`) with each scored genome's rung scores (from
-    `Storage.trials_frame`), in the search's order; None when the run forecasts nothing.
-    `seed_noise`: `evo validate`'s seed spread at the target on the law's scale
+    `Storage.trial_summaries`), in the search's order; None when the run forecasts
+    nothing. `seed_noise`: `evo validate`'s seed spread at the target on the law's scale
     (`evo.validate.target_seed_noise`), which replaces the fit's estimate in the
     intervals. What `evo status`, the report and the dashboard show:
 
-        forecast_summary(storage.trials_frame(run), space, storage.forecast(run),
+        forecast_summary(storage.trial_summaries(run), space, storage.forecast(run),
                          target_seed_noise(validation_report(storage, run, space), forecast))
     """
     objective = forecast_objective(space)
     if forecast is None or objective is None or forecast.metric != objective.metric:
         return None
-    done = frame[(frame["status"] == SUCCESS) & frame[objective.metric].notna()]
     measured: dict[int, dict[int, float]] = {}
-    for genome, rung, value in done[["genome_id", "rung", objective.metric]].itertuples(
-        index=False, name=None
-    ):
-        measured.setdefault(int(genome), {})[int(rung)] = float(value)
-    gene_columns = [c for c in frame.columns if c.startswith("gene.")]
-    first = done.drop_duplicates("genome_id").set_index("genome_id")[gene_columns]
+    for trial in trials:
+        value = trial.metric(objective.metric)
+        if trial.status == SUCCESS and value is not None:
+            measured.setdefault(trial.genome_id, {})[trial.rung] = value
     predicted = {g: p.mean for g, p in forecast.predictions.items()}
     genomes = []
-    for genome in search_order(search_scores(frame, objective), objective, predicted):
+    for genome in search_order(search_scores(trials, objective), objective, predicted):
         prediction = forecast.predictions.get(genome)
         if prediction is None:
             continue
-        genes = {c.removeprefix("gene."): v for c, v in first.loc[genome].items() if v == v}
         low, high = shown_interval(prediction, forecast, seed_noise)
-        genomes.append(GenomeForecast(genome, genes, measured[genome], prediction.mean, low, high))
+        genomes.append(GenomeForecast(genome, measured[genome], prediction.mean, low, high))
     unit, target = next(iter(forecast.budget.items()))
     return ForecastSummary(
         metric=forecast.metric,
@@ -259,32 +283,48 @@ def forecast_summary(
     )
 
 
+class AnytimePoint(NamedTuple):
+    """The anytime curve after one result: the training spent until then, and the best
+    top-rung value so far (None before the first)."""
+
+    tokens: int
+    steps: int
+    worker_seconds: float
+    best: float | None
+
+
 def anytime_curve(
-    frame: pd.DataFrame,
+    trials: Trials,
     space: SearchSpace,
     objective: Objective,
     baseline: float | None = None,
-) -> pd.DataFrame:
+) -> list[AnytimePoint]:
     """The best top-rung value of `objective` after each result, against the training
     spent until then (tokens, steps and worker-seconds of every trial with a result, in
     the order results were recorded; attempts lost to a dead worker or an interruption
     are left out). Stalled trials (see `stalled`, with the run's `baseline`) count for
-    the compute they spent but not for the best value. Columns: tokens, steps,
-    worker_seconds, best."""
-    finished = frame[frame["recorded"].notna()].sort_values("recorded")
+    the compute they spent but not for the best value."""
+    finished = sorted((t for t in trials if t.recorded is not None), key=lambda t: t.recorded)
     top = len(space.rung_budgets()) - 1
-    values = finished[objective.metric].where(
-        (finished["rung"] == top) & (finished["status"] == SUCCESS) & ~stalled(finished, baseline)
-    )
-    best = (values * objective.sign).cummin().ffill() * objective.sign
-    return pd.DataFrame(
-        {
-            "tokens": finished["tokens"].fillna(0).cumsum().to_numpy(),
-            "steps": finished["steps"].fillna(0).cumsum().to_numpy(),
-            "worker_seconds": finished["wall_seconds"].fillna(0).cumsum().to_numpy(),
-            "best": best.to_numpy(),
-        }
-    )
+    stuck = stalled(finished, baseline)
+    tokens = steps = 0
+    seconds = 0.0
+    best: float | None = None
+    points = []
+    for trial in finished:
+        tokens += int(trial.metrics.get("tokens") or 0)
+        steps += int(trial.metrics.get("steps") or 0)
+        seconds += float(trial.metrics.get("wall_seconds") or 0.0)
+        value = trial.metric(objective.metric)
+        counts = trial.rung == top and trial.status == SUCCESS and trial.trial_id not in stuck
+        if counts and _finite(value) and (best is None or objective.sign * (value - best) < 0):
+            best = value
+        points.append(AnytimePoint(tokens, steps, seconds, best))
+    return points
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -336,44 +376,60 @@ class WorkerTime:
         return text
 
 
-def worker_time(frame: pd.DataFrame, sessions: list[SessionRecord]) -> WorkerTime:
-    """`WorkerTime` of the trials in `frame`. A session's workers were available from its
-    start to its end; a session whose driver was killed ends at its last finished trial, or
-    at the next session's start if that is sooner. Which trial ran on which worker is not
-    needed: a session's first `workers` starts are its workers' first trials and its last
-    `workers` ends their last ones."""
-    ran = frame[frame["started_at"].notna() & frame["finished_at"].notna()]
+def worker_time(trials: Trials, sessions: list[SessionRecord]) -> WorkerTime:
+    """`WorkerTime` of `trials`. A session's workers were available from its start to its
+    end; a session whose driver was killed ends at its last finished trial, or at the next
+    session's start if that is sooner. Which trial ran on which worker is not needed: a
+    session's first `workers` starts are its workers' first trials and its last `workers`
+    ends their last ones."""
+    ran = sorted(
+        _Ran(t.started_at, t.finished_at, t.lent_seconds or 0.0)
+        for t in trials
+        if t.started_at is not None and t.finished_at is not None
+    )
+    starts = [r.started for r in ran]
     available = busy = starting = ending = lent = 0.0
     for index, session in enumerate(sessions):
         following = sessions[index + 1].started_at if index + 1 < len(sessions) else None
-        inside = ran[ran["started_at"] >= session.started_at]
-        if following is not None:
-            inside = inside[inside["started_at"] < following]
+        first = bisect.bisect_left(starts, session.started_at)
+        last = len(ran) if following is None else bisect.bisect_left(starts, following)
+        inside = ran[first:last]
         ended = session.ended_at or _last_finish(inside, following)
         if ended is None:
             continue
         length = (ended - session.started_at).total_seconds()
-        started = inside["started_at"].clip(upper=ended)
-        finished = inside["finished_at"].clip(upper=ended)
-        busy += (finished - started).dt.total_seconds().clip(lower=0).sum()
-        lent += inside["lent_seconds"].fillna(0).sum()
+        started = [min(r.started, ended) for r in inside]
+        finished = [min(r.finished, ended) for r in inside]
+        busy += sum(
+            max((f - s).total_seconds(), 0.0) for s, f in zip(started, finished, strict=True)
+        )
+        lent += sum(r.lent for r in inside)
         available += session.workers * length
-        first = started.nsmallest(session.workers)
-        unused = session.workers - len(first)  # workers that never got a trial
-        starting += (first - session.started_at).dt.total_seconds().sum() + unused * length
-        last = finished.nlargest(session.workers)
-        ending += (ended - last).dt.total_seconds().sum()
-    return WorkerTime(available, busy, starting, ending, float(lent))
+        firsts = heapq.nsmallest(session.workers, started)
+        unused = session.workers - len(firsts)  # workers that never got a trial
+        starting += sum((s - session.started_at).total_seconds() for s in firsts)
+        starting += unused * length
+        lasts = heapq.nlargest(session.workers, finished)
+        ending += sum((ended - f).total_seconds() for f in lasts)
+    return WorkerTime(available, busy, starting, ending, lent)
 
 
-def utilization(frame: pd.DataFrame, sessions: list[SessionRecord]) -> float | None:
+class _Ran(NamedTuple):
+    """A trial that started and finished: when, and the seconds lent to it."""
+
+    started: datetime
+    finished: datetime
+    lent: float
+
+
+def utilization(trials: Trials, sessions: list[SessionRecord]) -> float | None:
     """Busy worker-seconds over available ones, over every session of the run (see
     `worker_time`); None before any session has a trial."""
-    return worker_time(frame, sessions).utilization
+    return worker_time(trials, sessions).utilization
 
 
-def _last_finish(trials: pd.DataFrame, cutoff: datetime | None) -> datetime | None:
-    if trials.empty:
+def _last_finish(ran: Sequence[_Ran], cutoff: datetime | None) -> datetime | None:
+    if not ran:
         return cutoff
-    last = trials["finished_at"].max().to_pydatetime()
+    last = max(r.finished for r in ran)
     return last if cutoff is None else min(last, cutoff)

@@ -12,6 +12,7 @@ from scipy import optimize
 
 from evo.schedule import extrapolate
 from evo.schedule.extrapolate import ExtrapolationError, RungPoint, fit_curves
+from evo.schedule.interval import interval
 
 RUNGS = (1e5, 3e5, 9e5)
 TARGET = 8.1e6  # 9× beyond the top rung
@@ -242,11 +243,9 @@ def test_many_predictions_at_once_are_each_ones_and_their_sd_gives_the_interval(
     for p in many:
         # Without the seed noise the law is still uncertain; with it, the stated interval.
         assert p.sd > 0
-        assert extrapolate.interval(p.mean, p.sd, fit.noise, fit.level) == pytest.approx(
-            (p.low, p.high)
-        )
+        assert interval(p.mean, p.sd, fit.noise, fit.level) == pytest.approx((p.low, p.high))
     # Another figure of the seed noise widens or narrows the same interval.
-    wide = extrapolate.interval(many[0].mean, many[0].sd, 10 * fit.noise, fit.level)
+    wide = interval(many[0].mean, many[0].sd, 10 * fit.noise, fit.level)
     assert wide[0] < many[0].low and wide[1] > many[0].high
     # A genome measured at the budget is its score, uncertain by the seed noise only.
     (measured,) = fit.predict_many([2], RUNGS[-1])  # genome 2 was seen at all three

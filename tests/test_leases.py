@@ -163,7 +163,7 @@ def test_ls_and_the_dashboard_say_lost_once_the_lease_expires(
         assert evo(["ls", "--storage", url]) == 0
         line = next(line for line in capsys.readouterr().out.splitlines() if " r " in line)
         info = storage.require_run("r")
-        return line, run_summary(storage, info, storage.trials_frame("r"))["status"]
+        return line, run_summary(storage, info, storage.trial_summaries("r"))["status"]
 
     line, status = shown()
     assert " running " in line and status == "running"

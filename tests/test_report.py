@@ -28,9 +28,9 @@ from evo.report.labels import NOT_MEASURED
 from evo.report.markup import format_value
 from evo.report.page import write_report
 from evo.report.run import NO_SUCCESS
-from evo.space import Objective, load_space, space_from_dict
+from evo.space import load_space, space_from_dict
 from evo.storage import Storage
-from evo.summary import STALLED_RULE, pareto_front
+from evo.summary import STALLED_RULE
 from llm.errors import UserError
 
 # The shipped tiny space as a generational search, with a speed objective, whose best
@@ -643,40 +643,6 @@ def test_unknown_run_is_a_user_error(store: Storage, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no run named 'nope'"):
         export_trials(store, "nope", tmp_path / "trials.csv", "csv")
     assert list(tmp_path.glob("*.html")) == [] and list(tmp_path.glob("*.csv")) == []
-
-
-def frame_of(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [(i, status, a, b) for i, (status, a, b) in enumerate(rows)],
-        columns=["trial_id", "status", "bits_per_byte", "train_tokens_per_s"],
-    )
-
-
-PARETO_ROWS = [
-    ("done", 1.0, 1.0),
-    ("done", 2.0, 3.0),
-    ("done", 2.0, 2.0),
-    ("done", 1.0, 1.0),  # equal to trial 0: neither dominates the other
-    ("done", 3.0, 3.0),
-    ("failed", 0.5, 10.0),  # would dominate all, but did not succeed
-    ("done", float("nan"), 5.0),  # lacks an objective
-]
-
-
-def test_pareto_front_follows_each_objectives_direction() -> None:
-    frame = frame_of(PARETO_ROWS)
-    low_fast = [Objective(metric="bits_per_byte"), Objective(metric="train_tokens_per_s")]
-    assert low_fast[1].direction == "max"
-    assert pareto_front(frame, low_fast)["trial_id"].tolist() == [0, 3, 1]
-
-    high_slow = [
-        Objective(metric="bits_per_byte", direction="max"),
-        Objective(metric="train_tokens_per_s", direction="min"),
-    ]
-    assert pareto_front(frame, high_slow)["trial_id"].tolist() == [4, 2, 0, 3]
-
-    assert pareto_front(frame, low_fast[:1])["trial_id"].tolist() == [0, 3]
-    assert pareto_front(frame[frame["status"] == "failed"], low_fast).empty
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

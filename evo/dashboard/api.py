@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -16,20 +17,31 @@ import pandas as pd
 from evo.describe import run_space
 from evo.generations import generations_complete
 from evo.metrics import METRICS
-from evo.space import SearchSpace
-from evo.storage import RunInfo, Storage
-from evo.summary import ACTIVE, ranked, rung_rows, stalled, successful_trials, top_rung, worker_time
+from evo.space import Objective, SearchSpace
+from evo.storage import RunInfo, Storage, TrialSummary
+from evo.summary import (
+    ACTIVE,
+    SUCCESS,
+    Trials,
+    pareto_front,
+    rung_rows,
+    stalled,
+    top_rung,
+    worker_time,
+)
 
 # Columns of Storage.trials_frame that count or name something: integers.
 _COUNT_COLUMNS = ("trial_id", "generation", "rung", "decision", "attempt", "genome_id", "recorded")
 
 
-def run_version(info: RunInfo, frame: pd.DataFrame) -> str:
+def run_version(info: RunInfo, trials: Trials) -> str:
     """Changes whenever the run does: a trial added, started or ended, or the run's status."""
-    statuses = frame["status"].value_counts().sort_index()
-    counts = ",".join(f"{status}:{count}" for status, count in statuses.items())
-    last = frame["recorded"].max()
-    return digest(f"{info.updated_at.isoformat()}|{len(frame)}|{counts}|{last}|{info.shown_status}")
+    statuses = Counter(t.status for t in trials)
+    counts = ",".join(f"{status}:{count}" for status, count in sorted(statuses.items()))
+    last = max((t.recorded for t in trials if t.recorded is not None), default=None)
+    return digest(
+        f"{info.updated_at.isoformat()}|{len(trials)}|{counts}|{last}|{info.shown_status}"
+    )
 
 
 def digest(text: str) -> str:
@@ -37,23 +49,22 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def run_summary(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str, Any]:
-    """What the runs list shows of a run: its status, trials, budget spent, and the best
-    value of its first objective where scores are comparable and count (at the top rung,
-    stalled trials left out)."""
+def run_summary(storage: Storage, info: RunInfo, trials: Trials) -> dict[str, Any]:
+    """What the runs list shows of a run (`trials`: `Storage.trial_summaries`): its status,
+    trials, budget spent, and the best value of its first objective where scores are
+    comparable and count (at the top rung, stalled trials left out)."""
     space = run_space(info)
     objective = space.search.objectives[0]
-    learned = frame[~stalled(frame, info.unigram_bits_per_byte)]
-    values = successful_trials(top_rung(learned, space), [objective])[objective.metric]
-    best = objective.best(values.to_numpy(dtype=float)) if len(values) else math.nan
+    finished = _finished(trials, info, space)
+    best = objective.best(t.metric(objective.metric) for t in finished if t.status == SUCCESS)
     spent = storage.spent(info.name)
     whole = {"steps": True, "tokens": True, "worker_seconds": False, "trials": True}
     return {
         "name": info.name,
         "status": info.shown_status,
         "mode": space.search.mode,
-        "trials": len(frame),
-        "active": int(frame["status"].isin(ACTIVE).sum()),
+        "trials": len(trials),
+        "active": sum(t.status in ACTIVE for t in trials),
         "objective": objective.metric,
         "best": json_value(best),
         "spent": {
@@ -65,20 +76,20 @@ def run_summary(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[st
         },
         "created": json_value(info.created_at),
         "updated": json_value(info.updated_at),
-        "version": run_version(info, frame),
+        "version": run_version(info, trials),
     }
 
 
-def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str, Any]:
-    """What the run's page shows, as numbers: the summary, the rungs, the trials by status,
-    the workers' time and the best trial of each objective."""
+def run_detail(storage: Storage, info: RunInfo, trials: Trials) -> dict[str, Any]:
+    """What the run's page shows, as numbers (`trials`: `Storage.trial_summaries`): the
+    summary, the rungs, the trials by status, the workers' time and the best trial of
+    each objective."""
     space = run_space(info)
-    stuck = stalled(frame, info.unigram_bits_per_byte)
-    finished = successful_trials(top_rung(frame[~stuck], space), space.search.objectives)
-    workers = worker_time(frame, storage.run_sessions(info.name))
+    finished = _finished(trials, info, space)
+    workers = worker_time(trials, storage.run_sessions(info.name))
     objectives = space.search.objectives
-    bests = {o.metric: _best(ranked(finished, o).head(1), space) for o in objectives}
-    detail = run_summary(storage, info, frame) | {
+    bests = {o.metric: _best(storage, info, finished, o, space) for o in objectives}
+    detail = run_summary(storage, info, trials) | {
         "seed": info.seed,
         "target": _budget(space.target_budget()),
         "rungs": [
@@ -91,10 +102,10 @@ def run_detail(storage: Storage, info: RunInfo, frame: pd.DataFrame) -> dict[str
                 "active": row.active,
                 "advanced": row.advanced,
             }
-            for row in rung_rows(frame, space)
+            for row in rung_rows(trials, space)
         ],
-        "statuses": {str(s): int(n) for s, n in frame["status"].value_counts().items()},
-        "stalled": int(stuck.sum()),
+        "statuses": dict(Counter(t.status for t in trials).most_common()),
+        "stalled": len(stalled(trials, info.unigram_bits_per_byte)),
         "unigram_bits_per_byte": info.unigram_bits_per_byte,
         "workers": {
             "available_seconds": workers.available,
@@ -142,21 +153,35 @@ def json_value(value: Any, integer: bool = False) -> Any:
     return value
 
 
-def _best(top: pd.DataFrame, space: SearchSpace) -> dict[str, Any] | None:
-    """The best trial (`top`, one row, or none: every trial at the top rung failed or
-    stalled): where it is, its objectives and its genes."""
-    if top.empty:
+def _finished(trials: Trials, info: RunInfo, space: SearchSpace) -> list[TrialSummary]:
+    """The trials at the top rung that did not stall: the scores that count."""
+    stuck = stalled(trials, info.unigram_bits_per_byte)
+    return [t for t in top_rung(trials, space) if t.trial_id not in stuck]
+
+
+def _best(
+    storage: Storage,
+    info: RunInfo,
+    finished: list[TrialSummary],
+    objective: Objective,
+    space: SearchSpace,
+) -> dict[str, Any] | None:
+    """The best trial by `objective` among `finished` (none: every trial at the top rung
+    failed or stalled): where it is, its objectives and its genes."""
+    front = pareto_front(finished, [objective])
+    if not front:
         return None
-    (row,) = trial_records(top, space)
-    genes = {
-        key.removeprefix("gene."): value
-        for key, value in row.items()
-        if key.startswith("gene.") and value is not None
-    }
+    best = front[0]
+    integer = {name for name, metric in METRICS.items() if metric.integer}
     return {
-        **{key: row[key] for key in ("trial_id", "genome_id", "rung")},
-        **{o.metric: row[o.metric] for o in space.search.objectives},
-        "genes": genes,
+        "trial_id": best.trial_id,
+        "genome_id": best.genome_id,
+        "rung": best.rung,
+        **{
+            o.metric: json_value(best.metric(o.metric), integer=o.metric in integer)
+            for o in space.search.objectives
+        },
+        "genes": storage.genomes(info.name, [best.genome_id])[best.genome_id],
     }
 
 

@@ -155,7 +155,7 @@ def add_api_routes(app: FastAPI, pages: Pages, auth: list[Any]) -> None:
         if storage is None:
             return []
         return [
-            run_summary(storage, info, storage.trials_frame(info.name))
+            run_summary(storage, info, storage.trial_summaries(info.name))
             for info in storage.list_runs()
         ]
 
@@ -163,7 +163,7 @@ def add_api_routes(app: FastAPI, pages: Pages, auth: list[Any]) -> None:
     def run_json(name: str) -> dict[str, Any]:
         info = pages.run_info(name)
         storage = pages.storage()
-        return run_detail(storage, info, storage.trials_frame(name))
+        return run_detail(storage, info, storage.trial_summaries(name))
 
     @app.get("/api/runs/{name}/trials", dependencies=auth)
     def trials_json(name: str) -> list[dict[str, Any]]:

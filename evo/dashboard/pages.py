@@ -72,8 +72,7 @@ class Pages:
             )
         rows, versions = [], []
         for info in storage.list_runs():
-            frame = storage.trials_frame(info.name)
-            summary = run_summary(storage, info, frame)
+            summary = run_summary(storage, info, storage.trial_summaries(info.name))
             versions.append(summary["version"])
             limits = run_space(info).search.budget.limits()
             rows.append(
@@ -109,7 +108,7 @@ class Pages:
                 raise HTTPException(400, f"front={front}: name two of the objectives {objectives}")
             pair = (axes[0], axes[1])
         storage = self.storage()
-        version = run_version(info, storage.trials_frame(name))
+        version = run_version(info, storage.trial_summaries(name))
         trial_url = run_path(name) + "/trials/{}"
         nav = '<nav><a href="/">← all runs</a></nav>'
         return View(
@@ -126,7 +125,7 @@ class Pages:
         info = self.run_info(name)
         storage = self.storage()
         record = self.trial_record(name, trial_id)
-        version = run_version(info, storage.trials_frame(name))
+        version = run_version(info, storage.trial_summaries(name))
         nav = (
             f'<nav><a href="/">all runs</a> › <a href="{html.escape(run_path(name))}">'
             f"run {html.escape(name)}</a></nav>"

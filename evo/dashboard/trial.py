@@ -30,7 +30,8 @@ def trial_sections(
 ) -> list[str]:
     """The page's sections; `trial_url` is a format taking a trial id, for links."""
     frame = storage.trials_frame(info.name)
-    stuck = stalled(frame, info.unigram_bits_per_byte)
+    stalled_ids = stalled(storage.trial_summaries(info.name), info.unigram_bits_per_byte)
+    stuck = frame["trial_id"].isin(stalled_ids)
     (index,) = frame.index[frame["trial_id"] == record.id]
     row = frame.loc[index]
     status = row["status"]

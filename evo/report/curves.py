@@ -10,11 +10,12 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from evo.metrics import TrialStatus
+from evo.report.frames import ranked
 from evo.report.markup import figure, format_value, note, section
 from evo.report.run import Run
 from evo.space import Objective
 from evo.storage import Storage
-from evo.summary import SUCCESS, ranked
+from evo.summary import SUCCESS
 
 TOP_CURVES = 5
 RUNNING_COLOR = "#9e9e9e"

@@ -8,11 +8,12 @@ import itertools
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from evo.report.frames import ranked
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, note, section
 from evo.report.run import Run
 from evo.report.ticks import round_ticks
-from evo.summary import pareto_front, ranked
+from evo.summary import pareto_front
 from llm.errors import UserError
 
 # A legend in a row above the plot, clear of the plot, its axes and any colour bar.
@@ -89,7 +90,8 @@ def pareto_section(run: Run, front_axes: tuple[str, str] | None = None) -> str:
     finished = run.finished
     if finished.empty:
         return section("pareto", "Pareto front", how, note(run.empty))
-    front = pareto_front(finished, run.objectives)
+    on_front = {t.trial_id for t in pareto_front(run.finished_trials, run.objectives)}
+    front = ranked(finished[finished["trial_id"].isin(on_front)], first)
     trials = go.Scatter(
         x=finished[first.metric],
         y=finished[second.metric],

@@ -12,12 +12,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from evo.importance import MIN_TRIALS, gene_importance
+from evo.report.frames import ranked, successful_trials
 from evo.report.labels import axis_title, gene_columns, unit_title
 from evo.report.markup import figure, format_value, is_missing, note, section
 from evo.report.run import Run
 from evo.report.ticks import round_ticks
 from evo.space import Domain, Objective
-from evo.summary import ranked, successful_trials
 
 SLICE_GENES = 4  # slice plots for this many of the most important genes
 MISSING = "(missing)"  # the category of a gene a genome lacks

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from evo.describe import budget_text, mode_text, spent_text
 from evo.generations import generations_complete
+from evo.report.frames import ranked
 from evo.report.labels import gene_lines
 from evo.report.markup import format_value, html_table, section, time_text
 from evo.report.run import Run
 from evo.storage import RunStatus, Storage
-from evo.summary import ACTIVE, FAILURES, LOST, SUCCESS, ranked, worker_time
+from evo.summary import ACTIVE, FAILURES, LOST, SUCCESS, worker_time
 
 
 def summary_section(run: Run, storage: Storage) -> str:
@@ -35,7 +36,7 @@ def summary_section(run: Run, storage: Storage) -> str:
         )
     rows.append(("trials", _trial_counts(run)))
     rows.append(("unigram baseline", _baseline_text(info.unigram_bits_per_byte)))
-    workers = worker_time(run.frame, storage.run_sessions(info.name))
+    workers = worker_time(run.trials, storage.run_sessions(info.name))
     if workers.utilization is not None:
         running = info.status == RunStatus.RUNNING.value
         rows.append(("worker utilization", workers.describe(running)))

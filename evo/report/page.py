@@ -73,8 +73,9 @@ def report_sections(
     page also links every other pair (`?front=A,B`), as the dashboard serves it.
     `trial_url` (a format taking a trial id) makes every trial id a link to it."""
     run = info.name
-    frame = storage.trials_frame(run)
-    data = Run(info, run_space(info), frame, stalled(frame, info.unigram_bits_per_byte), trial_url)
+    frame, trials = storage.trials_frame(run), storage.trial_summaries(run)
+    stuck = stalled(trials, info.unigram_bits_per_byte)
+    data = Run(info, run_space(info), trials, frame, stuck, trial_url)
     validated = validation_report(storage, run, data.space)
     sections = [
         summary_section(data, storage),

@@ -21,7 +21,9 @@ def predictions_section(run: Run, storage: Storage, validated: ValidationReport 
     """The section, or nothing when the run forecasts no target (its target is the top
     rung, or its first objective does not extrapolate)."""
     forecast = storage.forecast(run.info.name)
-    shown = forecast_summary(run.frame, run.space, forecast, target_seed_noise(validated, forecast))
+    shown = forecast_summary(
+        run.trials, run.space, forecast, target_seed_noise(validated, forecast)
+    )
     if shown is None or not shown.genomes:
         return ""
     budgets = [b[next(iter(shown.budget))] for b in run.space.rung_budgets()]

@@ -9,12 +9,13 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from evo.describe import budget_text
+from evo.report.frames import successful_trials
 from evo.report.labels import axis_title, hover_texts
 from evo.report.markup import figure, html_table, note, section
 from evo.report.run import Run
 from evo.report.ticks import round_ticks
 from evo.space import Objective
-from evo.summary import SUCCESS, anytime_curve, rung_rows, successful_trials
+from evo.summary import SUCCESS, anytime_curve, rung_rows
 
 
 def rungs_section(run: Run) -> str:
@@ -25,7 +26,7 @@ def rungs_section(run: Run) -> str:
         f"checkpoints); below, every {objective.metric} scored at each rung, stalled "
         "trials left out."
     )
-    rows = rung_rows(run.frame, space)
+    rows = rung_rows(run.trials, space)
     table = html_table(
         [
             (
@@ -112,13 +113,12 @@ def anytime_section(run: Run) -> str:
         "search had spent until then (every trial's tokens, cool-downs, failed and stalled "
         "trials included): how much a better model costs."
     )
-    curve = anytime_curve(run.frame, run.space, objective, run.info.unigram_bits_per_byte)
-    curve = curve[curve["best"].notna()]
-    if curve.empty:
+    curve = anytime_curve(run.trials, run.space, objective, run.info.unigram_bits_per_byte)
+    points = [point for point in curve if point.best is not None]
+    if not points:
         return section("anytime", "Best against compute", how, note(run.empty))
-    fig = go.Figure(
-        go.Scatter(x=curve["tokens"], y=curve["best"], mode="lines+markers", line_shape="hv")
-    )
+    tokens, best = [p.tokens for p in points], [p.best for p in points]
+    fig = go.Figure(go.Scatter(x=tokens, y=best, mode="lines+markers", line_shape="hv"))
     fig.update_layout(
         height=420,
         xaxis={"title": {"text": "training tokens spent"}, "rangemode": "tozero"},

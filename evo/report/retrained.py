@@ -81,7 +81,7 @@ def promotions_section(
     if not promotions:
         return ""
     metric = run.objectives[0].metric
-    searched = search_scores(run.frame, run.objectives[0])
+    searched = search_scores(run.trials, run.objectives[0])
     means = {g.candidate.genome_id: g for g in validated.genomes} if validated else {}
     rows = [
         (

@@ -3,13 +3,15 @@ of them stalled."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pandas as pd
 
+from evo.report.frames import successful_trials, top_rung_rows
 from evo.space import Objective, SearchSpace
-from evo.storage import RunInfo
-from evo.summary import SUCCESS, successful_trials, top_rung
+from evo.storage import RunInfo, TrialSummary
+from evo.summary import SUCCESS, top_rung
 
 NO_SUCCESS = "No successful trials yet."
 
@@ -20,9 +22,22 @@ class Run:
 
     info: RunInfo
     space: SearchSpace
-    frame: pd.DataFrame  # Storage.trials_frame
-    stalled: pd.Series  # aligned with frame
+    trials: list[TrialSummary]  # Storage.trial_summaries: what evo.summary counts
+    frame: pd.DataFrame  # Storage.trials_frame: what the charts draw
+    stalled_ids: set[int]  # evo.summary.stalled
     trial_url: str = ""  # a format taking a trial id: where trial ids link to; "" for none
+
+    @functools.cached_property
+    def stalled(self) -> pd.Series:
+        """Which rows of `frame` stalled."""
+        return self.frame["trial_id"].isin(self.stalled_ids)
+
+    @property
+    def finished_trials(self) -> list[TrialSummary]:
+        """The trials at the top rung, but the stalled ones (of which `finished` is the
+        successful), as `evo.summary` reads them."""
+        top = top_rung(self.trials, self.space)
+        return [t for t in top if t.trial_id not in self.stalled_ids]
 
     @property
     def objectives(self) -> list[Objective]:
@@ -40,7 +55,7 @@ class Run:
     @property
     def finished(self) -> pd.DataFrame:
         """The successful, not stalled trials at the top rung: the scores that matter."""
-        return successful_trials(top_rung(self.learned, self.space), self.objectives)
+        return successful_trials(top_rung_rows(self.learned, self.space), self.objectives)
 
     @property
     def empty(self) -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 
+from evo.report.frames import ranked
 from evo.report.labels import gene_columns, metric_text, trial_cell, unit_title
 from evo.report.markup import figure, first_line, format_value, html_table, note, section
 from evo.report.run import Run
 from evo.storage import TRIAL_STATUSES
-from evo.summary import FAILURES, STALLED, STALLED_RULE, ranked
+from evo.summary import FAILURES, STALLED, STALLED_RULE
 
 
 def trials_section(run: Run) -> str:

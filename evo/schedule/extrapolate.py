@@ -35,10 +35,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
+from evo.schedule.interval import interval
 from llm.errors import UserError
 
 ALPHA_PRIOR = (0.3, 0.5)  # the median of α and the standard deviation of log α
@@ -82,13 +82,6 @@ class Prediction:
     # together, without the seed noise (0 for a measured score): with another figure of
     # the seed noise, `interval(mean, sd, noise, level)` is the interval.
     sd: float = 0.0
-
-
-def interval(mean: float, sd: float, noise: float, level: float) -> tuple[float, float]:
-    """The interval at `level` around `mean` of a score whose law is uncertain by `sd` and
-    whose one seed's measurement spreads by `noise` (both standard deviations)."""
-    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(sd**2 + noise**2)
-    return mean - half, mean + half
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from evo.metrics import METRICS, Extrapolation
-from evo.schedule.extrapolate import CurveFit, Prediction, RungPoint, fit_curves, interval
+from evo.schedule.interval import interval
 from evo.space import Objective, SearchSpace
 from evo.storage import ForecastRecord, PredictionRecord
+
+if TYPE_CHECKING:
+    from evo.schedule.extrapolate import CurveFit, Prediction, RungPoint
 
 LEVEL = 0.8  # the intervals' coverage
 
@@ -92,6 +96,8 @@ class TargetForecast:
         new point of the fit."""
         if value is None or not math.isfinite(value) or (self.kind == "log" and value <= 0):
             return False
+        from evo.schedule.extrapolate import RungPoint  # numpy: where a search fits
+
         loss = to_loss(self.kind, value)
         self.points.append(RungPoint(genome_id, self.budgets[rung], loss))
         self._fit = None
@@ -101,6 +107,8 @@ class TargetForecast:
     def fit(self) -> CurveFit:
         """The law fitted to every point so far (fitted when first read after a point)."""
         if self._fit is None:
+            from evo.schedule.extrapolate import fit_curves
+
             self._fit = fit_curves(self.points, level=LEVEL)
         return self._fit
 
@@ -110,6 +118,8 @@ class TargetForecast:
         ids = list(self.fit.genomes if genome_ids is None else genome_ids)
         if not self.points or not ids:
             return {}
+        from evo.schedule.extrapolate import Prediction
+
         made = self.fit.predict_many(ids, self.target)
         shown = [
             Prediction(

@@ -1,11 +1,11 @@
-"""What `evo status NAME` says of a run's trials, from `Storage.trials_frame` (pandas): its
-header, which needs none, is printed first by `evo.status`."""
+"""What `evo status NAME` says of a run's trials, below the header `evo.status` prints:
+from `Storage.trial_summaries`, without pandas (its import alone takes a third of a
+second, and the whole status must take under one at 10,000 trials)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +16,7 @@ from evo.storage import RunInfo, RunStatus, Storage
 from evo.summary import (
     STALLED,
     ForecastSummary,
+    Trials,
     anytime_curve,
     forecast_summary,
     pareto_front,
@@ -38,15 +39,15 @@ def print_trials(
     """What `evo status` says below its header: the trials by status and rung, how busy
     the workers were, the best values or the pick for the target, the validations and
     the promotions."""
-    frame = storage.trials_frame(name)
-    stuck = stalled(frame, run.unigram_bits_per_byte)
-    counts = Counter(frame["status"])
-    if stuck.any():
-        counts[f"{STALLED} (of the done; see evo report)"] = int(stuck.sum())
+    trials = storage.trial_summaries(name)
+    stuck = stalled(trials, run.unigram_bits_per_byte)
+    counts = Counter(t.status for t in trials)
+    if stuck:
+        counts[f"{STALLED} (of the done; see evo report)"] = len(stuck)
     console.print("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if len(space.rung_budgets()) > 1:
-        console.print(_rung_table(frame, space))
-    workers = worker_time(frame, storage.run_sessions(name))
+        console.print(_rung_table(trials, space))
+    workers = worker_time(trials, storage.run_sessions(name))
     if workers.utilization is not None:
         running = run.status == RunStatus.RUNNING.value
         console.print(f"worker utilization: {workers.describe(running)}")
@@ -58,32 +59,32 @@ def print_trials(
             console.print(f"worker utilization: {busy:.0f}% (busy worker-seconds / available)")
     report = validation_report(storage, name, space)
     forecast = storage.forecast(name)
-    shown = forecast_summary(frame, space, forecast, target_seed_noise(report, forecast))
+    shown = forecast_summary(trials, space, forecast, target_seed_noise(report, forecast))
     # Where the target is forecast, the best is the pick for it (one objective) rather
     # than the best score measured at the top rung.
-    _print_front(
-        frame, stuck, space, console, table=shown is None or len(space.search.objectives) > 1
-    )
-    if shown is not None:
-        print_forecast(shown, console)
-    _print_anytime(frame, space, run.unigram_bits_per_byte, console)
+    several = len(space.search.objectives) > 1
+    _print_front(storage, name, trials, stuck, space, console, table=shown is None or several)
+    if shown is not None and shown.genomes:
+        pick = shown.genomes[0].genome_id
+        print_forecast(shown, storage.genomes(name, [pick])[pick], console)
+    _print_anytime(trials, space, run.unigram_bits_per_byte, console)
     if report is not None:
         print_validation(report, console, table=False)
-    running = frame[frame["status"] == TrialStatus.RUNNING.value]
-    if len(running):
-        console.print(f"running now: {len(running)} trials")
-    _print_promotions(storage, name, frame, space, console)
+    running = counts[TrialStatus.RUNNING.value]
+    if running:
+        console.print(f"running now: {running} trials")
+    _print_promotions(storage, name, trials, space, console)
 
 
 def _print_promotions(
-    storage: Storage, name: str, frame: pd.DataFrame, space: SearchSpace, console: Console
+    storage: Storage, name: str, trials: Trials, space: SearchSpace, console: Console
 ) -> None:
     """Each promotion's first objective beside the genome's score in the search."""
     promotions = storage.promotions(name)
-    if not promotions:  # scoring every genome takes a tenth of a second at 10,000 trials
+    if not promotions:
         return
     objective = space.search.objectives[0]
-    searched = search_scores(frame, objective)
+    searched = search_scores(trials, objective)
     for promotion in promotions:
         value = (promotion.metrics or {}).get(objective.metric)
         detail = f", {objective.metric} {value:.4g}" if value is not None else ""
@@ -95,28 +96,30 @@ def _print_promotions(
 
 
 def _print_anytime(
-    frame: pd.DataFrame, space: SearchSpace, baseline: float | None, console: Console
+    trials: Trials, space: SearchSpace, baseline: float | None, console: Console
 ) -> None:
     """Where the best value improved, against the tokens spent until then (the anytime
     curve, in a line; `evo report` draws it)."""
     objective = space.search.objectives[0]
-    curve = anytime_curve(frame, space, objective, baseline)
-    improved = curve[curve["best"].notna() & (curve["best"] != curve["best"].shift())]
-    if improved.empty:
+    improved, last = [], None
+    for point in anytime_curve(trials, space, objective, baseline):
+        if point.best is not None and point.best != last:
+            improved.append(point)
+            last = point.best
+    if not improved:
         return
     points = ", ".join(
-        f"{best:.4g} after {tokens:,.0f} tokens"
-        for tokens, best in improved[["tokens", "best"]].tail(ANYTIME_POINTS).to_numpy()
+        f"{p.best:.4g} after {p.tokens:,.0f} tokens" for p in improved[-ANYTIME_POINTS:]
     )
     console.print(f"best {objective.metric} against compute: {points}")
 
 
-def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
+def _rung_table(trials: Trials, space: SearchSpace) -> Table:
     table = Table(title="rungs", title_justify="left")
     headers = ("rung", "budget", "trials", "done", "failed", "queued or running", "advanced")
     for column in headers:
         table.add_column(column, justify="left" if column == "budget" else "right")
-    rows = rung_rows(frame, space)
+    rows = rung_rows(trials, space)
     for row in rows:
         advanced = "—" if row.rung == len(rows) - 1 else str(row.advanced)
         table.add_row(
@@ -132,17 +135,23 @@ def _rung_table(frame: pd.DataFrame, space: SearchSpace) -> Table:
 
 
 def _print_front(
-    frame: pd.DataFrame, stuck: pd.Series, space: SearchSpace, console: Console, *, table: bool
+    storage: Storage,
+    name: str,
+    trials: Trials,
+    stuck: set[int],
+    space: SearchSpace,
+    console: Console,
+    *,
+    table: bool,
 ) -> None:
     """The best values at the top rung, leaving out the `stuck` (stalled) trials, and with
     `table` their trials: the Pareto front for several objectives."""
     objectives = space.search.objectives
-    top = top_rung(frame, space)
-    top_stuck = stuck[top.index]
-    front = pareto_front(top[~top_stuck], objectives)
-    stalled_count = int(top_stuck.sum())
+    top = top_rung(trials, space)
+    front = pareto_front([t for t in top if t.trial_id not in stuck], objectives)
+    stalled_count = sum(t.trial_id in stuck for t in top)
     where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
-    if not len(front):
+    if not front:
         if stalled_count:
             console.print(
                 f"no trial{where} has learned yet ({stalled_count} succeeded but stalled; "
@@ -152,7 +161,7 @@ def _print_front(
             console.print(f"no successful trial{where} yet")
         return
     for objective in objectives:
-        best = objective.best(front[objective.metric])
+        best = objective.best([t.metrics[objective.metric] for t in front])
         console.print(f"best {objective.metric} ({objective.direction}){where}: {best:.4g}")
     if not table:
         return
@@ -162,25 +171,25 @@ def _print_front(
     for objective in objectives:
         table.add_column(objective.metric, justify="right")
     table.add_column("genes")
-    gene_columns = [c for c in front.columns if c.startswith("gene.")]
-    for _, row in front.head(FRONT_ROWS).iterrows():
-        genes = {c.removeprefix("gene."): row[c] for c in gene_columns if row[c] == row[c]}
-        values = [f"{row[o.metric]:.4g}" for o in objectives]
-        table.add_row(str(row["genome_id"]), *values, genes_text(genes))
+    genes = storage.genomes(name, (t.genome_id for t in front[:FRONT_ROWS]))
+    for trial in front[:FRONT_ROWS]:
+        values = [f"{trial.metrics[o.metric]:.4g}" for o in objectives]
+        table.add_row(str(trial.genome_id), *values, genes_text(genes[trial.genome_id]))
     console.print(table)
 
 
-def print_forecast(forecast: ForecastSummary, console: Console) -> None:
-    """The search's pick for the target and its best genomes: each one's measured rung
-    scores beside its prediction at the target and the interval."""
-    if not forecast.genomes:
-        return
+def print_forecast(
+    forecast: ForecastSummary, pick_genes: dict[str, object], console: Console
+) -> None:
+    """The search's pick for the target (its genes: `pick_genes`) and its best genomes:
+    each one's measured rung scores beside its prediction at the target and the
+    interval."""
     pick = forecast.genomes[0]
     level = f"{forecast.level:.0%}"
     console.print(
         f"pick for the target: genome {pick.genome_id}, {forecast.metric} {pick.mean:.4g} "
         f"predicted at {budget_text(forecast.budget)} ({level} interval {pick.low:.4g} to "
-        f"{pick.high:.4g}): {genes_text(pick.genes)}"
+        f"{pick.high:.4g}): {genes_text(pick_genes)}"
     )
     console.print(_forecast_table(forecast))
     console.print(f"the law: {forecast.describe()}")

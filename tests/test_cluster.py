@@ -87,14 +87,20 @@ def cluster() -> Iterator[SimulatedCluster]:
     # Under /tmp itself: a raylet's Unix sockets live in its temp folder, and their paths
     # must stay under 108 bytes.
     folder = Path(tempfile.mkdtemp(prefix="evo-cl-", dir="/tmp"))
-    simulated = SimulatedCluster(folder)
-    try:
-        ray.init(address=simulated.address, log_to_driver=False, logging_level="WARNING")
-        yield simulated
-    finally:
-        ray.shutdown()
-        simulated.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
+    # Ray's Cluster writes the head's address to RAY_TMPDIR/ray/ray_current_cluster
+    # whatever the nodes' temp folders, without making the folder: on a machine where
+    # Ray never ran there is no /tmp/ray. Kept in this cluster's folder instead.
+    (folder / "ray").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", str(folder))
+        simulated = SimulatedCluster(folder)
+        try:
+            ray.init(address=simulated.address, log_to_driver=False, logging_level="WARNING")
+            yield simulated
+        finally:
+            ray.shutdown()
+            simulated.shutdown()
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,6 +16,17 @@ budget is the truth):
   rung table (python-docs, `bench/rung_fidelity.py --schedules wsd`, one seed each),
   seen at 75k, 225k and 675k tokens (or only the first two: 8.9× beyond); the truth is
   their score at 2M.
+- `python-code, 3 rungs → 4M (9×)`: `bench/extrapolation.py`'s search, every rung score it
+  recorded, judged on the seven genomes it validated at 4M tokens (two seeds each).
+- `12 sampled genomes, 3 rungs → 4M (9×)` and `…, 2 rungs → 4M (18×)`: twelve genomes of
+  tiny.yaml's space (configs/tiny.yaml's and a Latin hypercube of eleven, so they differ
+  by far more than the seed noise), each trained on python-code to 74k, 222k, 444k and
+  4M tokens (`bench/data/far_curves.json`), seen at the first three budgets or two.
+
+Last, the flip the far target's search missed: configs/tiny.yaml's genome, which that
+search stopped at 222k tokens, predicted at 4M from the search's fit, beside what it
+scored there (its rung scores in far_curves.json are the search's, to the bit: the same
+genome and trial seed) and beside the search's pick.
 
 For each: Kendall τ and Spearman ρ between predicted and measured (the naive rule's
 beside), the mean absolute error and mean error (bias) of the predicted score, the share
@@ -34,10 +45,12 @@ Last, the wall and CPU time of one fit of 100 synthetic genomes × 3 rungs (medi
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,6 +80,10 @@ README_SEED_NOISE = 0.022
 # its search (74k, 222k and 444k tokens) and the validated genomes' scores at 4M tokens,
 # two seeds each (bench/data/README.md).
 FAR_TARGET = "bench/data/far_target.csv"
+# `bench/rung_fidelity.py --schedules wsd --genomes 12 --set 'search.rungs=[74000,222000,
+# 444000]' --set search.target.max_tokens=4000000 --out …` (bench/data/README.md).
+FAR_CURVES = "bench/data/far_curves.json"
+FAR_BUDGETS = (74_000, 222_000, 444_000, 4_000_000)
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,41 @@ def far_target_case() -> Case:
         float(target.budget.max()),
         noise,
     )
+
+
+def far_curves_cases(seed_noise: float) -> list[Case]:
+    """The twelve sampled genomes, seen at three budgets or two, predicted at 4M."""
+    scores = {
+        row["index"]: row["wsd"]["scores"] for row in json.loads(Path(FAR_CURVES).read_text())
+    }
+    everyone = sorted(scores)
+    truth = {g: scores[g][3] for g in everyone}
+    cases = []
+    for seen in (3, 2):
+        points = [RungPoint(g, FAR_BUDGETS[r], scores[g][r]) for g in everyone for r in range(seen)]
+        naive = {g: scores[g][seen - 1] for g in everyone}
+        beyond = FAR_BUDGETS[3] / FAR_BUDGETS[seen - 1]
+        name = f"12 sampled genomes, {seen} rungs → 4M ({beyond:.0f}×)"
+        cases.append(Case(name, [points], [everyone], truth, naive, FAR_BUDGETS[3], seed_noise))
+    return cases
+
+
+def the_flip(far: Case) -> list[str]:
+    """configs/tiny.yaml's genome (the far target's genome 1, stopped at 222k) and the
+    search's pick, each predicted at 4M by the search's fit, and measured there."""
+    default = json.loads(Path(FAR_CURVES).read_text())[0]["wsd"]["scores"]
+    curves = fit_curves(far.folds[0])
+    pick = curves.rank(far.held_out[0], far.target)[0]
+    lines = []
+    for name, genome, measured in (
+        ("configs/tiny.yaml's genome (stopped at 222k)", 1, default[3]),
+        (f"the search's pick (genome {pick})", pick, far.truth[pick]),
+    ):
+        p = curves.predict(genome, far.target)
+        lines.append(
+            f"{name}: predicted {p.mean:.3f} [{p.low:.3f}, {p.high:.3f}], measured {measured:.3f}"
+        )
+    return lines
 
 
 @dataclass(frozen=True)
@@ -266,13 +318,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     ).parse_args()
     header = "| method | τ | ρ | MAE | bias | in 80% | width | κ | the fit's own check | CPU ms |"
-    for case in [*table_cases(), *readme_cases(), far_target_case()]:
+    far = far_target_case()
+    for case in [*table_cases(), *readme_cases(), far, *far_curves_cases(far.seed_noise)]:
         print(f"\n{case.name} (predict {case.target:,.0f}; seed noise {case.seed_noise:.3f})")
         print(header)
         print("| --- " * 10 + "|")
         print(row("naive: highest budget seen", naive_scores(case)))
         print(row("law, noise given", evaluate(case, case.seed_noise)))
         print(row("law, noise not given", evaluate(case, None)))
+    print("\nat 4M tokens, from the far target's search:")
+    print("\n".join(the_flip(far)))
     wall, cpu = fit_speed()
     print(
         f"\none fit, 100 genomes × 3 rungs (synthetic): {wall * 1000:.1f} ms wall, "

@@ -216,10 +216,14 @@ def test_an_empty_run_fits_and_predicts_nothing() -> None:
         fit.predict(0, TARGET)
 
 
-def test_the_schur_solver_finds_scipys_optimum() -> None:
+@pytest.mark.parametrize("single_seeds", [1, 2])
+def test_the_schur_solver_finds_scipys_optimum(single_seeds: int) -> None:
     """The hand-written Levenberg–Marquardt over the arrow-shaped problem reaches the
-    point scipy's dense least_squares reaches on the same residuals."""
+    point scipy's dense least_squares reaches on the same residuals, with the genomes seen
+    at one budget (once, or twice: two seeds) left out of its iterations and set after."""
     points, _, _ = synthetic(np.random.default_rng(10), 8, rungs_seen=[1, 2, 3, 3, 2, 3, 3, 1])
+    singles = [p for p in points if p.genome_id in (0, 7)]
+    points += [RungPoint(p.genome_id, p.budget, p.loss + 0.01) for p in singles][: single_seeds - 1]
     data, _, _ = extrapolate._prepare(points)
     problem = extrapolate._Problem(data, noise=0.005, spread=0.5)
     shared, genome = extrapolate._start(data, 0.005)

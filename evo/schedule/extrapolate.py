@@ -114,6 +114,15 @@ class _Data:
         """The same genomes, with only the points where `keep` holds."""
         return _Data(self.genomes, self.index[keep], self.x[keep], self.loss[keep], self.top_budget)
 
+    def of_genomes(self, chosen: np.ndarray) -> _Data:
+        """Only the genomes where `chosen` (one flag per genome) holds, and their points."""
+        keep = chosen[self.index]
+        position = np.cumsum(chosen) - 1
+        genomes = tuple(g for g, c in zip(self.genomes, chosen, strict=True) if c)
+        return _Data(
+            genomes, position[self.index[keep]], self.x[keep], self.loss[keep], self.top_budget
+        )
+
 
 def _curve(x: np.ndarray, log_alpha: float, level: np.ndarray, log_slope: np.ndarray) -> Arrays:
     """The law at x, and its derivatives by log α, by m and by log s."""
@@ -189,20 +198,46 @@ class _Problem:
         return blocks, 0.5 * float(r @ r)
 
     def solve(self, shared: np.ndarray, genome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The MAP parameters by Levenberg–Marquardt from (shared, genome), with Nielsen's
-        damping rule (a valley along α → 0, where curves are nearly log-linear, makes the
-        plain ×10 / ÷10 rule zig-zag for hundreds of steps)."""
+        """The MAP parameters from (shared, genome).
+
+        A genome scored at one budget only is left out of the iterations and set after
+        them: for any shared parameters its own two fit its scores as well as they can be
+        (its level through their mean) with its slope at the prior's mean, so it moves
+        neither the optimum nor, in Gauss–Newton's Hessian, the shared parameters'
+        curvature. In a search most genomes stop at the lowest rung: leaving them out
+        makes the fit of 1,000 genomes several times faster, at the same optimum."""
+        single = self.data.budgets_seen() == 1
+        if not single.any() or single.all():
+            return self._iterate(shared, genome)
+        several = _Problem(self.data.of_genomes(~single), self.noise, self.spread)
+        shared, fitted = several._iterate(shared, genome[~single])
+        genome = genome.copy()
+        genome[~single] = fitted
+        d = self.data
+        alone = single[d.index]
+        count = np.bincount(d.index[alone], minlength=len(d.genomes))[single]
+        mean = np.bincount(d.index[alone], d.loss[alone], minlength=len(d.genomes))[single] / count
+        x = np.zeros(len(d.genomes))
+        x[d.index[alone]] = d.x[alone]
+        drop = _curve(x[single], shared[0], np.zeros(len(count)), np.full(len(count), shared[1]))[0]
+        genome[single] = np.stack([mean - drop, np.full(len(count), shared[1])], 1)
+        return shared, genome
+
+    def _iterate(self, shared: np.ndarray, genome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Levenberg–Marquardt from (shared, genome), with Nielsen's damping rule (a valley
+        along α → 0, where curves are nearly log-linear, makes the plain ×10 / ÷10 rule
+        zig-zag for hundreds of steps)."""
         blocks, cost = self.normal(shared, genome)
         damping, growth = 1e-3, 2.0
         for _ in range(MAX_STEPS):
             h_ss, h_sg, h_gg, g_s, g_g = blocks
             corner, cross_inv, own_inv = _schur(h_ss, h_sg, h_gg, damping)
-            d_shared = np.linalg.lstsq(corner, -g_s + np.einsum("ksh,kh->s", cross_inv, g_g))[0]
-            d_genome = np.einsum(
-                "kgh,kh->kg", own_inv, -g_g - np.einsum("ksg,s->kg", h_sg, d_shared)
-            )
+            d_shared = np.linalg.lstsq(
+                corner, -g_s + np.tensordot(cross_inv, g_g, ([0, 2], [0, 1]))
+            )[0]
+            d_genome = (own_inv @ (-g_g - d_shared @ h_sg)[:, :, None])[:, :, 0]
             scaled = d_shared @ (np.diag(h_ss) * d_shared) + np.sum(
-                d_genome * np.einsum("kii->ki", h_gg) * d_genome
+                d_genome * np.diagonal(h_gg, axis1=1, axis2=2) * d_genome
             )
             expected = 0.5 * (damping * scaled - d_shared @ g_s - np.sum(d_genome * g_g))
             with np.errstate(all="ignore"):
@@ -257,12 +292,22 @@ def _sum_by(index: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     return sums.reshape((k, *values.shape[1:]))
 
 
+def _inverse_2x2(a: np.ndarray) -> np.ndarray:
+    """The inverses of K 2 × 2 matrices (K × 2 × 2), by their adjugates: several times
+    faster than np.linalg.inv's batched LU at this size."""
+    (p, q), (r, t) = a[:, 0].T, a[:, 1].T
+    adjugate = np.stack([np.stack([t, -q], 1), np.stack([-r, p], 1)], 1)
+    return adjugate / (p * t - q * r)[:, None, None]
+
+
 def _schur(h_ss: np.ndarray, h_sg: np.ndarray, h_gg: np.ndarray, damping: float) -> Arrays:
     """The Schur complement of the genome blocks in the damped Hessian, H_sg·B⁻¹ and B⁻¹
     per genome."""
-    own_inv = np.linalg.inv(h_gg + damping * (h_gg * np.eye(2)) + 1e-12 * np.eye(2))
-    cross_inv = np.einsum("ksg,kgh->ksh", h_sg, own_inv)
-    corner = h_ss + damping * np.diag(np.diag(h_ss)) - np.einsum("ksh,kth->st", cross_inv, h_sg)
+    own_inv = _inverse_2x2(h_gg + damping * (h_gg * np.eye(2)) + 1e-12 * np.eye(2))
+    cross_inv = h_sg @ own_inv
+    corner = (
+        h_ss + damping * np.diag(np.diag(h_ss)) - np.tensordot(cross_inv, h_sg, ([0, 2], [0, 2]))
+    )
     return corner, cross_inv, own_inv
 
 

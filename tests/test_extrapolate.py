@@ -230,7 +230,7 @@ def test_the_schur_solver_finds_scipys_optimum(single_seeds: int) -> None:
     solved_shared, solved_genome = problem.solve(shared, genome)
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        return problem.rows(theta[:2], theta[2:].reshape(2, -1).T)[0]
+        return problem.residuals(theta[:2], theta[2:].reshape(2, -1).T)
 
     start = np.concatenate([shared, genome.T.ravel()])
     reference = optimize.least_squares(residuals, start, xtol=1e-12, ftol=1e-12).x

@@ -50,6 +50,7 @@ ASSUMED_NOISE = 0.01  # seed noise as a share of the median score, before the re
 ASSUMED_NOISE_DOF = 2.0  # how many residual degrees of freedom the assumed noise counts as
 EM_ROUNDS = 3  # empirical-Bayes rounds (τ, and the noise when estimated); each refits
 MAX_STEPS = 200  # Levenberg–Marquardt steps per fit; a few dozen suffice
+CONVERGED = 1e-10  # a step that lowers the cost by less than this share ends the fit
 MIN_CHECKED = 3  # genomes the law's check needs before its κ counts
 
 
@@ -154,48 +155,45 @@ class _Problem:
     noise: float
     spread: float  # τ
 
-    def rows(self, shared: np.ndarray, genome: np.ndarray) -> Arrays:
-        """Residuals and their Jacobian: (r, by shared, by own genome, genome index)."""
-        d, k = self.data, len(self.data.genomes)
+    def residuals(self, shared: np.ndarray, genome: np.ndarray) -> np.ndarray:
+        """Every residual: the scores' (over the noise), the slopes' prior's, α's prior's."""
+        error, _, _, deviation = self._parts(shared, genome)
+        alpha = (shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]
+        return np.concatenate([error / self.noise, deviation / self.spread, [alpha]])
+
+    def _parts(self, shared: np.ndarray, genome: np.ndarray) -> Arrays:
+        """Each score's error and the law's derivatives there by log α and by the genome's
+        log s, and each genome's log s less μ."""
+        d = self.data
         mine = genome[d.index]
-        value, by_alpha, by_level, by_slope = _curve(d.x, shared[0], mine[:, 0], mine[:, 1])
-        zeros_k, zeros_n = np.zeros(k), np.zeros(len(d.x))
-        residuals = np.concatenate(
-            [
-                (value - d.loss) / self.noise,
-                (genome[:, 1] - shared[1]) / self.spread,
-                [(shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]],
-            ]
-        )
-        by_shared = np.concatenate(
-            [
-                np.stack([by_alpha / self.noise, zeros_n], 1),
-                np.stack([zeros_k, np.full(k, -1 / self.spread)], 1),
-                [[1 / ALPHA_PRIOR[1], 0.0]],
-            ]
-        )
-        by_genome = np.concatenate(
-            [
-                np.stack([by_level, by_slope], 1) / self.noise,
-                np.stack([zeros_k, np.full(k, 1 / self.spread)], 1),
-                [[0.0, 0.0]],
-            ]
-        )
-        index = np.concatenate([d.index, np.arange(k), [0]])
-        return residuals, by_shared, by_genome, index
+        value, by_alpha, _, by_slope = _curve(d.x, shared[0], mine[:, 0], mine[:, 1])
+        return value - d.loss, by_alpha, by_slope, genome[:, 1] - shared[1]
 
     def normal(self, shared: np.ndarray, genome: np.ndarray) -> tuple[Arrays, float]:
-        """The Gauss–Newton Hessian's blocks and the gradient, and the cost."""
-        r, a, b, index = self.rows(shared, genome)
-        k = len(self.data.genomes)
-        blocks = (
-            a.T @ a,
-            _sum_by(index, a[:, :, None] * b[:, None, :], k),
-            _sum_by(index, b[:, :, None] * b[:, None, :], k),
-            a.T @ r,
-            _sum_by(index, b * r[:, None], k),
-        )
-        return blocks, 0.5 * float(r @ r)
+        """The Gauss–Newton Hessian's blocks and the gradient, and the cost. Written out
+        from the residuals' Jacobian (a score's row is (∂/∂log α, 0) by the shared
+        parameters and (1, ∂/∂log s) by its genome's; a slope prior's is (0, −1/τ) and
+        (0, 1/τ)), so that each block is a few sums per genome."""
+        d, k = self.data, len(self.data.genomes)
+        error, by_alpha, by_slope, deviation = self._parts(shared, genome)
+        w, t = 1 / self.noise**2, 1 / self.spread**2
+        alpha = (shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]
+
+        def per_genome(values: np.ndarray) -> np.ndarray:
+            return np.bincount(d.index, values, minlength=k)
+
+        count, slope_sum = per_genome(np.ones_like(error)), per_genome(by_slope)
+        h_gg = np.empty((k, 2, 2))
+        h_gg[:, 0, 0], h_gg[:, 0, 1] = w * count, w * slope_sum
+        h_gg[:, 1, 0], h_gg[:, 1, 1] = w * slope_sum, w * per_genome(by_slope**2) + t
+        h_sg = np.zeros((k, 2, 2))
+        h_sg[:, 0, 0], h_sg[:, 0, 1] = w * per_genome(by_alpha), w * per_genome(by_alpha * by_slope)
+        h_sg[:, 1, 1] = -t
+        g_g = np.stack([w * per_genome(error), w * per_genome(by_slope * error) + t * deviation], 1)
+        h_ss = np.diag([w * float(by_alpha @ by_alpha) + 1 / ALPHA_PRIOR[1] ** 2, k * t])
+        g_s = np.array([w * float(by_alpha @ error) + alpha / ALPHA_PRIOR[1], -t * deviation.sum()])
+        cost = 0.5 * (w * float(error @ error) + t * float(deviation @ deviation) + alpha**2)
+        return (h_ss, h_sg, h_gg, g_s, g_g), cost
 
     def solve(self, shared: np.ndarray, genome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The MAP parameters from (shared, genome).
@@ -248,7 +246,7 @@ class _Problem:
                 blocks, cost = trial
                 damping *= max(1 / 3, 1 - (2 * gain / expected - 1) ** 3)
                 growth = 2.0
-                if gain <= 1e-10 * cost + 1e-12:
+                if gain <= CONVERGED * cost + 1e-12:
                     break
             else:
                 damping, growth = damping * growth, growth * 2
@@ -285,19 +283,14 @@ class _Covariance:
         )
 
 
-def _sum_by(index: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """values (n × …) summed by index into k × …."""
-    flat = values.reshape(len(values), -1)
-    sums = np.stack([np.bincount(index, flat[:, c], minlength=k) for c in range(flat.shape[1])], 1)
-    return sums.reshape((k, *values.shape[1:]))
-
-
 def _inverse_2x2(a: np.ndarray) -> np.ndarray:
     """The inverses of K 2 × 2 matrices (K × 2 × 2), by their adjugates: several times
     faster than np.linalg.inv's batched LU at this size."""
-    (p, q), (r, t) = a[:, 0].T, a[:, 1].T
-    adjugate = np.stack([np.stack([t, -q], 1), np.stack([-r, p], 1)], 1)
-    return adjugate / (p * t - q * r)[:, None, None]
+    inverse = np.empty_like(a)
+    inverse[:, 0, 0], inverse[:, 1, 1] = a[:, 1, 1], a[:, 0, 0]
+    inverse[:, 0, 1], inverse[:, 1, 0] = -a[:, 0, 1], -a[:, 1, 0]
+    inverse /= (a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0])[:, None, None]
+    return inverse
 
 
 def _schur(h_ss: np.ndarray, h_sg: np.ndarray, h_gg: np.ndarray, damping: float) -> Arrays:
@@ -305,9 +298,11 @@ def _schur(h_ss: np.ndarray, h_sg: np.ndarray, h_gg: np.ndarray, damping: float)
     per genome."""
     own_inv = _inverse_2x2(h_gg + damping * (h_gg * np.eye(2)) + 1e-12 * np.eye(2))
     cross_inv = h_sg @ own_inv
-    corner = (
-        h_ss + damping * np.diag(np.diag(h_ss)) - np.tensordot(cross_inv, h_sg, ([0, 2], [0, 2]))
-    )
+    # Σ_k cross_inv[k] · h_sg[k]ᵀ as one product of 2 × 2K matrices
+    k = len(h_sg)
+    left = cross_inv.transpose(1, 0, 2).reshape(2, 2 * k)
+    right = h_sg.transpose(1, 0, 2).reshape(2, 2 * k)
+    corner = h_ss + damping * np.diag(np.diag(h_ss)) - left @ right.T
     return corner, cross_inv, own_inv
 
 

@@ -53,19 +53,22 @@ RUN_STATUSES = tuple(status.value for status in RunStatus)
 TRIAL_STATUSES = tuple(status.value for status in TrialStatus)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back, in UTC: SQLite forgets the zone (the value was stored in
+    UTC), PostgreSQL gives it in its session's time zone."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp in UTC. SQLite forgets the zone, so values read back get it again;
-    PostgreSQL gives them in its session's time zone, so they are brought back to UTC."""
+    """A timestamp in UTC, read back in UTC whatever the database (`as_utc`)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return value
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        return None if value is None else as_utc(value)
 
 
 def status_check(table: str, values: tuple[str, ...]) -> CheckConstraint:

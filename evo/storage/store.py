@@ -69,6 +69,7 @@ from evo.storage.models import (
     SessionRow,
     TrialRow,
     ValidationRow,
+    as_utc,
 )
 from llm.errors import UserError
 
@@ -342,10 +343,7 @@ def _utc(value: str | datetime | None) -> datetime | None:
     session's zone."""
     if value is None:
         return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def _measured(values: dict[str, Any]) -> dict[str, Any]:

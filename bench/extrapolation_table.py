@@ -178,11 +178,13 @@ def far_target_case() -> Case:
     )
 
 
-def far_curves_cases(seed_noise: float) -> list[Case]:
+def far_curves() -> dict[int, list[float]]:
+    """The twelve sampled genomes' scores at FAR_BUDGETS, by genome (0: configs/tiny.yaml's)."""
+    return {row["index"]: row["wsd"]["scores"] for row in json.loads(Path(FAR_CURVES).read_text())}
+
+
+def far_curves_cases(scores: dict[int, list[float]], seed_noise: float) -> list[Case]:
     """The twelve sampled genomes, seen at three budgets or two, predicted at 4M."""
-    scores = {
-        row["index"]: row["wsd"]["scores"] for row in json.loads(Path(FAR_CURVES).read_text())
-    }
     everyone = sorted(scores)
     truth = {g: scores[g][3] for g in everyone}
     cases = []
@@ -195,10 +197,11 @@ def far_curves_cases(seed_noise: float) -> list[Case]:
     return cases
 
 
-def the_flip(far: Case) -> list[str]:
-    """configs/tiny.yaml's genome (the far target's genome 1, stopped at 222k) and the
-    search's pick, each predicted at 4M by the search's fit, and measured there."""
-    default = json.loads(Path(FAR_CURVES).read_text())[0]["wsd"]["scores"]
+def the_flip(far: Case, scores: dict[int, list[float]]) -> list[str]:
+    """configs/tiny.yaml's genome (the far target's genome 1, stopped at 222k; genome 0 of
+    `scores`) and the search's pick, each predicted at 4M by the search's fit, and
+    measured there."""
+    default = scores[0]
     curves = fit_curves(far.folds[0])
     pick = curves.rank(far.held_out[0], far.target)[0]
     lines = []
@@ -318,8 +321,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     ).parse_args()
     header = "| method | τ | ρ | MAE | bias | in 80% | width | κ | the fit's own check | CPU ms |"
-    far = far_target_case()
-    for case in [*table_cases(), *readme_cases(), far, *far_curves_cases(far.seed_noise)]:
+    far, sampled = far_target_case(), far_curves()
+    for case in [*table_cases(), *readme_cases(), far, *far_curves_cases(sampled, far.seed_noise)]:
         print(f"\n{case.name} (predict {case.target:,.0f}; seed noise {case.seed_noise:.3f})")
         print(header)
         print("| --- " * 10 + "|")
@@ -327,7 +330,7 @@ def main() -> None:
         print(row("law, noise given", evaluate(case, case.seed_noise)))
         print(row("law, noise not given", evaluate(case, None)))
     print("\nat 4M tokens, from the far target's search:")
-    print("\n".join(the_flip(far)))
+    print("\n".join(the_flip(far, sampled)))
     wall, cpu = fit_speed()
     print(
         f"\none fit, 100 genomes × 3 rungs (synthetic): {wall * 1000:.1f} ms wall, "

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -157,17 +158,17 @@ class _Problem:
 
     def residuals(self, shared: np.ndarray, genome: np.ndarray) -> np.ndarray:
         """Every residual: the scores' (over the noise), the slopes' prior's, α's prior's."""
-        error, _, _, deviation = self._parts(shared, genome)
-        alpha = (shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]
+        error, _, _, deviation, alpha = self._parts(shared, genome)
         return np.concatenate([error / self.noise, deviation / self.spread, [alpha]])
 
-    def _parts(self, shared: np.ndarray, genome: np.ndarray) -> Arrays:
+    def _parts(self, shared: np.ndarray, genome: np.ndarray) -> tuple[Any, ...]:
         """Each score's error and the law's derivatives there by log α and by the genome's
-        log s, and each genome's log s less μ."""
+        log s, each genome's log s less μ, and α's prior's residual."""
         d = self.data
         mine = genome[d.index]
         value, by_alpha, _, by_slope = _curve(d.x, shared[0], mine[:, 0], mine[:, 1])
-        return value - d.loss, by_alpha, by_slope, genome[:, 1] - shared[1]
+        alpha = (shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]
+        return value - d.loss, by_alpha, by_slope, genome[:, 1] - shared[1], alpha
 
     def normal(self, shared: np.ndarray, genome: np.ndarray) -> tuple[Arrays, float]:
         """The Gauss–Newton Hessian's blocks and the gradient, and the cost. Written out
@@ -175,9 +176,8 @@ class _Problem:
         parameters and (1, ∂/∂log s) by its genome's; a slope prior's is (0, −1/τ) and
         (0, 1/τ)), so that each block is a few sums per genome."""
         d, k = self.data, len(self.data.genomes)
-        error, by_alpha, by_slope, deviation = self._parts(shared, genome)
+        error, by_alpha, by_slope, deviation, alpha = self._parts(shared, genome)
         w, t = 1 / self.noise**2, 1 / self.spread**2
-        alpha = (shared[0] - math.log(ALPHA_PRIOR[0])) / ALPHA_PRIOR[1]
 
         def per_genome(values: np.ndarray) -> np.ndarray:
             return np.bincount(d.index, values, minlength=k)

@@ -90,6 +90,11 @@ def top_rung(trials: Trials, space: SearchSpace) -> list[TrialSummary]:
     return [t for t in trials if t.rung == top]
 
 
+def counted(trials: Trials, space: SearchSpace, stuck: set[int]) -> list[TrialSummary]:
+    """The trials at the top rung but the `stuck` ones (`stalled`): the scores that count."""
+    return [t for t in top_rung(trials, space) if t.trial_id not in stuck]
+
+
 def successful(
     trials: Iterable[TrialSummary], objectives: Sequence[Objective]
 ) -> list[TrialSummary]:

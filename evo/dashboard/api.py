@@ -23,10 +23,10 @@ from evo.summary import (
     ACTIVE,
     SUCCESS,
     Trials,
+    counted,
     pareto_front,
     rung_rows,
     stalled,
-    top_rung,
     worker_time,
 )
 
@@ -155,8 +155,7 @@ def json_value(value: Any, integer: bool = False) -> Any:
 
 def _finished(trials: Trials, info: RunInfo, space: SearchSpace) -> list[TrialSummary]:
     """The trials at the top rung that did not stall: the scores that count."""
-    stuck = stalled(trials, info.unigram_bits_per_byte)
-    return [t for t in top_rung(trials, space) if t.trial_id not in stuck]
+    return counted(trials, space, stalled(trials, info.unigram_bits_per_byte))
 
 
 def _best(

@@ -11,7 +11,7 @@ import pandas as pd
 from evo.report.frames import successful_trials, top_rung_rows
 from evo.space import Objective, SearchSpace
 from evo.storage import RunInfo, TrialSummary
-from evo.summary import SUCCESS, top_rung
+from evo.summary import SUCCESS, counted
 
 NO_SUCCESS = "No successful trials yet."
 
@@ -36,8 +36,7 @@ class Run:
     def finished_trials(self) -> list[TrialSummary]:
         """The trials at the top rung, but the stalled ones (of which `finished` is the
         successful), as `evo.summary` reads them."""
-        top = top_rung(self.trials, self.space)
-        return [t for t in top if t.trial_id not in self.stalled_ids]
+        return counted(self.trials, self.space, self.stalled_ids)
 
     @property
     def objectives(self) -> list[Objective]:

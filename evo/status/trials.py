@@ -18,6 +18,7 @@ from evo.summary import (
     ForecastSummary,
     Trials,
     anytime_curve,
+    counted,
     forecast_summary,
     pareto_front,
     rung_rows,
@@ -148,7 +149,7 @@ def _print_front(
     `table` their trials: the Pareto front for several objectives."""
     objectives = space.search.objectives
     top = top_rung(trials, space)
-    front = pareto_front([t for t in top if t.trial_id not in stuck], objectives)
+    front = pareto_front(counted(trials, space, stuck), objectives)
     stalled_count = sum(t.trial_id in stuck for t in top)
     where = " at the top rung" if len(space.rung_budgets()) > 1 else ""
     if not front:

@@ -10,16 +10,18 @@ ended; after a 503 it waits the Retry-After first) at 1, 4, 16 and 64 concurrent
 prompts of 16 to 256 tokens, 128 new tokens each (sampled at temperature 1; a random model
 may end one early with its end token). Per level and server: new tokens/s of all the
 answers, time to first token and time per output token (p50, p99), the answers by status
-(200 within 30 s, 503, 500), and the CPU seconds the server and this load generator used
-(they share the machine's cores). transformers' `generate` runs a static batch of the
-level's size (left-padded prompts of the same mix, 128 sampled tokens each), and beside it
-the server's continuous batcher on the same prompts in this process, without HTTP (`ours,
-no HTTP`: what the server's decoding costs, apart from serving). Last, the
-lone-request decode speed of the text path (batch-invariant: see docs/serving.md) beside
-the static decoder's, and the goals of issue 26 checked. Both servers compute on `llm
-serve`'s own number of threads (every core but one, which the HTTP server keeps) unless
-`--server-threads` says otherwise; transformers on `--threads` (2: every core, its
-default).
+(200 within 30 s, 503, 500), and the CPU seconds the server (with its engine's process)
+and this load generator used (they share the machine's cores). transformers' `generate`
+runs a static batch of the level's size (left-padded prompts of the same mix, 128 sampled
+tokens each), and beside it the server's continuous batcher on the same prompts in this
+process, without HTTP (`ours, no HTTP`: what the server's decoding costs, apart from
+serving). Last, the lone-request decode speed of the text path (batch-invariant: see
+docs/serving.md) beside the static decoder's, and the goals of issue 26 checked. Both
+servers decode in an engine process of their own (`llm serve`'s default; with
+`--thread-engine`, the batching server with its engine on a thread of the HTTP process
+too) on `llm serve`'s own number of threads (every core but one, which the HTTP server
+keeps) unless `--server-threads` says otherwise; transformers on `--threads` (2: every
+core, its default).
 
     python bench/serve_load.py              # both models: about 15 minutes on 2 cores
     python bench/serve_load.py --quick      # the tiny shape, short levels: a sanity check
@@ -76,6 +78,12 @@ def parse_args() -> argparse.Namespace:
         "--server-threads",
         type=int,
         help="`llm serve --threads` of both servers (default: serve's own, the cores less one)",
+    )
+    p.add_argument(
+        "--thread-engine",
+        action="store_true",
+        help="also the batching server with its engine on a thread of its HTTP process "
+        "(`llm serve --engine thread`)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -137,13 +145,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def llm_serve(
-    model_dir: Path, max_batch: int, queue_size: int, threads: int | None
+    model_dir: Path, max_batch: int, queue_size: int, threads: int | None, engine: str
 ) -> Iterator[tuple[str, int]]:
     """`llm serve` in a process of its own; its URL and process id."""
     port = free_port()
     command = [sys.executable, "-m", "llm.cli", "serve", str(model_dir), "--port", str(port)]
     command += ["--max-batch", str(max_batch), "--queue-size", str(queue_size), "--device", "cpu"]
     command += ["--threads", str(threads)] if threads else []
+    command += ["--engine", engine]
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -165,9 +174,15 @@ def llm_serve(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process `pid` so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time so far of process `pid` and the processes it started (the
+    server's engine runs in one of its own), on Linux."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if stat.parent.name == str(pid) or int(fields[1]) == pid:  # itself, a child
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -372,10 +387,16 @@ HEADER = (
 
 
 def serve_levels(
-    model_dir: Path, system: str, max_batch: int, prompts: list[Prompt], args: argparse.Namespace
+    model_dir: Path,
+    system: str,
+    max_batch: int,
+    prompts: list[Prompt],
+    args: argparse.Namespace,
+    engine: str = "process",
 ) -> dict[int, Level]:
     levels = {}
-    with llm_serve(model_dir, max_batch, args.queue_size, args.server_threads) as (url, pid):
+    server = llm_serve(model_dir, max_batch, args.queue_size, args.server_threads, engine)
+    with server as (url, pid):
         for clients in args.clients:
             level = Level(system, clients)
             asyncio.run(run_level(url, pid, prompts, level, args.seconds))
@@ -411,6 +432,8 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
     )
     print(HEADER, flush=True)
     batched = serve_levels(model_dir, "batched", args.max_batch, prompts, args)
+    if args.thread_engine:
+        serve_levels(model_dir, "batched, thread", args.max_batch, prompts, args, "thread")
     single = serve_levels(model_dir, "one-at-a-time", 1, prompts, args)
     torch.set_num_threads(args.threads)
     hf_model = LlamaForCausalLM.from_pretrained(export_hf(model_dir, folder / f"{preset}-hf"))

@@ -38,7 +38,14 @@ from typing import Any
 
 import torch
 
-from llm.generate import RowSampler, RowText, SamplingParams, TextDelta, generation_mode
+from llm.generate import (
+    RowSampler,
+    RowText,
+    SamplingParams,
+    TextDelta,
+    generation_mode,
+    pick_tokens,
+)
 from llm.model import KVCache, SlotCache, Transformer
 from llm.tokenizer import Tokenizer
 
@@ -186,13 +193,10 @@ class Batcher:
         self.cache.active = padded
         inputs = [row.token for row in rows] + [0] * (padded - len(rows))
         logits = self.model(torch.tensor(inputs, device=self.device)[:, None], self.cache)
-        logits = logits[: len(rows), -1]
-        argmax = logits.argmax(-1).tolist()  # one call for all the greedy rows
-        finished = []
-        for i, row in enumerate(rows):
-            token = argmax[i] if row.sampler.argmax else row.sampler.pick(logits[i : i + 1])
-            if self.accept(row, token, events):
-                finished.append(row)
+        tokens = pick_tokens([row.sampler for row in rows], logits[: len(rows), -1])
+        finished = [
+            row for row, token in zip(rows, tokens, strict=True) if self.accept(row, token, events)
+        ]
         for row in finished:
             self.release(row)
 

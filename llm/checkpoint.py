@@ -102,15 +102,33 @@ def load_model_dir(
     directory: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[Transformer, Tokenizer | None, ModelConfig]:
     """Read a model directory (or a checkpoint folder); the model comes in eval mode."""
+    config, tokenizer = read_model_dir(directory)
+    model = Transformer(config)
+    load_weights(model, Path(directory) / WEIGHTS_FILE)
+    return model.to(device).eval(), tokenizer, config
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model directory whose weights are not loaded yet: its config, and where `load`
+    puts them (so that another process, such as `llm serve`'s engine, loads its own)."""
+
+    path: Path
+    config: ModelConfig
+    device: str = "cpu"
+
+    def load(self) -> Transformer:
+        return load_model_dir(self.path, self.device)[0]
+
+
+def read_model_dir(directory: str | Path) -> tuple[ModelConfig, Tokenizer | None]:
+    """A model directory's config and tokenizer, without its weights."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such model directory")
     config = read_model_config(directory)
-    model = Transformer(config)
-    load_weights(model, directory / WEIGHTS_FILE)
     tokenizer_dir = directory / TOKENIZER_DIR
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    return model.to(device).eval(), tokenizer, config
+    return config, load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
 
 
 def read_model_config(directory: Path) -> ModelConfig:

@@ -288,6 +288,13 @@ def add_serve(cli: CommandLine) -> None:
         help="CPU threads for the model's arithmetic (default: OMP_NUM_THREADS where set, "
         "else every core but one, which the HTTP server keeps)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=["process", "thread"],
+        default="process",
+        help="where the model decodes: a process of its own (default), or a thread of the "
+        "HTTP server's process (which then shares Python's lock with it)",
+    )
 
 
 def add_overrides_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
@@ -607,6 +614,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         model_name=args.model_name,
         threads=args.threads,
+        engine=args.engine,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llm.config import ModelConfig
 from llm.errors import ConfigError, UserError
 from llm.model import KVCache, Transformer
 from llm.tokenizer import Tokenizer
@@ -80,9 +81,14 @@ def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
     whose cumulative probability passes a uniform draw (inverse CDF; torch.multinomial
     does the same job 4 to 12 times slower on a CPU, for 2k to 32k tokens). An index of
     probability 0 is never drawn: its cumulative probability equals its predecessor's."""
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)
+    return draw_at(probs, uniform)
+
+
+def draw_at(probs: Tensor, uniform: Tensor) -> Tensor:
+    """`draw` with its uniform numbers (batch, 1) given: row i's from `uniform[i]`."""
     cumulative = probs.cumsum(dim=-1)
     total = cumulative[:, -1:].contiguous()  # searchsorted copies a strided input, and warns
-    uniform = torch.rand(total.shape, generator=generator, device=probs.device)
     index = torch.searchsorted(cumulative, uniform.to(total.dtype) * total, right=True)
     # Where rounding takes the draw to the total itself: the last index that adds to it.
     return torch.minimum(index, torch.searchsorted(cumulative, total)).squeeze(-1)
@@ -122,6 +128,13 @@ class RowSampler:
         """Whether the token is the plain argmax of the logits (greedy, no penalty)."""
         return self.params.temperature == 0 and self.seen is None
 
+    @property
+    def settings(self) -> tuple[float, int | None, float] | None:
+        """What rows sampled together must share (None: this row samples on its own)."""
+        if self.seen is not None or self.params.temperature == 0:
+            return None
+        return self.params.temperature, self.params.top_k, self.params.top_p
+
     def pick(self, logits: Tensor) -> int:
         """The next token from this row's logits (1, vocab)."""
         if self.seen is not None:
@@ -130,6 +143,33 @@ class RowSampler:
         if self.seen is not None:
             self.seen[0, token] = True
         return token
+
+
+def pick_tokens(samplers: Sequence[RowSampler], logits: Tensor) -> list[int]:
+    """The next token of every row of `logits` (rows, vocab), row i with `samplers[i]`.
+    Rows whose samplers share their settings are sampled in one pass, each with a uniform
+    number from its own generator; the greedy rows take one argmax. Every operation
+    treats each row on its own, so a row's token is the one it gets alone."""
+    tokens = logits.argmax(-1).tolist()
+    groups: dict[tuple[float, int | None, float], list[int]] = {}
+    for i, sampler in enumerate(samplers):
+        settings = sampler.settings
+        if settings is not None:
+            groups.setdefault(settings, []).append(i)
+        elif not sampler.argmax:  # a repetition penalty: its own logits
+            tokens[i] = sampler.pick(logits[i : i + 1])
+    for (temperature, top_k, top_p), rows in groups.items():
+        chosen = logits[rows] if len(rows) < len(samplers) else logits
+        filtered = filter_logits(chosen.float() / temperature, top_k, top_p)
+        uniform = torch.cat(
+            [
+                torch.rand((1, 1), generator=samplers[i].generator, device=logits.device)
+                for i in rows
+            ]
+        )
+        for i, token in zip(rows, draw_at(filtered.softmax(dim=-1), uniform).tolist(), strict=True):
+            tokens[i] = token
+    return tokens
 
 
 @contextlib.contextmanager
@@ -155,9 +195,8 @@ def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
     return torch.where(seen, penalized, logits)
 
 
-def check_prompt(model: Transformer, prompt_ids: Sequence[int], name: str = "the prompt") -> None:
+def check_prompt(config: ModelConfig, prompt_ids: Sequence[int], name: str = "the prompt") -> None:
     """Refuse a prompt that cannot be continued: empty, over the context, or off-vocabulary."""
-    config = model.config
     if len(prompt_ids) == 0:
         raise UserError(f"{name} is empty: generation needs at least one token")
     if len(prompt_ids) > config.max_seq_len:
@@ -200,7 +239,7 @@ class BatchDecoder:
         if not prompts:
             raise UserError("no prompts to generate from")
         for i, prompt in enumerate(prompts):
-            check_prompt(model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
+            check_prompt(model.config, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
         self.model, self.params, self.use_cache = model, params, use_cache
         device = next(model.parameters()).device
         width = max(len(prompt) for prompt in prompts)
@@ -391,7 +430,7 @@ def stream_completions(
     if not prompts:
         raise UserError("no prompts to generate from")
     for i, prompt in enumerate(prompts):
-        check_prompt(model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
+        check_prompt(model.config, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}")
     batcher = Batcher(model, tokenizer, max_batch=min(len(prompts), DEFAULT_MAX_BATCH))
     for i, prompt in enumerate(prompts):
         batcher.add(prompt, params, index=i)

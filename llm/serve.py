@@ -1,16 +1,17 @@
 """An OpenAI-compatible HTTP server for one model: `POST /v1/completions`,
 `POST /v1/chat/completions`, `GET /v1/models` (and `/v1/models/{id}`) and `GET /health`.
 
-One worker thread runs the model with continuous batching (`llm.batching`): every step it
-admits waiting requests into the running decode batch (up to `max_batch` rows; each prompt
-of a request is a row), decodes one token for all of them in one forward pass, and retires
-the finished ones at once. A request's text is the same as it would be alone (greedy, or
-sampled with a seed). Requests that find the batch full wait in a bounded queue; when that
-is full too the server answers 503 with Retry-After at once. The worker hands each step's
-text pieces to the event loop as they are made, so a streamed response never blocks the
-loop; a client that disconnects has its rows dropped within a step, and a request it left
-waiting is skipped. On SIGTERM (or Ctrl-C) new requests get 503 while those in flight
-finish, for up to `DRAIN_S` seconds; the rest are then ended with a 503.
+One worker runs the model with continuous batching (`llm.batching`), in a process of its
+own (`llm.serve_process`; `llm serve --engine thread` keeps it on a thread of this one):
+every step it admits waiting requests into the running decode batch (up to `max_batch`
+rows; each prompt of a request is a row), decodes one token for all of them in one forward
+pass, and retires the finished ones at once. A request's text is the same as it would be
+alone (greedy, or sampled with a seed). Requests that find the batch full wait in a bounded
+queue; when that is full too the server answers 503 with Retry-After at once. The worker
+hands each step's text pieces to the event loop as they are made, so a streamed response
+never blocks the loop; a client that disconnects has its rows dropped within a step, and
+a request it left waiting is skipped. On SIGTERM (or Ctrl-C) new requests get 503 while
+those in flight finish, for up to `DRAIN_S` seconds; the rest are then ended with a 503.
 
 `/v1/completions` takes OpenAI's fields `model` (optional; must name the served model),
 `prompt` (a string, a list of strings, a list of token ids or a list of such lists),
@@ -59,7 +60,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import torch
 import uvicorn
@@ -70,7 +71,8 @@ from starlette.exceptions import HTTPException
 
 from llm.batching import DEFAULT_MAX_BATCH, PREFILL_CHUNK, Batcher, Row
 from llm.chat import ChatTemplate, Turn, load_chat_template, read_messages
-from llm.checkpoint import load_model_dir
+from llm.checkpoint import ModelFolder, read_model_dir
+from llm.config import ModelConfig
 from llm.device import resolve_device
 from llm.errors import CheckpointError, ConfigError, UserError
 from llm.generate import SamplingParams, TextDelta, check_prompt, truncate_prompt
@@ -78,7 +80,13 @@ from llm.model import Transformer
 from llm.net import is_loopback, listening_socket
 from llm.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from llm.serve_process import ProcessWorker
+
 log = logging.getLogger(__name__)
+
+# Where the model decodes: a thread of the server's process, or a process of its own.
+Engine = Literal["thread", "process"]
 
 API_KEY_ENV = "LLM_API_KEY"
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -128,6 +136,10 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole, as the engine's process sends it (Exception would keep only `args`).
+        return (restore_api_error, (self.status, self.message, self.param, self.code, self.headers))
+
     def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
@@ -135,6 +147,16 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def restore_api_error(
+    status: int,
+    message: str,
+    param: str | None,
+    code: str | None,
+    headers: dict[str, str] | None,
+) -> APIError:
+    return APIError(status, message, param=param, code=code, headers=headers)
 
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -305,6 +327,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 # What the worker hands the event loop: a piece of text, an error, or None when it is done.
 JobEvent = TextDelta | APIError | None
+# Where the worker hands a step's events: to the jobs' event loops (`emit_all`), or to the
+# pipe of the engine's process (`llm.serve_process`).
+Sink = Callable[[list[tuple[Any, JobEvent]]], None]
 
 
 @dataclass(eq=False)
@@ -317,13 +342,13 @@ class Job:
     events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     watcher: asyncio.Task[None] | None = None
+    on_cancel: Callable[[], None] | None = None  # tells a worker in another process
 
-    def emit(self, event: JobEvent) -> None:
-        """Hand `event` to the event loop (called on the worker thread)."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody waits for this job any more
+    def mark_cancelled(self) -> None:
+        if not self.cancelled.is_set():
             self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
 
     async def deltas(self) -> AsyncIterator[TextDelta]:
         """The text pieces as they come; leaving early cancels the generation."""
@@ -344,10 +369,10 @@ class Job:
         # sends one once the response is complete, which ends this task).
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        self.cancelled.set()
+        self.mark_cancelled()
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        self.mark_cancelled()
         if self.watcher is not None:
             self.watcher.cancel()
 
@@ -356,7 +381,9 @@ class GenerationWorker:
     """Runs every job on one continuous batcher (`llm.batching`), on a thread of its own:
     a job's prompts join the running decode batch as soon as there is room (`max_batch`
     rows decode together) and leave it the step they finish. `queue_size` jobs may wait
-    for room; `start`, `drain` and `stop` follow the server's life."""
+    for room (0: any number); `start`, `drain` and `stop` follow the server's life. A job
+    is anything with `prompts`, `params` and a `cancelled` event; each step's events go to
+    `sink`, and `admitted` hears of each job that leaves the queue."""
 
     def __init__(
         self,
@@ -366,16 +393,22 @@ class GenerationWorker:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         prefill_budget: int = PREFILL_CHUNK,
+        sink: Sink | None = None,
+        admitted: Callable[[Any], None] | None = None,
     ) -> None:
+        self.sink = sink or emit_all
+        self.admitted = admitted
         self.queue_size = queue_size
         self.batcher = Batcher(model, tokenizer, max_batch=max_batch, prefill_budget=prefill_budget)
-        self.jobs: queue.Queue[Job | None] = queue.Queue(queue_size)
+        self.jobs: queue.Queue[Any] = queue.Queue(queue_size)
         self.lock = threading.Lock()  # a submit never races a stop or a drain
         self.thread: threading.Thread | None = None
         self.deadline: float | None = None  # set by `drain`: when to give up on the jobs
-        self.running: dict[Job, set[Row]] = {}  # each admitted job's unfinished rows
+        self.running: dict[Any, set[Row]] = {}  # each admitted job's unfinished rows
 
     def start(self) -> None:
+        if self.thread is not None:  # started already (`serve` starts it before uvicorn)
+            return
         self.thread = threading.Thread(target=self.serve_jobs, name="llm-generation", daemon=True)
         self.thread.start()
 
@@ -390,6 +423,10 @@ class GenerationWorker:
     def draining(self) -> bool:
         return self.deadline is not None
 
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
     def stop(self) -> None:
         with self.lock:
             thread, self.thread = self.thread, None
@@ -397,11 +434,10 @@ class GenerationWorker:
                 return
             abandoned = self.take_waiting()
             self.jobs.put_nowait(None)  # there is room: the queue was just emptied
-        for job in abandoned:
-            job.emit(shutting_down())
+        self.sink([(job, shutting_down()) for job in abandoned])
         thread.join()
 
-    def take_waiting(self) -> list[Job]:
+    def take_waiting(self) -> list[Any]:
         jobs = []
         while not self.jobs.empty():
             job = self.jobs.get_nowait()
@@ -409,7 +445,7 @@ class GenerationWorker:
                 jobs.append(job)
         return jobs
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Any) -> None:
         with self.lock:
             if self.thread is None:
                 raise APIError(503, "the server is not running", code="not_running")
@@ -448,8 +484,10 @@ class GenerationWorker:
                 return True
             if job is None:
                 return False
+            if self.admitted is not None:
+                self.admitted(job)
             if job.cancelled.is_set():
-                job.emit(None)  # a plain (not streamed) reply may still wait for its end
+                self.sink([(job, None)])  # a plain (not streamed) reply may still wait for its end
                 continue
             self.running[job] = {
                 batcher.add(prompt, job.params, index=i, owner=job)
@@ -459,16 +497,17 @@ class GenerationWorker:
 
     def drop_cancelled(self) -> None:
         """Free the rows of the jobs whose clients went away."""
-        for job in [job for job in self.running if job.cancelled.is_set()]:
+        cancelled = [job for job in self.running if job.cancelled.is_set()]
+        for job in cancelled:
             for row in self.running.pop(job):
                 self.batcher.cancel(row)
-            job.emit(None)
+        if cancelled:
+            self.sink([(job, None) for job in cancelled])
 
     def end_all(self, error: APIError) -> None:
         """End every job, admitted or waiting, with `error`."""
         self.batcher.clear()
-        for job in [*self.running, *self.take_waiting()]:
-            job.emit(error)
+        self.sink([(job, error) for job in [*self.running, *self.take_waiting()]])
         self.running.clear()
 
     def step(self) -> None:
@@ -477,11 +516,12 @@ class GenerationWorker:
         except Exception as err:
             log.exception("generation failed")
             failure = APIError(500, f"generation failed: {err}", code="generation_failed")
-            for job in {row.owner for row in self.batcher.clear()}:
+            failed = {row.owner for row in self.batcher.clear()}
+            for job in failed:
                 self.running.pop(job, None)
-                job.emit(failure)
+            self.sink([(job, failure) for job in failed])
             return
-        out: list[tuple[Job, JobEvent]] = []
+        out: list[tuple[Any, JobEvent]] = []
         for row, delta in events:
             job = row.owner
             out.append((job, delta))
@@ -491,7 +531,8 @@ class GenerationWorker:
                 if not rows:
                     del self.running[job]
                     out.append((job, None))
-        emit_all(out)
+        if out:
+            self.sink(out)
 
 
 def shutting_down() -> APIError:
@@ -614,16 +655,16 @@ class CompletionServer:
 
     def __init__(
         self,
-        model: Transformer,
+        config: ModelConfig,
         tokenizer: Tokenizer,
         *,
         model_name: str,
         max_tokens_limit: int,
         max_prompts: int,
-        worker: GenerationWorker,
+        worker: GenerationWorker | ProcessWorker,
         template: ChatTemplate,
     ) -> None:
-        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.config, self.tokenizer, self.model_name = config, tokenizer, model_name
         self.template = template
         self.max_tokens_limit, self.max_prompts, self.worker = max_tokens_limit, max_prompts, worker
         self.created = int(time.time())
@@ -632,6 +673,8 @@ class CompletionServer:
         waiting = self.worker.waiting()
         if self.worker.draining:  # so that a load balancer sends no more requests here
             return JSONResponse({"status": "shutting_down", "waiting": waiting}, status_code=503)
+        if not self.worker.alive:  # the engine's process died: a supervisor should restart us
+            return JSONResponse({"status": "engine_stopped", "waiting": waiting}, status_code=503)
         return JSONResponse({"status": "ok", "waiting": waiting})
 
     async def list_models(self) -> dict[str, Any]:
@@ -685,7 +728,7 @@ class CompletionServer:
         system, turns, message = body.conversation()
         prompt = self.tokenizer.encode(self.template.render(turns, message, system))
         try:
-            check_prompt(self.model, prompt, "the conversation")
+            check_prompt(self.config, prompt, "the conversation")
         except UserError as err:
             raise APIError(
                 400, str(err), param="messages", code="context_length_exceeded"
@@ -749,7 +792,7 @@ class CompletionServer:
                 f"{self.max_prompts}",
                 param="prompt",
             )
-        context = self.model.config.max_seq_len
+        context = self.config.max_seq_len
         if body.truncate:
             # With max_tokens null (the server's ceiling) a small context would keep only
             # the prompt's last token; then keep half of the context for the prompt.
@@ -760,7 +803,7 @@ class CompletionServer:
         for i, prompt in enumerate(prompts):
             try:
                 check_prompt(
-                    self.model, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}"
+                    self.config, prompt, "the prompt" if len(prompts) == 1 else f"prompt {i}"
                 )
             except UserError as err:
                 if len(prompt) <= context:
@@ -840,7 +883,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def build_app(
-    model: Transformer,
+    model: Transformer | ModelFolder,
     tokenizer: Tokenizer,
     *,
     model_name: str,
@@ -851,9 +894,14 @@ def build_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     prefill_budget: int = PREFILL_CHUNK,
     template: ChatTemplate | None = None,
+    engine: Engine = "thread",
+    threads: int = 1,
 ) -> FastAPI:
-    """The server's app. Its worker thread runs while the app's lifespan does (uvicorn, or
-    a `TestClient` used as a context manager); `app.state.worker` is the worker."""
+    """The server's app. Its worker runs while the app's lifespan does (uvicorn, or a
+    `TestClient` used as a context manager); `app.state.worker` is the worker: on a thread
+    of this process, or (`engine` "process") in a process of its own that computes on
+    `threads` threads (`llm.serve_process`). A `ModelFolder` is loaded by the worker's
+    process (a `Transformer` is passed to it through shared memory)."""
     problems = [
         f"{name} must be at least 1 (got {value})"
         for name, value in [
@@ -869,11 +917,25 @@ def build_app(
         problems.append("the API key must not be empty")
     if problems:
         raise ConfigError("serve: " + "; ".join(problems))
-    worker = GenerationWorker(
-        model, tokenizer, queue_size, max_batch=max_batch, prefill_budget=prefill_budget
-    )
+    worker: GenerationWorker | ProcessWorker
+    if engine == "process":
+        from llm.serve_process import ProcessWorker  # it builds on this module
+
+        worker = ProcessWorker(
+            model,
+            tokenizer,
+            queue_size,
+            threads=threads,
+            max_batch=max_batch,
+            prefill_budget=prefill_budget,
+        )
+    else:
+        loaded = model.load() if isinstance(model, ModelFolder) else model
+        worker = GenerationWorker(
+            loaded, tokenizer, queue_size, max_batch=max_batch, prefill_budget=prefill_budget
+        )
     server = CompletionServer(
-        model,
+        model.config,
         tokenizer,
         model_name=model_name,
         max_tokens_limit=max_tokens_limit,
@@ -926,22 +988,27 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     model_name: str | None = None,
     threads: int | None = None,
+    engine: Engine = "process",
 ) -> None:
     """Serve the model in `model_dir` until interrupted (SIGTERM or Ctrl-C: the requests in
     flight finish first, new ones get 503). Without `api_key`, the value of the environment
     variable LLM_API_KEY (when set and not empty) is the key; the model is named after its
-    folder unless `model_name` says otherwise. `threads`: see `serving_threads`."""
+    folder unless `model_name` says otherwise. `threads`: see `serving_threads`; the
+    engine decodes in a process of its own unless `engine` is "thread"."""
     api_key = resolve_api_key(api_key)
-    torch.set_num_threads(serving_threads(threads))
+    compute_threads = serving_threads(threads)
+    # With the engine in its own process, this one only parses, encodes and streams.
+    torch.set_num_threads(compute_threads if engine == "thread" else 1)
     if api_key is None and not is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach it may use it", host)
     # Bound before the model loads, so that a busy port fails at once.
     with listening_socket(host, port) as sock:
-        model, tokenizer, _ = load_model_dir(model_dir, device=resolve_device(device, "--device"))
+        config, tokenizer = read_model_dir(model_dir)
         if tokenizer is None:
             raise CheckpointError(f"{model_dir}: no tokenizer/ (needed to read prompts)")
+        folder = ModelFolder(Path(model_dir), config, str(resolve_device(device, "--device")))
         app = build_app(
-            model,
+            folder,
             tokenizer,
             model_name=model_name or Path(model_dir).resolve().name,
             api_key=api_key,
@@ -949,11 +1016,14 @@ def serve(
             queue_size=queue_size,
             max_batch=max_batch,
             template=load_chat_template(Path(model_dir)),
+            engine=engine,
+            threads=compute_threads,
         )
-        config = uvicorn.Config(
+        app.state.worker.start()  # the weights load now: a bad file stops here, not in uvicorn
+        server = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S
         )
-        DrainingServer(config, app.state.worker).run(sockets=[sock])
+        DrainingServer(server, app.state.worker).run(sockets=[sock])
 
 
 def serving_threads(threads: int | None) -> int:
@@ -974,7 +1044,7 @@ def serving_threads(threads: int | None) -> int:
 class DrainingServer(uvicorn.Server):
     """uvicorn, whose stop signal (SIGTERM, Ctrl-C) first tells the worker to drain."""
 
-    def __init__(self, config: uvicorn.Config, worker: GenerationWorker) -> None:
+    def __init__(self, config: uvicorn.Config, worker: GenerationWorker | ProcessWorker) -> None:
         super().__init__(config)
         self.worker = worker
 

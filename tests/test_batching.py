@@ -474,9 +474,15 @@ def test_serve_passes_max_batch_to_the_worker_and_sets_its_threads(tmp_path, mon
         uvicorn.Server, "run", lambda server, sockets: served.update(app=server.config.app)
     )
     monkeypatch.setattr(torch, "set_num_threads", lambda n: served.update(threads=n))
-    serve(tmp_path / "flat", port=0, device="cpu", max_batch=3, threads=2)
+    serve(tmp_path / "flat", port=0, device="cpu", max_batch=3, threads=2, engine="thread")
+    served["app"].state.worker.stop()
     assert served["app"].state.worker.batcher.max_batch == 3
     assert served["threads"] == 2
+    # The engine's own process computes on the threads; this one keeps one for itself.
+    serve(tmp_path / "flat", port=0, device="cpu", max_batch=3, threads=2)
+    worker = served["app"].state.worker
+    worker.stop()
+    assert (worker.max_batch, worker.threads, served["threads"]) == (3, 2, 1)
 
 
 def test_serving_keeps_a_core_for_the_http_server_unless_told(monkeypatch):

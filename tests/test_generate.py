@@ -8,6 +8,7 @@ import torch
 from llm.config import ModelConfig
 from llm.errors import ConfigError, UserError
 from llm.generate import (
+    RowSampler,
     RowText,
     SamplingParams,
     complete,
@@ -17,6 +18,7 @@ from llm.generate import (
     generate,
     generate_batch,
     penalize_repetition,
+    pick_tokens,
     sample_next_token,
     stream_completions,
     truncate_prompt,
@@ -362,3 +364,27 @@ def test_a_cancelled_stream_ends_before_the_next_step() -> None:
     assert all(delta.finish_reason is None for delta in deltas)
     full = complete(model, tokenizer, prompt, params)[0].text
     assert full.startswith("".join(delta.text for delta in deltas))
+
+
+def test_rows_sampled_together_draw_the_tokens_they_draw_alone():
+    # Greedy, two temperatures, top-k, top-p, and a repetition penalty, several rows each.
+    settings = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=0.7, seed=2),
+        SamplingParams(temperature=1.0, top_k=5, seed=3),
+        SamplingParams(temperature=1.3, top_p=0.8, seed=4),
+        SamplingParams(temperature=1.0, repetition_penalty=1.5, seed=5),
+    ]
+    rows = [settings[i % len(settings)] for i in range(15)]
+    logits = torch.randn(len(rows), 300, generator=torch.Generator().manual_seed(0)) * 3
+
+    def samplers() -> list[RowSampler]:
+        return [RowSampler(p, [7, 8], i, 300, "cpu") for i, p in enumerate(rows)]
+
+    together, alone = samplers(), samplers()
+    for _ in range(5):  # the generators move on the same way in both
+        expected = [s.pick(logits[i : i + 1]) for i, s in enumerate(alone)]
+        assert pick_tokens(together, logits) == expected
+    assert len({tuple(pick_tokens(samplers(), logits)) for _ in range(2)}) == 1
+    assert len(set(expected)) > 3  # the rows did not all fall on one token

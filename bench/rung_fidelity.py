@@ -14,7 +14,10 @@ Prints, for each rung and schedule, Spearman's ρ and Kendall's τ between the g
 scores at that rung and at the target under the same schedule; the median target score
 of each schedule (which trains the better final models); and the compute each spent.
 With `--genome` (repeatable) the genomes are the ones given instead, and every genome's
-scores are printed, rung by rung.
+scores are printed, rung by rung. With `--out`, each genome's scores are written there as
+it finishes (the file replaced whole each time), and a run started again with the same
+arguments and file trains only the genomes the file lacks: a long run cut off keeps what
+it measured.
 
     python bench/rung_fidelity.py --genomes 16
     python bench/rung_fidelity.py --schedules wsd \
@@ -34,7 +37,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any
 
@@ -47,6 +50,7 @@ from evo.executor import execute_job
 from evo.operators import initial_population, to_genome
 from evo.search.trials import make_job
 from evo.space import SearchSpace, load_space
+from llm.atomic import write_json
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--out", help="write every genome's scores here as JSON")
+    p.add_argument("--out", help="write every genome's scores here as JSON (and resume from it)")
     p.add_argument(
         "--genome",
         dest="genomes_given",
@@ -147,6 +151,22 @@ def correlations(rows: list[dict], schedule: str, rung: int) -> tuple[float, flo
     return stats.spearmanr(low, target)[0], stats.kendalltau(low, target)[0], len(pairs)
 
 
+def measured_rows(out: str | None, genomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows `out` holds already (none when there is no such file), each checked to be
+    of the genome this run gives its index."""
+    if out is None or not os.path.exists(out):
+        return []
+    with open(out, encoding="utf-8") as f:
+        rows = json.load(f)
+    for row in rows:
+        index = row["index"]
+        if index >= len(genomes) or row["genes"] != genomes[index]:
+            raise SystemExit(f"{out}: genome {index} is not this run's; give another --out")
+    if rows:
+        print(f"{len(rows)} genomes already measured in {out}")
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     space = ladder_space(args)
@@ -158,12 +178,19 @@ def main() -> None:
         population = initial_population(space, vocab, args.genomes)
         genomes = [to_genome(space, individual) for individual in population]
     started = time.perf_counter()
+    rows = measured_rows(args.out, genomes)
     context = get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        rows = list(pool.map(run_genome, [args] * len(genomes), range(len(genomes)), genomes))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        done = {row["index"] for row in rows}
+        futures = [
+            pool.submit(run_genome, args, index, genes)
+            for index, genes in enumerate(genomes)
+            if index not in done
+        ]
+        for future in as_completed(futures):
+            rows = sorted([*rows, future.result()], key=lambda row: row["index"])
+            if args.out:
+                write_json(args.out, rows)
     budgets = [next(iter(b.values())) for b in space.rung_budgets()]
     unit = next(iter(space.rung_budgets()[0])).removeprefix("max_")
     print(f"{len(rows)} genomes of {args.space}, {time.perf_counter() - started:.0f} s")

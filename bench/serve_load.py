@@ -6,7 +6,9 @@ preset, both with a context of 512 (prompts of up to 256 tokens, 128 new tokens,
 template's words), each with a BPE tokenizer of its preset's vocabulary trained on
 builtin:python-docs. Closed-loop clients (each sends its next request when its last one
 ended; after a 503 it waits the Retry-After first) at 1, 4, 16 and 64 concurrent, for
-`--seconds` per level, stream chat and completions requests from a fixed seeded mix of
+`--seconds` per level (every system at a level, then the next level, so that a machine
+whose speed drifts over the run moves the systems of one level alike), stream chat and
+completions requests from a fixed seeded mix of
 prompts of 16 to 256 tokens, 128 new tokens each (sampled at temperature 1; a random model
 may end one early with its end token). Per level and server: new tokens/s of all the
 answers, time to first token and time per output token (p50, p99), the answers by status
@@ -386,33 +388,23 @@ HEADER = (
 )
 
 
-def serve_levels(
-    model_dir: Path,
-    system: str,
-    max_batch: int,
-    prompts: list[Prompt],
-    args: argparse.Namespace,
-    engine: str = "process",
-) -> dict[int, Level]:
-    levels = {}
-    server = llm_serve(model_dir, max_batch, args.queue_size, args.server_threads, engine)
-    with server as (url, pid):
-        for clients in args.clients:
-            level = Level(system, clients)
-            asyncio.run(run_level(url, pid, prompts, level, args.seconds))
-            figures = served_figures(level)
-            print(
-                f"{clients:7d} {system:<15} {figures.row()}  "
-                f"{level.server_cpu_s:8.1f} / {level.load_cpu_s:5.1f}   {statuses(level)}",
-                flush=True,
-            )
-            levels[clients] = level
-        alive = httpx.get(f"{url}/health", timeout=5).status_code == 200
-        print(f"{'':7} {system:<15} alive after the last level: {alive}", flush=True)
-    return levels
+def serve_level(
+    url: str, pid: int, system: str, clients: int, prompts: list[Prompt], args: argparse.Namespace
+) -> Level:
+    level = Level(system, clients)
+    asyncio.run(run_level(url, pid, prompts, level, args.seconds))
+    print(
+        f"{clients:7d} {system:<15} {served_figures(level).row()}  "
+        f"{level.server_cpu_s:8.1f} / {level.load_cpu_s:5.1f}   {statuses(level)}",
+        flush=True,
+    )
+    return level
 
 
 def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespace) -> None:
+    """Every system at one level, then the next level: the servers run side by side (each
+    idle while another is measured), so that a machine whose speed drifts over the run
+    moves every system of a level alike."""
     from transformers import LlamaForCausalLM
     from transformers.utils import logging
 
@@ -431,22 +423,40 @@ def compare(preset: str, folder: Path, texts: list[str], args: argparse.Namespac
         flush=True,
     )
     print(HEADER, flush=True)
-    batched = serve_levels(model_dir, "batched", args.max_batch, prompts, args)
+    systems = [("batched", args.max_batch, "process"), ("one-at-a-time", 1, "process")]
     if args.thread_engine:
-        serve_levels(model_dir, "batched, thread", args.max_batch, prompts, args, "thread")
-    single = serve_levels(model_dir, "one-at-a-time", 1, prompts, args)
+        systems.insert(1, ("batched, thread", args.max_batch, "thread"))
     torch.set_num_threads(args.threads)
     hf_model = LlamaForCausalLM.from_pretrained(export_hf(model_dir, folder / f"{preset}-hf"))
     hf_model.eval()
+    served: dict[str, dict[int, Level]] = {system: {} for system, _, _ in systems}
     hf = {}
-    for clients in args.clients:
-        hf[clients] = hf_figures(hf_model, prompts, clients)
-        print(f"{clients:7d} {'transformers':<15} {hf[clients].row()}  (static batch)", flush=True)
-        rate = batcher_tokens_per_s(model, tokenizer, prompts[:clients])
-        print(f"{clients:7d} {'ours, no HTTP':<15} {rate:9.0f}  (continuous batching)", flush=True)
+    with contextlib.ExitStack() as stack:
+        servers = {
+            system: stack.enter_context(
+                llm_serve(model_dir, max_batch, args.queue_size, args.server_threads, engine)
+            )
+            for system, max_batch, engine in systems
+        }
+        for clients in args.clients:
+            for system, (url, pid) in servers.items():
+                served[system][clients] = serve_level(url, pid, system, clients, prompts, args)
+            hf[clients] = hf_figures(hf_model, prompts, clients)
+            print(
+                f"{clients:7d} {'transformers':<15} {hf[clients].row()}  (static batch)",
+                flush=True,
+            )
+            rate = batcher_tokens_per_s(model, tokenizer, prompts[:clients])
+            print(
+                f"{clients:7d} {'ours, no HTTP':<15} {rate:9.0f}  (continuous batching)",
+                flush=True,
+            )
+        for system, (url, _) in servers.items():
+            alive = httpx.get(f"{url}/health", timeout=5).status_code == 200
+            print(f"{'':7} {system:<15} alive after the last level: {alive}", flush=True)
     text, static = lone_decode_speeds(model_dir)
     print(f"lone greedy decode: text path {text:.0f} tok/s, static decoder {static:.0f} tok/s")
-    check_goals(batched, single, hf)
+    check_goals(served["batched"], served["one-at-a-time"], hf)
 
 
 def check_goals(

@@ -99,9 +99,12 @@ def engine_main(
         while (message := conn.recv())[0] != "stop":
             kind, *args = message
             if kind == "submit":
-                key, prompts, params = args
-                jobs[key] = RemoteJob(key, prompts, params)
-                worker.submit(jobs[key])
+                job = RemoteJob(*args)
+                jobs[job.key] = job
+                try:
+                    worker.submit(job)
+                except APIError as err:  # draining already: a drain overtook this job
+                    sink([(job, err)])
             elif kind == "cancel" and args[0] in jobs:
                 jobs[args[0]].cancelled.set()
             elif kind == "drain":

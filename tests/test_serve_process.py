@@ -189,7 +189,7 @@ def test_a_dead_engine_ends_its_jobs_with_503_and_refuses_new_ones():
 
 
 def test_drain_refuses_new_jobs_and_stop_ends_the_running_ones():
-    async def drain_then_stop() -> tuple[APIError, list[Any], bool]:
+    async def drain_then_stop() -> tuple[APIError, Any, list[Any], bool]:
         worker = ProcessWorker(model_of(512), TOKENIZER, 2, threads=1)
         worker.start()
         job = long_job(asyncio.get_running_loop())
@@ -198,12 +198,18 @@ def test_drain_refuses_new_jobs_and_stop_ends_the_running_ones():
         worker.drain(60)
         with pytest.raises(APIError) as refused:
             worker.submit(long_job(asyncio.get_running_loop()))
+        # A drain (a signal handler) that came between a submit's check and its message:
+        # the engine refuses the job itself.
+        worker.deadline, late = None, long_job(asyncio.get_running_loop())
+        worker.submit(late)
+        [late_end] = await events_of(late)
         process = worker.process
         await asyncio.to_thread(worker.stop)
-        return refused.value, await events_of(job), process.is_alive()
+        return refused.value, late_end, await events_of(job), process.is_alive()
 
-    refused, rest, alive = asyncio.run(drain_then_stop())
+    refused, late_end, rest, alive = asyncio.run(drain_then_stop())
     assert refused.code == "shutting_down" and refused.headers == {"Retry-After": "1"}
+    assert isinstance(late_end, APIError) and late_end.code == "shutting_down"
     assert isinstance(rest[-1], APIError) and rest[-1].code == "shutting_down"
     assert not alive
 

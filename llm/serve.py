@@ -917,23 +917,7 @@ def build_app(
         problems.append("the API key must not be empty")
     if problems:
         raise ConfigError("serve: " + "; ".join(problems))
-    worker: GenerationWorker | ProcessWorker
-    if engine == "process":
-        from llm.serve_process import ProcessWorker  # it builds on this module
-
-        worker = ProcessWorker(
-            model,
-            tokenizer,
-            queue_size,
-            threads=threads,
-            max_batch=max_batch,
-            prefill_budget=prefill_budget,
-        )
-    else:
-        loaded = model.load() if isinstance(model, ModelFolder) else model
-        worker = GenerationWorker(
-            loaded, tokenizer, queue_size, max_batch=max_batch, prefill_budget=prefill_budget
-        )
+    worker = make_worker(engine, model, tokenizer, queue_size, threads, max_batch, prefill_budget)
     server = CompletionServer(
         model.config,
         tokenizer,
@@ -974,6 +958,33 @@ def build_app(
             path, endpoint, methods=["POST"], dependencies=[*auth, Depends(require_json)]
         )
     return app
+
+
+def make_worker(
+    engine: Engine,
+    model: Transformer | ModelFolder,
+    tokenizer: Tokenizer,
+    queue_size: int,
+    threads: int,
+    max_batch: int,
+    prefill_budget: int,
+) -> GenerationWorker | ProcessWorker:
+    """The app's worker: in a process of its own, or on a thread of this one."""
+    if engine == "process":
+        from llm.serve_process import ProcessWorker  # it builds on this module
+
+        return ProcessWorker(
+            model,
+            tokenizer,
+            queue_size,
+            threads=threads,
+            max_batch=max_batch,
+            prefill_budget=prefill_budget,
+        )
+    loaded = model.load() if isinstance(model, ModelFolder) else model
+    return GenerationWorker(
+        loaded, tokenizer, queue_size, max_batch=max_batch, prefill_budget=prefill_budget
+    )
 
 
 def serve(

@@ -75,7 +75,7 @@ def engine_main(
     send_lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
+        with send_lock, contextlib.suppress(OSError):  # the parent is gone: nobody listens
             conn.send(message)
 
     def sink(events: list[tuple[Any, JobEvent]]) -> None:
@@ -110,8 +110,7 @@ def engine_main(
             elif kind == "drain":
                 worker.drain(args[0])
     worker.stop()
-    with contextlib.suppress(OSError):
-        send(("stopped",))
+    send(("stopped",))
 
 
 class ProcessWorker:

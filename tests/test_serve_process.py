@@ -18,7 +18,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from llm.checkpoint import ModelFolder, read_model_dir, save_model_dir
 from llm.config import ModelConfig
+from llm.errors import CheckpointError
 from llm.generate import SamplingParams, TextDelta, complete
 from llm.model import Transformer
 from llm.serve import APIError, Job, build_app
@@ -224,3 +226,14 @@ def test_health_says_when_the_engine_has_died():
         refused = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "not_running"
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_start_with_its_error(tmp_path):
+    save_model_dir(tmp_path, model_of(), TOKENIZER)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    config, tokenizer = read_model_dir(tmp_path)
+    assert tokenizer is not None
+    worker = ProcessWorker(ModelFolder(tmp_path, config), tokenizer, 2, threads=1)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt"):
+        worker.start()
+    assert not worker.alive

@@ -136,6 +136,7 @@ class ProcessWorker:
         self.outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.deadline: float | None = None
         self.process: Any = None
+        self.ended = False  # the engine's messages have ended: it stopped, or died
         self.threads_running: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -143,6 +144,7 @@ class ProcessWorker:
         cannot be loaded raises its error here."""
         if self.process is not None:  # started already (`serve` starts it before uvicorn)
             return
+        self.ended = False
         context = torch.multiprocessing.get_context("spawn")
         conn, child_conn = context.Pipe()
         args = (child_conn, self.model, self.tokenizer, self.threads)
@@ -187,7 +189,7 @@ class ProcessWorker:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and not self.ended and self.process.is_alive()
 
     def submit(self, job: Job) -> None:
         with self.lock:
@@ -241,6 +243,9 @@ class ProcessWorker:
         except (EOFError, OSError):
             log.error("the engine's process ended unexpectedly")
         finally:
+            # Ended before its jobs hear of it (the process may still be exiting, alive to
+            # the kernel for a moment after its pipe closed).
+            self.ended = True
             self.outbox.put(None)  # ends the sender
             with self.lock:
                 left, self.jobs = list(self.jobs.values()), {}

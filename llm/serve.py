@@ -448,18 +448,13 @@ class GenerationWorker:
     def submit(self, job: Any) -> None:
         with self.lock:
             if self.thread is None:
-                raise APIError(503, "the server is not running", code="not_running")
+                raise not_running()
             if self.draining:
                 raise shutting_down()
             try:
                 self.jobs.put_nowait(job)
             except queue.Full:
-                raise APIError(
-                    503,
-                    f"the server is busy ({self.queue_size} requests are waiting); retry later",
-                    code="queue_full",
-                    headers={"Retry-After": "1"},
-                ) from None
+                raise queue_full(self.queue_size) from None
 
     def waiting(self) -> int:
         return self.jobs.qsize()
@@ -533,6 +528,19 @@ class GenerationWorker:
                     out.append((job, None))
         if out:
             self.sink(out)
+
+
+def not_running() -> APIError:
+    return APIError(503, "the server is not running", code="not_running")
+
+
+def queue_full(queue_size: int) -> APIError:
+    return APIError(
+        503,
+        f"the server is busy ({queue_size} requests are waiting); retry later",
+        code="queue_full",
+        headers={"Retry-After": "1"},
+    )
 
 
 def shutting_down() -> APIError:

@@ -37,7 +37,16 @@ from llm.checkpoint import ModelFolder
 from llm.errors import UserError
 from llm.generate import SamplingParams
 from llm.model import Transformer
-from llm.serve import APIError, GenerationWorker, Job, JobEvent, emit_all, shutting_down
+from llm.serve import (
+    APIError,
+    GenerationWorker,
+    Job,
+    JobEvent,
+    emit_all,
+    not_running,
+    queue_full,
+    shutting_down,
+)
 from llm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -194,16 +203,11 @@ class ProcessWorker:
     def submit(self, job: Job) -> None:
         with self.lock:
             if not self.alive:
-                raise APIError(503, "the server is not running", code="not_running")
+                raise not_running()
             if self.draining:
                 raise shutting_down()
             if len(self.queued) >= self.queue_size:
-                raise APIError(
-                    503,
-                    f"the server is busy ({self.queue_size} requests are waiting); retry later",
-                    code="queue_full",
-                    headers={"Retry-After": "1"},
-                )
+                raise queue_full(self.queue_size)
             key = next(self.keys)
             self.jobs[key] = job
             self.queued.add(key)

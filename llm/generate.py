@@ -159,8 +159,7 @@ def pick_tokens(samplers: Sequence[RowSampler], logits: Tensor) -> list[int]:
         elif not sampler.argmax:  # a repetition penalty: its own logits
             tokens[i] = sampler.pick(logits[i : i + 1])
     for (temperature, top_k, top_p), rows in groups.items():
-        chosen = logits[rows] if len(rows) < len(samplers) else logits
-        filtered = filter_logits(chosen.float() / temperature, top_k, top_p)
+        filtered = filter_logits(logits[rows].float() / temperature, top_k, top_p)
         uniform = torch.cat(
             [
                 torch.rand((1, 1), generator=samplers[i].generator, device=logits.device)

@@ -148,20 +148,32 @@ def long_job(loop: asyncio.AbstractEventLoop) -> Job:
     return Job([TOKENIZER.encode("a")], SamplingParams(max_new_tokens=500), loop)
 
 
+@contextmanager
+def engine() -> Iterator[ProcessWorker]:
+    """An engine's process over a model of a long context, stopped at the end."""
+    worker = ProcessWorker(model_of(512), TOKENIZER, 2, threads=1)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def decoding_job(worker: ProcessWorker) -> tuple[Job, list[Any]]:
+    """A long job submitted to `worker`, and its first event: it is decoding."""
+    job = long_job(asyncio.get_running_loop())
+    worker.submit(job)
+    return job, await events_of(job, 1)
+
+
 def test_a_cancelled_job_is_dropped_by_the_engine_not_finished():
     async def cancel_after_the_first_piece() -> list[Any]:
-        worker = ProcessWorker(model_of(512), TOKENIZER, 2, threads=1)
-        worker.start()
-        try:
-            job = long_job(asyncio.get_running_loop())
-            worker.submit(job)
-            first = await events_of(job, 1)
+        with engine() as worker:
+            job, first = await decoding_job(worker)
             with paused(worker):
                 job.cancel()
                 await asyncio.sleep(0.2)  # the cancellation is in the pipe before it goes on
             return first + await events_of(job)
-        finally:
-            worker.stop()
 
     events = asyncio.run(cancel_after_the_first_piece())
     assert events[-1] is None
@@ -170,20 +182,14 @@ def test_a_cancelled_job_is_dropped_by_the_engine_not_finished():
 
 def test_a_dead_engine_ends_its_jobs_with_503_and_refuses_new_ones():
     async def kill_while_decoding() -> tuple[list[Any], APIError]:
-        worker = ProcessWorker(model_of(512), TOKENIZER, 2, threads=1)
-        worker.start()
-        try:
-            job = long_job(asyncio.get_running_loop())
-            worker.submit(job)
-            first = await events_of(job, 1)
+        with engine() as worker:
+            job, first = await decoding_job(worker)
             os.kill(worker.process.pid, signal.SIGKILL)
             rest = await events_of(job)
             assert not worker.alive  # /health answers 503 "engine_stopped"
             with pytest.raises(APIError) as refused:
                 worker.submit(long_job(asyncio.get_running_loop()))
             return first + rest, refused.value
-        finally:
-            worker.stop()
 
     events, refused = asyncio.run(kill_while_decoding())
     assert isinstance(events[-1], APIError) and events[-1].status == 503
@@ -192,22 +198,19 @@ def test_a_dead_engine_ends_its_jobs_with_503_and_refuses_new_ones():
 
 def test_drain_refuses_new_jobs_and_stop_ends_the_running_ones():
     async def drain_then_stop() -> tuple[APIError, Any, list[Any], bool]:
-        worker = ProcessWorker(model_of(512), TOKENIZER, 2, threads=1)
-        worker.start()
-        job = long_job(asyncio.get_running_loop())
-        worker.submit(job)
-        await events_of(job, 1)
-        worker.drain(60)
-        with pytest.raises(APIError) as refused:
-            worker.submit(long_job(asyncio.get_running_loop()))
-        # A drain (a signal handler) that came between a submit's check and its message:
-        # the engine refuses the job itself.
-        worker.deadline, late = None, long_job(asyncio.get_running_loop())
-        worker.submit(late)
-        [late_end] = await events_of(late)
-        process = worker.process
-        await asyncio.to_thread(worker.stop)
-        return refused.value, late_end, await events_of(job), process.is_alive()
+        with engine() as worker:
+            job, _ = await decoding_job(worker)
+            worker.drain(60)
+            with pytest.raises(APIError) as refused:
+                worker.submit(long_job(asyncio.get_running_loop()))
+            # A drain (a signal handler) that came between a submit's check and its message:
+            # the engine refuses the job itself.
+            worker.deadline, late = None, long_job(asyncio.get_running_loop())
+            worker.submit(late)
+            [late_end] = await events_of(late)
+            process = worker.process
+            await asyncio.to_thread(worker.stop)
+            return refused.value, late_end, await events_of(job), process.is_alive()
 
     refused, late_end, rest, alive = asyncio.run(drain_then_stop())
     assert refused.code == "shutting_down" and refused.headers == {"Retry-After": "1"}

@@ -103,9 +103,7 @@ def load_model_dir(
 ) -> tuple[Transformer, Tokenizer | None, ModelConfig]:
     """Read a model directory (or a checkpoint folder); the model comes in eval mode."""
     config, tokenizer = read_model_dir(directory)
-    model = Transformer(config)
-    load_weights(model, Path(directory) / WEIGHTS_FILE)
-    return model.to(device).eval(), tokenizer, config
+    return ModelFolder(Path(directory), config, device).load(), tokenizer, config
 
 
 @dataclass(frozen=True)
@@ -115,10 +113,13 @@ class ModelFolder:
 
     path: Path
     config: ModelConfig
-    device: str = "cpu"
+    device: torch.device | str = "cpu"
 
     def load(self) -> Transformer:
-        return load_model_dir(self.path, self.device)[0]
+        """The model, in eval mode (its config and tokenizer are not read again)."""
+        model = Transformer(self.config)
+        load_weights(model, self.path / WEIGHTS_FILE)
+        return model.to(self.device).eval()
 
 
 def read_model_dir(directory: str | Path) -> tuple[ModelConfig, Tokenizer | None]:

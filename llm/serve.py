@@ -1025,7 +1025,7 @@ def serve(
         config, tokenizer = read_model_dir(model_dir)
         if tokenizer is None:
             raise CheckpointError(f"{model_dir}: no tokenizer/ (needed to read prompts)")
-        folder = ModelFolder(Path(model_dir), config, str(resolve_device(device, "--device")))
+        folder = ModelFolder(Path(model_dir), config, resolve_device(device, "--device"))
         app = build_app(
             folder,
             tokenizer,

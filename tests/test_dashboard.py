@@ -156,6 +156,7 @@ def test_the_run_api_has_what_the_run_page_shows_as_numbers(
     assert best["trial_id"] == live["top"] and best["bits_per_byte"] == pytest.approx(1.6)
     assert type(best["genes"]["n_layers"]) is int and best["rung"] == 2
     assert detail["target"] == {"max_tokens": 2_000_000}
+    assert detail["forecast"] is None  # the target is the top rung: nothing is predicted
     assert 0 < detail["workers"]["utilization"] <= 1
 
 

@@ -13,9 +13,11 @@ from typing import Any, cast
 import pytest
 import yaml
 from conftest import outcome, steady_space_dict, write_corpus
+from fastapi.testclient import TestClient
 from rich.console import Console
 
 from evo.cli import main as evo
+from evo.dashboard import build_app
 from evo.data import TrialData
 from evo.describe import target_passes
 from evo.driver import open_run
@@ -238,6 +240,31 @@ def test_status_and_report_show_each_top_genomes_rungs_beside_its_prediction(
     page = write_report(storage, "far", workdir / "report.html").read_text()
     assert 'id="predictions"' in page and "Predictions at the target" in page
     assert f"{prediction.low:.4g} to {prediction.high:.4g}" in page
+
+
+def test_the_dashboards_run_api_has_the_forecast_in_the_searchs_order(far) -> None:
+    storage, space, _ = far
+    forecast = storage.forecast("far")
+    assert forecast is not None
+    shown = TestClient(build_app(storage)).get("/api/runs/far").json()["forecast"]
+    assert shown["metric"] == "bits_per_byte" and shown["target"] == {"max_steps": TARGET}
+    assert shown["beyond"] == pytest.approx(100) and shown["level"] == forecast.level
+    assert shown["alpha"] == pytest.approx(forecast.alpha)
+    ranking = [s.genome_id for s in search_ranking(storage, "far", space)]
+    genomes = shown["genomes"]
+    assert [g["genome_id"] for g in genomes] == [g for g in ranking if g in forecast.predictions]
+    measured = {
+        (t.genome_id, t.rung): t.metric("bits_per_byte")
+        for t in storage.trials("far")
+        if t.status is TrialStatus.DONE
+    }
+    for g in genomes:
+        prediction = forecast.predictions[g["genome_id"]]
+        assert (g["predicted"], g["low"], g["high"]) == pytest.approx(
+            (prediction.mean, prediction.low, prediction.high)
+        )
+        assert g["scores"] == [measured[g["genome_id"], r] for r in range(len(g["scores"]))]
+    assert {len(g["scores"]) for g in genomes} == {1, 2, 3}
 
 
 def test_validating_at_the_target_checks_the_predictions(far) -> None:

@@ -22,13 +22,16 @@ from evo.storage import RunInfo, Storage, TrialSummary
 from evo.summary import (
     ACTIVE,
     SUCCESS,
+    ForecastSummary,
     Trials,
     counted,
+    forecast_summary,
     pareto_front,
     rung_rows,
     stalled,
     worker_time,
 )
+from evo.validate import target_seed_noise, validation_report
 
 # Columns of Storage.trials_frame that count or name something: integers.
 _COUNT_COLUMNS = ("trial_id", "generation", "rung", "decision", "attempt", "genome_id", "recorded")
@@ -82,8 +85,9 @@ def run_summary(storage: Storage, info: RunInfo, trials: Trials) -> dict[str, An
 
 def run_detail(storage: Storage, info: RunInfo, trials: Trials) -> dict[str, Any]:
     """What the run's page shows, as numbers (`trials`: `Storage.trial_summaries`): the
-    summary, the rungs, the trials by status, the workers' time and the best trial of
-    each objective."""
+    summary, the rungs, the trials by status, the workers' time, the best trial of each
+    objective, and the forecast of a target beyond the top rung (null when the run makes
+    none)."""
     space = run_space(info)
     finished = _finished(trials, info, space)
     workers = worker_time(trials, storage.run_sessions(info.name))
@@ -120,6 +124,7 @@ def run_detail(storage: Storage, info: RunInfo, trials: Trials) -> dict[str, Any
             }
             for objective in objectives
         ],
+        "forecast": _forecast(storage, info, trials, space),
     }
     if space.search.mode == "generational":
         detail["generations_complete"] = generations_complete(info)
@@ -181,6 +186,48 @@ def _best(
             for o in space.search.objectives
         },
         "genes": storage.genomes(info.name, [best.genome_id])[best.genome_id],
+    }
+
+
+def _forecast(
+    storage: Storage, info: RunInfo, trials: Trials, space: SearchSpace
+) -> dict[str, Any] | None:
+    """The forecast as the run page's "Predictions at the target" shows it: the fit, and
+    every predicted genome in the search's order (the first is the pick), with its rung
+    scores, its prediction and interval (with `evo validate`'s seed spread, where the
+    run has one)."""
+    forecast = storage.forecast(info.name)
+    if forecast is None:
+        return None
+    noise = target_seed_noise(validation_report(storage, info.name, space), forecast)
+    shown = forecast_summary(trials, space, forecast, noise)
+    return None if shown is None else _forecast_json(shown)
+
+
+def _forecast_json(shown: ForecastSummary) -> dict[str, Any]:
+    return {
+        "metric": shown.metric,
+        "target": _budget(shown.budget),
+        "beyond": shown.beyond,
+        "level": shown.level,
+        "alpha": shown.alpha,
+        "law_error": shown.law_error,
+        "seed_noise": shown.noise,
+        "noise_source": shown.noise_source,
+        "check": None
+        if shown.check is None
+        else {key: json_value(value) for key, value in shown.check.items()},
+        "recorded": shown.recorded,
+        "genomes": [
+            {
+                "genome_id": g.genome_id,
+                "scores": [json_value(g.scores.get(rung)) for rung in range(max(g.scores) + 1)],
+                "predicted": json_value(g.mean),
+                "low": json_value(g.low),
+                "high": json_value(g.high),
+            }
+            for g in shown.genomes
+        ],
     }
 
 

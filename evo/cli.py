@@ -249,12 +249,22 @@ def add_retraining_commands(command: Command) -> None:
         help="default: mup when --width changes the width (the genome's rate and init carry "
         "over, its searched width the base), else the genome's own",
     )
+    promote.add_argument(
+        "--lr-horizon",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="train at the genome's learning rate times (tokens of the run / tokens of the "
+        "highest rung it reached)^-B: the best rate falls as a run gets longer "
+        "(docs/scale-up.md); default 0, the genome's rate",
+    )
     promote.add_argument("--corpus", help="pretraining corpus (default: the search's)")
     promote.add_argument(
         "--out",
         type=Path,
         help="model directory to write (default: results/NAME/promoted-genome-ID, with "
-        "-width-D, -layers-L or -PARAMETRIZATION added where they change the genome)",
+        "-width-D, -layers-L, -PARAMETRIZATION or -lr-horizon-B added where they change the "
+        "genome)",
     )
     promote.add_argument("--resume", action="store_true", help="continue an interrupted one")
     promote.add_argument(
@@ -583,10 +593,11 @@ def _progress_line(line: str) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from evo.promote import Budget, Scaling, promote
+    from evo.promote import Budget, HorizonRate, Scaling, promote
 
     budget = Budget(args.steps, args.tokens, args.seconds)
     scaling = Scaling(args.width, args.layers, args.parametrization)
+    horizon = HorizonRate(args.lr_horizon)
     storage = open_storage(args)
     note_search(storage, args.name)
     out = promote(
@@ -596,6 +607,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         objective=args.objective,
         budget=budget,
         scaling=scaling,
+        horizon=horizon,
         corpus=args.corpus,
         out=args.out,
         resume=args.resume,

@@ -9,14 +9,17 @@ promoted model is the one the search scored.
 
 A promotion may also be wider or deeper than the genome searched (`Scaling`;
 `ModelConfig.widened` says how a model widens, under μP by default so that the genome's
-learning rate and init carry over). Where the model came from is written beside it
-(`provenance.json`) and into the promotion's record (under `provenance` in its metrics).
+learning rate and init carry over), and longer than the rung its learning rate was
+chosen at, with the rate lowered for it (`HorizonRate`). Where the model came from is
+written beside it (`provenance.json`) and into the promotion's record (under
+`provenance` in its metrics).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from evo.validate import search_ranking, validation_report
 from llm.atomic import make_folder, read_json_object, write_json
 from llm.checkpoint import check_out_dir
 from llm.cli_support import EXIT_INTERRUPTED
-from llm.config import ModelConfig, Parametrization, RunConfig, to_dict
+from llm.config import ModelConfig, Parametrization, RunConfig, TrainConfig, to_dict
 from llm.data import prepare
 from llm.distributed import check_divisible, launch
 from llm.errors import UserError
@@ -103,6 +106,40 @@ class Scaling:
         if self.parametrization is not None and self.parametrization != searched.parametrization:
             parts.append(f"-{self.parametrization}")
         return "".join(parts)
+
+
+@dataclass(frozen=True)
+class HorizonRate:
+    """The learning rate of a run longer (or shorter) than the rung the genome was scored
+    at: its rate times (the run's tokens / the rung's)^(−exponent). The best rate falls as
+    a run gets longer (Bjorck et al., 2025, "Scaling Optimal LR Across Token Horizons"),
+    and a search picks its rate by scores at its top rung; μP carries a rate across
+    width, not across the length of a run. 0 keeps the genome's rate."""
+
+    exponent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.exponent) or not 0 <= self.exponent <= 1:
+            raise UserError(f"--lr-horizon must be between 0 and 1 (got {self.exponent})")
+
+    def factor(self, scored_tokens: float, tokens: float) -> float:
+        """What the genome's rate is multiplied by for a run of `tokens`, its rate having
+        been chosen at `scored_tokens`."""
+        return (tokens / scored_tokens) ** -self.exponent
+
+    def folder_suffix(self) -> str:
+        """What the default folder name adds to tell this promotion from a plain one."""
+        return f"-lr-horizon-{self.exponent:g}" if self.exponent else ""
+
+
+def budget_tokens(budget: dict[str, float], train: TrainConfig, flag: str) -> float:
+    """A budget of steps or tokens in tokens (`train`'s tokens per step); `flag` names the
+    option that needs it, in the error for a budget of seconds."""
+    if "max_tokens" in budget:
+        return budget["max_tokens"]
+    if "max_steps" in budget:
+        return budget["max_steps"] * train.tokens_per_step
+    raise UserError(f"{flag} needs a budget in steps or tokens, not {budget_text(budget)}")
 
 
 def pick_trial(
@@ -182,16 +219,18 @@ def promotion_config(
     budget: dict[str, float],
     corpus: str | None,
     scaling: Scaling = Scaling(),
+    rate_factor: float = 1.0,
 ) -> RunConfig:
-    """The genome's model, scaled, and training settings with a pretraining budget, on
-    the search's corpus and tokenizer (or on `corpus`, with a tokenizer of the same kind
-    trained for it)."""
+    """The genome's model, scaled, and training settings with a pretraining budget (its
+    learning rate times `rate_factor`), on the search's corpus and tokenizer (or on
+    `corpus`, with a tokenizer of the same kind trained for it)."""
     searched = space.model_config(genes, vocab_size=None)  # the tokenizer sets the vocabulary
     model = scaling.apply(searched, genes)
     train = space.train_config(genes, budget)
     steps = train.max_steps or 1000
     train = dataclasses.replace(
         train,
+        learning_rate=train.learning_rate * rate_factor,
         eval_interval=max(1, steps // 10),
         checkpoint_interval=max(1, steps // 5),
         threads=None,
@@ -212,6 +251,7 @@ def promote(
     objective: str | None = None,
     budget: Budget = Budget(),
     scaling: Scaling = Scaling(),
+    horizon: HorizonRate = HorizonRate(),
     corpus: str | None = None,
     out: str | Path | None = None,
     resume: bool = False,
@@ -220,19 +260,28 @@ def promote(
 ) -> Path:
     """Train the chosen genome (see pick_genome), scaled, into `out` (default:
     results/RUN/promoted-genome-G…), recorded in `storage`; `say` is told which genome
-    and why, and the promoted model's shape when it was scaled. Returns the folder."""
+    and why, the promoted model's shape when it was scaled, and its learning rate when
+    `horizon` changed it. Returns the folder."""
     space = load_run_space(storage, run)
     chosen, reason = pick_genome(storage, run, space, genome_id, objective)
     say(f"promoting genome {chosen}, {reason}")
     genes = storage.genomes(run)[chosen]
     limits = promotion_budget(space, budget)
-    config = promotion_config(space, genes, limits, corpus, scaling)
+    rate = horizon_rate(storage, run, space, chosen, limits, horizon)
+    config = promotion_config(space, genes, limits, corpus, scaling, rate["factor"])
     searched = space.model_config(genes, vocab_size=None)
-    folder = f"promoted-genome-{chosen}{scaling.folder_suffix(searched)}"
+    folder = f"promoted-genome-{chosen}{scaling.folder_suffix(searched)}{horizon.folder_suffix()}"
     out_dir = Path(out) if out else Path("results") / run / folder
     check_promotion(config, out_dir, resume, nproc)
     if config.model != searched:
         say(f"scaled from {shape_text(searched)} to {shape_text(config.model)}")
+    if rate["factor"] != 1:
+        say(
+            f"learning rate {config.train.learning_rate:.3g}: the genome's "
+            f"{rate['searched']:.3g} × {rate['factor']:.3g}, for {rate['tokens']:,.0f} tokens "
+            f"where its rung trained {rate['scored_tokens']:,.0f} (--lr-horizon "
+            f"{horizon.exponent:g})"
+        )
     provenance = {
         "run": run,
         "genome_id": chosen,
@@ -241,6 +290,7 @@ def promote(
         "searched": model_shape(searched),
         "promoted": model_shape(config.model),
         "budget": limits,
+        "learning_rate": {**rate, "promoted": config.train.learning_rate},
     }
     make_folder(out_dir)
     write_json(out_dir / PROVENANCE_FILE, provenance)
@@ -256,6 +306,32 @@ def promote(
         raise
     storage.update_promotion(promotion, status, None if metrics is None else metrics | recorded)
     return out_dir
+
+
+def horizon_rate(
+    storage: Storage,
+    run: str,
+    space: SearchSpace,
+    genome_id: int,
+    limits: dict[str, float],
+    horizon: HorizonRate,
+) -> dict[str, Any]:
+    """The genome's searched learning rate, the factor `horizon` puts on it for a run of
+    `limits`, and the tokens of that run and of the highest rung the genome reached (the
+    budget its rate was judged at): what provenance.json records."""
+    train = space.train_config(storage.genomes(run)[genome_id])
+    rate: dict[str, Any] = {"searched": train.learning_rate, "factor": 1.0}
+    if horizon.exponent == 0:
+        return rate
+    reached = pick_trial(storage, run, space, genome_id, None).rung
+    scored = budget_tokens(space.rung_budgets()[reached], train, "--lr-horizon")
+    tokens = budget_tokens(limits, train, "--lr-horizon")
+    return rate | {
+        "factor": horizon.factor(scored, tokens),
+        "horizon_exponent": horizon.exponent,
+        "scored_tokens": scored,
+        "tokens": tokens,
+    }
 
 
 def check_promotion(config: RunConfig, out_dir: Path, resume: bool, nproc: int) -> None:

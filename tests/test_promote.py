@@ -1,6 +1,7 @@
 """`evo promote` scaled: a genome trained wider (heads at its head size, d_ff by its
-multiplier, μP by default with the searched width as the base) or deeper, the record of
-where the promoted model came from, and refused commands that record nothing."""
+multiplier, μP by default with the searched width as the base) or deeper, or longer with
+its learning rate lowered for the longer run (`--lr-horizon`), the record of where the
+promoted model came from, and refused commands that record nothing."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from conftest import space_dict, write_corpus
 
 from evo.cli import main as evo
 from evo.promote import PROVENANCE, PROVENANCE_FILE
+from evo.space import load_space
 from evo.storage import Storage
 from llm.checkpoint import read_model_config
 from llm.config import ModelConfig
 from llm.errors import ConfigError
+from llm.run import RUN_FILE
 
 TINY = ModelConfig(vocab_size=64, n_layers=4, d_model=128, n_heads=4, d_ff=344)
 
@@ -92,7 +95,8 @@ def searched(workdir: Path) -> str:
 
 
 def promote(url: str, *args: str) -> int:
-    return evo(["promote", "space", "--steps", "3", *args, "--storage", url])
+    steps = [] if "--steps" in args else ["--steps", "3"]
+    return evo(["promote", "space", *steps, *args, "--storage", url])
 
 
 def test_a_genome_promoted_wider_records_where_it_came_from(searched, workdir, capsys):
@@ -163,3 +167,43 @@ def test_a_refused_promotion_records_nothing(searched, workdir, capsys):
         assert message in err and "Traceback" not in err
     assert storage.promotions("space") == before
     assert not any((workdir / name).exists() for name in ("odd", "zero", "flat"))
+
+
+def test_a_longer_run_lowers_the_genomes_rate_by_the_horizon_rule(searched, workdir, capsys):
+    storage = Storage(searched)
+    space = load_space(workdir / "space.yaml")
+    assert promote(searched, "--steps", "12", "--lr-horizon", "0.5", "--out", "long") == 0
+    [promotion] = storage.promotions("space")
+    genes = storage.genomes("space")[promotion.genome_id]
+    train = space.train_config(genes)
+    top = max(t.rung for t in storage.trials("space") if t.genome_id == promotion.genome_id)
+    (scored,) = space.rung_budgets()[top].items()  # the budget its rate was judged at
+    assert scored[0] == "max_steps"
+    factor = (12 / scored[1]) ** -0.5  # steps over steps: tokens per step cancel
+    config = json.loads((workdir / "long" / RUN_FILE).read_text())
+    assert config["train"]["learning_rate"] == pytest.approx(genes["learning_rate"] * factor)
+    rate = json.loads((workdir / "long" / PROVENANCE_FILE).read_text())["learning_rate"]
+    assert rate["searched"] == genes["learning_rate"] and rate["factor"] == pytest.approx(factor)
+    assert rate["scored_tokens"] == scored[1] * train.tokens_per_step
+    assert rate["tokens"] == 12 * train.tokens_per_step and rate["horizon_exponent"] == 0.5
+    assert f"× {factor:.3g}, for {12 * train.tokens_per_step:,} tokens" in capsys.readouterr().err
+
+    assert promote(searched, "--steps", "12", "--out", "plain") == 0
+    plain = json.loads((workdir / "plain" / RUN_FILE).read_text())
+    assert plain["train"]["learning_rate"] == genes["learning_rate"]
+    assert promote(searched, "--steps", "12", "--lr-horizon", "0.25") == 0  # its own folder
+    folder = (
+        workdir / "results" / "space" / f"promoted-genome-{promotion.genome_id}-lr-horizon-0.25"
+    )
+    quarter = json.loads((folder / RUN_FILE).read_text())["train"]["learning_rate"]
+    assert quarter == pytest.approx(genes["learning_rate"] * (12 / scored[1]) ** -0.25)
+    for args, message in (
+        (["--lr-horizon", "1.5"], "--lr-horizon must be between 0 and 1 (got 1.5)"),
+        (["--lr-horizon", "nan"], "--lr-horizon must be between 0 and 1"),
+    ):
+        assert promote(searched, *args, "--out", "refused") == 2
+        assert message in capsys.readouterr().err
+    seconds = ["promote", "space", "--seconds", "5", "--lr-horizon", "0.3", "--out", "refused"]
+    assert evo([*seconds, "--storage", searched]) == 2
+    assert "--lr-horizon needs a budget in steps or tokens, not 5 s" in capsys.readouterr().err
+    assert len(storage.promotions("space")) == 3 and not (workdir / "refused").exists()

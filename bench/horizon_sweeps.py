@@ -1,0 +1,82 @@
+"""Batch size, learning rate and seed noise from the top rung to a target 9x beyond it.
+
+Reads bench/data/horizon_sweeps.json (configs/tiny.yaml's shape on python-code, trained
+to 74k, 222k, 444k and 4M tokens as a search's genome is, each budget continuing the
+stable checkpoint of the one below; see bench/data/README.md for the commands) and
+prints:
+
+- the batch variants: the shape at batch 8, 16 and 32 (the rate as given, or scaled by
+  the square root of the batch), one seed each;
+- the learning-rate sweep at batch 16, two seeds (two values of `search.seed`, so two
+  trial seeds) for each rate: every score, then at each budget the seed-to-seed standard
+  deviation (pooled over the rates), the rate with the best mean, and the optimum of a
+  parabola in log2(rate) fitted to the means, the rate `evo promote --lr-horizon` would
+  have to move.
+
+Nothing is trained; a second or so.
+
+    python bench/horizon_sweeps.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data" / "horizon_sweeps.json"
+
+
+def describe(genes: dict[str, Any]) -> str:
+    return f"batch {genes['batch_size']:>2}, lr {genes['learning_rate']:.5f}"
+
+
+def batch_table(runs: list[dict[str, Any]], budgets: list[int]) -> None:
+    print("batch variants (seed 0):")
+    print(f"{'':>26}" + "".join(f"{b:>11,}" for b in budgets))
+    for run in runs:
+        if run["study"] in ("batch", "both"):
+            print(f"{describe(run['genes']):>26}" + "".join(f"{s:11.4f}" for s in run["scores"]))
+
+
+def rate_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> None:
+    scores: dict[float, dict[int, list[float]]] = {}
+    for run in runs:
+        if run["study"] in ("learning_rate", "both"):
+            rate = run["genes"]["learning_rate"]
+            scores.setdefault(rate, {})[run["search_seed"]] = run["scores"]
+    print("\nlearning rates at batch 16 (seed 0 / seed 1):")
+    print(f"{'lr':>10}" + "".join(f"{b:>17,}" for b in budgets))
+    for rate, seeds in sorted(scores.items()):
+        cells = [
+            " / ".join(f"{seeds[s][i]:.3f}" if s in seeds else "  -  " for s in (0, 1))
+            for i in range(len(budgets))
+        ]
+        print(f"{rate:10.5f}" + "".join(f"{c:>17}" for c in cells))
+    both = sorted(rate for rate, seeds in scores.items() if len(seeds) == 2)
+    print(f"\nover the {len(both)} rates with both seeds ({both[0]:g} to {both[-1]:g}):")
+    for i, budget in enumerate(budgets):
+        pairs = [(scores[r][0][i], scores[r][1][i]) for r in both]
+        sd = math.sqrt(sum((a - b) ** 2 for a, b in pairs) / (2 * len(pairs)))
+        means = np.array([(a + b) / 2 for a, b in pairs])
+        curve, slope, _ = np.polyfit(np.log2(both), means, 2)
+        optimum = 2 ** (-slope / (2 * curve)) if curve > 0 else math.nan
+        best = both[int(np.argmin(means))]
+        print(
+            f"{budget:>11,} tokens: seed sd {sd:.4f} ({sd / means.mean():.1%}); best mean at "
+            f"lr {best:g} ({means.min():.4f}); parabola's optimum lr {optimum:.5f}; means "
+            f"span {means.max() - means.min():.3f}"
+        )
+
+
+def main() -> None:
+    data = json.loads(DATA.read_text())
+    batch_table(data["runs"], data["budgets"])
+    rate_sweep(data["runs"], data["budgets"])
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from evo.describe import target_passes
 from evo.driver import open_run
 from evo.executor import Executor, TrialJob, TrialObserver, TrialOutcome
 from evo.metrics import TrialStatus
-from evo.promote import pick_genome, pick_trial
+from evo.promote import HorizonRate, horizon_rate, pick_genome, pick_trial
 from evo.report.page import write_report
 from evo.schedule.forecast import TargetForecast
 from evo.search.steady_state import SteadyStateSearch, history
@@ -265,6 +265,21 @@ def test_the_dashboards_run_api_has_the_forecast_in_the_searchs_order(far) -> No
         )
         assert g["scores"] == [measured[g["genome_id"], r] for r in range(len(g["scores"]))]
     assert {len(g["scores"]) for g in genomes} == {1, 2, 3}
+
+
+def test_the_horizon_rule_lowers_each_genomes_rate_from_the_highest_rung_it_reached(far) -> None:
+    storage, space, _ = far
+    reached: dict[int, int] = {}
+    for t in storage.trials("far"):
+        if t.status is TrialStatus.DONE:
+            reached[t.genome_id] = max(t.rung, reached.get(t.genome_id, 0))
+    assert set(reached.values()) == {0, 1, 2}
+    target = {"max_steps": TARGET}
+    for genome, rung in reached.items():
+        rate = horizon_rate(storage, "far", space, genome, target, HorizonRate(0.5))
+        assert rate["factor"] == pytest.approx((TARGET / (3, 9, 27)[rung]) ** -0.5)
+        assert rate["searched"] == storage.genomes("far")[genome]["learning_rate"]
+    assert horizon_rate(storage, "far", space, genome, target, HorizonRate())["factor"] == 1
 
 
 def test_validating_at_the_target_checks_the_predictions(far) -> None:

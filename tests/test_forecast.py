@@ -310,6 +310,9 @@ def test_validating_at_the_target_checks_the_predictions(far) -> None:
     assert check.seed_noise == pytest.approx(0.02 * math.sqrt(2))
     assert 0.0 <= check.inside <= 1.0
     assert "predictions at the target: Kendall τ 1.00" in status_text(storage)
+    shown = TestClient(build_app(storage)).get("/api/runs/far").json()["forecast"]
+    assert shown["noise_source"] == "validated"
+    assert shown["seed_noise"] == pytest.approx(0.02 * math.sqrt(2))
 
 
 def test_passes_over_the_training_split_per_target_unit(workdir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Batch size, learning rate and seed noise from the top rung to a target 9x beyond it.
+"""Batch size, learning rate, shape and seed noise from the top rung to a target 9x beyond it.
 
 Reads bench/data/horizon_sweeps.json (configs/tiny.yaml's shape on python-code, trained
 to 74k, 222k, 444k and 4M tokens as a search's genome is, each budget continuing the
@@ -7,6 +7,9 @@ prints:
 
 - the batch variants: the shape at batch 8, 16 and 32 (the rate as given, or scaled by
   the square root of the batch), one seed each;
+- the shapes: depth, width, heads and d_ff of about a million parameters (the space's
+  ceiling) under configs/tiny.yaml's training, one seed each, by their score at 444k, with
+  Kendall's τ between the 444k and the 4M order;
 - the learning-rate sweep at batch 16, two seeds (two values of `search.seed`, so two
   trial seeds) for each rate: every score, then at each budget the seed-to-seed standard
   deviation (pooled over the rates), the rate with the best mean, and the optimum of a
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 DATA = Path(__file__).parent / "data" / "horizon_sweeps.json"
 
@@ -40,6 +44,19 @@ def batch_table(runs: list[dict[str, Any]], budgets: list[int]) -> None:
     for run in runs:
         if run["study"] in ("batch", "both"):
             print(f"{describe(run['genes']):>26}" + "".join(f"{s:11.4f}" for s in run["scores"]))
+
+
+def shape_table(runs: list[dict[str, Any]], budgets: list[int]) -> None:
+    shapes = [r for r in runs if r["study"] in ("shape", "both")]
+    shapes.sort(key=lambda r: r["scores"][2])
+    print("\nshapes (batch 16, lr 0.003), best at 444k first:")
+    print(f"{'layers, d_model, heads, d_ff':>30}" + "".join(f"{b:>11,}" for b in budgets))
+    for run in shapes:
+        g = run["genes"]
+        shape = f"{g['n_layers']}, {g['d_model']}, {g['n_heads']}, {g['d_ff_mult']:g}x"
+        print(f"{shape:>30}" + "".join(f"{s:11.4f}" for s in run["scores"]))
+    tau = stats.kendalltau([r["scores"][2] for r in shapes], [r["scores"][3] for r in shapes])
+    print(f"Kendall τ between the 444k and 4M orders: {tau.statistic:.3f}")
 
 
 def rate_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> None:
@@ -75,6 +92,7 @@ def rate_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> None:
 def main() -> None:
     data = json.loads(DATA.read_text())
     batch_table(data["runs"], data["budgets"])
+    shape_table(data["runs"], data["budgets"])
     rate_sweep(data["runs"], data["budgets"])
 
 

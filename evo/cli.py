@@ -215,7 +215,10 @@ def add_retraining_commands(command: Command) -> None:
     )
     add_budget_options(validate, "default: the space's target")
     add_execution_options(validate, live_view=False)
+    add_promote_command(command)
 
+
+def add_promote_command(command: Command) -> None:
     promote = command(
         "promote",
         cmd_promote,

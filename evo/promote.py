@@ -267,7 +267,7 @@ def promote(
     say(f"promoting genome {chosen}, {reason}")
     genes = storage.genomes(run)[chosen]
     limits = promotion_budget(space, budget)
-    rate = horizon_rate(storage, run, space, chosen, limits, horizon)
+    rate = horizon_rate(storage, run, space, (chosen, genes), limits, horizon)
     config = promotion_config(space, genes, limits, corpus, scaling, rate["factor"])
     searched = space.model_config(genes, vocab_size=None)
     folder = f"promoted-genome-{chosen}{scaling.folder_suffix(searched)}{horizon.folder_suffix()}"
@@ -312,14 +312,15 @@ def horizon_rate(
     storage: Storage,
     run: str,
     space: SearchSpace,
-    genome_id: int,
+    genome: tuple[int, dict[str, Any]],
     limits: dict[str, float],
     horizon: HorizonRate,
 ) -> dict[str, Any]:
-    """The genome's searched learning rate, the factor `horizon` puts on it for a run of
-    `limits`, and the tokens of that run and of the highest rung the genome reached (the
-    budget its rate was judged at): what provenance.json records."""
-    train = space.train_config(storage.genomes(run)[genome_id])
+    """The searched learning rate of `genome` (its id and genes), the factor `horizon` puts
+    on it for a run of `limits`, and the tokens of that run and of the highest rung the
+    genome reached (the budget its rate was judged at): what provenance.json records."""
+    genome_id, genes = genome
+    train = space.train_config(genes)
     rate: dict[str, Any] = {"searched": train.learning_rate, "factor": 1.0}
     if horizon.exponent == 0:
         return rate

@@ -276,10 +276,12 @@ def test_the_horizon_rule_lowers_each_genomes_rate_from_the_highest_rung_it_reac
     assert set(reached.values()) == {0, 1, 2}
     target = {"max_steps": TARGET}
     for genome, rung in reached.items():
-        rate = horizon_rate(storage, "far", space, genome, target, HorizonRate(0.5))
+        genes = storage.genomes("far")[genome]
+        rate = horizon_rate(storage, "far", space, (genome, genes), target, HorizonRate(0.5))
         assert rate["factor"] == pytest.approx((TARGET / (3, 9, 27)[rung]) ** -0.5)
-        assert rate["searched"] == storage.genomes("far")[genome]["learning_rate"]
-    assert horizon_rate(storage, "far", space, genome, target, HorizonRate())["factor"] == 1
+        assert rate["searched"] == genes["learning_rate"]
+    plain = horizon_rate(storage, "far", space, (genome, genes), target, HorizonRate())
+    assert plain["factor"] == 1
 
 
 def test_validating_at_the_target_checks_the_predictions(far) -> None:

@@ -482,6 +482,7 @@ class RayExecutor(Executor):
 
         self._ray = ray
         if not ray.is_initialized():
+            _quiet_ray_default_auth_notice()
             ray.init(
                 address=address,
                 include_dashboard=False,
@@ -630,6 +631,21 @@ class RayExecutor(Executor):
         self._curves.shutdown(force=True)
         if self._lending is not None:
             self._lending.close()
+
+
+class _RayDefaultAuthNotice(logging.Filter):
+    """Ray (2.59 on) protects a local cluster it starts with a token, as it should, and
+    says so in a WARNING on every start: a search printed it before its own first line.
+    This drops that one notice and nothing else Ray logs about authentication."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this")
+
+
+def _quiet_ray_default_auth_notice() -> None:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _RayDefaultAuthNotice) for f in logger.filters):
+        logger.addFilter(_RayDefaultAuthNotice())
 
 
 def _curve_queue(ray: Any) -> Any:

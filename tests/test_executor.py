@@ -1,6 +1,7 @@
 """The executors on a real local Ray instance: scheduling, retries, timeouts, capacity."""
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from evo.executor import (
     TrialData,
     TrialJob,
     TrialOutcome,
+    _RayDefaultAuthNotice,
     cluster_capacity,
     execute_job,
     search_status,
@@ -353,3 +355,39 @@ def test_a_steady_state_search_on_ray_replays_from_its_recorded_order(
     assert any(t.seen < before.recorded for before, t in itertools.pairwise(by_decision))
     # Whatever the timing, the stored order of results explains every decision.
     assert replayed_decisions(space, vocab, storage, "r") == 16
+
+
+STARTS_RAY = """
+import os, ray
+from evo.executor import RayExecutor
+RayExecutor(cpus=1, gpus=0, timeout_s=30, retries=0)
+print(os.environ.get("RAY_AUTH_MODE"))
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_cluster_keeps_token_auth_without_saying_so_on_every_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    started = subprocess.run(
+        [sys.executable, "-c", STARTS_RAY],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    ray_version = tuple(map(int, ray.__version__.split(".")[:2]))
+    if ray_version >= (2, 59):  # a local cluster's default from then on, kept
+        assert started.stdout.split() == ["token"]
+    assert "WARNING" not in started.stderr
+
+
+def test_only_rays_notice_of_its_default_is_dropped():
+    def passes(message: str) -> bool:
+        record = logging.LogRecord("ray", logging.WARNING, __file__, 1, message, None, None)
+        return _RayDefaultAuthNotice().filter(record)
+
+    assert not passes("Token authentication is enabled for this Ray cluster. Set ...")
+    assert passes("Token authentication is disabled for this Ray cluster. Anyone ...")
+    assert passes("Token authentication is enabled but no token was found. ...")

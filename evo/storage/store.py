@@ -72,6 +72,7 @@ from evo.storage.models import (
     as_utc,
 )
 from llm.errors import UserError
+from llm.trial import metric_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -169,8 +170,7 @@ class TrialRecord:
     error: str | None
 
     def metric(self, name: str) -> float | None:
-        value = self.metrics.get(name)
-        return None if value is None else float(value)
+        return metric_value(self.metrics, name)
 
 
 class TrialSummary(NamedTuple):
@@ -190,8 +190,7 @@ class TrialSummary(NamedTuple):
     lent_seconds: float | None
 
     def metric(self, name: str) -> float | None:
-        value = self.metrics.get(name)
-        return None if value is None else float(value)
+        return metric_value(self.metrics, name)
 
 
 @dataclass(frozen=True)
@@ -255,8 +254,7 @@ class ValidationRecord:
     error: str | None
 
     def metric(self, name: str) -> float | None:
-        value = (self.metrics or {}).get(name)
-        return None if value is None else float(value)
+        return metric_value(self.metrics, name)
 
 
 @dataclass(frozen=True)

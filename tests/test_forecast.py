@@ -96,14 +96,8 @@ INITIAL = [  # one layer, learning rates from slow to fast learners
 
 def far_space(workdir: Path, target: int = TARGET, **search: Any) -> SearchSpace:
     corpus = write_corpus(workdir / "corpus")
-    space = steady_space_dict(
-        corpus,
-        target={"max_steps": target},
-        eta=2,
-        budget={"trials": 30},
-        initial=INITIAL,
-        **search,
-    )
+    search = {"eta": 2, "budget": {"trials": 30}, "initial": INITIAL, **search}
+    space = steady_space_dict(corpus, target={"max_steps": target}, **search)
     (workdir / "space.yaml").write_text(yaml.safe_dump(space))
     return load_space(workdir / "space.yaml")
 
@@ -240,6 +234,32 @@ def test_status_and_report_show_each_top_genomes_rungs_beside_its_prediction(
     page = write_report(storage, "far", workdir / "report.html").read_text()
     assert 'id="predictions"' in page and "Predictions at the target" in page
     assert f"{prediction.low:.4g} to {prediction.high:.4g}" in page
+
+
+def test_nothing_is_predicted_until_a_genome_is_scored_at_two_rungs(workdir: Path) -> None:
+    space = far_space(workdir, budget={"trials": 2})  # two first genomes at the lowest rung
+    storage = Storage(f"sqlite:///{workdir / 'evo.db'}")
+    search = run_law_search(space, storage)
+    assert {t.rung for t in storage.trials("far")} == {0}
+    forecast = storage.forecast("far")
+    assert forecast is not None and forecast.predictions == {}
+    assert "pick" not in search.detail()
+    text = status_text(storage)
+    assert "no prediction at the target yet: it waits for a genome scored at two rungs" in text
+    assert "pick for the target" not in text
+    # Fitted on those scores alone the law's slope is its prior's guess: ±10⁵ wide.
+    fresh = TargetForecast.of(space)
+    assert fresh is not None
+    for trial in storage.trials("far"):
+        fresh.add(trial.genome_id, 0, trial.metric("bits_per_byte"))
+    assert not fresh.fit.extrapolates and fresh.fit.predict(1, TARGET).high > 1e3
+    genes = storage.genomes("far")[1]
+    fresh.add(1, 1, law(genes, 9))
+    predictions = fresh.predictions()
+    assert fresh.fit.extrapolates and set(predictions) == {
+        t.genome_id for t in storage.trials("far")
+    }
+    assert all(p.high - p.low < 10 for p in predictions.values())
 
 
 def test_the_dashboards_run_api_has_the_forecast_in_the_searchs_order(far) -> None:

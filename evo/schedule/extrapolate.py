@@ -341,6 +341,13 @@ class CurveFit:
     _data: _Data = field(repr=False)
     _measured: Mapping[tuple[int, float], float] = field(repr=False)
 
+    @property
+    def extrapolates(self) -> bool:
+        """Whether some genome was scored at two budgets or more. Until one is, nothing in
+        the data says how fast scores fall with the budget: the law's prediction at a budget
+        no genome was scored at is its priors' guess, with an interval of ±10⁵."""
+        return bool((self._data.budgets_seen() >= 2).any())
+
     def predict(self, genome_id: int, budget: float) -> Prediction:
         """The genome's score after a complete run of `budget`: its measured score when it
         has one there, else the law's."""

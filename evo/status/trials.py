@@ -64,10 +64,13 @@ def print_trials(
     # Where the target is forecast, the best is the pick for it (one objective) rather
     # than the best score measured at the top rung.
     several = len(space.search.objectives) > 1
-    _print_front(storage, name, trials, stuck, space, console, table=shown is None or several)
+    predicted = shown is not None and bool(shown.genomes)
+    _print_front(storage, name, trials, stuck, space, console, table=not predicted or several)
     if shown is not None and shown.genomes:
         pick = shown.genomes[0].genome_id
         print_forecast(shown, storage.genomes(name, [pick])[pick], console)
+    elif shown is not None:
+        console.print("no prediction at the target yet: it waits for a genome scored at two rungs")
     _print_anytime(trials, space, run.unigram_bits_per_byte, console)
     if report is not None:
         print_validation(report, console, table=False)

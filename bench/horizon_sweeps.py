@@ -10,6 +10,9 @@ prints:
 - the shapes: depth, width, heads and d_ff of about a million parameters (the space's
   ceiling) under configs/tiny.yaml's training, one seed each, by their score at 444k, with
   Kendall's τ between the 444k and the 4M order;
+- the cool-down: the default's shape and its two-head variant (the best at 4M) with
+  each rung's and the target's cool-down 20% (the default), 40% and 50% of its budget,
+  one seed each;
 - the learning-rate sweep at batch 16, two seeds (two values of `search.seed`, so two
   trial seeds) for each rate: every score, then at each budget the seed-to-seed standard
   deviation (pooled over the rates), the rate with the best mean, and the optimum of a
@@ -59,6 +62,22 @@ def shape_table(runs: list[dict[str, Any]], budgets: list[int]) -> None:
     print(f"Kendall τ between the 444k and 4M orders: {tau.statistic:.3f}")
 
 
+def cool_down_table(runs: list[dict[str, Any]], budgets: list[int]) -> None:
+    print("\ncool-down share (batch 16, lr 0.003, 4 layers of 128, seed 0):")
+    print(f"{'heads, cool-down':>30}" + "".join(f"{b:>11,}" for b in budgets))
+    variants = [
+        r
+        for r in runs
+        if r["study"] in ("cool_down", "both")
+        or (r["study"] == "shape" and r["genes"]["n_layers"] == 4 and r["genes"]["n_heads"] == 2)
+    ]
+    variants.sort(key=lambda r: (r["genes"]["n_heads"], r["genes"]["decay_fraction"]))
+    for run in variants:
+        g = run["genes"]
+        name = f"{g['n_heads']} heads, {g['decay_fraction']:.0%}"
+        print(f"{name:>30}" + "".join(f"{s:11.4f}" for s in run["scores"]))
+
+
 def rate_sweep(runs: list[dict[str, Any]], budgets: list[int]) -> None:
     scores: dict[float, dict[int, list[float]]] = {}
     for run in runs:
@@ -93,6 +112,7 @@ def main() -> None:
     data = json.loads(DATA.read_text())
     batch_table(data["runs"], data["budgets"])
     shape_table(data["runs"], data["budgets"])
+    cool_down_table(data["runs"], data["budgets"])
     rate_sweep(data["runs"], data["budgets"])
 
 

@@ -436,7 +436,10 @@ def search(
     finally:
         executor.close()
     best = ", ".join(f"{k} {v:.4g}" for k, v in summary.best.items()) or "none"
-    print(f"run {name!r}: {summary.detail}, {summary.trials} run now; best {best}")
+    print(
+        f"run {name!r}: {summary.detail}; {summary.trials} trained by this command; "
+        f"best measured at the top rung: {best}"
+    )
     return 0
 
 

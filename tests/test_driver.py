@@ -263,7 +263,7 @@ def test_space_overrides_are_part_of_the_recorded_space(space_file, workdir):
     assert evo(args) == 2
 
 
-def test_a_run_written_by_evo_0_1_resumes_and_finishes(workdir):
+def test_a_run_written_by_evo_0_1_resumes_and_finishes(workdir, capsys):
     write_corpus(workdir / "corpus")  # where the stored space points: `corpus`
     (workdir / "evo.db").write_bytes(SCHEMA_1.read_bytes())
     url = storage_url(workdir / "evo.db")
@@ -278,6 +278,11 @@ def test_a_run_written_by_evo_0_1_resumes_and_finishes(workdir):
     trials = storage.trials("space")
     kept = {t.id: t.metric("bits_per_byte") for t in trials if t.id in done_before}
     assert kept == done_before  # nothing trained before the upgrade was lost or redone
+    trained_now = sum(t.status.is_result for t in trials) - len(done_before)
+    assert trained_now > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("run 'space': ") and "generation" in last
+    assert f"; {trained_now} trained by this command; best measured at the top rung: " in last
     assert Counter(t.status for t in trials) == {
         TrialStatus.DONE: 12,
         TrialStatus.INTERRUPTED: 1,

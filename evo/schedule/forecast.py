@@ -114,8 +114,8 @@ class TargetForecast:
 
     def predictions(self, genome_ids: Iterable[int] | None = None) -> dict[int, Prediction]:
         """Each genome's predicted score at the target, in the metric's unit (`sd` stays on
-        the law's scale); every fitted genome when `genome_ids` is None. None at all until
-        some genome has scores at two rungs (`CurveFit.extrapolates`): the search's first
+        the law's scale); every fitted genome when `genome_ids` is None. Empty until some
+        genome has scores at two rungs (`CurveFit.extrapolates`): the search's first
         results, all at the lowest rung, say nothing of how far its scores will fall."""
         ids = list(self.fit.genomes if genome_ids is None else genome_ids) if self.points else []
         if not ids or not self.fit.extrapolates:

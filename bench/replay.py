@@ -544,6 +544,8 @@ class _PredictedOrder:
     def best(self, k: int) -> list[int]:
         scored = [g for g in self.results.genomes if self.results.values(g)[0] < FAILED]
         predicted = self.forecast.predictions(scored)
+        if not predicted:  # no genome has two rungs yet: nothing is predicted
+            return self.results.best(k)
         sign = self.forecast.objective.sign
         ranked = sorted(scored, key=lambda g: sign * predicted[g].mean)
         failed = [g for g in self.results.genomes if g not in predicted]

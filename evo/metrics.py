@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["min", "max"]
 # How a metric follows the training budget, for predicting it at a target beyond the top
@@ -190,3 +190,10 @@ def best(direction: Direction, values: Iterable[float]) -> float:
     if not finite:
         return math.nan
     return min(finite) if direction == "min" else max(finite)
+
+
+def metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    """A stored record's measured `name` as a float (an integer metric's too); None if
+    the record did not measure it."""
+    value = (metrics or {}).get(name)
+    return None if value is None else float(value)

@@ -16,10 +16,10 @@ import contextlib
 import enum
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -102,13 +102,8 @@ class TrialResult:
     pretrain: dict[str, float] | None = None
 
     def metric(self, name: str) -> float | None:
-        return metric_value(self.metrics, name)
-
-
-def metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
-    """A result's measured `name` as a float (an integer metric's too); None if absent."""
-    value = (metrics or {}).get(name)
-    return None if value is None else float(value)
+        value = self.metrics.get(name)
+        return None if value is None else float(value)
 
 
 WARMUP_STEPS = 2  # optimizer steps left out of the throughput median (allocator, caches)

@@ -50,7 +50,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from evo.metrics import METRICS, RESULT_STATUSES, TrialStatus
+from evo.metrics import METRICS, RESULT_STATUSES, TrialStatus, metric_value
 from evo.storage import leases
 from evo.storage.leases import DriverRecord, Lease, database_seconds
 from evo.storage.models import (
@@ -72,7 +72,6 @@ from evo.storage.models import (
     as_utc,
 )
 from llm.errors import UserError
-from llm.trial import metric_value
 
 if TYPE_CHECKING:
     import pandas as pd

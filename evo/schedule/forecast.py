@@ -117,8 +117,10 @@ class TargetForecast:
         the law's scale); every fitted genome when `genome_ids` is None. Empty until some
         genome has scores at two rungs (`CurveFit.extrapolates`): the search's first
         results, all at the lowest rung, say nothing of how far its scores will fall."""
-        ids = list(self.fit.genomes if genome_ids is None else genome_ids) if self.points else []
-        if not ids or not self.fit.extrapolates:
+        if not self.fit.extrapolates:
+            return {}
+        ids = list(self.fit.genomes if genome_ids is None else genome_ids)
+        if not ids:
             return {}
         from evo.schedule.extrapolate import Prediction
 

@@ -64,8 +64,8 @@ def print_trials(
     # Where the target is forecast, the best is the pick for it (one objective) rather
     # than the best score measured at the top rung.
     several = len(space.search.objectives) > 1
-    predicted = shown is not None and bool(shown.genomes)
-    _print_front(storage, name, trials, stuck, space, console, table=not predicted or several)
+    table = shown is None or not shown.genomes or several
+    _print_front(storage, name, trials, stuck, space, console, table=table)
     if shown is not None and shown.genomes:
         pick = shown.genomes[0].genome_id
         print_forecast(shown, storage.genomes(name, [pick])[pick], console)
